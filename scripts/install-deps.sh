@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages asyncd needs to build, test and run.
+# Idempotent: when everything is present it installs nothing and touches no
+# package index. Works as root, or as a user with sudo.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config ninja-build
+  liburing-dev libboost-dev libspdlog-dev libfmt-dev libabsl-dev
+  libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
+  libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libsystemd-dev libtomlplusplus-dev
+)
+# Test-only tools: the Python interop client, fio for the comparison bench,
+# clang for libFuzzer.
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(python3 python3-grpcio python3-protobuf protobuf-compiler-grpc fio clang
+             libclang-rt-14-dev systemd)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+sudo_cmd=()
+if ((EUID != 0)); then
+  sudo_cmd=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+"${sudo_cmd[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+  "${missing[@]}"

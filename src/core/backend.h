@@ -1,0 +1,74 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "src/core/op.h"
+
+namespace asyncd::core {
+
+/// Receives the end of every op a backend was given. Implemented by the
+/// Dispatcher.
+class OpCompleter {
+ public:
+  virtual ~OpCompleter() = default;
+  /// Called exactly once per op handed to a backend, on a backend thread (or
+  /// the caller's, for an op that never started), with the system call's
+  /// return value or -errno; -ECANCELED for an op ended before it started.
+  /// The backend must not touch the op afterwards: it may be reused at once.
+  /// Does not block.
+  virtual void Complete(Op& op, int64_t result) noexcept = 0;
+};
+
+struct BackendStats {
+  uint64_t queued = 0;     // accepted, not yet started
+  uint64_t running = 0;    // started, not yet completed
+  uint64_t capacity = 0;   // how many ops it can hold; Submit refuses beyond it
+  uint32_t threads = 0;
+};
+
+/// One way of running system calls. Implementations: the io_uring fast path
+/// and the thread-pool fallback (src/backends/). Seastar's reactor backend is
+/// the model: one interface, chosen per op kind at start by probing, with a
+/// fallback that always works at the end of the list.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual BackendKind kind() const = 0;
+
+  /// Whether this backend runs `kind` (what the start-up probe found).
+  /// Constant after construction; any thread.
+  virtual bool Supports(OpKind kind) const = 0;
+
+  /// Deadlines: an accepted op whose params.deadline_ns (MonoNanos) passes
+  /// before it finishes is ended by the backend itself: it calls
+  /// op.RequestEnd(gen, EndReason::kDeadline, now) and, when that answers
+  /// kCancelled, interrupts it as for a cancel (the op then ends kTimedOut).
+  /// A started non-cancel-safe op runs to completion.
+  ///
+  /// Takes the ops (each already kDispatched, with params filled) and starts
+  /// them. Returns how many it accepted: always a prefix of `ops`; the rest
+  /// stay with the caller (the backend is full: back-pressure). Accepted ops
+  /// belong to the backend until it passes them to OpCompleter::Complete;
+  /// their buffers and paths are borrowed until then. Never blocks; any
+  /// thread. Submitting a batch lets a backend amortize its system calls.
+  virtual size_t Submit(std::span<Op* const> ops) noexcept = 0;
+
+  /// An end (cancel or deadline) was requested on `op` of generation `gen`
+  /// (Op::RequestEnd answered kCancelled). Makes it end soon: a queued op
+  /// never starts; a blocked cancel-safe op is interrupted. The op may have
+  /// finished, and its slot even been reused, by then: the backend checks
+  /// `gen` on the thread that completes ops. Never blocks; any thread.
+  virtual void Interrupt(Op& op, uint32_t gen) noexcept = 0;
+
+  /// Stops accepting ops, ends every op it holds (those that never started
+  /// as cancelled, via Complete) and joins its threads. Blocks. Idempotent.
+  virtual void Shutdown() = 0;
+
+  virtual BackendStats Stats() const = 0;
+};
+
+}  // namespace asyncd::core

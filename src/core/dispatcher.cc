@@ -1,0 +1,240 @@
+#include "src/core/dispatcher.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "src/core/check.h"
+#include "src/core/clock.h"
+
+namespace asyncd::core {
+
+namespace {
+
+bool UsesHandle(const OpRequest& r) {
+  switch (r.kind) {
+    case OpKind::kClose:
+    case OpKind::kRead:
+    case OpKind::kWrite:
+    case OpKind::kFsync:
+    case OpKind::kFallocate:
+    case OpKind::kFtruncate:
+    case OpKind::kPoll:
+      return true;
+    case OpKind::kStatx:
+      return r.params.path == nullptr;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void CancelCounts::Add(CancelResult r) {
+  switch (r) {
+    case CancelResult::kCancelled: ++cancelled; break;
+    case CancelResult::kNotCancellable: ++not_cancellable; break;
+    case CancelResult::kAlreadyDone: ++already_done; break;
+    case CancelResult::kNotFound: ++not_found; break;
+  }
+}
+
+Dispatcher::Dispatcher(Registry& registry, int root_fd) : registry_(registry), root_fd_(root_fd) {}
+
+Dispatcher::~Dispatcher() = default;
+
+void Dispatcher::SetBackends(std::vector<Backend*> backends) {
+  ASYNCD_CHECK(!backends.empty());
+  backends_ = std::move(backends);
+  for (int k = 1; k <= kOpKindCount; ++k) {
+    route_[k] = nullptr;
+    for (Backend* b : backends_) {
+      if (b->Supports(static_cast<OpKind>(k))) {
+        route_[k] = b;
+        break;
+      }
+    }
+    ASYNCD_CHECK(route_[k] != nullptr);  // the fallback must run everything
+  }
+}
+
+BackendKind Dispatcher::RouteFor(OpKind kind) const { return BackendFor(kind)->kind(); }
+
+Backend* Dispatcher::BackendOf(BackendKind kind) const {
+  for (Backend* b : backends_) {
+    if (b->kind() == kind) return b;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& request, int64_t now) {
+  const bool uses_handle = UsesHandle(request);
+  int fd = -1;
+  if (uses_handle) {
+    absl::StatusOr<int> acquired = session.handles().Acquire(request.handle);
+    if (!acquired.ok()) return acquired.status();
+    fd = *acquired;
+  }
+  char target_buf[16];
+  std::string_view target;
+  if (uses_handle) {
+    target_buf[0] = 'h';
+    target_buf[1] = ':';
+    auto [end, ec] = std::to_chars(target_buf + 2, target_buf + sizeof(target_buf), request.handle);
+    target = std::string_view(target_buf, end - target_buf);
+  } else if (request.params.path != nullptr) {
+    target = request.params.path;
+  }
+  const bool creates = request.kind == OpKind::kOpen && (request.params.flags & O_CREAT) != 0;
+  absl::StatusOr<Op*> registered = session.Register(
+      request.kind, SafetyOf(request.kind, creates), uses_handle ? request.handle : 0, target, now);
+  if (!registered.ok()) {
+    if (uses_handle) session.handles().Release(request.handle);
+    return registered.status();
+  }
+  Op* op = *registered;
+  op->params = request.params;
+  op->params.fd = fd;
+  op->params.dirfd = root_fd_;
+  op->sink = request.sink;
+  op->cookie = request.cookie;
+  op->holds_handle = uses_handle;
+  if (request.kind == OpKind::kClose) {
+    // The handle disappears now; the descriptor closes when its last user is done.
+    absl::StatusOr<int> detached = session.handles().Detach(request.handle);
+    op->holds_handle = false;
+    op->params.fd = detached.ok() ? *detached : -1;
+  }
+  return op;
+}
+
+void Dispatcher::Abandon(Op& op) {
+  if (op.holds_handle) op.session->handles().Release(op.handle.load(std::memory_order_relaxed));
+  op.Fail(EAGAIN, MonoNanos());
+  op.session->Retire(op);
+}
+
+void Dispatcher::CompleteInline(Op& op, int64_t result) {
+  op.MarkDispatched(BackendKind::kInline, MonoNanos());
+  if (op.TryStart(MonoNanos())) {
+    Complete(op, result);
+  } else {
+    Complete(op, -ECANCELED);
+  }
+}
+
+absl::StatusOr<OpId> Dispatcher::Submit(Session& session, const OpRequest& request) {
+  absl::StatusOr<OpId> out;
+  SubmitBatch(session, std::span<const OpRequest>(&request, 1),
+              std::span<absl::StatusOr<OpId>>(&out, 1));
+  return out;
+}
+
+void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> requests,
+                             std::span<absl::StatusOr<OpId>> out) {
+  ASYNCD_CHECK(out.size() >= requests.size());
+  constexpr size_t kChunk = 64;
+  const int64_t now = MonoNanos();
+  // Per backend, a chunk of ops to hand over in one call.
+  struct Pending {
+    Backend* backend = nullptr;
+    Op* ops[kChunk];
+    size_t index[kChunk];
+    size_t n = 0;
+  };
+  Pending pending[4];
+  size_t npending = 0;
+  auto flush = [&](Pending& p) {
+    const size_t accepted = p.backend->Submit(std::span<Op* const>(p.ops, p.n));
+    for (size_t i = accepted; i < p.n; ++i) {
+      Abandon(*p.ops[i]);
+      out[p.index[i]] = absl::ResourceExhaustedError(
+          absl::StrCat(std::string(Name(p.backend->kind())), " backend is full; retry later"));
+    }
+    p.n = 0;
+  };
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<Op*> prepared = Prepare(session, requests[i], now);
+    if (!prepared.ok()) {
+      out[i] = prepared.status();
+      continue;
+    }
+    Op* op = *prepared;
+    out[i] = op->id();  // before handing it over: it may be finished and reused at once
+    if (op->kind.load(std::memory_order_relaxed) == OpKind::kClose && op->params.fd < 0) {
+      CompleteInline(*op, 0);
+      continue;
+    }
+    Backend* backend = BackendFor(requests[i].kind);
+    op->MarkDispatched(backend->kind(), now);
+    Pending* p = nullptr;
+    for (size_t j = 0; j < npending; ++j) {
+      if (pending[j].backend == backend) p = &pending[j];
+    }
+    if (p == nullptr) {
+      ASYNCD_CHECK(npending < std::size(pending));
+      p = &pending[npending++];
+      p->backend = backend;
+    }
+    p->ops[p->n] = op;
+    p->index[p->n] = i;
+    if (++p->n == kChunk) flush(*p);
+  }
+  for (size_t j = 0; j < npending; ++j) {
+    if (pending[j].n > 0) flush(pending[j]);
+  }
+}
+
+CancelResult Dispatcher::Cancel(OpId id, EndReason reason) {
+  Registry::Found found = registry_.Find(id);
+  if (!found) return CancelResult::kNotFound;
+  return Cancel(*found.op, id.generation(), reason);
+}
+
+CancelResult Dispatcher::Cancel(Op& op, uint32_t gen, EndReason reason) {
+  const CancelResult r = op.RequestEnd(gen, reason, MonoNanos());
+  if (r == CancelResult::kCancelled) {
+    // Before dispatch the backend is unknown and TryStart will refuse to run it.
+    if (Backend* b = BackendOf(op.backend.load(std::memory_order_relaxed))) b->Interrupt(op, gen);
+  }
+  return r;
+}
+
+absl::StatusOr<CancelCounts> Dispatcher::CloseSession(uint64_t session_id, EndReason reason) {
+  std::shared_ptr<Session> session = registry_.BeginClose(session_id);
+  if (session == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no open session ", session_id));
+  }
+  CancelCounts counts;
+  session->ForEachSlot([&](Op& op) {
+    const uint64_t w = op.word.load(std::memory_order_acquire);
+    if (OpWord::State(w) == OpState::kFree) return;
+    counts.Add(Cancel(op, OpWord::Gen(w), reason));
+  });
+  return counts;
+}
+
+void Dispatcher::Complete(Op& op, int64_t result) noexcept {
+  Session& session = *op.session;
+  const OpKind kind = op.kind.load(std::memory_order_relaxed);
+  const OpState end = op.Finish(result, MonoNanos());
+  if (kind == OpKind::kOpen && result >= 0) {
+    const int fd = static_cast<int>(result);
+    if (end != OpState::kCompleted) {
+      ::close(fd);  // the client asked for the open to end: it never sees this descriptor
+    } else if (absl::StatusOr<uint32_t> h = session.handles().Insert(fd); h.ok()) {
+      op.result.store(*h, std::memory_order_relaxed);
+    } else {
+      op.result.store(-EMFILE, std::memory_order_relaxed);
+    }
+  }
+  if (op.holds_handle) session.handles().Release(op.handle.load(std::memory_order_relaxed));
+  if (op.sink != nullptr) op.sink->OnComplete(op);
+  session.Retire(op);
+}
+
+}  // namespace asyncd::core

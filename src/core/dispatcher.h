@@ -1,0 +1,90 @@
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "src/core/backend.h"
+#include "src/core/registry.h"
+
+namespace asyncd::core {
+
+/// What a submitter asks for, in core terms (the daemon converts requests
+/// into this; core knows nothing of gRPC).
+struct OpRequest {
+  OpKind kind = OpKind::kNop;
+  uint32_t handle = 0;  // for operations on an open handle, else 0
+  OpParams params;      // fd and dirfd are filled in by the dispatcher
+  CompletionSink* sink = nullptr;
+  uint64_t cookie = 0;
+};
+
+struct CancelCounts {
+  uint32_t cancelled = 0;
+  uint32_t not_cancellable = 0;
+  uint32_t already_done = 0;
+  uint32_t not_found = 0;
+  void Add(CancelResult r);
+};
+
+/// Routes each op to the first backend that supports its kind, resolves
+/// handles, and finishes ops (handle bookkeeping, then the sink, then the
+/// slot's retirement). The last backend must support every kind.
+class Dispatcher final : public OpCompleter {
+ public:
+  /// `root_fd` is the directory every path resolves beneath; not owned.
+  /// Backends are set later (they need this object as their completer).
+  Dispatcher(Registry& registry, int root_fd);
+  ~Dispatcher() override;
+
+  /// Backends in preference order; the last one must support every kind.
+  void SetBackends(std::vector<Backend*> backends);
+
+  /// Registers the op and hands it to its backend. On error nothing changed
+  /// and no completion will come: NOT_FOUND unknown handle, FAILED_PRECONDITION
+  /// session closing, RESOURCE_EXHAUSTED op limit or backend full. On
+  /// success the sink gets exactly one completion, possibly before this
+  /// returns. Any thread; never blocks.
+  [[nodiscard]] absl::StatusOr<OpId> Submit(Session& session, const OpRequest& request);
+
+  /// The same for many ops, handing each backend its share in one batch.
+  /// out[i] receives ops[i]'s id or why it was refused.
+  void SubmitBatch(Session& session, std::span<const OpRequest> requests,
+                   std::span<absl::StatusOr<OpId>> out);
+
+  /// Requests the end of one op (see CancelResult). Any thread; never blocks.
+  CancelResult Cancel(OpId id, EndReason reason);
+  CancelResult Cancel(Op& op, uint32_t gen, EndReason reason);
+
+  /// Ends a session: it takes no more ops, every op it owns is cancelled
+  /// (non-cancel-safe running ones complete), its handles close once unused.
+  /// NOT_FOUND if there is no such open session.
+  [[nodiscard]] absl::StatusOr<CancelCounts> CloseSession(uint64_t session_id, EndReason reason);
+
+  void Complete(Op& op, int64_t result) noexcept override;
+
+  /// Which backend runs `kind`.
+  BackendKind RouteFor(OpKind kind) const;
+  Registry& registry() { return registry_; }
+
+ private:
+  Backend* BackendFor(OpKind kind) const { return route_[static_cast<int>(kind)]; }
+  Backend* BackendOf(BackendKind kind) const;
+  // Registers and fills; the op is kQueued and not yet handed to anyone.
+  absl::StatusOr<Op*> Prepare(Session& session, const OpRequest& request, int64_t now);
+  // Undoes Prepare for an op no backend took: nothing was run or reported.
+  void Abandon(Op& op);
+  // Ends an op without a backend (a close whose descriptor is still in use).
+  void CompleteInline(Op& op, int64_t result);
+
+  Registry& registry_;
+  const int root_fd_;
+  std::vector<Backend*> backends_;
+  std::array<Backend*, kOpKindCount + 1> route_{};
+};
+
+}  // namespace asyncd::core

@@ -1,0 +1,117 @@
+#include "src/core/handle_table.h"
+
+#include <unistd.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace asyncd::core {
+
+HandleTable::HandleTable(uint32_t max_handles) : max_handles_(std::min(max_handles, 0xffffu)) {}
+
+HandleTable::~HandleTable() {
+  for (Entry& e : entries_) {
+    if (e.fd >= 0) ::close(e.fd);
+  }
+}
+
+HandleTable::Entry* HandleTable::Find(uint32_t handle) {
+  uint32_t index = handle & 0xffff;
+  uint16_t gen = static_cast<uint16_t>(handle >> 16);
+  if (index == 0 || index > entries_.size()) return nullptr;
+  Entry& e = entries_[index - 1];
+  if (e.gen != gen || e.fd < 0) return nullptr;
+  return &e;
+}
+
+absl::StatusOr<uint32_t> HandleTable::Insert(int fd) {
+  std::lock_guard lock(mu_);
+  uint32_t index;
+  if (!free_.empty()) {
+    index = free_.back();
+    free_.pop_back();
+  } else if (entries_.size() < max_handles_) {
+    entries_.emplace_back();
+    index = static_cast<uint32_t>(entries_.size());
+  } else {
+    ::close(fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session holds the maximum of ", max_handles_, " handles"));
+  }
+  Entry& e = entries_[index - 1];
+  e.fd = fd;
+  e.refs = 0;
+  e.open = true;
+  ++open_;
+  return (uint32_t{e.gen} << 16) | index;
+}
+
+absl::StatusOr<int> HandleTable::Acquire(uint32_t handle) {
+  std::lock_guard lock(mu_);
+  Entry* e = Find(handle);
+  if (e == nullptr || !e->open) {
+    return absl::NotFoundError(absl::StrCat("unknown handle ", handle));
+  }
+  ++e->refs;
+  return e->fd;
+}
+
+void HandleTable::Release(uint32_t handle) {
+  int to_close = -1;
+  {
+    std::lock_guard lock(mu_);
+    Entry* e = Find(handle);
+    if (e == nullptr || e->refs == 0) return;
+    if (--e->refs == 0 && !e->open) {
+      to_close = e->fd;
+      e->fd = -1;
+      ++e->gen;
+      free_.push_back(static_cast<uint32_t>(e - entries_.data()) + 1);
+    }
+  }
+  if (to_close >= 0) ::close(to_close);
+}
+
+absl::StatusOr<int> HandleTable::Detach(uint32_t handle) {
+  std::lock_guard lock(mu_);
+  Entry* e = Find(handle);
+  if (e == nullptr || !e->open) {
+    return absl::NotFoundError(absl::StrCat("unknown handle ", handle));
+  }
+  e->open = false;
+  --open_;
+  if (e->refs > 0) --e->refs;
+  if (e->refs > 0) return -1;
+  int fd = e->fd;
+  e->fd = -1;
+  ++e->gen;
+  free_.push_back(static_cast<uint32_t>(e - entries_.data()) + 1);
+  return fd;
+}
+
+void HandleTable::CloseAll() {
+  std::vector<int> to_close;
+  {
+    std::lock_guard lock(mu_);
+    for (uint32_t i = 0; i < entries_.size(); ++i) {
+      Entry& e = entries_[i];
+      if (e.fd < 0 || !e.open) continue;
+      e.open = false;
+      --open_;
+      if (e.refs == 0) {
+        to_close.push_back(e.fd);
+        e.fd = -1;
+        ++e.gen;
+        free_.push_back(i + 1);
+      }
+    }
+  }
+  for (int fd : to_close) ::close(fd);
+}
+
+uint32_t HandleTable::open_count() const {
+  std::lock_guard lock(mu_);
+  return open_;
+}
+
+}  // namespace asyncd::core

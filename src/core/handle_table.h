@@ -1,0 +1,60 @@
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace asyncd::core {
+
+/// A session's handles: what clients hold instead of raw descriptors.
+///
+/// A handle is 32 bits, index (low 16) plus generation (high 16), so a closed
+/// handle never names a descriptor opened later. Every op using a handle
+/// holds a reference; a close while ops are in flight detaches the handle at
+/// once (new uses fail) and the descriptor is closed when the last user
+/// releases it, so a descriptor number is never reused under a running op.
+///
+/// Thread-safe. One mutex per session: the table is not shared across
+/// sessions, so no global lock is involved.
+class HandleTable {
+ public:
+  explicit HandleTable(uint32_t max_handles = 4096);
+  ~HandleTable();  // closes every descriptor still open
+  HandleTable(const HandleTable&) = delete;
+  HandleTable& operator=(const HandleTable&) = delete;
+
+  /// Takes ownership of `fd`. RESOURCE_EXHAUSTED when the table is full (fd is then closed).
+  [[nodiscard]] absl::StatusOr<uint32_t> Insert(int fd);
+  /// Returns the descriptor and takes a reference. NOT_FOUND for an unknown,
+  /// stale or closed handle.
+  [[nodiscard]] absl::StatusOr<int> Acquire(uint32_t handle);
+  /// Drops a reference taken by Acquire; closes a detached descriptor at zero.
+  void Release(uint32_t handle);
+  /// Detaches the handle. Returns the descriptor for the caller to close when
+  /// nobody else uses it, or -1 when the close is deferred to the last user.
+  /// NOT_FOUND for an unknown handle. The caller's own reference (from
+  /// Acquire) is consumed.
+  [[nodiscard]] absl::StatusOr<int> Detach(uint32_t handle);
+  /// Closes every handle; descriptors in use are closed by their last user.
+  void CloseAll();
+  uint32_t open_count() const;
+
+ private:
+  struct Entry {
+    int fd = -1;
+    uint32_t refs = 0;
+    uint16_t gen = 1;
+    bool open = false;
+  };
+  Entry* Find(uint32_t handle);
+
+  mutable std::mutex mu_;
+  std::vector<Entry> entries_;
+  std::vector<uint32_t> free_;
+  uint32_t max_handles_;
+  uint32_t open_ = 0;
+};
+
+}  // namespace asyncd::core

@@ -1,0 +1,123 @@
+#include "src/core/op.h"
+
+#include <cerrno>
+
+#include "src/core/check.h"
+#include "src/core/registry.h"
+
+namespace asyncd::core {
+
+OpId Op::id() const {
+  return OpId::Make(session->index(), slot_index, generation());
+}
+
+void Op::MarkDispatched(BackendKind b, int64_t now_ns) {
+  backend.store(b, std::memory_order_relaxed);
+  dispatched_ns.store(now_ns, std::memory_order_relaxed);
+  uint64_t w = word.load(std::memory_order_relaxed);
+  for (;;) {
+    ASYNCD_CHECK(OpWord::State(w) == OpState::kQueued);
+    if (word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kDispatched),
+                                   std::memory_order_acq_rel, std::memory_order_relaxed)) {
+      return;
+    }
+  }
+}
+
+bool Op::TryStart(int64_t now_ns) {
+  uint64_t w = word.load(std::memory_order_relaxed);
+  for (;;) {
+    const OpState s = OpWord::State(w);
+    ASYNCD_CHECK(s == OpState::kQueued || s == OpState::kDispatched);
+    if (OpWord::EndRequested(w)) return false;
+    if (word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kRunning),
+                                   std::memory_order_acq_rel, std::memory_order_relaxed)) {
+      started_ns.store(now_ns, std::memory_order_relaxed);
+      return true;
+    }
+  }
+}
+
+CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
+  uint64_t w = word.load(std::memory_order_acquire);
+  for (;;) {
+    const OpState s = OpWord::State(w);
+    if (OpWord::Gen(w) != gen || s == OpState::kFree) return CancelResult::kNotFound;
+    if (IsTerminal(s)) return CancelResult::kAlreadyDone;
+    if (OpWord::EndRequested(w)) return CancelResult::kCancelled;  // already ending
+    if (s == OpState::kRunning &&
+        safety.load(std::memory_order_relaxed) == CancelSafety::kOnlyBeforeStart) {
+      return CancelResult::kNotCancellable;
+    }
+    const uint64_t desired = (w & ~OpWord::kReasonMask) | OpWord::kEndRequested |
+                             (static_cast<uint64_t>(reason) << OpWord::kReasonShift);
+    if (word.compare_exchange_weak(w, desired, std::memory_order_acq_rel,
+                                   std::memory_order_acquire)) {
+      end_requested_ns.store(now_ns, std::memory_order_relaxed);
+      return CancelResult::kCancelled;
+    }
+  }
+}
+
+OpState Op::Finish(int64_t res, int64_t now_ns) {
+  result.store(res, std::memory_order_relaxed);
+  if (res > 0 && (kind.load(std::memory_order_relaxed) == OpKind::kRead ||
+                  kind.load(std::memory_order_relaxed) == OpKind::kWrite)) {
+    bytes_done.store(static_cast<uint64_t>(res), std::memory_order_relaxed);
+  }
+  finished_ns.store(now_ns, std::memory_order_relaxed);
+  uint64_t w = word.load(std::memory_order_relaxed);
+  for (;;) {
+    const OpState s = OpWord::State(w);
+    ASYNCD_CHECK(!IsTerminal(s) && s != OpState::kFree);  // exactly one terminal transition
+    OpState end = OpState::kCompleted;
+    if (OpWord::EndRequested(w)) {
+      end = OpWord::Reason(w) == EndReason::kDeadline ? OpState::kTimedOut : OpState::kCancelled;
+    }
+    if (word.compare_exchange_weak(w, OpWord::WithState(w, end), std::memory_order_acq_rel,
+                                   std::memory_order_relaxed)) {
+      return end;
+    }
+  }
+}
+
+OpState Op::Fail(int error, int64_t now_ns) {
+  result.store(-error, std::memory_order_relaxed);
+  finished_ns.store(now_ns, std::memory_order_relaxed);
+  uint64_t w = word.load(std::memory_order_relaxed);
+  for (;;) {
+    ASYNCD_CHECK(!IsTerminal(OpWord::State(w)) && OpWord::State(w) != OpState::kFree);
+    if (word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kFailed),
+                                   std::memory_order_acq_rel, std::memory_order_relaxed)) {
+      return OpState::kFailed;
+    }
+  }
+}
+
+void Op::SetTarget(std::string_view t) {
+  char buf[kTargetBytes] = {};
+  if (t.size() > kTargetBytes) {
+    // Keep the tail: the file name says more than the leading directories.
+    t = t.substr(t.size() - (kTargetBytes - 3));
+    std::memcpy(buf, "...", 3);
+    std::memcpy(buf + 3, t.data(), t.size());
+  } else {
+    std::memcpy(buf, t.data(), t.size());
+  }
+  for (size_t i = 0; i < kTargetBytes / 8; ++i) {
+    uint64_t v;
+    std::memcpy(&v, buf + i * 8, 8);
+    target[i].store(v, std::memory_order_relaxed);
+  }
+}
+
+size_t Op::ReadTarget(char* out) const {
+  for (size_t i = 0; i < kTargetBytes / 8; ++i) {
+    const uint64_t v = target[i].load(std::memory_order_relaxed);
+    std::memcpy(out + i * 8, &v, 8);
+  }
+  out[kTargetBytes] = '\0';
+  return strnlen(out, kTargetBytes);
+}
+
+}  // namespace asyncd::core

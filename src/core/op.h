@@ -1,0 +1,143 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+
+#include "src/core/op_id.h"
+#include "src/core/op_types.h"
+
+namespace asyncd::core {
+
+class Session;
+struct Op;
+
+/// Receives an operation's terminal outcome. Called exactly once per op, on
+/// the thread that finished it (a backend thread, or a canceller for an op
+/// that never started). Must not block. The op is retired as soon as it
+/// returns: copy out what is needed; borrowed buffers are free again then.
+class CompletionSink {
+ public:
+  virtual ~CompletionSink() = default;
+  virtual void OnComplete(const Op& op) noexcept = 0;
+};
+
+/// What a backend needs to run the system call. Written by the submitter
+/// before the op is handed to a backend; read only by the backend holding it.
+/// Pointers are borrowed from the submitter until the completion arrives.
+struct OpParams {
+  int fd = -1;      // resolved from the session handle, or -1
+  int dirfd = -1;   // the confinement root for path operations
+  uint32_t len = 0;
+  uint32_t flags = 0;  // open(2) flags, RENAME_*, POLL* events, AT_* for statx, datasync bit
+  uint32_t mode = 0;   // open/mkdir mode, fallocate mode
+  int64_t offset = -1;  // -1 = current position (pipes, sockets)
+  int64_t length = 0;   // fallocate/ftruncate length
+  void* buf = nullptr;  // read destination, write source, struct statx for statx
+  const char* path = nullptr;
+  const char* path2 = nullptr;  // rename target
+  int64_t timeout_ns = 0;       // kTimeout duration
+  int64_t deadline_ns = 0;      // MonoNanos() deadline; 0 = none
+};
+
+/// The state word, changed only by compare-and-swap so that exactly one
+/// terminal transition can ever happen to one generation of a slot:
+///
+///   63         36 35    8  7     5  4            3      0
+///   | generation |  -    | reason | end-requested | state |
+struct OpWord {
+  static constexpr uint64_t kStateMask = 0xf;
+  static constexpr uint64_t kEndRequested = 1u << 4;
+  static constexpr int kReasonShift = 5;
+  static constexpr uint64_t kReasonMask = uint64_t{0x7} << kReasonShift;
+  static constexpr int kGenShift = 36;
+
+  static constexpr uint64_t Make(uint32_t gen, OpState state) {
+    return (uint64_t{gen & OpId::kGenMask} << kGenShift) | static_cast<uint64_t>(state);
+  }
+  static constexpr OpState State(uint64_t w) { return static_cast<OpState>(w & kStateMask); }
+  static constexpr uint32_t Gen(uint64_t w) { return static_cast<uint32_t>(w >> kGenShift); }
+  static constexpr bool EndRequested(uint64_t w) { return (w & kEndRequested) != 0; }
+  static constexpr EndReason Reason(uint64_t w) {
+    return static_cast<EndReason>((w & kReasonMask) >> kReasonShift);
+  }
+  static constexpr uint64_t WithState(uint64_t w, OpState s) {
+    return (w & ~kStateMask) | static_cast<uint64_t>(s);
+  }
+};
+
+/// One registry slot: the record of one in-flight operation. Slots live in a
+/// session's arena and never move or get freed while the session lives, so a
+/// pointer stays valid for the op's whole life (the kernel may write into
+/// its buffers until the completion arrives).
+///
+/// Fields that listing reads concurrently are relaxed atomics, validated by
+/// re-reading the generation (see Registry::Snapshot); execution fields are
+/// plain and belong to whoever holds the op.
+struct alignas(64) Op {
+  static constexpr size_t kTargetBytes = 40;
+
+  // --- control ---
+  std::atomic<uint64_t> word{0};
+  std::atomic<uint32_t> next_free{0};  // free-list link + 1 (0 = end), valid while free
+  uint32_t slot_index = 0;
+  Session* session = nullptr;
+
+  // --- description, read by listing ---
+  std::atomic<OpKind> kind{OpKind::kNop};
+  std::atomic<BackendKind> backend{BackendKind::kNone};
+  std::atomic<CancelSafety> safety{CancelSafety::kAlways};
+  std::atomic<uint32_t> handle{0};
+  std::atomic<int64_t> submitted_ns{0};
+  std::atomic<int64_t> dispatched_ns{0};
+  std::atomic<int64_t> started_ns{0};
+  std::atomic<int64_t> end_requested_ns{0};
+  std::atomic<int64_t> finished_ns{0};
+  std::atomic<int64_t> result{0};  // return value, or -errno
+  std::atomic<uint64_t> bytes_done{0};
+  std::atomic<uint64_t> target[kTargetBytes / 8];  // path or empty, NUL padded, maybe truncated
+
+  // --- execution, owned by the holder ---
+  OpParams params;
+  CompletionSink* sink = nullptr;
+  uint64_t cookie = 0;                 // the submitter's, e.g. its request tag
+  uintptr_t backend_data[2] = {0, 0};  // private to the backend holding the op
+  bool holds_handle = false;           // the op holds a reference on `handle`
+
+  uint32_t generation() const { return OpWord::Gen(word.load(std::memory_order_relaxed)); }
+  OpState state() const { return OpWord::State(word.load(std::memory_order_acquire)); }
+  OpId id() const;
+
+  /// Moves a queued op to dispatched (the backend now holds it). Called by the
+  /// dispatcher once. An end request may already be set: the backend checks.
+  void MarkDispatched(BackendKind b, int64_t now_ns);
+
+  /// The holder is about to start the system call. Fails (returns false) when
+  /// an end was requested first; the holder must then Finish() without
+  /// running it. After a true return, a cancel of a non-cancel-safe op is
+  /// refused: the CAS orders TryStart and RequestEnd totally.
+  [[nodiscard]] bool TryStart(int64_t now_ns);
+
+  /// Requests the op end early (cancel or deadline). Any thread. Returns what
+  /// will happen; on kCancelled the caller must nudge the backend holding it.
+  /// `gen` guards against a stale id reaching a reused slot.
+  CancelResult RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns);
+
+  /// The single terminal transition. Called exactly once, by the holder.
+  /// `result` is the syscall's return value or -errno. When an end was
+  /// requested on a cancel-safe op the outcome is cancelled (or timed out),
+  /// with whatever bytes it moved reported as bytes done.
+  OpState Finish(int64_t result, int64_t now_ns);
+
+  /// Ends an op as failed: the daemon could not run it (e.g. backend full).
+  OpState Fail(int error, int64_t now_ns);
+
+  void SetTarget(std::string_view t);
+  /// Copies the target into `out` (size >= kTargetBytes + 1) and returns its length.
+  size_t ReadTarget(char* out) const;
+};
+
+static_assert(sizeof(Op) <= 256, "registry memory per op is a budget: 256 bytes");
+
+}  // namespace asyncd::core

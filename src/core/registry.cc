@@ -1,0 +1,341 @@
+#include "src/core/registry.h"
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "src/core/check.h"
+#include "src/core/clock.h"
+
+namespace asyncd::core {
+
+struct Session::Slab {
+  Op slots[kSlabSlots];
+};
+
+namespace {
+constexpr uint64_t kTagOne = uint64_t{1} << 32;
+uint32_t NextGen(uint32_t gen) {
+  gen = (gen + 1) & OpId::kGenMask;
+  return gen == 0 ? 1 : gen;  // generation 0 is never used, so op id 0 never names an op
+}
+}  // namespace
+
+Session::Session(Registry* registry, uint32_t index, uint64_t id, uint32_t gen_base,
+                 ClientInfo client, uint32_t max_ops, uint32_t max_handles)
+    : registry_(registry),
+      index_(index),
+      id_(id),
+      gen_base_(gen_base),
+      client_(std::move(client)),
+      max_slots_(std::min(max_ops, OpId::kMaxSlots)),
+      created_ns_(MonoNanos()),
+      slabs_(new std::atomic<Slab*>[(max_slots_ + kSlabSlots - 1) / kSlabSlots]),
+      handles_(max_handles) {
+  const uint32_t n = (max_slots_ + kSlabSlots - 1) / kSlabSlots;
+  for (uint32_t i = 0; i < n; ++i) slabs_[i].store(nullptr, std::memory_order_relaxed);
+}
+
+Session::~Session() {
+  const uint32_t n = slab_count_.load(std::memory_order_acquire);
+  for (uint32_t i = 0; i < n; ++i) delete slabs_[i].load(std::memory_order_relaxed);
+}
+
+Op& Session::SlotAt(uint32_t slot) const {
+  Slab* slab = slabs_[slot / kSlabSlots].load(std::memory_order_acquire);
+  return slab->slots[slot % kSlabSlots];
+}
+
+bool Session::Grow() {
+  std::lock_guard lock(grow_mu_);
+  if (free_head_.load(std::memory_order_acquire) & 0xffffffffu) return true;  // someone grew
+  const uint32_t n = slab_count_.load(std::memory_order_relaxed);
+  if (uint64_t{n} * kSlabSlots >= max_slots_) return false;
+  auto* slab = new Slab;
+  const uint32_t first = n * kSlabSlots;
+  const uint32_t count = std::min(kSlabSlots, max_slots_ - first);
+  for (uint32_t i = 0; i < count; ++i) {
+    Op& op = slab->slots[i];
+    op.slot_index = first + i;
+    op.session = this;
+    op.word.store(OpWord::Make(gen_base_, OpState::kFree), std::memory_order_relaxed);
+  }
+  slabs_[n].store(slab, std::memory_order_release);
+  slab_count_.store(n + 1, std::memory_order_release);
+  // Push the new slots in reverse so the lowest index is taken first.
+  for (uint32_t i = count; i-- > 0;) PushFree(slab->slots[i]);
+  return true;
+}
+
+void Session::PushFree(Op& op) {
+  uint64_t head = free_head_.load(std::memory_order_relaxed);
+  for (;;) {
+    op.next_free.store(static_cast<uint32_t>(head), std::memory_order_relaxed);
+    const uint64_t next = ((head & ~uint64_t{0xffffffff}) + kTagOne) | (op.slot_index + 1);
+    if (free_head_.compare_exchange_weak(head, next, std::memory_order_release,
+                                         std::memory_order_relaxed)) {
+      return;
+    }
+  }
+}
+
+Op* Session::PopFree() {
+  uint64_t head = free_head_.load(std::memory_order_acquire);
+  for (;;) {
+    const uint32_t top = static_cast<uint32_t>(head);
+    if (top == 0) return nullptr;
+    // Slots are never freed while the session lives, so reading a slot that
+    // was popped meanwhile is safe; the tag makes the CAS fail in that case.
+    Op& op = SlotAt(top - 1);
+    const uint32_t next = op.next_free.load(std::memory_order_relaxed);
+    const uint64_t desired = ((head & ~uint64_t{0xffffffff}) + kTagOne) | next;
+    if (free_head_.compare_exchange_weak(head, desired, std::memory_order_acquire,
+                                         std::memory_order_acquire)) {
+      return &op;
+    }
+  }
+}
+
+absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t handle,
+                                      std::string_view target, int64_t now_ns) {
+  live_.fetch_add(1, std::memory_order_acq_rel);
+  if (closing_.load(std::memory_order_acquire)) {
+    if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) MaybeRemove();
+    return absl::FailedPreconditionError(absl::StrCat("session ", id_, " is closing"));
+  }
+  Op* op = PopFree();
+  while (op == nullptr) {
+    if (!Grow()) {
+      live_.fetch_sub(1, std::memory_order_acq_rel);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("session ", id_, " has the maximum of ", max_slots_, " operations in flight"));
+    }
+    op = PopFree();
+  }
+  // Pairs with the acquire fence in Snapshot: a reader that sees any field
+  // written below also sees this slot's retirement (the generation change).
+  std::atomic_thread_fence(std::memory_order_release);
+  const uint64_t w = op->word.load(std::memory_order_relaxed);
+  ASYNCD_CHECK(OpWord::State(w) == OpState::kFree);
+  op->kind.store(kind, std::memory_order_relaxed);
+  op->backend.store(BackendKind::kNone, std::memory_order_relaxed);
+  op->safety.store(safety, std::memory_order_relaxed);
+  op->handle.store(handle, std::memory_order_relaxed);
+  op->submitted_ns.store(now_ns, std::memory_order_relaxed);
+  op->dispatched_ns.store(0, std::memory_order_relaxed);
+  op->started_ns.store(0, std::memory_order_relaxed);
+  op->end_requested_ns.store(0, std::memory_order_relaxed);
+  op->finished_ns.store(0, std::memory_order_relaxed);
+  op->result.store(0, std::memory_order_relaxed);
+  op->bytes_done.store(0, std::memory_order_relaxed);
+  op->SetTarget(target);
+  op->params = OpParams{};
+  op->sink = nullptr;
+  op->cookie = 0;
+  op->backend_data[0] = op->backend_data[1] = 0;
+  op->word.store(OpWord::Make(OpWord::Gen(w), OpState::kQueued), std::memory_order_release);
+  return op;
+}
+
+void Session::Retire(Op& op) {
+  const uint64_t w = op.word.load(std::memory_order_relaxed);
+  ASYNCD_CHECK(IsTerminal(OpWord::State(w)));
+  op.word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
+  PushFree(op);
+  if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
+      closing_.load(std::memory_order_acquire)) {
+    MaybeRemove();
+  }
+}
+
+void Session::MaybeRemove() {
+  if (live_.load(std::memory_order_acquire) != 0) return;
+  if (removed_.exchange(true, std::memory_order_acq_rel)) return;
+  registry_->Remove(*this);
+}
+
+Op* Session::Find(uint32_t slot, uint32_t gen) {
+  if (slot >= slab_count_.load(std::memory_order_acquire) * kSlabSlots) return nullptr;
+  Op& op = SlotAt(slot);
+  const uint64_t w = op.word.load(std::memory_order_acquire);
+  if (OpWord::Gen(w) != gen || OpWord::State(w) == OpState::kFree) return nullptr;
+  return &op;
+}
+
+void Session::ForEachSlot(const std::function<void(Op&)>& fn) {
+  const uint32_t n = slab_count_.load(std::memory_order_acquire);
+  for (uint32_t s = 0; s < n; ++s) {
+    Slab* slab = slabs_[s].load(std::memory_order_acquire);
+    for (Op& op : slab->slots) {
+      if (op.session == nullptr) continue;  // tail of a partial last slab
+      if (OpWord::State(op.word.load(std::memory_order_acquire)) != OpState::kFree) fn(op);
+    }
+  }
+}
+
+uint32_t Session::max_generation() const {
+  uint32_t max_gen = gen_base_;
+  const uint32_t n = slab_count_.load(std::memory_order_acquire);
+  for (uint32_t s = 0; s < n; ++s) {
+    Slab* slab = slabs_[s].load(std::memory_order_acquire);
+    for (const Op& op : slab->slots) {
+      // Generations grow modulo 2^28 from gen_base_; compare by distance.
+      const uint32_t g = op.generation();
+      if (((g - gen_base_) & OpId::kGenMask) > ((max_gen - gen_base_) & OpId::kGenMask)) {
+        max_gen = g;
+      }
+    }
+  }
+  return max_gen;
+}
+
+Registry::Registry(Options options) : options_(options) {
+  options_.max_sessions = std::clamp(options_.max_sessions, 1u, OpId::kMaxSessions);
+  table_.resize(options_.max_sessions);
+  free_.reserve(options_.max_sessions);
+  for (uint32_t i = options_.max_sessions; i-- > 0;) free_.push_back(i);
+}
+
+Registry::Registry() : Registry(Options{}) {}
+
+Registry::~Registry() = default;
+
+absl::StatusOr<std::shared_ptr<Session>> Registry::OpenSession(ClientInfo client) {
+  std::unique_lock lock(mu_);
+  if (free_.empty()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the daemon serves the maximum of ", options_.max_sessions, " sessions"));
+  }
+  const uint32_t index = free_.back();
+  free_.pop_back();
+  Entry& e = table_[index];
+  ++e.serial;
+  // The session id carries the table index in its low bits for O(1) lookup
+  // and a per-index serial above them, so a closed session's id stays dead.
+  const uint64_t id = (e.serial << OpId::kSessionBits) | index;
+  e.session = std::make_shared<Session>(this, index, id, e.next_gen, std::move(client),
+                                        options_.max_ops_per_session,
+                                        options_.max_handles_per_session);
+  ++open_;
+  return e.session;
+}
+
+std::shared_ptr<Session> Registry::FindSession(uint64_t session_id) const {
+  const uint32_t index = static_cast<uint32_t>(session_id & (OpId::kMaxSessions - 1));
+  std::shared_lock lock(mu_);
+  if (index >= table_.size()) return nullptr;
+  const Entry& e = table_[index];
+  if (e.session == nullptr || e.session->id() != session_id) return nullptr;
+  return e.session;
+}
+
+std::shared_ptr<Session> Registry::BeginClose(uint64_t session_id) {
+  std::shared_ptr<Session> session = FindSession(session_id);
+  if (session == nullptr || session->closing_.exchange(true, std::memory_order_acq_rel)) {
+    return nullptr;
+  }
+  session->handles_.CloseAll();
+  session->MaybeRemove();
+  return session;
+}
+
+void Registry::Remove(Session& session) {
+  std::unique_lock lock(mu_);
+  Entry& e = table_[session.index()];
+  if (e.session.get() != &session) return;
+  // Retire() can still bump each slot's generation once more; start above that.
+  e.next_gen = NextGen(NextGen(session.max_generation()));
+  free_.push_back(session.index());
+  --open_;
+  // The session object lives on while anyone (a lookup, a teardown) holds it.
+  std::shared_ptr<Session> keep = std::move(e.session);
+  lock.unlock();
+}
+
+std::vector<std::shared_ptr<Session>> Registry::Sessions() const {
+  std::vector<std::shared_ptr<Session>> out;
+  std::shared_lock lock(mu_);
+  out.reserve(open_);
+  for (const Entry& e : table_) {
+    if (e.session) out.push_back(e.session);
+  }
+  return out;
+}
+
+Registry::Found Registry::Find(OpId id) const {
+  Found found;
+  {
+    std::shared_lock lock(mu_);
+    const uint32_t index = id.session_index();
+    if (index >= table_.size() || table_[index].session == nullptr) return found;
+    found.session = table_[index].session;
+  }
+  found.op = found.session->Find(id.slot(), id.generation());
+  if (found.op == nullptr) found.session.reset();
+  return found;
+}
+
+std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
+                                             std::optional<uint32_t> gen) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const uint64_t w1 = op.word.load(std::memory_order_acquire);
+    if (OpWord::State(w1) == OpState::kFree) return std::nullopt;
+    if (gen && OpWord::Gen(w1) != *gen) return std::nullopt;
+    OpSnapshot s;
+    s.kind = op.kind.load(std::memory_order_relaxed);
+    s.backend = op.backend.load(std::memory_order_relaxed);
+    s.safety = op.safety.load(std::memory_order_relaxed);
+    s.handle = op.handle.load(std::memory_order_relaxed);
+    s.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
+    s.dispatched_ns = op.dispatched_ns.load(std::memory_order_relaxed);
+    s.started_ns = op.started_ns.load(std::memory_order_relaxed);
+    s.end_requested_ns = op.end_requested_ns.load(std::memory_order_relaxed);
+    s.finished_ns = op.finished_ns.load(std::memory_order_relaxed);
+    s.result = op.result.load(std::memory_order_relaxed);
+    s.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
+    op.ReadTarget(s.target);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    const uint64_t w2 = op.word.load(std::memory_order_relaxed);
+    if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us
+    if (w2 != w1) continue;  // moved on while we read: take it again
+    s.id = OpId::Make(static_cast<uint32_t>(session_id & (OpId::kMaxSessions - 1)),
+                      op.slot_index, OpWord::Gen(w1));
+    s.session_id = session_id;
+    s.state = OpWord::State(w1);
+    s.end_requested = OpWord::EndRequested(w1);
+    s.end_reason = OpWord::Reason(w1);
+    return s;
+  }
+  return std::nullopt;  // a slot this busy is reported on the next pass
+}
+
+std::optional<OpSnapshot> Registry::Snapshot(OpId id) const {
+  Found found = Find(id);
+  if (!found) return std::nullopt;
+  return Snapshot(*found.op, found.session->id(), id.generation());
+}
+
+void Registry::ForEach(const std::function<bool(const OpSnapshot&)>& fn) const {
+  for (const auto& session : Sessions()) {
+    bool go_on = true;
+    const uint64_t sid = session->id();
+    session->ForEachSlot([&](Op& op) {
+      if (!go_on) return;
+      if (auto snap = Snapshot(op, sid)) go_on = fn(*snap);
+    });
+    if (!go_on) return;
+  }
+}
+
+uint64_t Registry::live_ops() const {
+  uint64_t n = 0;
+  for (const auto& s : Sessions()) n += s->live_ops();
+  return n;
+}
+
+uint32_t Registry::session_count() const {
+  std::shared_lock lock(mu_);
+  return open_;
+}
+
+}  // namespace asyncd::core
