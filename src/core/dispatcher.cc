@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <charconv>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -79,16 +78,9 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
     if (!acquired.ok()) return acquired.status();
     fd = *acquired;
   }
-  char target_buf[16];
+  // Handle ops show their handle; Snapshot renders it, so nothing is formatted here.
   std::string_view target;
-  if (uses_handle) {
-    target_buf[0] = 'h';
-    target_buf[1] = ':';
-    auto [end, ec] = std::to_chars(target_buf + 2, target_buf + sizeof(target_buf), request.handle);
-    target = std::string_view(target_buf, end - target_buf);
-  } else if (request.params.path != nullptr) {
-    target = request.params.path;
-  }
+  if (!uses_handle && request.params.path != nullptr) target = request.params.path;
   const bool creates = request.kind == OpKind::kOpen && (request.params.flags & O_CREAT) != 0;
   absl::StatusOr<Op*> registered = session.Register(
       request.kind, SafetyOf(request.kind, creates), uses_handle ? request.handle : 0, target, now);
@@ -103,6 +95,7 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   op->sink = request.sink;
   op->cookie = request.cookie;
   op->holds_handle = uses_handle;
+  op->backend_data[0] = op->backend_data[1] = 0;
   if (request.kind == OpKind::kClose) {
     // The handle disappears now; the descriptor closes when its last user is done.
     absl::StatusOr<int> detached = session.handles().Detach(request.handle);

@@ -95,6 +95,10 @@ OpState Op::Fail(int error, int64_t now_ns) {
 }
 
 void Op::SetTarget(std::string_view t) {
+  if (t.empty()) {
+    for (auto& word : target) word.store(0, std::memory_order_relaxed);
+    return;
+  }
   char buf[kTargetBytes] = {};
   if (t.size() > kTargetBytes) {
     // Keep the tail: the file name says more than the leading directories.

@@ -1,6 +1,7 @@
 #include "src/core/registry.h"
 
 #include <algorithm>
+#include <charconv>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -129,10 +130,8 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
   op->result.store(0, std::memory_order_relaxed);
   op->bytes_done.store(0, std::memory_order_relaxed);
   op->SetTarget(target);
-  op->params = OpParams{};
   op->sink = nullptr;
-  op->cookie = 0;
-  op->backend_data[0] = op->backend_data[1] = 0;
+  op->holds_handle = false;
   op->word.store(OpWord::Make(OpWord::Gen(w), OpState::kQueued), std::memory_order_release);
   return op;
 }
@@ -293,7 +292,11 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     s.finished_ns = op.finished_ns.load(std::memory_order_relaxed);
     s.result = op.result.load(std::memory_order_relaxed);
     s.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
-    op.ReadTarget(s.target);
+    if (op.ReadTarget(s.target) == 0 && s.handle != 0) {
+      s.target[0] = 'h';
+      s.target[1] = ':';
+      *std::to_chars(s.target + 2, s.target + sizeof(s.target) - 1, s.handle).ptr = '\0';
+    }
     std::atomic_thread_fence(std::memory_order_acquire);
     const uint64_t w2 = op.word.load(std::memory_order_relaxed);
     if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us

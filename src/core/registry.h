@@ -68,7 +68,9 @@ class Session {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
-  /// Takes a free slot and fills its description; the op is kQueued. Any
+  /// Takes a free slot and fills its description; the op is kQueued. The
+  /// execution fields (params, cookie, backend_data) hold stale values: the
+  /// caller sets them (Dispatcher does). Any
   /// thread. Lock-free; allocates only when every slab is full (a new slab).
   /// RESOURCE_EXHAUSTED at the session's op limit; FAILED_PRECONDITION once
   /// the session is closing.

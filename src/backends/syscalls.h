@@ -1,0 +1,118 @@
+#pragma once
+
+#include <limits.h>
+#include <linux/openat2.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "src/core/op.h"
+
+namespace asyncd::backends {
+
+/// Resolution flags for every path an op names: `..`, absolute paths and
+/// symlinks all stay beneath the root directory, and /proc magic links
+/// (which could reach anything) are refused.
+inline constexpr uint64_t kConfinedResolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+
+/// An open O_PATH directory confined beneath a root, plus the last component
+/// of the path that named it. Owns the descriptor. Move-only.
+///
+/// The io_uring backend keeps one alive until the completion of the
+/// unlinkat/renameat/mkdirat it submitted relative to `fd()` arrives.
+class ParentDir {
+ public:
+  ParentDir() = default;
+  ~ParentDir();
+  ParentDir(ParentDir&& other) noexcept;
+  ParentDir& operator=(ParentDir&& other) noexcept;
+  ParentDir(const ParentDir&) = delete;
+  ParentDir& operator=(const ParentDir&) = delete;
+
+  int fd() const { return fd_; }
+  /// The last path component, NUL-terminated; never empty, "." or "..".
+  const char* name() const { return name_; }
+
+ private:
+  friend int OpenParentBeneath(int root_fd, const char* path, ParentDir& out);
+  void Reset();
+
+  int fd_ = -1;
+  char name_[NAME_MAX + 1] = {};
+};
+
+/// Opens the directory that contains `path`, resolved beneath `root_fd`
+/// (RESOLVE_IN_ROOT: a leading '/' means the root, `..` cannot climb out,
+/// symlinks in the directory part are followed inside the root), and stores
+/// its last component in `out`. The caller then operates on `out.name()`
+/// relative to `out.fd()` with a call that does not follow the last
+/// component (unlinkat, renameat2, mkdirat), so nothing escapes the root.
+///
+/// Returns 0 or -errno: -EINVAL when the last component is "." or ".." (or
+/// path is null), -ENOENT for an empty path, -ENAMETOOLONG, or what openat2
+/// reported. Trailing slashes are ignored ("a/b/" names "b" in "a"). Blocks
+/// (path lookup); any thread. Allocates nothing.
+[[nodiscard]] int OpenParentBeneath(int root_fd, const char* path, ParentDir& out);
+
+/// Opens `path` beneath `root_fd` with openat2(flags | O_CLOEXEC, mode,
+/// kConfinedResolve). Returns the new descriptor or -errno. Blocks.
+[[nodiscard]] int OpenBeneath(int root_fd, const char* path, uint64_t flags, uint64_t mode);
+
+/// Whether an end (cancel, deadline) was requested on `op`. Any thread.
+inline bool EndRequested(const core::Op& op) {
+  return core::OpWord::EndRequested(op.word.load(std::memory_order_acquire));
+}
+
+/// How RunBlocking waits when it may block indefinitely (reads on pipes,
+/// FIFOs, sockets and ttys; poll; timeout; the open of a FIFO).
+///
+/// The calling thread keeps an interrupt signal blocked. RunBlocking never
+/// blocks in such a call directly: it waits in ppoll() with `wait_mask`
+/// (the thread's mask without the signal), which unblocks the signal
+/// atomically, so a signal sent just before the wait stays pending and ends
+/// it at once; then it does the I/O without blocking. After each EINTR it
+/// checks EndRequested(op): a signal meant for an earlier op only causes
+/// another wait.
+struct BlockingContext {
+  /// The signal mask for interruptible waits; nullptr makes waits plain
+  /// (only other signals or readiness end them).
+  const sigset_t* wait_mask = nullptr;
+  /// Set while the thread sits in the one call that cannot unblock the
+  /// signal atomically (openat2 of a FIFO, run with the signal unblocked).
+  /// A signal that lands just before that call enters the kernel is lost, so
+  /// whoever interrupts must re-send the signal while this reads true.
+  /// May be null.
+  std::atomic<bool>* in_unmasked_call = nullptr;
+};
+
+/// Runs op.params as op.kind describes with plain system calls and returns
+/// the result or -errno. Kinds and the params they read:
+///
+///   nop        0
+///   open       openat2(dirfd, path, flags|O_CLOEXEC, mode, confined); the fd
+///   close      close(fd)
+///   read       pread(fd, buf, len, offset), or read() when offset < 0
+///   write      pwrite / write likewise
+///   fsync      fdatasync(fd) when flags == 1, else fsync(fd)
+///   fallocate  fallocate(fd, mode, offset, length)
+///   ftruncate  ftruncate(fd, length)
+///   statx      path == nullptr: statx(fd, "", AT_EMPTY_PATH|flags); else
+///              the path resolved beneath dirfd (the last component followed
+///              inside the root unless flags has AT_SYMLINK_NOFOLLOW). Mask:
+///              mode if non-zero, else STATX_BASIC_STATS|STATX_BTIME. Writes
+///              a struct statx into buf.
+///   unlink     unlinkat(parent, name, flags & AT_REMOVEDIR)
+///   rename     renameat2(parent(path), name, parent(path2), name2, flags)
+///   mkdir      mkdirat(parent, name, mode)
+///   poll       ppoll on fd for the POLL* events in flags; returns revents
+///   timeout    waits timeout_ns; returns 0
+///
+/// An interrupted wait (see BlockingContext) returns the bytes moved so far
+/// or -EINTR; the dispatcher turns that into cancelled / timed out because
+/// an end was requested. Regular-file and block-device I/O is never
+/// interrupted. Blocks for as long as the call does; any thread. Does not
+/// touch op.word: the caller runs Op::TryStart before and completes after.
+int64_t RunBlocking(core::Op& op, const BlockingContext& ctx = {});
+
+}  // namespace asyncd::backends

@@ -1,0 +1,293 @@
+// Sessions, arenas, lookup, listing and teardown of the registry.
+#include "src/core/registry.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <set>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "src/core/dispatcher.h"
+
+namespace asyncd::core {
+namespace {
+
+std::shared_ptr<Session> Open(Registry& r, const char* name = "client") {
+  auto s = r.OpenSession({name, 1000, 1000, 42});
+  EXPECT_TRUE(s.ok()) << s.status();
+  return *s;
+}
+
+void FinishAndRetire(Op& op) {
+  if (op.state() < OpState::kRunning) ASSERT_TRUE(op.TryStart(1));
+  op.Finish(0, 2);
+  op.session->Retire(op);
+}
+
+TEST(RegistryTest, SessionIdsAreUniqueAndFindable) {
+  Registry registry;
+  auto a = Open(registry, "a");
+  auto b = Open(registry, "b");
+  EXPECT_NE(a->id(), b->id());
+  EXPECT_EQ(registry.FindSession(a->id()), a);
+  EXPECT_EQ(registry.FindSession(b->id()), b);
+  EXPECT_EQ(registry.FindSession(a->id() + (1u << 16)), nullptr);  // same index, other serial
+  EXPECT_EQ(registry.session_count(), 2u);
+  EXPECT_EQ(a->client().name, "a");
+  EXPECT_EQ(a->client().pid, 42u);
+}
+
+TEST(RegistryTest, SessionTableIsBounded) {
+  Registry registry(Registry::Options{.max_sessions = 2});
+  auto a = Open(registry);
+  auto b = Open(registry);
+  auto c = registry.OpenSession({"c", 0, 0, 0});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
+  registry.BeginClose(a->id());  // no ops: leaves the table at once
+  EXPECT_TRUE(registry.OpenSession({"c", 0, 0, 0}).ok());
+}
+
+TEST(RegistryTest, ArenaGrowsBySlabsUpToTheLimit) {
+  Registry registry(Registry::Options{.max_ops_per_session = 600});
+  auto s = Open(registry);
+  std::vector<Op*> ops;
+  std::set<uint64_t> ids;
+  for (int i = 0; i < 600; ++i) {
+    auto op = s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+    ASSERT_TRUE(op.ok()) << i << ": " << op.status();
+    ops.push_back(*op);
+    ids.insert((*op)->id().value);
+  }
+  EXPECT_EQ(ids.size(), 600u);
+  auto over = s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s->live_ops(), 600u);
+  for (Op* op : ops) FinishAndRetire(*op);
+  EXPECT_EQ(s->live_ops(), 0u);
+  // Freed slots are reused: no new slab is needed for another full round.
+  for (int i = 0; i < 600; ++i) {
+    auto op = s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+    ASSERT_TRUE(op.ok());
+    EXPECT_EQ(ids.count((*op)->id().value), 0u) << "an id was handed out twice";
+    FinishAndRetire(**op);
+  }
+}
+
+TEST(RegistryTest, ListingSeesEveryLiveOpOfEverySession) {
+  Registry registry;
+  auto a = Open(registry, "a");
+  auto b = Open(registry, "b");
+  std::set<uint64_t> want;
+  for (int i = 0; i < 300; ++i) {
+    auto& s = (i % 3 == 0) ? b : a;
+    auto op = s->Register(OpKind::kRead, CancelSafety::kAlways, 7, "h:7", 100 + i);
+    ASSERT_TRUE(op.ok());
+    want.insert((*op)->id().value);
+  }
+  std::set<uint64_t> seen;
+  registry.ForEach([&](const OpSnapshot& snap) {
+    seen.insert(snap.id.value);
+    EXPECT_EQ(snap.kind, OpKind::kRead);
+    EXPECT_EQ(snap.state, OpState::kQueued);
+    EXPECT_EQ(snap.handle, 7u);
+    EXPECT_STREQ(snap.target, "h:7");
+    EXPECT_TRUE(snap.cancellable());
+    EXPECT_EQ(registry.FindSession(snap.session_id) != nullptr, true);
+    return true;
+  });
+  EXPECT_EQ(seen, want);
+  EXPECT_EQ(registry.live_ops(), 300u);
+  // ForEach stops when asked to.
+  int visited = 0;
+  registry.ForEach([&](const OpSnapshot&) { return ++visited < 5; });
+  EXPECT_EQ(visited, 5);
+}
+
+TEST(RegistryTest, SnapshotShowsStateTimestampsAndCancellability) {
+  Registry registry;
+  auto s = Open(registry);
+  Op& op = **s->Register(OpKind::kWrite, CancelSafety::kOnlyBeforeStart, 3, "h:3", 10);
+  op.MarkDispatched(BackendKind::kIoUring, 11);
+  auto snap = registry.Snapshot(op.id());
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(snap->state, OpState::kDispatched);
+  EXPECT_EQ(snap->backend, BackendKind::kIoUring);
+  EXPECT_EQ(snap->submitted_ns, 10);
+  EXPECT_EQ(snap->dispatched_ns, 11);
+  EXPECT_TRUE(snap->cancellable());
+  ASSERT_TRUE(op.TryStart(12));
+  snap = registry.Snapshot(op.id());
+  EXPECT_EQ(snap->state, OpState::kRunning);
+  EXPECT_EQ(snap->started_ns, 12);
+  EXPECT_FALSE(snap->cancellable());  // a started write is not cancel-safe
+}
+
+TEST(RegistryTest, ClosingSessionRefusesNewOpsAndLeavesWhenDrained) {
+  Registry registry;
+  auto s = Open(registry);
+  Op& op = **s->Register(OpKind::kRead, CancelSafety::kAlways, 0, "", 1);
+  const OpId id = op.id();
+  EXPECT_EQ(registry.BeginClose(s->id()), s);
+  EXPECT_EQ(registry.BeginClose(s->id()), nullptr);  // only once
+  EXPECT_TRUE(s->closing());
+  auto refused = s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  // Still visible to operators while its op runs.
+  EXPECT_TRUE(registry.Find(id));
+  EXPECT_EQ(registry.session_count(), 1u);
+  FinishAndRetire(op);
+  EXPECT_EQ(registry.session_count(), 0u);
+  EXPECT_EQ(registry.FindSession(s->id()), nullptr);
+  EXPECT_FALSE(registry.Find(id));
+}
+
+TEST(RegistryTest, IdsOfAClosedSessionDoNotMatchItsSuccessor) {
+  Registry registry(Registry::Options{.max_sessions = 1});
+  auto first = Open(registry);
+  std::vector<OpId> old_ids;
+  for (int round = 0; round < 3; ++round) {
+    Op& op = **first->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+    old_ids.push_back(op.id());
+    FinishAndRetire(op);
+  }
+  registry.BeginClose(first->id());
+  auto second = Open(registry);
+  ASSERT_EQ(second->index(), first->index());
+  for (int i = 0; i < 10; ++i) {
+    Op& op = **second->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+    for (OpId old : old_ids) EXPECT_NE(op.id(), old);
+    for (OpId old : old_ids) EXPECT_FALSE(registry.Find(old));
+  }
+}
+
+// A recording sink for dispatcher-level tests that need no real backend.
+class Sink : public CompletionSink {
+ public:
+  void OnComplete(const Op& op) noexcept override {
+    states.push_back(op.state());
+    results.push_back(op.result.load());
+  }
+  std::vector<OpState> states;
+  std::vector<int64_t> results;
+};
+
+// A backend that holds ops until told to finish them: lets tests decide order.
+class HoldingBackend : public Backend {
+ public:
+  explicit HoldingBackend(OpCompleter& c) : completer_(c) {}
+  BackendKind kind() const override { return BackendKind::kThreadPool; }
+  bool Supports(OpKind) const override { return true; }
+  size_t Submit(std::span<Op* const> ops) noexcept override {
+    size_t n = std::min(ops.size(), capacity - held.size());
+    held.insert(held.end(), ops.begin(), ops.begin() + n);
+    return n;
+  }
+  void Interrupt(Op& op, uint32_t gen) noexcept override { interrupted.push_back(&op); }
+  void Shutdown() override {}
+  BackendStats Stats() const override { return {}; }
+  void RunAll(int64_t result) {
+    auto ops = std::move(held);
+    held.clear();
+    for (Op* op : ops) completer_.Complete(*op, op->TryStart(1) ? result : -ECANCELED);
+  }
+  OpCompleter& completer_;
+  size_t capacity = 1000;
+  std::vector<Op*> held;
+  std::vector<Op*> interrupted;
+};
+
+class DispatcherTest : public ::testing::Test {
+ protected:
+  DispatcherTest() : backend_(dispatcher_) { dispatcher_.SetBackends({&backend_}); }
+  Registry registry_;
+  Dispatcher dispatcher_{registry_, AT_FDCWD};
+  HoldingBackend backend_;
+  std::shared_ptr<Session> session_ = Open(registry_);
+  Sink sink_;
+};
+
+TEST_F(DispatcherTest, UnknownHandleIsRefusedAndChangesNothing) {
+  OpRequest req{.kind = OpKind::kRead, .handle = 12345, .sink = &sink_};
+  auto id = dispatcher_.Submit(*session_, req);
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(session_->live_ops(), 0u);
+  EXPECT_TRUE(backend_.held.empty());
+  EXPECT_TRUE(sink_.states.empty());
+}
+
+TEST_F(DispatcherTest, FullBackendIsResourceExhaustedAndLeaksNothing) {
+  backend_.capacity = 2;
+  std::vector<OpRequest> reqs(5, OpRequest{.kind = OpKind::kNop, .sink = &sink_});
+  std::vector<absl::StatusOr<OpId>> out(5);
+  dispatcher_.SubmitBatch(*session_, reqs, out);
+  EXPECT_TRUE(out[0].ok());
+  EXPECT_TRUE(out[1].ok());
+  for (int i = 2; i < 5; ++i) {
+    ASSERT_FALSE(out[i].ok());
+    EXPECT_EQ(out[i].status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(session_->live_ops(), 2u);
+  EXPECT_TRUE(sink_.states.empty());  // refused ops report nothing
+  backend_.RunAll(0);
+  EXPECT_EQ(sink_.states.size(), 2u);
+  EXPECT_EQ(session_->live_ops(), 0u);
+}
+
+TEST_F(DispatcherTest, OpenYieldsAHandleAndCloseOfAnInUseHandleIsDeferred) {
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  uint32_t handle = *session_->handles().Insert(fd);
+  // A read holds the handle; closing it meanwhile must not close the fd.
+  ASSERT_TRUE(dispatcher_.Submit(*session_, {.kind = OpKind::kRead, .handle = handle,
+                                             .sink = &sink_}).ok());
+  ASSERT_TRUE(dispatcher_.Submit(*session_, {.kind = OpKind::kClose, .handle = handle,
+                                             .sink = &sink_}).ok());
+  ASSERT_EQ(sink_.states.size(), 1u);  // the close completed inline
+  EXPECT_EQ(sink_.results[0], 0);
+  EXPECT_GE(fcntl(fd, F_GETFD), 0) << "fd closed under a running read";
+  auto again = dispatcher_.Submit(*session_, {.kind = OpKind::kRead, .handle = handle});
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kNotFound);
+  backend_.RunAll(0);
+  EXPECT_EQ(fcntl(fd, F_GETFD), -1);  // the last user closed it
+  EXPECT_EQ(errno, EBADF);
+}
+
+TEST_F(DispatcherTest, CancelInterruptsTheHoldingBackendOnce) {
+  auto nop = dispatcher_.Submit(*session_, {.kind = OpKind::kTimeout, .sink = &sink_});
+  ASSERT_TRUE(nop.ok());
+  EXPECT_EQ(dispatcher_.Cancel(*nop, EndReason::kClientRequest), CancelResult::kCancelled);
+  EXPECT_EQ(backend_.interrupted.size(), 1u);
+  backend_.RunAll(0);
+  ASSERT_FALSE(sink_.states.empty());
+  EXPECT_EQ(sink_.states.back(), OpState::kCancelled);
+  EXPECT_EQ(dispatcher_.Cancel(*nop, EndReason::kClientRequest), CancelResult::kNotFound);
+}
+
+TEST_F(DispatcherTest, CloseSessionCancelsEverythingItOwns) {
+  const int fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  const uint32_t handle = *session_->handles().Insert(fd);
+  std::vector<OpRequest> reqs(50, OpRequest{.kind = OpKind::kTimeout, .sink = &sink_});
+  reqs.push_back({.kind = OpKind::kWrite, .handle = handle, .sink = &sink_});
+  std::vector<absl::StatusOr<OpId>> out(reqs.size());
+  dispatcher_.SubmitBatch(*session_, reqs, out);
+  auto counts = dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed);
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->cancelled, reqs.size());  // none had started
+  EXPECT_EQ(dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed).status().code(),
+            absl::StatusCode::kNotFound);
+  backend_.RunAll(0);
+  ASSERT_EQ(sink_.states.size(), reqs.size());
+  for (OpState s : sink_.states) EXPECT_EQ(s, OpState::kCancelled);
+  EXPECT_EQ(registry_.session_count(), 0u);
+  EXPECT_EQ(fcntl(fd, F_GETFD), -1) << "session end must close its handles";
+}
+
+}  // namespace
+}  // namespace asyncd::core
