@@ -73,8 +73,9 @@ Backend* Dispatcher::BackendOf(BackendKind kind) const {
 absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& request, int64_t now) {
   const bool uses_handle = UsesHandle(request);
   int fd = -1;
+  bool stream = false;
   if (uses_handle) {
-    absl::StatusOr<int> acquired = session.handles().Acquire(request.handle);
+    absl::StatusOr<int> acquired = session.handles().Acquire(request.handle, &stream);
     if (!acquired.ok()) return acquired.status();
     fd = *acquired;
   }
@@ -82,13 +83,21 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   std::string_view target;
   if (!uses_handle && request.params.path != nullptr) target = request.params.path;
   const bool creates = request.kind == OpKind::kOpen && (request.params.flags & O_CREAT) != 0;
-  absl::StatusOr<Op*> registered = session.Register(
-      request.kind, SafetyOf(request.kind, creates), uses_handle ? request.handle : 0, target, now);
+  // I/O on a pipe or socket may wait forever, and interrupting it leaves
+  // nothing half-done beyond the bytes reported: it is always cancel-safe.
+  const bool stream_io = stream && (request.kind == OpKind::kRead ||
+                                    request.kind == OpKind::kWrite ||
+                                    request.kind == OpKind::kPoll);
+  absl::StatusOr<Op*> registered =
+      session.Register(request.kind,
+                       stream_io ? CancelSafety::kAlways : SafetyOf(request.kind, creates),
+                       uses_handle ? request.handle : 0, target, now);
   if (!registered.ok()) {
     if (uses_handle) session.handles().Release(request.handle);
     return registered.status();
   }
   Op* op = *registered;
+  if (stream_io) op->may_block.store(true, std::memory_order_relaxed);
   op->params = request.params;
   op->params.fd = fd;
   op->params.dirfd = root_fd_;
@@ -226,6 +235,7 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
     }
   }
   if (op.holds_handle) session.handles().Release(op.handle.load(std::memory_order_relaxed));
+  if (observer_ != nullptr) observer_->OnFinished(op);
   if (op.sink != nullptr) op.sink->OnComplete(op);
   session.Retire(op);
 }

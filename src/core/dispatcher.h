@@ -31,6 +31,15 @@ struct CancelCounts {
   void Add(CancelResult r);
 };
 
+/// Sees every op end, before its sink: history, watchers, metrics. Called on
+/// the completing thread with the op terminal and not yet retired. Must not
+/// block.
+class CompletionObserver {
+ public:
+  virtual ~CompletionObserver() = default;
+  virtual void OnFinished(const Op& op) noexcept = 0;
+};
+
 /// Routes each op to the first backend that supports its kind, resolves
 /// handles, and finishes ops (handle bookkeeping, then the sink, then the
 /// slot's retirement). The last backend must support every kind.
@@ -67,6 +76,9 @@ class Dispatcher final : public OpCompleter {
 
   void Complete(Op& op, int64_t result) noexcept override;
 
+  /// Set before the first Submit; not owned.
+  void SetObserver(CompletionObserver* observer) { observer_ = observer; }
+
   /// Which backend runs `kind`.
   BackendKind RouteFor(OpKind kind) const;
   Registry& registry() { return registry_; }
@@ -85,6 +97,7 @@ class Dispatcher final : public OpCompleter {
   const int root_fd_;
   std::vector<Backend*> backends_;
   std::array<Backend*, kOpKindCount + 1> route_{};
+  CompletionObserver* observer_ = nullptr;
 };
 
 }  // namespace asyncd::core

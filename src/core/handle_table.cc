@@ -1,5 +1,6 @@
 #include "src/core/handle_table.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "absl/status/status.h"
@@ -25,6 +26,9 @@ HandleTable::Entry* HandleTable::Find(uint32_t handle) {
 }
 
 absl::StatusOr<uint32_t> HandleTable::Insert(int fd) {
+  struct stat st;
+  const bool stream = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) &&
+                      !S_ISBLK(st.st_mode);
   std::lock_guard lock(mu_);
   uint32_t index;
   if (!free_.empty()) {
@@ -42,16 +46,18 @@ absl::StatusOr<uint32_t> HandleTable::Insert(int fd) {
   e.fd = fd;
   e.refs = 0;
   e.open = true;
+  e.stream = stream;
   ++open_;
   return (uint32_t{e.gen} << 16) | index;
 }
 
-absl::StatusOr<int> HandleTable::Acquire(uint32_t handle) {
+absl::StatusOr<int> HandleTable::Acquire(uint32_t handle, bool* stream) {
   std::lock_guard lock(mu_);
   Entry* e = Find(handle);
   if (e == nullptr || !e->open) {
     return absl::NotFoundError(absl::StrCat("unknown handle ", handle));
   }
+  if (stream != nullptr) *stream = e->stream;
   ++e->refs;
   return e->fd;
 }

@@ -28,8 +28,9 @@ class HandleTable {
   /// Takes ownership of `fd`. RESOURCE_EXHAUSTED when the table is full (fd is then closed).
   [[nodiscard]] absl::StatusOr<uint32_t> Insert(int fd);
   /// Returns the descriptor and takes a reference. NOT_FOUND for an unknown,
-  /// stale or closed handle.
-  [[nodiscard]] absl::StatusOr<int> Acquire(uint32_t handle);
+  /// stale or closed handle. `stream`, if given, is set when the descriptor
+  /// is a pipe, FIFO, socket or character device: I/O on it may block forever.
+  [[nodiscard]] absl::StatusOr<int> Acquire(uint32_t handle, bool* stream = nullptr);
   /// Drops a reference taken by Acquire; closes a detached descriptor at zero.
   void Release(uint32_t handle);
   /// Detaches the handle. Returns the descriptor for the caller to close when
@@ -47,6 +48,7 @@ class HandleTable {
     uint32_t refs = 0;
     uint16_t gen = 1;
     bool open = false;
+    bool stream = false;
   };
   Entry* Find(uint32_t handle);
 

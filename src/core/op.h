@@ -90,6 +90,7 @@ struct Op {
   std::atomic<OpKind> kind{OpKind::kNop};
   std::atomic<BackendKind> backend{BackendKind::kNone};
   std::atomic<CancelSafety> safety{CancelSafety::kAlways};
+  std::atomic<bool> may_block{false};  // may wait forever (pipe, socket, poll, timeout)
   std::atomic<uint32_t> handle{0};
   std::atomic<int64_t> submitted_ns{0};
   std::atomic<int64_t> dispatched_ns{0};

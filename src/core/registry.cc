@@ -121,6 +121,8 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
   op->kind.store(kind, std::memory_order_relaxed);
   op->backend.store(BackendKind::kNone, std::memory_order_relaxed);
   op->safety.store(safety, std::memory_order_relaxed);
+  op->may_block.store(kind == OpKind::kPoll || kind == OpKind::kTimeout,
+                      std::memory_order_relaxed);
   op->handle.store(handle, std::memory_order_relaxed);
   op->submitted_ns.store(now_ns, std::memory_order_relaxed);
   op->dispatched_ns.store(0, std::memory_order_relaxed);
@@ -284,6 +286,7 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     s.kind = op.kind.load(std::memory_order_relaxed);
     s.backend = op.backend.load(std::memory_order_relaxed);
     s.safety = op.safety.load(std::memory_order_relaxed);
+    s.may_block = op.may_block.load(std::memory_order_relaxed);
     s.handle = op.handle.load(std::memory_order_relaxed);
     s.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
     s.dispatched_ns = op.dispatched_ns.load(std::memory_order_relaxed);

@@ -34,6 +34,7 @@ struct OpSnapshot {
   BackendKind backend = BackendKind::kNone;
   CancelSafety safety = CancelSafety::kAlways;
   bool end_requested = false;
+  bool may_block = false;
   EndReason end_reason = EndReason::kNone;
   uint32_t handle = 0;
   int64_t submitted_ns = 0;  // MonoNanos
