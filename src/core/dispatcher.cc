@@ -82,7 +82,8 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   // Handle ops show their handle; Snapshot renders it, so nothing is formatted here.
   std::string_view target;
   if (!uses_handle && request.params.path != nullptr) target = request.params.path;
-  const bool creates = request.kind == OpKind::kOpen && (request.params.flags & O_CREAT) != 0;
+  const bool creates =
+      request.kind == OpKind::kOpen && (request.params.flags & (O_CREAT | O_TRUNC)) != 0;
   // I/O on a pipe or socket may wait forever, and interrupting it leaves
   // nothing half-done beyond the bytes reported: it is always cancel-safe.
   const bool stream_io = stream && (request.kind == OpKind::kRead ||

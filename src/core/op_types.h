@@ -68,8 +68,8 @@ enum class CancelResult : uint8_t {
   kNotFound,
 };
 
-/// `creates` is true for an open that may create a file (O_CREAT): interrupting
-/// it could leave the file behind, so it is not cancel-safe once started.
+/// `creates` is true for an open that may create or truncate a file (O_CREAT,
+/// O_TRUNC): interrupting it could leave that done, so it is not cancel-safe once started.
 constexpr CancelSafety SafetyOf(OpKind kind, bool creates = false) {
   switch (kind) {
     case OpKind::kNop:
