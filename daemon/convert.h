@@ -1,0 +1,48 @@
+#pragma once
+
+#include <linux/stat.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "asyncd/v1/asyncd.pb.h"
+#include "src/core/dispatcher.h"
+
+namespace asyncd::daemon {
+
+namespace v1 = ::asyncd::v1;
+
+/// Per-op storage the daemon lends the backend until the completion: read
+/// data goes straight into the Completion's bytes field, statx into `stx`.
+struct OpBuffers {
+  v1::Completion completion;
+  struct statx stx;
+};
+
+/// Validates `op` and fills `out` (params borrow from `op` and `buffers`,
+/// which must outlive the operation). INVALID_ARGUMENT names the bad field;
+/// RESOURCE_EXHAUSTED for a payload over `max_op_bytes`. Changes nothing.
+[[nodiscard]] absl::Status ToOpRequest(const v1::Operation& op, uint32_t max_op_bytes,
+                                       int64_t call_deadline_ns, OpBuffers& buffers,
+                                       core::OpRequest& out);
+
+/// Fills buffers.completion from a finished op (terminal, not yet retired).
+void FillCompletion(const core::Op& op, OpBuffers& buffers);
+
+/// A Completion for an operation refused before it was accepted.
+void FillRejected(const absl::Status& status, uint64_t tag, v1::Completion& out);
+
+v1::OpKind ToProto(core::OpKind kind);
+v1::OpState ToProto(core::OpState state);
+v1::Backend ToProto(core::BackendKind backend);
+v1::EndReason ToProto(core::EndReason reason);
+v1::CancelResult ToProto(core::CancelResult result);
+v1::Outcome OutcomeOf(core::OpState terminal);
+core::OpKind FromProto(v1::OpKind kind);  // kNop for unknown values
+core::OpState FromProto(v1::OpState state);
+
+/// The errno's symbolic name ("ENOENT"), or "E<n>".
+std::string ErrnoName(int error);
+
+}  // namespace asyncd::daemon

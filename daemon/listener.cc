@@ -1,0 +1,161 @@
+#include "daemon/listener.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <grpcpp/server.h>
+#include <grpcpp/server_posix.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace asyncd::daemon {
+namespace {
+
+absl::Status Errno(const char* what, const std::string& path) {
+  return absl::ErrnoToStatus(errno, absl::StrCat(what, " ", path));
+}
+
+bool SomeoneListens(const sockaddr_un& addr) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool live = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return live;
+}
+
+}  // namespace
+
+UnixListener::UnixListener(int fd, std::string path, bool owns_path)
+    : fd_(fd), path_(std::move(path)), owns_path_(owns_path) {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path,
+                                                                 uint32_t mode) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path must be 1..", sizeof(addr.sun_path) - 1, " bytes: ", path));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  std::error_code ec;
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(path, " exists and is not a socket"));
+    }
+    if (SomeoneListens(addr)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("another daemon is serving ", path, "; stop it first"));
+    }
+    spdlog::info("removing stale socket {} (nothing listens on it)", path);
+    unlink(path.c_str());
+  }
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return Errno("socket", path);
+  // Permissions apply from the first moment the file exists.
+  const mode_t old_umask = umask(0777 & ~mode);
+  const int rc = bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  umask(old_umask);
+  if (rc != 0) {
+    absl::Status s = Errno("bind", path);
+    close(fd);
+    return s;
+  }
+  chmod(path.c_str(), mode);
+  struct stat bound;
+  lstat(path.c_str(), &bound);
+  if (listen(fd, 1024) != 0) {
+    absl::Status s = Errno("listen", path);
+    close(fd);
+    unlink(path.c_str());
+    return s;
+  }
+  auto listener = std::unique_ptr<UnixListener>(new UnixListener(fd, path, /*owns_path=*/true));
+  listener->inode_ = bound.st_ino;
+  return listener;
+}
+
+std::unique_ptr<UnixListener> UnixListener::Adopt(int fd, std::string path) {
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  return std::unique_ptr<UnixListener>(new UnixListener(fd, std::move(path), false));
+}
+
+UnixListener::~UnixListener() {
+  Stop();
+  close(fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+  // Remove the file only if it is still ours: a successor may have replaced it.
+  struct stat st;
+  if (owns_path_ && lstat(path_.c_str(), &st) == 0 && st.st_ino == inode_) unlink(path_.c_str());
+}
+
+void UnixListener::Start(grpc::Server* server) {
+  thread_ = std::thread([this, server] { AcceptLoop(server); });
+}
+
+void UnixListener::Stop() {
+  if (stopping_.exchange(true)) return;
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+  if (thread_.joinable()) thread_.join();
+}
+
+void UnixListener::AcceptLoop(grpc::Server* server) {
+  pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  while (!stopping_.load()) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("listener poll: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    for (;;) {
+      const int conn = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (conn < 0) {
+        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) break;
+        // EMFILE and friends: log, back off briefly, keep serving existing clients.
+        spdlog::warn("accept on {}: {}", path_, std::strerror(errno));
+        usleep(10000);
+        break;
+      }
+      ucred cred{};
+      socklen_t len = sizeof(cred);
+      if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        close(conn);
+        continue;
+      }
+      {
+        std::lock_guard lock(mu_);
+        peers_[conn] = PeerCred{cred.uid, cred.gid, static_cast<uint32_t>(cred.pid)};
+      }
+      grpc::AddInsecureChannelFromFd(server, conn);
+    }
+  }
+}
+
+std::optional<PeerCred> UnixListener::Lookup(const std::string& peer) const {
+  int fd;
+  if (peer.rfind("fd:", 0) != 0 || !absl::SimpleAtoi(peer.substr(3), &fd)) return std::nullopt;
+  std::lock_guard lock(mu_);
+  auto it = peers_.find(fd);
+  if (it == peers_.end()) return std::nullopt;
+  return it->second;
+}
+
+}  // namespace asyncd::daemon

@@ -1,0 +1,70 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/status/statusor.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace asyncd::daemon {
+
+/// Who is on the other end of a unix connection, from SO_PEERCRED: the
+/// kernel's word, never the client's.
+struct PeerCred {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t pid = 0;
+};
+
+/// The unix socket listener. We accept connections ourselves, rather than
+/// letting gRPC bind the path, to read each connection's peer credentials
+/// before handing it to gRPC (which then names the peer "fd:N"), and to
+/// adopt a socket-activated descriptor.
+class UnixListener {
+ public:
+  /// Binds `path` with permissions `mode`. A stale socket file left by a
+  /// killed daemon is replaced; a live one (another daemon answers) is
+  /// FAILED_PRECONDITION. Creates the parent directory if missing.
+  static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path,
+                                                            uint32_t mode);
+  /// Adopts an already listening descriptor (systemd socket activation).
+  static std::unique_ptr<UnixListener> Adopt(int fd, std::string path);
+  ~UnixListener();
+
+  /// Starts the accept thread, handing each connection to `server`.
+  void Start(grpc::Server* server);
+  /// Stops accepting; existing connections stay. Idempotent.
+  void Stop();
+
+  /// Peer credentials of the connection gRPC calls `peer` ("fd:N"). Called
+  /// on gRPC threads while the call is alive (its descriptor is then open).
+  std::optional<PeerCred> Lookup(const std::string& peer) const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  UnixListener(int fd, std::string path, bool owns_path);
+  void AcceptLoop(grpc::Server* server);
+
+  const int fd_;
+  const std::string path_;
+  const bool owns_path_;
+  ino_t inode_ = 0;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  mutable std::mutex mu_;
+  std::unordered_map<int, PeerCred> peers_;
+};
+
+}  // namespace asyncd::daemon

@@ -1,0 +1,93 @@
+// asyncd: runs system calls for clients that submit them over gRPC.
+#include <signal.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "daemon/config.h"
+#include "daemon/server.h"
+#include "src/core/runtime_paths.h"
+
+int main(int argc, char** argv) {
+  using asyncd::daemon::Config;
+  CLI::App app{"asyncd: an async-syscall daemon (io_uring fast path, thread-pool fallback)"};
+  app.footer(
+      "Defaults are embedded: no config file is needed. Flags override the config file.\n"
+      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.");
+  std::string config_path, socket, root, tcp, log_level;
+  bool no_uring = false;
+  app.add_option("--config", config_path, "TOML config file (see deploy/asyncd.toml.example)");
+  app.add_option("--socket", socket,
+                 "unix socket path (default: $ASYNCD_SOCKET, /run/asyncd/asyncd.sock as root, "
+                 "else $XDG_RUNTIME_DIR/asyncd/asyncd.sock)");
+  app.add_option("--root", root,
+                 "directory every client path resolves beneath (default: $STATE_DIRECTORY/files, "
+                 "/var/lib/asyncd/files as root, else ~/.local/share/asyncd/files)");
+  app.add_option("--tcp", tcp, "also listen on ADDR:PORT (off by default)");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off (default info)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  app.add_flag("--no-io-uring", no_uring, "serve everything from the thread pool");
+  CLI11_PARSE(app, argc, argv);
+
+  auto load = [&]() -> absl::StatusOr<Config> {
+    Config config;
+    if (!config_path.empty()) {
+      auto loaded = asyncd::daemon::LoadConfigFile(config_path, config);
+      if (!loaded.ok()) return loaded.status();
+      config = *loaded;
+    }
+    if (!socket.empty()) config.socket = socket;
+    if (!root.empty()) config.root = root;
+    if (!tcp.empty()) config.tcp = tcp;
+    if (!log_level.empty()) config.log_level = log_level;
+    if (no_uring) config.io_uring = false;
+    asyncd::daemon::ApplyDefaults(config);
+    return config;
+  };
+  absl::StatusOr<Config> config = load();
+  if (!config.ok()) {
+    std::fprintf(stderr, "asyncd: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  spdlog::set_level(spdlog::level::from_str(config->log_level));
+
+  // Signals are taken by one thread with sigwait, never by async handlers.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto server = asyncd::daemon::Server::Start(*config);
+  if (!server.ok()) {
+    spdlog::critical("cannot start: {}", std::string(server.status().message()));
+    return 1;
+  }
+  std::thread signal_thread([&] {
+    for (;;) {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      if (sig == SIGHUP) {
+        auto reloaded = load();
+        if (!reloaded.ok()) {
+          spdlog::error("reload refused: {}", std::string(reloaded.status().message()));
+          continue;
+        }
+        const std::string left = (*server)->Reload(*reloaded);
+        spdlog::info("reloaded{}{}", left.empty() ? "" : "; ", left);
+        continue;
+      }
+      spdlog::info("{}: draining and stopping", strsignal(sig));
+      (*server)->Shutdown();
+      return;
+    }
+  });
+  (*server)->Wait();
+  signal_thread.join();
+  return 0;
+}

@@ -1,0 +1,73 @@
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "daemon/config.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace asyncd::core {
+class Registry;
+class Dispatcher;
+}  // namespace asyncd::core
+
+namespace asyncd::backends {
+class UringBackend;
+class ThreadPoolBackend;
+}  // namespace asyncd::backends
+
+namespace asyncd::daemon {
+
+class Observer;
+class Service;
+class UnixListener;
+
+/// The whole daemon: backends chosen by probing, the registry, the gRPC
+/// service on the unix socket (and TCP when configured).
+class Server {
+ public:
+  /// Starts serving. Adopts a socket-activated listener when systemd passed one.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const Config& config);
+  ~Server();
+
+  /// Blocks until Shutdown() has finished.
+  void Wait();
+  /// Drains (the configured grace), then stops. Any thread; idempotent.
+  void Shutdown();
+  /// Applies what can change live from a new config; says what could not.
+  std::string Reload(const Config& config);
+
+  const Config& config() const { return config_; }
+  Service& service() { return *service_; }
+
+ private:
+  explicit Server(const Config& config);
+  absl::Status Init();
+
+  Config config_;
+  int root_fd_ = -1;
+  std::unique_ptr<core::Registry> registry_;
+  std::unique_ptr<core::Dispatcher> dispatcher_;
+  std::unique_ptr<Observer> observer_;
+  std::unique_ptr<backends::UringBackend> uring_;
+  std::unique_ptr<backends::ThreadPoolBackend> pool_;
+  std::unique_ptr<UnixListener> listener_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::thread housekeeping_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace asyncd::daemon
