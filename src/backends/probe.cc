@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
+#include <array>
 
 #include "absl/strings/str_cat.h"
 
@@ -19,25 +19,27 @@ using core::OpKind;
 // Opcodes the ring implementation of each kind issues. Empty = no opcode in
 // the liburing headers we build against (liburing 2.3 has no ftruncate), so
 // the kind is unsupported whatever the kernel offers.
-std::initializer_list<int> OpcodesFor(OpKind kind) {
+// Up to two opcodes; -1 = none.
+using Opcodes = std::array<int, 2>;
+Opcodes OpcodesFor(OpKind kind) {
   switch (kind) {
-    case OpKind::kNop: return {IORING_OP_NOP};
-    case OpKind::kOpen: return {IORING_OP_OPENAT2};
-    case OpKind::kClose: return {IORING_OP_CLOSE};
-    case OpKind::kRead: return {IORING_OP_READ};
-    case OpKind::kWrite: return {IORING_OP_WRITE};
-    case OpKind::kFsync: return {IORING_OP_FSYNC};
-    case OpKind::kFallocate: return {IORING_OP_FALLOCATE};
-    case OpKind::kFtruncate: return {};
+    case OpKind::kNop: return {IORING_OP_NOP, -1};
+    case OpKind::kOpen: return {IORING_OP_OPENAT2, -1};
+    case OpKind::kClose: return {IORING_OP_CLOSE, -1};
+    case OpKind::kRead: return {IORING_OP_READ, -1};
+    case OpKind::kWrite: return {IORING_OP_WRITE, -1};
+    case OpKind::kFsync: return {IORING_OP_FSYNC, -1};
+    case OpKind::kFallocate: return {IORING_OP_FALLOCATE, -1};
+    case OpKind::kFtruncate: return {-1, -1};
     // A path statx first opens the path O_PATH beneath the root (openat2).
     case OpKind::kStatx: return {IORING_OP_STATX, IORING_OP_OPENAT2};
-    case OpKind::kUnlink: return {IORING_OP_UNLINKAT};
-    case OpKind::kRename: return {IORING_OP_RENAMEAT};
-    case OpKind::kMkdir: return {IORING_OP_MKDIRAT};
-    case OpKind::kPoll: return {IORING_OP_POLL_ADD};
-    case OpKind::kTimeout: return {IORING_OP_TIMEOUT};
+    case OpKind::kUnlink: return {IORING_OP_UNLINKAT, -1};
+    case OpKind::kRename: return {IORING_OP_RENAMEAT, -1};
+    case OpKind::kMkdir: return {IORING_OP_MKDIRAT, -1};
+    case OpKind::kPoll: return {IORING_OP_POLL_ADD, -1};
+    case OpKind::kTimeout: return {IORING_OP_TIMEOUT, -1};
   }
-  return {};
+  return {-1, -1};
 }
 
 // kernel.io_uring_disabled (Linux 6.6+): 0 allowed, 1 only for members of
@@ -101,8 +103,8 @@ UringProbe ProbeUring() {
     probe.usable = true;
     for (int k = 1; k <= core::kOpKindCount; ++k) {
       const auto opcodes = OpcodesFor(static_cast<OpKind>(k));
-      bool all = opcodes.size() > 0;
-      for (int op : opcodes) all = all && has(op);
+      bool all = opcodes[0] >= 0;
+      for (int op : opcodes) all = all && (op < 0 || has(op));
       probe.supported[k] = all;
     }
   }

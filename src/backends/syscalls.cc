@@ -7,6 +7,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -25,8 +26,7 @@ using core::OpParams;
 int64_t Ret(int64_t r) { return r < 0 ? -errno : r; }
 
 // Waits until `fd` reports one of `events` (returns revents > 0), the op is
-// asked to end (-EINTR), or ppoll fails (-errno). A negative timeout waits
-// for ever; on expiry returns 0.
+// asked to end (-EINTR), or ppoll fails (-errno).
 int WaitReady(const Op& op, int fd, short events, const BlockingContext& ctx) {
   pollfd p{fd, events, 0};
   for (;;) {
@@ -55,17 +55,37 @@ int64_t Sleep(const Op& op, int64_t ns, const BlockingContext& ctx) {
   }
 }
 
-// Only descriptors whose I/O can wait for a peer need the interruptible
-// path; a regular file or a block device always finishes on its own.
-bool MayBlockForever(int fd) {
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return false;  // let the I/O call report the error
-  return !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode) && !S_ISDIR(st.st_mode);
+// Runs `call` (returning a result or -errno) with the interrupt signal
+// unblocked, for the few calls that may block and have no variant that
+// unblocks it atomically. A signal landing between the EndRequested check
+// and the call entering the kernel would be lost, so in_unmasked_call tells
+// the interrupter to keep re-sending it while we are in here. -EINTR means
+// a signal arrived: the caller checks EndRequested and retries if it is not
+// for this op.
+template <typename F>
+int64_t CallUnmasked(const Op& op, const BlockingContext& ctx, F call) {
+  if (ctx.wait_mask == nullptr) return call();
+  if (ctx.in_unmasked_call != nullptr) ctx.in_unmasked_call->store(true, std::memory_order_seq_cst);
+  sigset_t saved;
+  ::pthread_sigmask(SIG_SETMASK, ctx.wait_mask, &saved);
+  const int64_t r = EndRequested(op) ? -EINTR : call();
+  ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  if (ctx.in_unmasked_call != nullptr) ctx.in_unmasked_call->store(false, std::memory_order_seq_cst);
+  return r;
 }
 
 bool IsNonBlocking(int fd) {
   const int fl = ::fcntl(fd, F_GETFL);
   return fl >= 0 && (fl & O_NONBLOCK) != 0;
+}
+
+// Only I/O that can wait for a peer takes the interruptible path. The
+// dispatcher classifies the descriptor once, when the handle is created
+// (HandleTable: pipe, FIFO, socket, character device), and marks such ops
+// may_block and cancel-safe; a regular file or block device always finishes
+// on its own. An fd the client set O_NONBLOCK keeps its EAGAIN semantics.
+bool Interruptible(const Op& op) {
+  return op.may_block.load(std::memory_order_relaxed) && !IsNonBlocking(op.params.fd);
 }
 
 int64_t PlainIo(const Op& op, bool write) {
@@ -79,12 +99,13 @@ int64_t PlainIo(const Op& op, bool write) {
 // A read that may wait for a peer (pipe, FIFO, socket, tty, eventfd...).
 // The descriptor is shared with the client's other ops, so it cannot be
 // switched to O_NONBLOCK; instead each attempt is non-blocking by itself
-// (RWF_NOWAIT, honoured by pipes and sockets on this kernel), and the wait
-// between attempts is an interruptible ppoll. Descriptors that refuse
-// RWF_NOWAIT (ttys, eventfd) get ppoll then a plain read: that read can
-// still block if another reader of the same descriptor took the data between
-// the two calls, and then it is not interruptible; sharing a descriptor
-// between concurrent readers of a byte stream is a client bug anyway.
+// (RWF_NOWAIT, honoured by anonymous pipes and sockets on 6.x kernels), and
+// the wait between attempts is an interruptible ppoll. Descriptors that
+// refuse RWF_NOWAIT with EOPNOTSUPP (named FIFOs, ttys, eventfd on 6.18) get
+// ppoll then a plain read, which returns what is there. When several ops
+// read one descriptor, another may take the data between the two calls and
+// the read blocks: so it runs with the signal unblocked (CallUnmasked) and
+// an interrupt still ends it.
 int64_t InterruptibleRead(const Op& op, const BlockingContext& ctx) {
   const OpParams& p = op.params;
   iovec iov{p.buf, p.len};
@@ -101,47 +122,97 @@ int64_t InterruptibleRead(const Op& op, const BlockingContext& ctx) {
     }
     const int ready = WaitReady(op, p.fd, POLLIN, ctx);
     if (ready < 0) return ready;
-    if (!nowait) return PlainIo(op, /*write=*/false);
+    if (!nowait) {
+      const int64_t r = CallUnmasked(op, ctx, [&] { return PlainIo(op, /*write=*/false); });
+      if (r != -EINTR || EndRequested(op)) return r;
+    }
   }
 }
 
 int64_t Read(const Op& op, const BlockingContext& ctx) {
-  const OpParams& p = op.params;
-  if (p.len == 0 || !MayBlockForever(p.fd) || IsNonBlocking(p.fd)) {
-    return PlainIo(op, /*write=*/false);
-  }
+  if (op.params.len == 0 || !Interruptible(op)) return PlainIo(op, /*write=*/false);
   return InterruptibleRead(op, ctx);
+}
+
+// A write to a pipe, FIFO or socket, interruptible the same way as a read.
+// Like a blocking write(2), it returns only once every byte is written,
+// unless interrupted: then it reports the bytes already written (the op
+// ends cancelled with them as bytes_done), or -EINTR if none were.
+int64_t InterruptibleWrite(const Op& op, const BlockingContext& ctx) {
+  const OpParams& p = op.params;
+  const char* src = static_cast<const char*>(p.buf);
+  uint32_t done = 0;
+  bool nowait = true;
+  // What the op reports when it stops early: the bytes written, if any.
+  auto partial = [&done](int64_t error) { return done > 0 ? int64_t{done} : error; };
+  while (done < p.len) {
+    if (!nowait) {
+      const int ready = WaitReady(op, p.fd, POLLOUT, ctx);
+      if (ready < 0) return partial(ready);
+    }
+    iovec iov{const_cast<char*>(src + done), p.len - done};
+    const int64_t offset = p.offset >= 0 ? p.offset + done : -1;
+    ssize_t n;
+    if (nowait) {
+      n = ::pwritev2(p.fd, &iov, 1, offset, RWF_NOWAIT);
+    } else {
+      // ppoll said writable, which for a pipe means a free page: a write of
+      // at most PIPE_BUF bytes then fits without waiting, where a larger one
+      // would block until all of it fits. It can still block if another
+      // writer took the space meanwhile, hence CallUnmasked.
+      const size_t chunk = std::min<size_t>(iov.iov_len, PIPE_BUF);
+      const int64_t r = CallUnmasked(op, ctx, [&] {
+        return Ret(offset >= 0 ? ::pwrite(p.fd, iov.iov_base, chunk, offset)
+                               : ::write(p.fd, iov.iov_base, chunk));
+      });
+      if (r == -EINTR) {
+        if (EndRequested(op)) return partial(-EINTR);
+        continue;  // a signal meant for an earlier op
+      }
+      if (r < 0) {
+        errno = static_cast<int>(-r);
+        n = -1;
+      } else {
+        n = r;
+      }
+    }
+    if (n >= 0) {
+      done += static_cast<uint32_t>(n);
+      continue;
+    }
+    const int err = errno;
+    if (err == EOPNOTSUPP && nowait) {
+      nowait = false;  // this descriptor refuses RWF_NOWAIT: poll before each write
+      continue;
+    }
+    if (err != EAGAIN || !nowait) return partial(-err);
+    const int ready = WaitReady(op, p.fd, POLLOUT, ctx);
+    if (ready < 0) return partial(ready);
+  }
+  return done;
+}
+
+int64_t Write(const Op& op, const BlockingContext& ctx) {
+  if (op.params.len == 0 || !Interruptible(op)) return PlainIo(op, /*write=*/true);
+  return InterruptibleWrite(op, ctx);
 }
 
 int64_t Open(const Op& op, const BlockingContext& ctx) {
   const OpParams& p = op.params;
   if (p.path == nullptr) return -EINVAL;
-  const bool creates = (p.flags & O_CREAT) != 0;
-  if (creates || ctx.wait_mask == nullptr) {
-    // Opening with O_CREAT is not cancel-safe once started (it may leave the
-    // file behind), so nobody will try to interrupt it.
+  if (op.safety.load(std::memory_order_relaxed) != core::CancelSafety::kAlways ||
+      ctx.wait_mask == nullptr) {
+    // An open that may create or truncate (O_CREAT, O_TRUNC) is not
+    // cancel-safe once started, so nobody will try to interrupt it.
     return OpenBeneath(p.dirfd, p.path, p.flags, p.mode);
   }
   // The open of a FIFO blocks until a peer opens the other end, and no call
-  // can wait for that atomically with unblocking the signal. Run openat2
-  // itself with the signal unblocked; the interrupter re-sends the signal
-  // while in_unmasked_call is set, closing the window between the check
-  // below and the call entering the kernel.
-  sigset_t saved;
-  if (ctx.in_unmasked_call != nullptr) ctx.in_unmasked_call->store(true, std::memory_order_seq_cst);
-  ::pthread_sigmask(SIG_SETMASK, ctx.wait_mask, &saved);
-  int64_t r;
+  // can wait for that atomically with unblocking the signal.
   for (;;) {
-    if (EndRequested(op)) {
-      r = -EINTR;
-      break;
-    }
-    r = OpenBeneath(p.dirfd, p.path, p.flags, p.mode);
-    if (r != -EINTR) break;
+    const int64_t r =
+        CallUnmasked(op, ctx, [&] { return OpenBeneath(p.dirfd, p.path, p.flags, p.mode); });
+    if (r != -EINTR || EndRequested(op)) return r;
   }
-  ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
-  if (ctx.in_unmasked_call != nullptr) ctx.in_unmasked_call->store(false, std::memory_order_seq_cst);
-  return r;
 }
 
 int64_t Statx(const Op& op) {
@@ -265,9 +336,7 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
     case OpKind::kRead:
       return Read(op, ctx);
     case OpKind::kWrite:
-      // Not cancel-safe once started (partial effects), so nobody interrupts
-      // it: a plain call, which may block on a full pipe until a reader comes.
-      return PlainIo(op, /*write=*/true);
+      return Write(op, ctx);
     case OpKind::kFsync:
       return Ret(p.flags == 1 ? ::fdatasync(p.fd) : ::fsync(p.fd));
     case OpKind::kFallocate:

@@ -64,8 +64,10 @@ inline bool EndRequested(const core::Op& op) {
   return core::OpWord::EndRequested(op.word.load(std::memory_order_acquire));
 }
 
-/// How RunBlocking waits when it may block indefinitely (reads on pipes,
-/// FIFOs, sockets and ttys; poll; timeout; the open of a FIFO).
+/// How RunBlocking waits when it may block indefinitely: reads and writes
+/// of ops the dispatcher marked may_block (pipes, FIFOs, sockets, character
+/// devices, unless the fd is O_NONBLOCK), poll, timeout, and the cancel-safe
+/// open (it may be of a FIFO, which waits for a peer).
 ///
 /// The calling thread keeps an interrupt signal blocked. RunBlocking never
 /// blocks in such a call directly: it waits in ppoll() with `wait_mask`
@@ -78,11 +80,12 @@ struct BlockingContext {
   /// The signal mask for interruptible waits; nullptr makes waits plain
   /// (only other signals or readiness end them).
   const sigset_t* wait_mask = nullptr;
-  /// Set while the thread sits in the one call that cannot unblock the
-  /// signal atomically (openat2 of a FIFO, run with the signal unblocked).
-  /// A signal that lands just before that call enters the kernel is lost, so
-  /// whoever interrupts must re-send the signal while this reads true.
-  /// May be null.
+  /// Set while the thread sits in a call that cannot unblock the signal
+  /// atomically and so runs with it unblocked: the openat2 that may be of a
+  /// FIFO, and the plain read/write that follows ppoll on descriptors that
+  /// refuse RWF_NOWAIT. A signal that lands just before such a call enters
+  /// the kernel is lost, so whoever interrupts must re-send the signal while
+  /// this reads true. May be null.
   std::atomic<bool>* in_unmasked_call = nullptr;
 };
 
@@ -93,7 +96,8 @@ struct BlockingContext {
 ///   open       openat2(dirfd, path, flags|O_CLOEXEC, mode, confined); the fd
 ///   close      close(fd)
 ///   read       pread(fd, buf, len, offset), or read() when offset < 0
-///   write      pwrite / write likewise
+///   write      pwrite / write likewise; like write(2) on a blocking fd, all
+///              len bytes unless interrupted
 ///   fsync      fdatasync(fd) when flags == 1, else fsync(fd)
 ///   fallocate  fallocate(fd, mode, offset, length)
 ///   ftruncate  ftruncate(fd, length)
@@ -111,7 +115,9 @@ struct BlockingContext {
 /// An interrupted wait (see BlockingContext) returns the bytes moved so far
 /// or -EINTR; the dispatcher turns that into cancelled / timed out because
 /// an end was requested. Regular-file and block-device I/O is never
-/// interrupted. Blocks for as long as the call does; any thread. Does not
+/// interrupted. A write to a pipe whose readers are gone raises SIGPIPE in
+/// the calling thread, as write(2) does: the daemon ignores SIGPIPE.
+/// Blocks for as long as the call does; any thread. Does not
 /// touch op.word: the caller runs Op::TryStart before and completes after.
 int64_t RunBlocking(core::Op& op, const BlockingContext& ctx = {});
 

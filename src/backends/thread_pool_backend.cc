@@ -1,0 +1,417 @@
+#include "src/backends/thread_pool_backend.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <chrono>
+
+#include "src/backends/syscalls.h"
+#include "src/core/check.h"
+#include "src/core/clock.h"
+
+namespace asyncd::backends {
+
+namespace {
+
+using core::Op;
+
+void NoopHandler(int) {}
+
+// How often the timer thread re-sends the signal to a worker whose op was
+// interrupted while it may sit in a call run with the signal unblocked (see
+// BlockingContext::in_unmasked_call).
+constexpr auto kRekickInterval = std::chrono::milliseconds(2);
+constexpr std::chrono::nanoseconds kMaxTimerSleep = std::chrono::minutes(1);
+
+}  // namespace
+
+int ThreadPoolBackend::InterruptSignal() {
+  static const int sig = [] {
+    const int s = SIGRTMIN + 3;
+    struct sigaction sa {};
+    sa.sa_handler = NoopHandler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: the interrupted wait must return EINTR
+    ASYNCD_CHECK(::sigaction(s, &sa, nullptr) == 0);
+    return s;
+  }();
+  return sig;
+}
+
+ThreadPoolBackend::ThreadPoolBackend(core::OpCompleter& completer, ThreadPoolOptions options)
+    : completer_(completer),
+      queue_capacity_(std::max(1u, options.queue_capacity)),
+      thread_count_(options.threads != 0
+                        ? options.threads
+                        : std::max(4u, 2 * std::thread::hardware_concurrency())),
+      signal_(InterruptSignal()) {
+  // A node per queued op plus one per worker for the op it runs.
+  const uint32_t node_count = queue_capacity_ + thread_count_;
+  nodes_.resize(node_count);
+  for (uint32_t i = 0; i < node_count; ++i) nodes_[i].next = i + 1 < node_count ? i + 1 : kNil;
+  free_head_ = 0;
+  const uint64_t index_size = std::bit_ceil(uint64_t{node_count} * 2);
+  index_.assign(index_size, 0);
+  index_shift_ = 64 - std::countr_zero(index_size);
+  deadlines_.reserve(node_count);
+
+  workers_ = std::make_unique<Worker[]>(thread_count_);
+  for (uint32_t i = 0; i < thread_count_; ++i) {
+    workers_[i].thread = std::thread([this, i] { WorkerLoop(i); });
+    workers_[i].handle = workers_[i].thread.native_handle();
+  }
+  timer_ = std::thread([this] { TimerLoop(); });
+}
+
+ThreadPoolBackend::~ThreadPoolBackend() { Shutdown(); }
+
+size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
+  // Ops cancelled between dispatch and this call (Interrupt found nothing to
+  // act on then): finished here rather than parked behind busy workers.
+  Op* early[16];
+  size_t nearly = 0;
+  size_t accepted = 0;
+  bool wake_timer = false;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return 0;
+    for (Op* op : ops) {
+      if (EndRequested(*op) && nearly < std::size(early)) {
+        early[nearly++] = op;
+        ++accepted;
+        continue;
+      }
+      if (queued_ == queue_capacity_) break;
+      const uint32_t idx = AllocNode(op);
+      PushBack(idx);
+      ++queued_;
+      if (nodes_[idx].deadline_ns != 0) {
+        HeapPush(idx);
+        wake_timer |= deadlines_.front() == idx;
+      }
+      ++accepted;
+    }
+  }
+  const size_t queued = accepted - nearly;
+  if (queued == 1) {
+    work_cv_.notify_one();
+  } else if (queued > 1) {
+    work_cv_.notify_all();
+  }
+  if (wake_timer) timer_cv_.notify_one();
+  for (size_t i = 0; i < nearly; ++i) completer_.Complete(*early[i], -ECANCELED);
+  return accepted;
+}
+
+void ThreadPoolBackend::Interrupt(Op& op, uint32_t gen) noexcept {
+  Op* cancelled = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    const uint32_t idx = IndexFind(&op);
+    if (idx == kNil || nodes_[idx].gen != gen) return;  // finished, maybe reused
+    cancelled = InterruptLocked(idx);
+  }
+  if (cancelled != nullptr) completer_.Complete(*cancelled, -ECANCELED);
+}
+
+Op* ThreadPoolBackend::InterruptLocked(uint32_t idx) {
+  Node& n = nodes_[idx];
+  if (n.worker == kNil) {
+    Op* op = n.op;
+    Unlink(idx);
+    --queued_;
+    ReleaseNode(idx);
+    return op;
+  }
+  Worker& w = workers_[n.worker];
+  if (!w.interrupt_sent) {
+    w.interrupt_sent = true;
+    ::pthread_kill(w.handle, signal_);
+    // The op may be in (or about to enter) a call run with the signal
+    // unblocked, where that one signal can be lost: the timer thread
+    // re-sends it while the worker is in such a call, until the op ends.
+    w.rekick = true;
+    timer_cv_.notify_one();
+  }
+  return nullptr;
+}
+
+void ThreadPoolBackend::Shutdown() {
+  std::lock_guard shutdown_lock(shutdown_mu_);
+  if (joined_) return;
+  std::vector<Op*> cancelled;  // off the data path: allocating here is fine
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    const int64_t now = core::MonoNanos();
+    cancelled.reserve(queued_);
+    while (head_ != kNil) {
+      const uint32_t idx = head_;
+      Node& n = nodes_[idx];
+      // Not yet started, so this always answers kCancelled: the op ends
+      // cancelled (or keeps the reason a cancel already gave it).
+      n.op->RequestEnd(n.gen, core::EndReason::kDrain, now);
+      cancelled.push_back(n.op);
+      Unlink(idx);
+      --queued_;
+      ReleaseNode(idx);
+    }
+    for (uint32_t i = 0; i < thread_count_; ++i) {
+      const uint32_t idx = workers_[i].node;
+      if (idx == kNil) continue;
+      Node& n = nodes_[idx];
+      if (n.op->RequestEnd(n.gen, core::EndReason::kDrain, now) == core::CancelResult::kCancelled) {
+        InterruptLocked(idx);  // running: signals, never returns an op
+      }
+    }
+  }
+  work_cv_.notify_all();
+  for (Op* op : cancelled) completer_.Complete(*op, -ECANCELED);
+  for (uint32_t i = 0; i < thread_count_; ++i) workers_[i].thread.join();
+  {
+    std::lock_guard lock(mu_);
+    timer_stop_ = true;
+  }
+  timer_cv_.notify_one();
+  timer_.join();
+  joined_ = true;
+}
+
+core::BackendStats ThreadPoolBackend::Stats() const {
+  std::lock_guard lock(mu_);
+  core::BackendStats s;
+  s.queued = queued_;
+  s.running = running_;
+  s.capacity = uint64_t{queue_capacity_} + thread_count_;
+  s.threads = thread_count_;
+  return s;
+}
+
+void ThreadPoolBackend::WorkerLoop(uint32_t index) {
+  Worker& self = workers_[index];
+  sigset_t block, wait_mask;
+  sigemptyset(&block);
+  sigaddset(&block, signal_);
+  ::pthread_sigmask(SIG_BLOCK, &block, &wait_mask);
+  sigdelset(&wait_mask, signal_);
+  const BlockingContext ctx{&wait_mask, &self.in_unmasked_call};
+
+  std::unique_lock lock(mu_);
+  for (;;) {
+    work_cv_.wait(lock, [&] { return head_ != kNil || stopping_; });
+    if (head_ == kNil) return;  // stopping, and Shutdown emptied the queue
+    const uint32_t idx = head_;
+    Unlink(idx);
+    --queued_;
+    ++running_;
+    nodes_[idx].worker = index;
+    self.node = idx;
+    self.interrupt_sent = false;
+    self.rekick = false;
+    Op* op = nodes_[idx].op;
+    lock.unlock();
+
+    // From here until ReleaseNode, an interrupt for this op signals us.
+    const int64_t result = op->TryStart(core::MonoNanos()) ? RunBlocking(*op, ctx) : -ECANCELED;
+
+    lock.lock();
+    self.node = kNil;
+    self.interrupt_sent = false;
+    self.rekick = false;
+    --running_;
+    // Gone from the index and the heap before Complete: once completed, the
+    // slot may be reused, and nobody must reach it through us.
+    ReleaseNode(idx);
+    lock.unlock();
+    completer_.Complete(*op, result);
+    lock.lock();
+  }
+}
+
+void ThreadPoolBackend::TimerLoop() {
+  std::unique_lock lock(mu_);
+  while (!timer_stop_) {
+    const int64_t now = core::MonoNanos();
+    if (!deadlines_.empty() && nodes_[deadlines_.front()].deadline_ns <= now) {
+      const uint32_t idx = deadlines_.front();
+      HeapErase(idx);
+      Node& n = nodes_[idx];
+      if (n.op->RequestEnd(n.gen, core::EndReason::kDeadline, now) ==
+          core::CancelResult::kCancelled) {
+        if (Op* op = InterruptLocked(idx)) {
+          lock.unlock();
+          completer_.Complete(*op, -ECANCELED);
+          lock.lock();
+        }
+      }
+      continue;
+    }
+    bool rekicking = false;
+    for (uint32_t i = 0; i < thread_count_; ++i) {
+      Worker& w = workers_[i];
+      if (!w.rekick) continue;
+      rekicking = true;
+      if (w.in_unmasked_call.load(std::memory_order_seq_cst)) ::pthread_kill(w.handle, signal_);
+    }
+    if (deadlines_.empty() && !rekicking) {
+      timer_cv_.wait(lock);
+      continue;
+    }
+    // Capped so that a far deadline (say INT64_MAX) cannot overflow the
+    // clock arithmetic inside wait_for; waking once a minute costs nothing.
+    std::chrono::nanoseconds wait = kMaxTimerSleep;
+    if (!deadlines_.empty()) {
+      wait = std::min(wait, std::chrono::nanoseconds(nodes_[deadlines_.front()].deadline_ns - now));
+    }
+    if (rekicking) wait = std::min<std::chrono::nanoseconds>(wait, kRekickInterval);
+    timer_cv_.wait_for(lock, wait);
+  }
+}
+
+uint32_t ThreadPoolBackend::AllocNode(Op* op) {
+  const uint32_t idx = free_head_;
+  ASYNCD_CHECK(idx != kNil);  // queued <= capacity and running <= threads
+  Node& n = nodes_[idx];
+  free_head_ = n.next;
+  n.op = op;
+  n.gen = op->generation();
+  n.prev = n.next = kNil;
+  n.heap_pos = kNil;
+  n.worker = kNil;
+  n.deadline_ns = op->params.deadline_ns;
+  IndexInsert(idx);
+  return idx;
+}
+
+void ThreadPoolBackend::ReleaseNode(uint32_t idx) {
+  Node& n = nodes_[idx];
+  if (n.heap_pos != kNil) HeapErase(idx);
+  IndexErase(idx);
+  n.op = nullptr;
+  n.worker = kNil;
+  n.next = free_head_;
+  free_head_ = idx;
+}
+
+void ThreadPoolBackend::PushBack(uint32_t idx) {
+  Node& n = nodes_[idx];
+  n.prev = tail_;
+  n.next = kNil;
+  if (tail_ != kNil) {
+    nodes_[tail_].next = idx;
+  } else {
+    head_ = idx;
+  }
+  tail_ = idx;
+}
+
+void ThreadPoolBackend::Unlink(uint32_t idx) {
+  Node& n = nodes_[idx];
+  if (n.prev != kNil) {
+    nodes_[n.prev].next = n.next;
+  } else {
+    head_ = n.next;
+  }
+  if (n.next != kNil) {
+    nodes_[n.next].prev = n.prev;
+  } else {
+    tail_ = n.prev;
+  }
+  n.prev = n.next = kNil;
+}
+
+// Fibonacci hashing of the op address (slots are 8-byte aligned).
+uint32_t ThreadPoolBackend::HashSlot(const Op* op) const {
+  return static_cast<uint32_t>(((reinterpret_cast<uintptr_t>(op) >> 3) * 0x9E3779B97F4A7C15ull) >>
+                               index_shift_);
+}
+
+void ThreadPoolBackend::IndexInsert(uint32_t idx) {
+  const uint32_t mask = static_cast<uint32_t>(index_.size() - 1);
+  uint32_t s = HashSlot(nodes_[idx].op);
+  while (index_[s] != 0) s = (s + 1) & mask;
+  index_[s] = idx + 1;
+}
+
+uint32_t ThreadPoolBackend::IndexFind(const Op* op) const {
+  const uint32_t mask = static_cast<uint32_t>(index_.size() - 1);
+  for (uint32_t s = HashSlot(op); index_[s] != 0; s = (s + 1) & mask) {
+    if (nodes_[index_[s] - 1].op == op) return index_[s] - 1;
+  }
+  return kNil;
+}
+
+// Linear probing with backward-shift deletion: no tombstones, so lookups
+// stay short however long the backend runs.
+void ThreadPoolBackend::IndexErase(uint32_t idx) {
+  const uint32_t mask = static_cast<uint32_t>(index_.size() - 1);
+  uint32_t hole = HashSlot(nodes_[idx].op);
+  while (index_[hole] != idx + 1) {
+    ASYNCD_CHECK(index_[hole] != 0);
+    hole = (hole + 1) & mask;
+  }
+  index_[hole] = 0;
+  for (uint32_t j = (hole + 1) & mask; index_[j] != 0; j = (j + 1) & mask) {
+    const uint32_t home = HashSlot(nodes_[index_[j] - 1].op);
+    // Entry j may move into the hole unless its home lies cyclically in (hole, j].
+    const bool stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+    if (stays) continue;
+    index_[hole] = index_[j];
+    index_[j] = 0;
+    hole = j;
+  }
+}
+
+bool ThreadPoolBackend::HeapLess(uint32_t a, uint32_t b) const {
+  return nodes_[deadlines_[a]].deadline_ns < nodes_[deadlines_[b]].deadline_ns;
+}
+
+void ThreadPoolBackend::HeapSwap(uint32_t a, uint32_t b) {
+  std::swap(deadlines_[a], deadlines_[b]);
+  nodes_[deadlines_[a]].heap_pos = a;
+  nodes_[deadlines_[b]].heap_pos = b;
+}
+
+void ThreadPoolBackend::SiftUp(uint32_t pos) {
+  while (pos > 0) {
+    const uint32_t parent = (pos - 1) / 2;
+    if (!HeapLess(pos, parent)) return;
+    HeapSwap(pos, parent);
+    pos = parent;
+  }
+}
+
+void ThreadPoolBackend::SiftDown(uint32_t pos) {
+  const uint32_t size = static_cast<uint32_t>(deadlines_.size());
+  for (;;) {
+    uint32_t least = pos;
+    const uint32_t l = 2 * pos + 1, r = 2 * pos + 2;
+    if (l < size && HeapLess(l, least)) least = l;
+    if (r < size && HeapLess(r, least)) least = r;
+    if (least == pos) return;
+    HeapSwap(pos, least);
+    pos = least;
+  }
+}
+
+void ThreadPoolBackend::HeapPush(uint32_t idx) {
+  deadlines_.push_back(idx);  // capacity reserved for every node: never allocates
+  nodes_[idx].heap_pos = static_cast<uint32_t>(deadlines_.size() - 1);
+  SiftUp(nodes_[idx].heap_pos);
+}
+
+void ThreadPoolBackend::HeapErase(uint32_t idx) {
+  const uint32_t pos = nodes_[idx].heap_pos;
+  const uint32_t last = static_cast<uint32_t>(deadlines_.size() - 1);
+  if (pos != last) HeapSwap(pos, last);
+  deadlines_.pop_back();
+  nodes_[idx].heap_pos = kNil;
+  if (pos < deadlines_.size()) {
+    SiftDown(pos);
+    SiftUp(pos);
+  }
+}
+
+}  // namespace asyncd::backends

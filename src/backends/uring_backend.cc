@@ -1,0 +1,658 @@
+#include "src/backends/uring_backend.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <liburing.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <future>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+#include "src/core/check.h"
+#include "src/core/clock.h"
+
+namespace asyncd::backends {
+
+namespace {
+
+using core::CancelSafety;
+using core::EndReason;
+using core::Op;
+using core::OpKind;
+using core::OpWord;
+
+// user_data is an Op pointer (Op is 64-byte aligned) with a tag in the low
+// bits saying which SQE of the op produced the CQE.
+static_assert(alignof(Op) >= 8);
+constexpr uint64_t kTagMask = 7;
+constexpr uint64_t kTagOp = 0;
+constexpr uint64_t kTagCancel = 1;
+constexpr uint64_t kTagLinkTimeout = 2;
+constexpr uint64_t kTagWake = 3;  // the eventfd poll; no op
+
+// Op::backend_data[1], owned by the ring thread once it took the op.
+constexpr uintptr_t kPending = 1;     // in the ring thread's pending list
+constexpr uintptr_t kOnRing = 2;      // SQE prepared; its CQE not reaped yet
+constexpr uintptr_t kCancelSent = 4;  // an ASYNC_CANCEL for it was prepared
+constexpr uintptr_t kStage2 = 8;      // a path statx whose O_PATH open is done
+constexpr int kFdShift = 32;          // the O_PATH descriptor of a kStage2 statx
+
+constexpr uint64_t kRingResolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
+constexpr uint32_t kMaxCqEntries = 65536;  // the kernel's IORING_MAX_CQ_ENTRIES
+constexpr unsigned kReapBatch = 256;
+// While ops wait in the pending list (ring at its limit), the ring thread
+// wakes at least this often to end those whose deadline passed.
+constexpr int64_t kPendingDeadlineTickNs = 10'000'000;
+
+Op* Link(const Op& op) { return reinterpret_cast<Op*>(op.backend_data[0]); }
+void SetLink(Op& op, Op* next) { op.backend_data[0] = reinterpret_cast<uintptr_t>(next); }
+
+bool EndRequested(const Op& op) {
+  return OpWord::EndRequested(op.word.load(std::memory_order_acquire));
+}
+
+int StageFd(const Op& op) { return static_cast<int>(op.backend_data[1] >> kFdShift); }
+
+bool DeadlinePassed(const Op& op, int64_t now) {
+  return op.params.deadline_ns != 0 && now >= op.params.deadline_ns;
+}
+
+__kernel_timespec ToTimespec(int64_t ns) {
+  __kernel_timespec ts;
+  ts.tv_sec = ns / 1'000'000'000;
+  ts.tv_nsec = ns % 1'000'000'000;
+  return ts;
+}
+
+uint32_t NextPow2(uint64_t v) {
+  uint64_t p = 1;
+  while (p < v) p <<= 1;
+  return static_cast<uint32_t>(std::min<uint64_t>(p, kMaxCqEntries));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<UringBackend>> UringBackend::Create(core::OpCompleter& completer,
+                                                                   UringOptions options) {
+  UringProbe probe = ProbeUring();
+  if (!probe.usable) {
+    spdlog::warn("io_uring unavailable ({}): serving every operation from the thread pool",
+                 probe.reason);
+    return absl::UnavailableError(probe.reason);
+  }
+  std::unique_ptr<UringBackend> backend(new UringBackend(completer, options, std::move(probe)));
+  if (absl::Status s = backend->Init(); !s.ok()) {
+    spdlog::warn("io_uring unavailable ({}): serving every operation from the thread pool",
+                 std::string(s.message()));
+    return s;
+  }
+  int on_ring = 0;
+  for (int k = 1; k <= core::kOpKindCount; ++k) on_ring += backend->on_ring_kinds_[k] ? 1 : 0;
+  spdlog::info("io_uring enabled: {} of {} op kinds on the ring", on_ring, core::kOpKindCount);
+  return backend;
+}
+
+UringBackend::UringBackend(core::OpCompleter& completer, UringOptions options, UringProbe probe)
+    : completer_(completer),
+      probe_(std::move(probe)),
+      entries_(std::max<uint32_t>(options.entries, 8)),
+      capacity_(options.max_ops != 0 ? options.max_ops : 4 * entries_),
+      ring_(std::make_unique<io_uring>()) {
+  for (int k = 1; k <= core::kOpKindCount; ++k) {
+    switch (static_cast<OpKind>(k)) {
+      case OpKind::kUnlink:
+      case OpKind::kRename:
+      case OpKind::kMkdir:
+        // Confinement needs a blocking parent lookup first: thread pool (see the class comment).
+        on_ring_kinds_[k] = false;
+        break;
+      default:
+        on_ring_kinds_[k] = probe_.supported[k];
+    }
+  }
+  cancel_in_.reserve(1024);
+  cancel_work_.reserve(1024);
+}
+
+absl::Status UringBackend::Init() {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return absl::ErrnoToStatus(errno, "eventfd");
+  // SINGLE_ISSUER ties the ring to the thread that creates it, and
+  // DEFER_TASKRUN runs completions only when that thread enters the kernel:
+  // so the ring is created on the ring thread, which reports back here.
+  std::promise<absl::Status> started;
+  std::future<absl::Status> result = started.get_future();
+  thread_ = std::thread([this, started = std::move(started)]() mutable {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SINGLE_ISSUER |
+              IORING_SETUP_DEFER_TASKRUN;
+    // Room for every op's CQE plus its cancel's and link timeout's.
+    p.cq_entries = std::max(NextPow2(uint64_t{capacity_} * 2), 2 * NextPow2(entries_));
+    int ret = io_uring_queue_init_params(entries_, ring_.get(), &p);
+    if (ret == -EINVAL) {  // a kernel before 6.1: no DEFER_TASKRUN
+      const uint32_t cq = p.cq_entries;
+      p = io_uring_params{};
+      p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+      p.cq_entries = cq;
+      ret = io_uring_queue_init_params(entries_, ring_.get(), &p);
+    }
+    if (ret < 0) {
+      started.set_value(absl::UnavailableError(
+          absl::StrCat("io_uring_queue_init_params: ", std::strerror(-ret))));
+      return;
+    }
+    setup_flags_ = p.flags;
+    skip_cancel_cqe_ = (p.features & IORING_FEAT_CQE_SKIP) != 0;
+    // Without NODROP a full CQ loses completions: never have more ops on the
+    // ring than their CQEs (op, cancel, link timeout) can fill.
+    ring_limit_ = (p.features & IORING_FEAT_NODROP)
+                      ? capacity_
+                      : std::max<uint32_t>(1, ring_->cq.ring_entries / 3);
+    const unsigned sq = ring_->sq.ring_entries;
+    hows_ = std::make_unique<open_how[]>(sq);
+    timespecs_ = std::make_unique<__kernel_timespec[]>(sq);
+    on_ring_.reserve(capacity_);
+    started.set_value(absl::OkStatus());
+    Run();
+    io_uring_queue_exit(ring_.get());
+  });
+  absl::Status status = result.get();
+  if (!status.ok()) {
+    thread_.join();
+    std::lock_guard lock(shutdown_mu_);
+    joined_ = true;
+  }
+  return status;
+}
+
+UringBackend::~UringBackend() {
+  Shutdown();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+bool UringBackend::Supports(OpKind kind) const { return on_ring_kinds_[static_cast<int>(kind)]; }
+
+size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
+  if (ops.empty()) return 0;
+  uint64_t cur = outstanding_.load(std::memory_order_relaxed);
+  size_t n;
+  do {
+    if (cur >= capacity_) return 0;
+    n = static_cast<size_t>(std::min<uint64_t>(ops.size(), capacity_ - cur));
+  } while (!outstanding_.compare_exchange_weak(cur, cur + n, std::memory_order_seq_cst,
+                                               std::memory_order_relaxed));
+  // Seq-cst against Shutdown: either we see stopping_, or the ring thread
+  // sees our reservation and waits for these ops before it exits.
+  if (stopping_.load(std::memory_order_seq_cst)) {
+    outstanding_.fetch_sub(n, std::memory_order_seq_cst);
+    Wake();
+    return 0;
+  }
+  // Chain newest first (the stack is LIFO; the ring thread reverses it).
+  for (size_t i = 1; i < n; ++i) SetLink(*ops[i], ops[i - 1]);
+  Op* oldest = ops[0];
+  Op* newest = ops[n - 1];
+  Op* head = submit_head_.load(std::memory_order_relaxed);
+  do {
+    SetLink(*oldest, head);
+  } while (!submit_head_.compare_exchange_weak(head, newest, std::memory_order_seq_cst,
+                                               std::memory_order_relaxed));
+  Wake();
+  return n;
+}
+
+void UringBackend::Interrupt(Op& op, uint32_t gen) noexcept {
+  {
+    std::lock_guard lock(cancel_mu_);
+    cancel_in_.push_back({&op, gen});
+  }
+  cancels_waiting_.store(true, std::memory_order_seq_cst);
+  Wake();
+}
+
+void UringBackend::Wake() {
+  // Only a sleeping ring thread needs the eventfd; the exchange makes one
+  // producer pay the write(2) per sleep, not one per op.
+  if (sleeping_.load(std::memory_order_seq_cst) &&
+      sleeping_.exchange(false, std::memory_order_seq_cst)) {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof(one));
+  }
+}
+
+void UringBackend::Shutdown() {
+  std::lock_guard lock(shutdown_mu_);
+  if (joined_) return;
+  stopping_.store(true, std::memory_order_seq_cst);
+  // Unconditional: the ring thread may be between its checks and its wait.
+  sleeping_.store(false, std::memory_order_seq_cst);
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof(one));
+  thread_.join();
+  joined_ = true;
+}
+
+core::BackendStats UringBackend::Stats() const {
+  core::BackendStats s;
+  const uint64_t held = outstanding_.load(std::memory_order_relaxed);
+  const uint64_t running = on_ring_count_.load(std::memory_order_relaxed);
+  s.running = std::min(running, held);
+  s.queued = held - s.running;
+  s.capacity = capacity_;
+  s.threads = 1;
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Ring thread.
+
+void UringBackend::Run() {
+  for (;;) {
+    const bool stopping = stopping_.load(std::memory_order_seq_cst);
+    if (!wake_armed_) ArmWakePoll();
+    size_t work = 0;
+    const size_t before = pending_count_ + on_ring_.size();
+    // Cancels first: any op submitted before a cancel request for it is then
+    // already in the stack, so it is taken below and the cancel finds it.
+    TakeCancels();
+    TakeSubmissions();
+    if (stopping) DrainForShutdown();
+    const int64_t now = core::MonoNanos();
+    if (sweep_pending_) SweepPending(now);
+    StartPending(now);
+    work += ProcessCancels() ? 1 : 0;
+    work += Reap();
+    work += (before != pending_count_ + on_ring_.size()) ? 1 : 0;
+    if (stopping && outstanding_.load(std::memory_order_seq_cst) == 0) break;
+    if (work > 0) {
+      SubmitAndWait(false, 0);
+      continue;
+    }
+    sleeping_.store(true, std::memory_order_seq_cst);
+    if (submit_head_.load(std::memory_order_seq_cst) != nullptr ||
+        cancels_waiting_.load(std::memory_order_seq_cst) ||
+        stopping_.load(std::memory_order_seq_cst) != stopping) {
+      sleeping_.store(false, std::memory_order_relaxed);
+      SubmitAndWait(false, 0);
+      continue;
+    }
+    SubmitAndWait(true, pending_count_ > 0 ? kPendingDeadlineTickNs : 0);
+    sleeping_.store(false, std::memory_order_relaxed);
+    if (pending_count_ > 0) sweep_pending_ = true;
+  }
+}
+
+void UringBackend::SubmitAndWait(bool wait, int64_t timeout_ns) {
+  int ret;
+  if (!wait) {
+    // With DEFER_TASKRUN completions are posted only when we ask (GETEVENTS).
+    ret = io_uring_submit_and_get_events(ring_.get());
+  } else if (timeout_ns > 0) {
+    __kernel_timespec ts = ToTimespec(timeout_ns);
+    io_uring_cqe* cqe = nullptr;
+    ret = io_uring_submit_and_wait_timeout(ring_.get(), &cqe, 1, &ts, nullptr);
+  } else {
+    ret = io_uring_submit_and_wait(ring_.get(), 1);
+  }
+  // EINTR/ETIME: woken early or tick; EAGAIN/EBUSY: the kernel is short of
+  // memory or CQ room, reaping frees it. The loop retries in every case.
+  if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY) {
+    spdlog::error("io_uring_enter: {}", std::strerror(-ret));
+  }
+}
+
+void UringBackend::ArmWakePoll() {
+  if (!EnsureSqes(1)) return;
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+  io_uring_prep_poll_multishot(sqe, wake_fd_, POLLIN);
+  io_uring_sqe_set_data64(sqe, kTagWake);
+  wake_armed_ = true;
+}
+
+bool UringBackend::EnsureSqes(unsigned n) {
+  if (io_uring_sq_space_left(ring_.get()) >= n) return true;
+  io_uring_submit(ring_.get());
+  return io_uring_sq_space_left(ring_.get()) >= n;
+}
+
+void UringBackend::TakeCancels() {
+  if (!cancels_waiting_.exchange(false, std::memory_order_seq_cst)) return;
+  std::lock_guard lock(cancel_mu_);
+  if (cancel_done_ == cancel_work_.size()) {
+    cancel_work_.clear();
+    cancel_done_ = 0;
+    cancel_work_.swap(cancel_in_);  // both keep their capacity: no allocation once warm
+  } else {
+    cancel_work_.insert(cancel_work_.end(), cancel_in_.begin(), cancel_in_.end());
+    cancel_in_.clear();
+  }
+}
+
+void UringBackend::TakeSubmissions() {
+  Op* op = submit_head_.exchange(nullptr, std::memory_order_acquire);
+  Op* oldest_first = nullptr;
+  while (op != nullptr) {
+    Op* next = Link(*op);
+    SetLink(*op, oldest_first);
+    oldest_first = op;
+    op = next;
+  }
+  while (oldest_first != nullptr) {
+    Op* next = Link(*oldest_first);
+    oldest_first->backend_data[1] = 0;
+    PendingPushBack(*oldest_first);
+    oldest_first = next;
+  }
+}
+
+void UringBackend::PendingPushBack(Op& op) {
+  op.backend_data[1] |= kPending;
+  SetLink(op, nullptr);
+  if (pending_tail_ != nullptr) {
+    SetLink(*pending_tail_, &op);
+  } else {
+    pending_head_ = &op;
+  }
+  pending_tail_ = &op;
+  ++pending_count_;
+}
+
+void UringBackend::PendingPushFront(Op& op) {
+  op.backend_data[1] |= kPending;
+  SetLink(op, pending_head_);
+  pending_head_ = &op;
+  if (pending_tail_ == nullptr) pending_tail_ = &op;
+  ++pending_count_;
+}
+
+void UringBackend::StartPending(int64_t now) {
+  while (pending_head_ != nullptr && on_ring_.size() < ring_limit_) {
+    Op& op = *pending_head_;
+    const bool linked_deadline = op.params.deadline_ns != 0 &&
+                                 op.safety.load(std::memory_order_relaxed) == CancelSafety::kAlways;
+    if (!EnsureSqes(linked_deadline ? 2 : 1)) break;  // the kernel refused a submit: retry later
+    pending_head_ = Link(op);
+    if (pending_head_ == nullptr) pending_tail_ = nullptr;
+    --pending_count_;
+    op.backend_data[1] &= ~kPending;
+    StartOne(op, now);
+  }
+}
+
+bool UringBackend::StartOne(Op& op, int64_t now) {
+  const uintptr_t flags = op.backend_data[1];
+  const bool stage2 = (flags & kStage2) != 0;
+  if (!stage2) {
+    // A non-cancel-safe op cannot be stopped once on the ring: its deadline
+    // is checked here only. Cancel-safe ops get a linked timeout below.
+    if (DeadlinePassed(op, now)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
+    if (!op.TryStart(now)) {
+      Finish(op, -ECANCELED);
+      return false;
+    }
+  } else if (EndRequested(op) || DeadlinePassed(op, now)) {
+    if (!EndRequested(op)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
+    ::close(StageFd(op));
+    Finish(op, -ECANCELED);
+    return false;
+  }
+  io_uring* ring = ring_.get();
+  io_uring_sqe* sqe = io_uring_get_sqe(ring);
+  const size_t slot = sqe - ring->sq.sqes;
+  const core::OpParams& p = op.params;
+  switch (op.kind.load(std::memory_order_relaxed)) {
+    case OpKind::kNop:
+      io_uring_prep_nop(sqe);
+      break;
+    case OpKind::kOpen: {
+      open_how& how = hows_[slot];
+      how = open_how{};
+      how.flags = uint64_t{p.flags} | O_CLOEXEC;
+      // openat2 refuses a mode without O_CREAT / O_TMPFILE.
+      if ((p.flags & O_CREAT) != 0 || (p.flags & O_TMPFILE) == O_TMPFILE) how.mode = p.mode;
+      how.resolve = kRingResolve;  // a leading '/' then means the root too
+      io_uring_prep_openat2(sqe, p.dirfd, p.path, &how);
+      break;
+    }
+    case OpKind::kClose:
+      io_uring_prep_close(sqe, p.fd);
+      break;
+    case OpKind::kRead:
+      // offset -1 (as u64) reads at the file position: IORING_FEAT_RW_CUR_POS.
+      io_uring_prep_read(sqe, p.fd, p.buf, p.len, static_cast<uint64_t>(p.offset));
+      break;
+    case OpKind::kWrite:
+      io_uring_prep_write(sqe, p.fd, p.buf, p.len, static_cast<uint64_t>(p.offset));
+      break;
+    case OpKind::kFsync:
+      io_uring_prep_fsync(sqe, p.fd, (p.flags & 1) != 0 ? IORING_FSYNC_DATASYNC : 0);
+      break;
+    case OpKind::kFallocate:
+      io_uring_prep_fallocate(sqe, p.fd, static_cast<int>(p.mode), p.offset, p.length);
+      break;
+    case OpKind::kStatx:
+      if (p.path == nullptr) {
+        io_uring_prep_statx(sqe, p.fd, "", static_cast<int>(p.flags) | AT_EMPTY_PATH, kStatxMask,
+                            static_cast<struct statx*>(p.buf));
+      } else if (!stage2) {
+        // statx takes no RESOLVE_* flags: open the path O_PATH beneath the
+        // root first (confined like open), then statx that descriptor.
+        open_how& how = hows_[slot];
+        how = open_how{};
+        how.flags = O_PATH | O_CLOEXEC | ((p.flags & AT_SYMLINK_NOFOLLOW) != 0 ? O_NOFOLLOW : 0);
+        how.resolve = kRingResolve;
+        io_uring_prep_openat2(sqe, p.dirfd, p.path, &how);
+      } else {
+        const int at_flags = (static_cast<int>(p.flags) & ~AT_SYMLINK_NOFOLLOW) | AT_EMPTY_PATH;
+        io_uring_prep_statx(sqe, StageFd(op), "", at_flags, kStatxMask,
+                            static_cast<struct statx*>(p.buf));
+      }
+      break;
+    case OpKind::kPoll:
+      io_uring_prep_poll_add(sqe, p.fd, p.flags);
+      break;
+    case OpKind::kTimeout: {
+      __kernel_timespec& ts = timespecs_[slot];
+      ts = ToTimespec(std::max<int64_t>(p.timeout_ns, 0));
+      io_uring_prep_timeout(sqe, &ts, 0, 0);
+      break;
+    }
+    default:
+      ASYNCD_CHECK(false);  // Supports() said no; the dispatcher never sends it here
+  }
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(&op) | kTagOp);
+  if (p.deadline_ns != 0 && op.safety.load(std::memory_order_relaxed) == CancelSafety::kAlways) {
+    sqe->flags |= IOSQE_IO_LINK;
+    io_uring_sqe* lt = io_uring_get_sqe(ring);  // EnsureSqes(2) made room
+    __kernel_timespec& ts = timespecs_[lt - ring->sq.sqes];
+    // Absolute CLOCK_MONOTONIC, the clock of MonoNanos(): no drift between
+    // now and the moment the kernel arms it.
+    ts = ToTimespec(p.deadline_ns);
+    io_uring_prep_link_timeout(lt, &ts, IORING_TIMEOUT_ABS);
+    io_uring_sqe_set_data64(lt, reinterpret_cast<uint64_t>(&op) | kTagLinkTimeout);
+  }
+  op.backend_data[1] = (flags & ~(kPending | kCancelSent)) | kOnRing;
+  AddOnRing(op);
+  return true;
+}
+
+void UringBackend::AddOnRing(Op& op) {
+  op.backend_data[0] = on_ring_.size();
+  on_ring_.push_back(&op);  // reserved to capacity_: never allocates
+  on_ring_count_.store(on_ring_.size(), std::memory_order_relaxed);
+}
+
+void UringBackend::RemoveOnRing(Op& op) {
+  const size_t i = op.backend_data[0];
+  ASYNCD_CHECK(i < on_ring_.size() && on_ring_[i] == &op);
+  Op* last = on_ring_.back();
+  on_ring_[i] = last;
+  last->backend_data[0] = i;
+  on_ring_.pop_back();
+  on_ring_count_.store(on_ring_.size(), std::memory_order_relaxed);
+  op.backend_data[1] &= ~(kOnRing | kCancelSent);
+}
+
+bool UringBackend::ProcessCancels() {
+  const bool any = cancel_done_ < cancel_work_.size();
+  for (; cancel_done_ < cancel_work_.size(); ++cancel_done_) {
+    const CancelRequest& req = cancel_work_[cancel_done_];
+    Op& op = *req.op;
+    const uint64_t w = op.word.load(std::memory_order_acquire);
+    // Another generation: the op finished (we completed it, or the
+    // dispatcher abandoned it) and its slot may be anyone's now.
+    if (OpWord::Gen(w) != req.gen) continue;
+    const core::OpState state = OpWord::State(w);
+    if (state == core::OpState::kQueued || state == core::OpState::kDispatched) {
+      // Not started: in our pending list, still in the stack, or not even
+      // handed to us (the dispatcher may yet abandon it and reuse the slot,
+      // so its backend_data is not ours to read). TryStart will refuse it
+      // wherever it is; a sweep ends it now if it waits in the pending list.
+      if (pending_count_ > 0) sweep_pending_ = true;
+      continue;
+    }
+    if (state != core::OpState::kRunning) continue;
+    // Running, same generation: we started it and only this thread ends it,
+    // so backend_data[1] is ours: it is on the ring, or a path statx
+    // between its two stages in the pending list.
+    uintptr_t& flags = op.backend_data[1];
+    if ((flags & kOnRing) != 0) {
+      if ((flags & kCancelSent) != 0) continue;
+      if (!EnsureSqes(1)) break;  // the rest next round
+      flags |= kCancelSent;
+      SendCancel(op);
+    } else if ((flags & kPending) != 0) {
+      sweep_pending_ = true;
+    }
+  }
+  if (cancel_done_ == cancel_work_.size()) {
+    cancel_work_.clear();
+    cancel_done_ = 0;
+  }
+  return any;
+}
+
+// One cancel per op, by user_data. The kernel finds the request in a hash of
+// at most 256 buckets, so each cancel walks O(ops on the ring / 256)
+// entries: cheap at thousands in flight, about 10 us per op at 100,000. A
+// descriptor-wide IORING_ASYNC_CANCEL_FD|ALL is no way out: it rescans from
+// the first bucket per request found, past the ones it already cancelled
+// (they leave the hash only when task work runs), which is quadratic.
+void UringBackend::SendCancel(Op& op) {
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&op) | kTagOp, 0);
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(&op) | kTagCancel);
+  // Only failures (-ENOENT: already done, -EALREADY: running) post a CQE.
+  if (skip_cancel_cqe_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+void UringBackend::SweepPending(int64_t now) {
+  sweep_pending_ = false;
+  Op* op = pending_head_;
+  pending_head_ = pending_tail_ = nullptr;
+  pending_count_ = 0;
+  while (op != nullptr) {
+    Op* next = Link(*op);
+    op->backend_data[1] &= ~kPending;
+    if (!EndRequested(*op) && DeadlinePassed(*op, now)) {
+      op->RequestEnd(op->generation(), EndReason::kDeadline, now);
+    }
+    if (EndRequested(*op)) {
+      if ((op->backend_data[1] & kStage2) != 0) ::close(StageFd(*op));
+      Finish(*op, -ECANCELED);
+    } else {
+      PendingPushBack(*op);
+    }
+    op = next;
+  }
+}
+
+void UringBackend::DrainForShutdown() {
+  const int64_t now = core::MonoNanos();
+  while (pending_head_ != nullptr) {
+    Op& op = *pending_head_;
+    pending_head_ = Link(op);
+    --pending_count_;
+    op.RequestEnd(op.generation(), EndReason::kDrain, now);
+    if ((op.backend_data[1] & kStage2) != 0) ::close(StageFd(op));
+    Finish(op, -ECANCELED);
+  }
+  pending_tail_ = nullptr;
+  if (drained_) return;
+  // Once: after stopping_ nothing new reaches the ring.
+  drained_ = true;
+  for (Op* op : on_ring_) {
+    op->RequestEnd(op->generation(), EndReason::kDrain, now);
+    cancel_work_.push_back({op, op->generation()});
+  }
+}
+
+unsigned UringBackend::Reap() {
+  unsigned total = 0;
+  io_uring_cqe* cqes[kReapBatch];
+  for (;;) {
+    const unsigned n = io_uring_peek_batch_cqe(ring_.get(), cqes, kReapBatch);
+    if (n == 0) break;
+    for (unsigned i = 0; i < n; ++i) {
+      const uint64_t data = cqes[i]->user_data;
+      const int32_t res = cqes[i]->res;
+      switch (data & kTagMask) {
+        case kTagOp:
+          OnOpCqe(*reinterpret_cast<Op*>(data), res);
+          break;
+        case kTagWake:
+          if ((cqes[i]->flags & IORING_CQE_F_MORE) == 0) wake_armed_ = false;
+          break;
+        case kTagCancel:       // -ENOENT / -EALREADY: the op's own CQE decides
+        case kTagLinkTimeout:  // -ETIME fired / -ECANCELED op done first: likewise
+        default:
+          break;  // the op may be gone already: never dereference these
+      }
+    }
+    io_uring_cq_advance(ring_.get(), n);
+    total += n;
+  }
+  return total;
+}
+
+void UringBackend::OnOpCqe(Op& op, int32_t cqe_res) {
+  RemoveOnRing(op);
+  int64_t res = cqe_res;
+  const uintptr_t flags = op.backend_data[1];
+  const OpKind kind = op.kind.load(std::memory_order_relaxed);
+  if (kind == OpKind::kStatx && op.params.path != nullptr) {
+    if ((flags & kStage2) == 0) {
+      if (res >= 0) {
+        // The O_PATH open is done; its statx goes next, ahead of new work.
+        op.backend_data[1] = (uintptr_t{static_cast<uint32_t>(res)} << kFdShift) | kStage2;
+        PendingPushFront(op);
+        return;
+      }
+    } else {
+      ::close(StageFd(op));  // an O_PATH descriptor: no I/O, never blocks
+    }
+  }
+  if (kind == OpKind::kTimeout && res == -ETIME) res = 0;  // it elapsed: that is success
+  if (res == -ECANCELED || res == -EINTR) {
+    // The linked timeout fired (or a cancel raced it): if the deadline has
+    // passed, say so before Finish so the op ends timed out, not cancelled.
+    const int64_t now = core::MonoNanos();
+    if (DeadlinePassed(op, now)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
+  }
+  Finish(op, res);
+}
+
+void UringBackend::Finish(Op& op, int64_t result) {
+  completer_.Complete(op, result);  // op may be reused from here on
+  outstanding_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+}  // namespace asyncd::backends

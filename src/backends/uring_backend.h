@@ -1,0 +1,173 @@
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "src/backends/probe.h"
+#include "src/core/backend.h"
+
+struct io_uring;  // liburing; only uring_backend.cc sees its definition
+struct open_how;
+struct __kernel_timespec;
+
+namespace asyncd::backends {
+
+struct UringOptions {
+  /// Submission queue entries (rounded up to a power of two by the kernel).
+  /// The completion queue gets more (IORING_SETUP_CQSIZE), up to the
+  /// kernel's 65536.
+  uint32_t entries = 4096;
+  /// How many ops the backend holds at once (queued + on the ring); Submit
+  /// refuses beyond it. 0 = 4 * entries.
+  uint32_t max_ops = 0;
+};
+
+/// The io_uring fast path.
+///
+/// Threading: one ring thread owns the ring (IORING_SETUP_SINGLE_ISSUER |
+/// DEFER_TASKRUN when the kernel accepts them) and is the only thread that
+/// touches it, prepares SQEs, reaps CQEs and calls OpCompleter::Complete.
+/// Other threads hand it ops through a lock-free intrusive stack (linked
+/// through Op::backend_data[0], so Submit allocates nothing) and cancel
+/// requests through a small mutex-protected vector, and wake it through an
+/// eventfd only when it is about to sleep. The ring thread waits on that
+/// eventfd with a multishot POLL_ADD on the ring itself, so one
+/// io_uring_enter both submits a batch and waits for completions or work.
+///
+/// Op::backend_data while the backend holds an op: [0] is the queue link
+/// (queued) or the op's index in the on-ring table (on the ring); [1] is
+/// ring-thread state (flags, and the O_PATH descriptor of a path statx).
+///
+/// Kinds on the ring: nop, open (openat2 RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS
+/// beneath params.dirfd), close, read, write, fsync, fallocate, poll, timeout
+/// and statx (a path statx is two ring ops: an O_PATH openat2 confined like
+/// open, then statx(AT_EMPTY_PATH) on it). Not on the ring, so the thread
+/// pool serves them: ftruncate (no opcode in liburing 2.3), and unlink,
+/// rename and mkdir, whose *AT opcodes take no RESOLVE_* flags: confining
+/// them needs the parent directory opened beneath the root first, which is
+/// a blocking lookup that must not run on the ring thread (one slow
+/// filesystem would stall every op), and they are rare, non-cancel-safe
+/// metadata ops for which a thread-pool hop costs nothing that matters.
+class UringBackend final : public core::Backend {
+ public:
+  /// Probes io_uring and starts the ring thread. UNAVAILABLE (with the
+  /// probe's reason) when io_uring cannot be used here; INTERNAL if the
+  /// ring or its eventfd cannot be set up. Logs the outcome once. Blocks
+  /// briefly. `completer` must outlive the backend.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<UringBackend>> Create(
+      core::OpCompleter& completer, UringOptions options = {});
+
+  /// Shuts down (see Shutdown).
+  ~UringBackend() override;
+  UringBackend(const UringBackend&) = delete;
+  UringBackend& operator=(const UringBackend&) = delete;
+
+  core::BackendKind kind() const override { return core::BackendKind::kIoUring; }
+  /// Constant after Create; any thread.
+  bool Supports(core::OpKind kind) const override;
+  /// Any thread; lock-free, allocation-free; never blocks. Accepts a prefix
+  /// of `ops` up to the max_ops bound (none after Shutdown began). Writes
+  /// at most one eventfd for the batch, only when the ring thread sleeps.
+  size_t Submit(std::span<core::Op* const> ops) noexcept override;
+  /// Any thread; never blocks (a short mutex section; allocates only when
+  /// more cancels are pending than ever before). The ring thread checks
+  /// `gen`, then completes a not-yet-submitted op with -ECANCELED or
+  /// submits IORING_OP_ASYNC_CANCEL for one on the ring.
+  void Interrupt(core::Op& op, uint32_t gen) noexcept override;
+  /// Stops accepting ops, completes queued ones as cancelled (EndReason
+  /// kDrain), cancels every op on the ring (including started
+  /// non-cancel-safe ones: otherwise a blocked pipe write would hold
+  /// shutdown forever; they are reported with the result the kernel gave),
+  /// waits for every completion and joins the ring thread. Blocks.
+  /// Idempotent; any thread but the ring thread.
+  void Shutdown() override;
+  /// Any thread; approximate while ops move.
+  core::BackendStats Stats() const override;
+
+  const UringProbe& probe() const { return probe_; }
+  /// The IORING_SETUP_* flags the ring was created with.
+  uint32_t setup_flags() const { return setup_flags_; }
+
+ private:
+  struct CancelRequest {
+    core::Op* op;
+    uint32_t gen;
+  };
+
+  UringBackend(core::OpCompleter& completer, UringOptions options, UringProbe probe);
+  absl::Status Init();
+
+  // Producer side (any thread).
+  void Wake();
+
+  // Ring thread.
+  void Run();
+  void TakeSubmissions();
+  void TakeCancels();
+  void StartPending(int64_t now);
+  bool StartOne(core::Op& op, int64_t now);
+  bool ProcessCancels();
+  void SendCancel(core::Op& op);
+  void SweepPending(int64_t now);
+  void DrainForShutdown();
+  unsigned Reap();
+  void OnOpCqe(core::Op& op, int32_t res);
+  void Finish(core::Op& op, int64_t result);
+  void AddOnRing(core::Op& op);
+  void RemoveOnRing(core::Op& op);
+  void PendingPushBack(core::Op& op);
+  void PendingPushFront(core::Op& op);
+  void ArmWakePoll();
+  bool EnsureSqes(unsigned n);
+  void SubmitAndWait(bool wait, int64_t timeout_ns);
+
+  core::OpCompleter& completer_;
+  const UringProbe probe_;
+  std::array<bool, core::kOpKindCount + 1> on_ring_kinds_{};
+  uint32_t entries_;
+  uint32_t capacity_;
+  uint32_t setup_flags_ = 0;
+  bool skip_cancel_cqe_ = false;  // IORING_FEAT_CQE_SKIP
+  uint32_t ring_limit_ = 0;       // ops on the ring at once (CQ room without NODROP)
+
+  // Ring-thread state.
+  std::unique_ptr<io_uring> ring_;
+  int wake_fd_ = -1;
+  bool wake_armed_ = false;
+  core::Op* pending_head_ = nullptr;  // taken from the stack, not yet on the ring
+  core::Op* pending_tail_ = nullptr;
+  size_t pending_count_ = 0;
+  std::vector<core::Op*> on_ring_;    // index kept in backend_data[0]
+  std::vector<CancelRequest> cancel_work_;
+  size_t cancel_done_ = 0;  // prefix of cancel_work_ already handled
+  bool sweep_pending_ = false;
+  bool drained_ = false;
+  // Per-SQE side storage: an SQE's slot is not reused before the kernel
+  // consumed it (and copied these), so indexing by SQE slot keeps each
+  // open_how / timespec alive exactly as long as needed.
+  std::unique_ptr<open_how[]> hows_;
+  std::unique_ptr<__kernel_timespec[]> timespecs_;
+
+  // Shared with producers.
+  alignas(64) std::atomic<core::Op*> submit_head_{nullptr};
+  alignas(64) std::atomic<uint64_t> outstanding_{0};  // accepted, not yet completed
+  alignas(64) std::atomic<bool> sleeping_{false};
+  std::atomic<bool> cancels_waiting_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> on_ring_count_{0};  // for Stats
+  std::mutex cancel_mu_;
+  std::vector<CancelRequest> cancel_in_;  // guarded by cancel_mu_
+
+  std::mutex shutdown_mu_;
+  std::thread thread_;
+  bool joined_ = false;  // guarded by shutdown_mu_
+};
+
+}  // namespace asyncd::backends

@@ -1,0 +1,1639 @@
+// Backend conformance: one suite that every backend configuration must pass.
+//
+// Each test states one behaviour of the observable contract (DESIGN.md) and
+// runs against every configuration in kConfigs:
+//   IoUring                      the io_uring backend, with the thread pool as
+//                                the fallback for the kinds the ring lacks;
+//   ThreadPool                   the thread pool alone;
+//   IoUringBuildForcedThreadPool the IoUring construction path with io_uring
+//                                forced off (ASYNCD_DISABLE_IO_URING=1), so
+//                                every kind lands on the thread pool.
+// When io_uring cannot be used here, IoUring skips with the probe's reason.
+//
+// Nothing asserts on timing: every wait is for a condition, with a generous
+// timeout that fails the test instead of hanging it.
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gtest/gtest.h"
+#include "src/backends/probe.h"
+#include "src/backends/thread_pool_backend.h"
+#include "src/backends/uring_backend.h"
+#include "src/core/clock.h"
+#include "src/core/dispatcher.h"
+#include "src/core/op.h"
+#include "src/core/registry.h"
+
+namespace asyncd {
+namespace {
+
+using core::BackendKind;
+using core::CancelResult;
+using core::EndReason;
+using core::OpId;
+using core::OpKind;
+using core::OpRequest;
+using core::OpState;
+
+constexpr auto kWaitTimeout = std::chrono::seconds(10);
+constexpr uint32_t kPoolThreads = 4;
+constexpr uint32_t kPoolQueue = 4096;
+
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr int kRaceIterations = 150;
+#else
+constexpr int kRaceIterations = 400;
+#endif
+
+enum class Config { kIoUring, kThreadPool, kIoUringBuildForcedThreadPool };
+
+std::string ConfigName(const testing::TestParamInfo<Config>& info) {
+  switch (info.param) {
+    case Config::kIoUring:
+      return "IoUring";
+    case Config::kThreadPool:
+      return "ThreadPool";
+    case Config::kIoUringBuildForcedThreadPool:
+      return "IoUringBuildForcedThreadPool";
+  }
+  return "Unknown";
+}
+
+// What the sink saw of one op's completion.
+struct Completion {
+  absl::Status submit = absl::OkStatus();  // why Submit refused it, if it did
+  OpId id;
+  int times = 0;  // completions delivered for this cookie; must end at 1
+  OpKind kind = OpKind::kNop;
+  OpState state = OpState::kFree;
+  int64_t result = 0;
+  uint64_t bytes_done = 0;
+  BackendKind backend = BackendKind::kNone;
+  std::string data;  // read: the bytes read; statx: the struct statx
+
+  bool arrived() const { return times > 0; }
+  const struct statx& stx() const {
+    static const struct statx kEmpty = {};
+    return data.size() == sizeof(struct statx) ? *reinterpret_cast<const struct statx*>(data.data())
+                                               : kEmpty;
+  }
+};
+
+// Records every completion by cookie and copies out what the op's borrowed
+// buffer holds, as a real sink must (the slot is retired right after).
+class RecordingSink final : public core::CompletionSink {
+ public:
+  void OnComplete(const core::Op& op) noexcept override {
+    Completion c;
+    c.id = op.id();
+    c.kind = op.kind.load(std::memory_order_relaxed);
+    c.state = op.state();
+    c.result = op.result.load(std::memory_order_relaxed);
+    c.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
+    c.backend = op.backend.load(std::memory_order_relaxed);
+    if (c.kind == OpKind::kRead && op.params.buf != nullptr) {
+      const uint64_t n = std::max<uint64_t>(c.result > 0 ? c.result : 0, c.bytes_done);
+      c.data.assign(static_cast<const char*>(op.params.buf), std::min<uint64_t>(n, op.params.len));
+    } else if (c.kind == OpKind::kStatx && c.result == 0 && op.params.buf != nullptr) {
+      c.data.assign(static_cast<const char*>(op.params.buf), sizeof(struct statx));
+    }
+    std::function<void(const core::Op&)> hook;
+    {
+      std::lock_guard lock(mu_);
+      hook = hook_;
+    }
+    if (hook) hook(op);  // runs before the op is retired, like a real sink's work
+    std::lock_guard lock(mu_);
+    Completion& r = records_[op.cookie];
+    if (r.times > 0) {
+      ++duplicates_;
+      ++r.times;
+    } else {
+      c.times = 1;
+      r = std::move(c);
+    }
+    cv_.notify_all();
+  }
+
+  void SetHook(std::function<void(const core::Op&)> hook) {
+    std::lock_guard lock(mu_);
+    hook_ = std::move(hook);
+  }
+
+  // Waits for the completion of `cookie`; nullopt on timeout.
+  std::optional<Completion> Wait(uint64_t cookie) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, kWaitTimeout, [&] { return records_.count(cookie) > 0; })) {
+      return std::nullopt;
+    }
+    return records_[cookie];
+  }
+
+  // Waits until every cookie completed; false on timeout.
+  bool WaitAll(const std::vector<uint64_t>& cookies) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, kWaitTimeout, [&] {
+      return std::all_of(cookies.begin(), cookies.end(),
+                         [&](uint64_t c) { return records_.count(c) > 0; });
+    });
+  }
+
+  std::optional<Completion> Get(uint64_t cookie) {
+    std::lock_guard lock(mu_);
+    auto it = records_.find(cookie);
+    if (it == records_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  size_t count() {
+    std::lock_guard lock(mu_);
+    return records_.size();
+  }
+  int duplicates() {
+    std::lock_guard lock(mu_);
+    return duplicates_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, Completion> records_;
+  int duplicates_ = 0;
+  std::function<void(const core::Op&)> hook_;
+};
+
+// Polls `pred` until it holds; false after kWaitTimeout.
+bool WaitUntil(const std::function<bool()>& pred) {
+  const auto end = std::chrono::steady_clock::now() + kWaitTimeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// --- request builders -------------------------------------------------------
+
+OpRequest Req(OpKind kind, uint32_t handle = 0) {
+  OpRequest r;
+  r.kind = kind;
+  r.handle = handle;
+  return r;
+}
+OpRequest Nop() { return Req(OpKind::kNop); }
+OpRequest Open(const char* path, uint32_t flags, uint32_t mode = 0644) {
+  OpRequest r = Req(OpKind::kOpen);
+  r.params.path = path;
+  r.params.flags = flags;
+  r.params.mode = mode;
+  return r;
+}
+OpRequest Close(uint32_t h) { return Req(OpKind::kClose, h); }
+OpRequest Read(uint32_t h, void* buf, uint32_t len, int64_t offset) {
+  OpRequest r = Req(OpKind::kRead, h);
+  r.params.buf = buf;
+  r.params.len = len;
+  r.params.offset = offset;
+  return r;
+}
+OpRequest Write(uint32_t h, const void* buf, uint32_t len, int64_t offset) {
+  OpRequest r = Req(OpKind::kWrite, h);
+  r.params.buf = const_cast<void*>(buf);
+  r.params.len = len;
+  r.params.offset = offset;
+  return r;
+}
+enum class SyncKind { kFsync, kDatasync };
+OpRequest Fsync(uint32_t h, SyncKind kind) {
+  OpRequest r = Req(OpKind::kFsync, h);
+  r.params.flags = kind == SyncKind::kDatasync ? 1 : 0;
+  return r;
+}
+OpRequest Fallocate(uint32_t h, int64_t offset, int64_t length) {
+  OpRequest r = Req(OpKind::kFallocate, h);
+  r.params.offset = offset;
+  r.params.length = length;
+  return r;
+}
+OpRequest Ftruncate(uint32_t h, int64_t length) {
+  OpRequest r = Req(OpKind::kFtruncate, h);
+  r.params.length = length;
+  return r;
+}
+OpRequest StatxPath(const char* path, struct statx* out, uint32_t flags = 0) {
+  OpRequest r = Req(OpKind::kStatx);
+  r.params.path = path;
+  r.params.buf = out;
+  r.params.len = sizeof(struct statx);
+  r.params.flags = flags;
+  return r;
+}
+OpRequest StatxHandle(uint32_t h, struct statx* out) {
+  OpRequest r = Req(OpKind::kStatx, h);
+  r.params.buf = out;
+  r.params.len = sizeof(struct statx);
+  return r;
+}
+OpRequest Unlink(const char* path, uint32_t flags = 0) {
+  OpRequest r = Req(OpKind::kUnlink);
+  r.params.path = path;
+  r.params.flags = flags;
+  return r;
+}
+OpRequest Rename(const char* from, const char* to, uint32_t flags = 0) {
+  OpRequest r = Req(OpKind::kRename);
+  r.params.path = from;
+  r.params.path2 = to;
+  r.params.flags = flags;
+  return r;
+}
+OpRequest Mkdir(const char* path, uint32_t mode) {
+  OpRequest r = Req(OpKind::kMkdir);
+  r.params.path = path;
+  r.params.mode = mode;
+  return r;
+}
+OpRequest Poll(uint32_t h, uint32_t events) {
+  OpRequest r = Req(OpKind::kPoll, h);
+  r.params.flags = events;
+  return r;
+}
+OpRequest Timeout(int64_t ns) {
+  OpRequest r = Req(OpKind::kTimeout);
+  r.params.timeout_ns = ns;
+  return r;
+}
+
+// --- raw file helpers (the test's own view of the file system) ---------------
+
+std::string Slurp(const std::string& path) {
+  std::string out;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "<missing>";
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  ::close(fd);
+  return out;
+}
+
+bool Spit(const std::string& path, const std::string& content, mode_t mode = 0644) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return false;
+  const bool ok =
+      ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  ::close(fd);
+  return ok;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+std::set<std::string> ListDir(const std::string& path) {
+  std::set<std::string> out;
+  if (DIR* d = ::opendir(path.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+        out.insert(e->d_name);
+      }
+    }
+    ::closedir(d);
+  }
+  return out;
+}
+
+// How many of this process's descriptors refer to `path`.
+int CountFdsTo(const std::string& path) {
+  int n = 0;
+  for (const std::string& fd : ListDir("/proc/self/fd")) {
+    char target[4096];
+    const std::string link = "/proc/self/fd/" + fd;
+    const ssize_t len = ::readlink(link.c_str(), target, sizeof(target) - 1);
+    if (len > 0 && std::string(target, len) == path) ++n;
+  }
+  return n;
+}
+
+int BytesInPipe(int fd) {
+  int n = -1;
+  if (::ioctl(fd, FIONREAD, &n) != 0) return -1;
+  return n;
+}
+
+// A FIFO inside the root: `handle` is the session's end (opened by an op),
+// `raw` the test's own O_RDWR|O_NONBLOCK end of the same pipe (it keeps a
+// writer and a reader around so opens do not block and reads see no EOF).
+struct Fifo {
+  uint32_t handle = 0;
+  int raw = -1;
+};
+
+// --- the fixture -------------------------------------------------------------
+
+class ConformanceTest : public testing::TestWithParam<Config> {
+ protected:
+  void SetUp() override {
+    ::signal(SIGPIPE, SIG_IGN);
+    ::umask(022);
+    char tmpl[] = "/tmp/asyncd-conformance-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr) << std::strerror(errno);
+    base_ = tmpl;
+    root_ = base_ + "/root";
+    outside_ = base_ + "/outside";
+    ASSERT_EQ(::mkdir(root_.c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir(outside_.c_str(), 0755), 0);
+    sentinel_ = outside_ + "/sentinel";
+    ASSERT_TRUE(Spit(sentinel_, kSentinelContent));
+    root_fd_ = ::open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(root_fd_, 0) << std::strerror(errno);
+
+    dispatcher_ = std::make_unique<core::Dispatcher>(registry_, root_fd_);
+    ASSERT_NO_FATAL_FAILURE(BuildBackends());
+    if (IsSkipped()) return;
+
+    auto session = registry_.OpenSession(core::ClientInfo{"conformance", 0, 0, 0});
+    ASSERT_TRUE(session.ok()) << session.status();
+    session_ = *session;
+  }
+
+  // The construction path the daemon takes: io_uring first when it can be
+  // used, the thread pool last (it runs every kind).
+  void BuildBackends() {
+    const Config config = GetParam();
+    std::vector<core::Backend*> chain;
+    if (config != Config::kThreadPool) {
+      const bool force_off = config == Config::kIoUringBuildForcedThreadPool;
+      const char* old = std::getenv("ASYNCD_DISABLE_IO_URING");
+      const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
+      if (force_off) ::setenv("ASYNCD_DISABLE_IO_URING", "1", 1);
+      auto uring = backends::UringBackend::Create(*dispatcher_, backends::UringOptions{});
+      if (force_off) {
+        const backends::UringProbe probe = backends::ProbeUring();
+        EXPECT_FALSE(probe.usable) << "the probe ignores ASYNCD_DISABLE_IO_URING=1";
+        EXPECT_FALSE(probe.reason.empty()) << "an unusable probe must say why";
+        if (saved) {
+          ::setenv("ASYNCD_DISABLE_IO_URING", saved->c_str(), 1);
+        } else {
+          ::unsetenv("ASYNCD_DISABLE_IO_URING");
+        }
+        ASSERT_FALSE(uring.ok()) << "ASYNCD_DISABLE_IO_URING=1 did not force io_uring off";
+        EXPECT_EQ(uring.status().code(), absl::StatusCode::kUnavailable) << uring.status();
+      } else if (!uring.ok()) {
+        GTEST_SKIP() << "io_uring cannot be used on this machine: " << uring.status()
+                     << " (probe: " << ProbeReason() << ")";
+      } else {
+        uring_ = std::move(*uring);
+        chain.push_back(uring_.get());
+      }
+    }
+    pool_ = std::make_unique<backends::ThreadPoolBackend>(
+        *dispatcher_, backends::ThreadPoolOptions{kPoolThreads, kPoolQueue});
+    chain.push_back(pool_.get());
+    dispatcher_->SetBackends(chain);
+
+    // The configuration must be what its name says.
+    bool any_ring = false;
+    for (int k = 1; k <= core::kOpKindCount; ++k) {
+      const BackendKind b = dispatcher_->RouteFor(static_cast<OpKind>(k));
+      any_ring |= b == BackendKind::kIoUring;
+      if (config != Config::kIoUring) {
+        EXPECT_EQ(b, BackendKind::kThreadPool) << core::Name(static_cast<OpKind>(k));
+      }
+    }
+    if (config == Config::kIoUring) {
+      EXPECT_TRUE(any_ring) << "io_uring is usable but no kind is routed to it";
+    }
+  }
+
+  static std::string ProbeReason() {
+    const backends::UringProbe probe = backends::ProbeUring();
+    return probe.usable ? "usable" : probe.reason;
+  }
+
+  void TearDown() override {
+    if (pool_ != nullptr) {
+      // End whatever a failed test left blocked, then check nothing leaked.
+      std::vector<std::shared_ptr<core::Session>> all = extra_sessions_;
+      if (session_) all.push_back(session_);
+      for (auto& s : all) {
+        (void)dispatcher_->CloseSession(s->id(), EndReason::kDrain);
+      }
+      EXPECT_TRUE(WaitUntil([&] {
+        return std::all_of(all.begin(), all.end(), [](auto& s) { return s->live_ops() == 0; });
+      })) << "ops still live after their sessions were closed";
+      EXPECT_TRUE(WaitUntil([&] { return registry_.session_count() == 0; }));
+    }
+    if (uring_) uring_->Shutdown();
+    if (pool_) pool_->Shutdown();
+    uring_.reset();
+    pool_.reset();
+    dispatcher_.reset();
+    EXPECT_EQ(sink_.duplicates(), 0) << "some op completed more than once";
+    session_.reset();
+    extra_sessions_.clear();
+    for (int fd : owned_fds_) ::close(fd);
+    if (root_fd_ >= 0) ::close(root_fd_);
+    if (!base_.empty()) {
+      ::nftw(
+          base_.c_str(),
+          [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
+          FTW_DEPTH | FTW_PHYS);
+    }
+  }
+
+  // --- submitting and waiting ---
+
+  // Submits on `session` (default: the fixture's) with a fresh cookie.
+  absl::StatusOr<OpId> Start(OpRequest r, uint64_t* cookie, core::Session* session = nullptr) {
+    *cookie = ++next_cookie_;
+    r.sink = &sink_;
+    r.cookie = *cookie;
+    return dispatcher_->Submit(session ? *session : *session_, r);
+  }
+
+  Completion Await(uint64_t cookie) {
+    std::optional<Completion> c = sink_.Wait(cookie);
+    if (!c) {
+      ADD_FAILURE() << "no completion for cookie " << cookie << " within the timeout";
+      return Completion{};
+    }
+    return *c;
+  }
+
+  // Submits and waits for the completion; checks it ran where it was routed.
+  Completion Run(OpRequest r, core::Session* session = nullptr) {
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = Start(r, &cookie, session);
+    if (!id.ok()) {
+      ADD_FAILURE() << core::Name(r.kind) << " refused at submit: " << id.status();
+      Completion c;
+      c.submit = id.status();
+      return c;
+    }
+    Completion c = Await(cookie);
+    if (c.arrived()) {
+      EXPECT_EQ(c.id, *id);
+      const BackendKind routed = dispatcher_->RouteFor(r.kind);
+      if (!(r.kind == OpKind::kClose && c.backend == BackendKind::kInline)) {
+        EXPECT_EQ(c.backend, routed) << core::Name(r.kind);
+      }
+    }
+    return c;
+  }
+
+  // Waits until the op reaches `state` (or later); false on timeout or if it
+  // was retired first.
+  bool WaitForState(OpId id, OpState state) {
+    const bool reached = WaitUntil([&] {
+      auto snap = registry_.Snapshot(id);
+      return !snap || snap->state >= state;
+    });
+    return reached && registry_.Snapshot(id).has_value();
+  }
+
+  bool WaitRetired() {
+    return WaitUntil([&] { return session_->live_ops() == 0; });
+  }
+
+  // --- the root and its files ---
+
+  std::string InRoot(const std::string& rel) const { return root_ + "/" + rel; }
+
+  // A path whose memory outlives every op that borrows it.
+  const char* Keep(std::string s) {
+    kept_.push_back(std::move(s));
+    return kept_.back().c_str();
+  }
+
+  // A buffer that outlives every op that borrows it (even one a failed test left blocked).
+  char* Buffer(size_t n) {
+    buffers_.push_back(std::make_unique<char[]>(n));
+    std::memset(buffers_.back().get(), 0, n);
+    return buffers_.back().get();
+  }
+
+  uint32_t OpenOk(const char* path, uint32_t flags, uint32_t mode = 0644) {
+    Completion c = Run(Open(path, flags, mode));
+    EXPECT_EQ(c.state, OpState::kCompleted) << path;
+    EXPECT_GT(c.result, 0) << path << ": " << std::strerror(static_cast<int>(-c.result));
+    return c.result > 0 ? static_cast<uint32_t>(c.result) : 0;
+  }
+
+  // Creates `rel` in the root with `content` (through the test's own calls).
+  void MakeFile(const std::string& rel, const std::string& content, mode_t mode = 0644) {
+    ASSERT_TRUE(Spit(InRoot(rel), content, mode)) << rel;
+  }
+
+  Fifo MakeFifo(const std::string& rel, uint32_t session_flags = O_RDONLY) {
+    Fifo f;
+    const std::string path = InRoot(rel);
+    EXPECT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+    f.raw = ::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    EXPECT_GE(f.raw, 0) << std::strerror(errno);
+    owned_fds_.push_back(f.raw);
+    f.handle = OpenOk(Keep(rel), session_flags);
+    return f;
+  }
+
+  // Submits a read of `len` bytes at the current position of `fifo` that will
+  // block (the FIFO is empty), and waits until it has started.
+  OpId StartBlockedRead(const Fifo& fifo, uint64_t* cookie, uint32_t len = 1) {
+    absl::StatusOr<OpId> id = Start(Read(fifo.handle, Buffer(len), len, -1), cookie);
+    EXPECT_TRUE(id.ok()) << id.status();
+    if (!id.ok()) return OpId{};
+    EXPECT_TRUE(WaitForState(*id, OpState::kRunning)) << "the read never started";
+    return *id;
+  }
+
+  static constexpr const char* kSentinelContent = "SENTINEL: outside the root, must stay intact\n";
+
+  core::Registry registry_;
+  RecordingSink sink_;
+  std::unique_ptr<core::Dispatcher> dispatcher_;
+  std::unique_ptr<backends::UringBackend> uring_;
+  std::unique_ptr<backends::ThreadPoolBackend> pool_;
+  std::shared_ptr<core::Session> session_;
+  std::vector<std::shared_ptr<core::Session>> extra_sessions_;
+  std::string base_, root_, outside_, sentinel_;
+  int root_fd_ = -1;
+  uint64_t next_cookie_ = 0;
+  std::vector<int> owned_fds_;
+  std::deque<std::string> kept_;
+  std::vector<std::unique_ptr<char[]>> buffers_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, ConformanceTest,
+                         testing::Values(Config::kIoUring, Config::kThreadPool,
+                                         Config::kIoUringBuildForcedThreadPool),
+                         ConfigName);
+
+// =============================================================================
+// Success paths, one per kind
+// =============================================================================
+
+// A nop completes with 0 on the backend its kind is routed to.
+TEST_P(ConformanceTest, NopCompletesWithZero) {
+  Completion c = Run(Nop());
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 0);
+  EXPECT_EQ(c.bytes_done, 0u);
+}
+
+// An open with O_CREAT creates the file with the requested mode and returns a
+// session handle (not a descriptor); reopening read-only gives another handle.
+TEST_P(ConformanceTest, OpenCreatesThenReopensReadOnly) {
+  const uint32_t w = OpenOk("created", O_WRONLY | O_CREAT | O_EXCL, 0640);
+  ASSERT_NE(w, 0u);
+  struct stat st;
+  ASSERT_EQ(::stat(InRoot("created").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  EXPECT_EQ(session_->handles().open_count(), 1u);
+
+  const uint32_t r = OpenOk("created", O_RDONLY);
+  EXPECT_NE(r, 0u);
+  EXPECT_NE(r, w);
+  EXPECT_EQ(session_->handles().open_count(), 2u);
+  // The read-only handle really is read-only.
+  EXPECT_EQ(Run(Write(r, "x", 1, 0)).result, -EBADF);
+}
+
+// Positional writes land at their offsets, and positional reads return them.
+TEST_P(ConformanceTest, WriteAndReadAtOffsets) {
+  const uint32_t h = OpenOk("data", O_RDWR | O_CREAT);
+  Completion w1 = Run(Write(h, "hello", 5, 0));
+  EXPECT_EQ(w1.state, OpState::kCompleted);
+  EXPECT_EQ(w1.result, 5);
+  EXPECT_EQ(w1.bytes_done, 5u);
+  EXPECT_EQ(Run(Write(h, "world", 5, 100)).result, 5);
+
+  const std::string on_disk = Slurp(InRoot("data"));
+  ASSERT_EQ(on_disk.size(), 105u);
+  EXPECT_EQ(on_disk.substr(0, 5), "hello");
+  EXPECT_EQ(on_disk.substr(100), "world");
+
+  Completion r1 = Run(Read(h, Buffer(5), 5, 100));
+  EXPECT_EQ(r1.state, OpState::kCompleted);
+  EXPECT_EQ(r1.result, 5);
+  EXPECT_EQ(r1.data, "world");
+  Completion r2 = Run(Read(h, Buffer(5), 5, 0));
+  EXPECT_EQ(r2.data, "hello");
+  Completion hole = Run(Read(h, Buffer(4), 4, 50));
+  EXPECT_EQ(hole.result, 4);
+  EXPECT_EQ(hole.data, std::string(4, '\0'));
+}
+
+// A read that crosses end-of-file is short; a read at end-of-file returns 0.
+TEST_P(ConformanceTest, ShortReadAtEof) {
+  MakeFile("ten", "0123456789");
+  const uint32_t h = OpenOk("ten", O_RDONLY);
+  Completion part = Run(Read(h, Buffer(100), 100, 6));
+  EXPECT_EQ(part.state, OpState::kCompleted);
+  EXPECT_EQ(part.result, 4);
+  EXPECT_EQ(part.data, "6789");
+  Completion eof = Run(Read(h, Buffer(100), 100, 10));
+  EXPECT_EQ(eof.state, OpState::kCompleted);
+  EXPECT_EQ(eof.result, 0);
+  EXPECT_EQ(eof.bytes_done, 0u);
+  Completion beyond = Run(Read(h, Buffer(8), 8, 4096));
+  EXPECT_EQ(beyond.result, 0);
+}
+
+// offset -1 reads at the current position: a FIFO delivers its bytes in order.
+TEST_P(ConformanceTest, ReadAtCurrentPositionOnFifo) {
+  Fifo f = MakeFifo("fifo");
+  ASSERT_NE(f.handle, 0u);
+  ASSERT_EQ(::write(f.raw, "abc", 3), 3);
+  Completion r1 = Run(Read(f.handle, Buffer(16), 16, -1));
+  EXPECT_EQ(r1.state, OpState::kCompleted);
+  EXPECT_EQ(r1.result, 3);
+  EXPECT_EQ(r1.data, "abc");
+  ASSERT_EQ(::write(f.raw, "de", 2), 2);
+  Completion r2 = Run(Read(f.handle, Buffer(16), 16, -1));
+  EXPECT_EQ(r2.data, "de");
+}
+
+// offset -1 on a regular file reads from, and advances, the file position.
+TEST_P(ConformanceTest, ReadAtCurrentPositionAdvancesOnFile) {
+  MakeFile("seq", "abcdef");
+  const uint32_t h = OpenOk("seq", O_RDONLY);
+  EXPECT_EQ(Run(Read(h, Buffer(3), 3, -1)).data, "abc");
+  EXPECT_EQ(Run(Read(h, Buffer(3), 3, -1)).data, "def");
+  EXPECT_EQ(Run(Read(h, Buffer(3), 3, -1)).result, 0);
+}
+
+// A close completes with 0, and afterwards the handle names nothing: the next
+// op on it is refused at submit with NOT_FOUND and nothing is registered.
+TEST_P(ConformanceTest, CloseRetiresTheHandle) {
+  MakeFile("f", "x");
+  const uint32_t h = OpenOk("f", O_RDONLY);
+  Completion c = Run(Close(h));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 0);
+  EXPECT_EQ(session_->handles().open_count(), 0u);
+  ASSERT_TRUE(WaitRetired());
+
+  uint64_t cookie;
+  absl::StatusOr<OpId> again = Start(Read(h, Buffer(1), 1, 0), &cookie);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kNotFound) << again.status();
+  absl::StatusOr<OpId> twice = Start(Close(h), &cookie);
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kNotFound) << twice.status();
+  EXPECT_EQ(session_->live_ops(), 0u);
+}
+
+// fsync (flags 0) and fdatasync (flags 1) both complete with 0.
+TEST_P(ConformanceTest, FsyncAndFdatasync) {
+  const uint32_t h = OpenOk("synced", O_WRONLY | O_CREAT);
+  ASSERT_EQ(Run(Write(h, "payload", 7, 0)).result, 7);
+  Completion full = Run(Fsync(h, SyncKind::kFsync));
+  EXPECT_EQ(full.state, OpState::kCompleted);
+  EXPECT_EQ(full.result, 0);
+  Completion data = Run(Fsync(h, SyncKind::kDatasync));
+  EXPECT_EQ(data.state, OpState::kCompleted);
+  EXPECT_EQ(data.result, 0);
+}
+
+// fallocate (mode 0) extends the file to offset + length.
+TEST_P(ConformanceTest, FallocateGrowsTheFile) {
+  const uint32_t h = OpenOk("prealloc", O_RDWR | O_CREAT);
+  Completion c = Run(Fallocate(h, 0, 8192));
+  if (c.result == -EOPNOTSUPP) GTEST_SKIP() << "the file system under /tmp lacks fallocate";
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 0);
+  struct stat st;
+  ASSERT_EQ(::stat(InRoot("prealloc").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 8192);
+  EXPECT_EQ(Run(Fallocate(h, 8192, 4096)).result, 0);
+  ASSERT_EQ(::stat(InRoot("prealloc").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 8192 + 4096);
+}
+
+// ftruncate sets the size, growing and shrinking.
+TEST_P(ConformanceTest, FtruncateSetsTheSize) {
+  MakeFile("trunc", "0123456789");
+  const uint32_t h = OpenOk("trunc", O_RDWR);
+  Completion grow = Run(Ftruncate(h, 123));
+  EXPECT_EQ(grow.state, OpState::kCompleted);
+  EXPECT_EQ(grow.result, 0);
+  struct stat st;
+  ASSERT_EQ(::stat(InRoot("trunc").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 123);
+  EXPECT_EQ(Run(Ftruncate(h, 4)).result, 0);
+  EXPECT_EQ(Slurp(InRoot("trunc")), "0123");
+}
+
+// statx by path fills the struct statx in params.buf with size and mode.
+TEST_P(ConformanceTest, StatxByPath) {
+  MakeFile("s", std::string(42, 'z'));
+  ASSERT_EQ(::chmod(InRoot("s").c_str(), 0604), 0);
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  Completion c = Run(StatxPath("s", stx));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  ASSERT_EQ(c.result, 0) << std::strerror(static_cast<int>(-c.result));
+  EXPECT_TRUE(c.stx().stx_mask & STATX_SIZE);
+  EXPECT_EQ(c.stx().stx_size, 42u);
+  EXPECT_TRUE(S_ISREG(c.stx().stx_mode));
+  EXPECT_EQ(c.stx().stx_mode & 07777, 0604);
+
+  Completion dir = Run(StatxPath("/", stx));  // the root itself
+  ASSERT_EQ(dir.result, 0);
+  EXPECT_TRUE(S_ISDIR(dir.stx().stx_mode));
+}
+
+// statx by handle (path == nullptr) describes the open file.
+TEST_P(ConformanceTest, StatxByHandle) {
+  MakeFile("sh", std::string(1000, 'q'), 0600);
+  const uint32_t h = OpenOk("sh", O_RDONLY);
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  Completion c = Run(StatxHandle(h, stx));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  ASSERT_EQ(c.result, 0) << std::strerror(static_cast<int>(-c.result));
+  EXPECT_EQ(c.stx().stx_size, 1000u);
+  EXPECT_TRUE(S_ISREG(c.stx().stx_mode));
+  EXPECT_EQ(c.stx().stx_mode & 07777, 0600);
+}
+
+// unlink removes a file; with AT_REMOVEDIR it removes an empty directory.
+TEST_P(ConformanceTest, UnlinkFileAndRmdir) {
+  MakeFile("gone", "x");
+  ASSERT_EQ(::mkdir(InRoot("emptydir").c_str(), 0755), 0);
+  Completion f = Run(Unlink("gone"));
+  EXPECT_EQ(f.state, OpState::kCompleted);
+  EXPECT_EQ(f.result, 0);
+  EXPECT_FALSE(Exists(InRoot("gone")));
+  Completion d = Run(Unlink("emptydir", AT_REMOVEDIR));
+  EXPECT_EQ(d.result, 0);
+  EXPECT_FALSE(Exists(InRoot("emptydir")));
+}
+
+// rename moves a file; RENAME_NOREPLACE onto an existing name fails with
+// -EEXIST and changes neither file.
+TEST_P(ConformanceTest, RenameAndNoReplace) {
+  MakeFile("a", "AAA");
+  ASSERT_EQ(::mkdir(InRoot("sub").c_str(), 0755), 0);
+  Completion mv = Run(Rename("a", "sub/b"));
+  EXPECT_EQ(mv.state, OpState::kCompleted);
+  EXPECT_EQ(mv.result, 0);
+  EXPECT_FALSE(Exists(InRoot("a")));
+  EXPECT_EQ(Slurp(InRoot("sub/b")), "AAA");
+
+  MakeFile("c", "CCC");
+  Completion clash = Run(Rename("c", "sub/b", RENAME_NOREPLACE));
+  EXPECT_EQ(clash.state, OpState::kCompleted);
+  EXPECT_EQ(clash.result, -EEXIST);
+  EXPECT_EQ(Slurp(InRoot("c")), "CCC");
+  EXPECT_EQ(Slurp(InRoot("sub/b")), "AAA");
+}
+
+// mkdir creates a directory with the requested mode.
+TEST_P(ConformanceTest, MkdirWithMode) {
+  Completion c = Run(Mkdir("newdir", 0710));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 0);
+  struct stat st;
+  ASSERT_EQ(::stat(InRoot("newdir").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0710u);
+}
+
+// poll on a FIFO holding data reports POLLIN as its result (revents).
+TEST_P(ConformanceTest, PollReportsReadable) {
+  Fifo f = MakeFifo("pollfifo");
+  ASSERT_EQ(::write(f.raw, "!", 1), 1);
+  Completion c = Run(Poll(f.handle, POLLIN));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_TRUE(c.result & POLLIN) << c.result;
+  EXPECT_GE(c.result, 0);
+  EXPECT_EQ(BytesInPipe(f.raw), 1) << "poll must not consume data";
+}
+
+// poll for POLLOUT on a writable FIFO reports POLLOUT.
+TEST_P(ConformanceTest, PollReportsWritable) {
+  Fifo f = MakeFifo("pollout", O_WRONLY);
+  Completion c = Run(Poll(f.handle, POLLOUT));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_TRUE(c.result & POLLOUT) << c.result;
+}
+
+// A 10 ms timeout completes normally with 0 (not -ETIME, not timed out).
+TEST_P(ConformanceTest, TimeoutCompletesWithZero) {
+  Completion c = Run(Timeout(10'000'000));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 0);
+}
+
+// =============================================================================
+// errno paths: a failed system call is state kCompleted with -errno
+// =============================================================================
+
+// Opening a missing file without O_CREAT fails with -ENOENT.
+TEST_P(ConformanceTest, OpenMissingIsEnoent) {
+  Completion c = Run(Open("missing", O_RDONLY));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, -ENOENT);
+  EXPECT_EQ(session_->handles().open_count(), 0u);
+}
+
+// Reading a write-only handle fails with -EBADF.
+TEST_P(ConformanceTest, ReadOnWriteOnlyHandleIsEbadf) {
+  const uint32_t h = OpenOk("wo", O_WRONLY | O_CREAT);
+  Completion c = Run(Read(h, Buffer(4), 4, 0));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, -EBADF);
+  EXPECT_EQ(c.bytes_done, 0u);
+}
+
+// Opening a directory for writing fails with -EISDIR.
+TEST_P(ConformanceTest, OpenDirectoryForWritingIsEisdir) {
+  ASSERT_EQ(::mkdir(InRoot("d").c_str(), 0755), 0);
+  Completion c = Run(Open("d", O_WRONLY));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, -EISDIR);
+}
+
+// Opening a file without permission fails with -EACCES. Root bypasses file
+// permissions, so as root the check runs in a re-executed child (gtest's
+// threadsafe death-test style: a fresh fixture) that first drops its
+// effective uid to nobody in every thread (the backends' threads included;
+// io_uring runs the op with its submitter's credentials).
+TEST_P(ConformanceTest, OpenWithoutPermissionIsEacces) {
+  MakeFile("locked", "secret", 0000);
+  ASSERT_EQ(::chmod(InRoot("locked").c_str(), 0), 0);
+  if (::geteuid() != 0) {
+    Completion c = Run(Open("locked", O_RDONLY));
+    EXPECT_EQ(c.state, OpState::kCompleted);
+    EXPECT_EQ(c.result, -EACCES);
+    return;
+  }
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        constexpr uid_t kNobody = 65534;
+        if (::setresuid(kNobody, kNobody, 0) != 0) _exit(2);  // saved uid 0: can come back
+        Completion c = Run(Open("locked", O_RDONLY));
+        if (::seteuid(0) != 0) _exit(3);
+        std::fprintf(stderr, "state=%s result=%lld\n", std::string(core::Name(c.state)).c_str(),
+                     static_cast<long long>(c.result));
+        const bool ok = c.state == OpState::kCompleted && c.result == -EACCES;
+        TearDown();
+        _exit(ok ? 0 : 1);
+      },
+      testing::ExitedWithCode(0), "state=completed result=-13");
+}
+
+// mkdir of an existing name fails with -EEXIST.
+TEST_P(ConformanceTest, MkdirExistingIsEexist) {
+  ASSERT_EQ(::mkdir(InRoot("there").c_str(), 0755), 0);
+  Completion c = Run(Mkdir("there", 0755));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, -EEXIST);
+}
+
+// unlink of a missing name fails with -ENOENT.
+TEST_P(ConformanceTest, UnlinkMissingIsEnoent) {
+  Completion c = Run(Unlink("nothing-here"));
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, -ENOENT);
+}
+
+// rmdir of a non-empty directory fails with -ENOTEMPTY and removes nothing.
+TEST_P(ConformanceTest, RmdirNonEmptyIsEnotempty) {
+  ASSERT_EQ(::mkdir(InRoot("full").c_str(), 0755), 0);
+  MakeFile("full/f", "x");
+  Completion c = Run(Unlink("full", AT_REMOVEDIR));
+  EXPECT_EQ(c.result, -ENOTEMPTY);
+  EXPECT_TRUE(Exists(InRoot("full/f")));
+}
+
+// =============================================================================
+// Confinement: no path reaches outside the root, on any backend
+// =============================================================================
+
+// "../etc/passwd" and "/etc/passwd" resolve inside the root, where no
+// etc/passwd exists: -ENOENT, never the host's file.
+TEST_P(ConformanceTest, ConfinementEscapesResolveInsideRoot) {
+  for (const char* p : {"../etc/passwd", "/etc/passwd", "../../../../etc/passwd",
+                        "sub/../../etc/passwd", "/../etc/passwd"}) {
+    Completion c = Run(Open(p, O_RDONLY));
+    EXPECT_EQ(c.result, -ENOENT) << p;
+  }
+}
+
+// With a decoy root/etc/passwd, "/etc/passwd" and "../etc/passwd" open the
+// decoy: absolute paths and ".." are taken relative to the root.
+TEST_P(ConformanceTest, ConfinementAbsolutePathMeansTheRoot) {
+  ASSERT_EQ(::mkdir(InRoot("etc").c_str(), 0755), 0);
+  MakeFile("etc/passwd", "decoy\n");
+  for (const char* p : {"/etc/passwd", "../etc/passwd"}) {
+    const uint32_t h = OpenOk(p, O_RDONLY);
+    Completion r = Run(Read(h, Buffer(64), 64, 0));
+    EXPECT_EQ(r.data, "decoy\n") << p;
+  }
+}
+
+class ConfinementTest : public ConformanceTest {
+ protected:
+  void SetUp() override {
+    ConformanceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    const std::string outside_rel = outside_.substr(1);  // without the leading '/'
+    ASSERT_EQ(::mkdir(InRoot("sub").c_str(), 0755), 0);
+    ASSERT_EQ(::symlink(outside_.c_str(), InRoot("to_outside").c_str()), 0);
+    ASSERT_EQ(::symlink("../outside", InRoot("rel_outside").c_str()), 0);
+    ASSERT_EQ(::symlink("/", InRoot("to_slash").c_str()), 0);
+    ASSERT_EQ(::symlink("../../../../../../../..", InRoot("dotdots").c_str()), 0);
+    ASSERT_EQ(::symlink("../../outside", InRoot("sub/up").c_str()), 0);
+    ASSERT_EQ(::symlink(sentinel_.c_str(), InRoot("sentinel_link").c_str()), 0);
+    ASSERT_EQ(::symlink("../outside/sentinel", InRoot("rel_sentinel_link").c_str()), 0);
+    // Every way we know to name the outside directory from inside the root.
+    outside_dirs_ = {"..",
+                     "../outside",
+                     "sub/../../outside",
+                     Keep(outside_),
+                     "to_outside",
+                     "rel_outside",
+                     Keep("to_slash/" + outside_rel),
+                     Keep("dotdots/" + outside_rel),
+                     Keep("dotdots/../../" + outside_rel),
+                     "sub/up",
+                     Keep("/../../" + outside_rel)};
+    struct stat st;
+    ASSERT_EQ(::stat(sentinel_.c_str(), &st), 0);
+    sentinel_ino_ = st.st_ino;
+  }
+
+  // The sentinel and its directory are exactly as SetUp left them.
+  void ExpectOutsideUntouched() {
+    EXPECT_EQ(ListDir(base_), (std::set<std::string>{"root", "outside"}));
+    EXPECT_EQ(Slurp(sentinel_), kSentinelContent);
+    EXPECT_EQ(ListDir(outside_), std::set<std::string>{"sentinel"});
+    struct stat st;
+    ASSERT_EQ(::stat(sentinel_.c_str(), &st), 0);
+    EXPECT_EQ(st.st_ino, sentinel_ino_) << "the sentinel was replaced";
+  }
+
+  std::vector<std::string> SentinelPaths() {
+    std::vector<std::string> out = {"sentinel_link", "rel_sentinel_link"};
+    for (const std::string& d : outside_dirs_) out.push_back(d + "/sentinel");
+    return out;
+  }
+
+  std::vector<std::string> outside_dirs_;
+  ino_t sentinel_ino_ = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, ConfinementTest,
+                         testing::Values(Config::kIoUring, Config::kThreadPool,
+                                         Config::kIoUringBuildForcedThreadPool),
+                         ConfigName);
+
+// No open for reading, through "..", absolute paths or symlinks (to "/", to
+// ".." chains, to an absolute path outside), ever yields the sentinel's bytes.
+TEST_P(ConfinementTest, OpenCannotReadOutside) {
+  for (const std::string& p : SentinelPaths()) {
+    Completion c = Run(Open(Keep(p), O_RDONLY));
+    if (c.result > 0) {
+      Completion r = Run(Read(static_cast<uint32_t>(c.result), Buffer(256), 256, 0));
+      EXPECT_NE(r.data, kSentinelContent) << p << " read the sentinel outside the root";
+      Run(Close(static_cast<uint32_t>(c.result)));
+    } else {
+      EXPECT_LT(c.result, 0) << p;
+    }
+  }
+  ExpectOutsideUntouched();
+}
+
+// No open for writing (O_TRUNC, O_APPEND) or creating (O_CREAT) through the
+// same paths changes or adds anything outside the root.
+TEST_P(ConfinementTest, OpenCannotWriteOrCreateOutside) {
+  for (const std::string& p : SentinelPaths()) {
+    for (uint32_t flags : {O_WRONLY | O_TRUNC, O_WRONLY | O_APPEND, O_WRONLY | O_CREAT}) {
+      Completion c = Run(Open(Keep(p), flags));
+      if (c.result > 0) {
+        Run(Write(static_cast<uint32_t>(c.result), "PWNED", 5, 0));
+        Run(Close(static_cast<uint32_t>(c.result)));
+      }
+    }
+  }
+  for (const std::string& d : outside_dirs_) {
+    Completion c = Run(Open(Keep(d + "/created"), O_WRONLY | O_CREAT | O_EXCL));
+    if (c.result > 0) Run(Close(static_cast<uint32_t>(c.result)));
+  }
+  ExpectOutsideUntouched();
+}
+
+// statx through the same paths never describes the sentinel.
+TEST_P(ConfinementTest, StatxCannotSeeOutside) {
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  for (const std::string& p : SentinelPaths()) {
+    for (uint32_t flags : {0, AT_SYMLINK_NOFOLLOW}) {
+      Completion c = Run(StatxPath(Keep(p), stx, flags));
+      if (c.result == 0) {
+        EXPECT_NE(c.stx().stx_ino, sentinel_ino_) << p << " statx saw the sentinel";
+      }
+    }
+  }
+}
+
+// unlink through symlinked parents, ".." and absolute paths never removes the
+// sentinel (unlinking a symlink removes only the link, inside the root).
+TEST_P(ConfinementTest, UnlinkCannotRemoveOutside) {
+  for (const std::string& p : SentinelPaths()) {
+    Run(Unlink(Keep(p)));
+  }
+  Run(Unlink("to_outside", AT_REMOVEDIR));
+  Run(Unlink("..", AT_REMOVEDIR));
+  for (const std::string& d : outside_dirs_) Run(Unlink(Keep(d), AT_REMOVEDIR));
+  ExpectOutsideUntouched();
+}
+
+// rename can neither move the sentinel away nor overwrite it, through any of
+// the paths, in either direction.
+TEST_P(ConfinementTest, RenameCannotTouchOutside) {
+  MakeFile("decoy", "decoy");
+  for (const std::string& p : SentinelPaths()) {
+    Run(Rename(Keep(p), "stolen"));
+    struct stat st;
+    if (::lstat(InRoot("stolen").c_str(), &st) == 0) {
+      // Renaming a symlink moves the link (inside the root), never its target.
+      EXPECT_TRUE(S_ISLNK(st.st_mode) || st.st_ino != sentinel_ino_)
+          << p << " moved the sentinel into the root";
+      ASSERT_EQ(::unlink(InRoot("stolen").c_str()), 0);
+    }
+    if (!Exists(InRoot("decoy"))) MakeFile("decoy", "decoy");
+    Run(Rename("decoy", Keep(p)));
+    Run(Rename("decoy", Keep(p), RENAME_EXCHANGE));
+    ExpectOutsideUntouched();
+  }
+  ExpectOutsideUntouched();
+}
+
+// mkdir through symlinked parents, ".." and absolute paths creates nothing
+// outside the root.
+TEST_P(ConfinementTest, MkdirCannotCreateOutside) {
+  for (const std::string& d : outside_dirs_) {
+    Run(Mkdir(Keep(d + "/evil"), 0755));
+  }
+  ExpectOutsideUntouched();
+  EXPECT_FALSE(Exists(base_ + "/evil"));
+  EXPECT_FALSE(Exists("/evil"));
+}
+
+// =============================================================================
+// Handles: bad input is refused at submit and changes nothing
+// =============================================================================
+
+// A handle that was never issued is NOT_FOUND at submit, for every kind that
+// takes one, and nothing is registered or completed.
+TEST_P(ConformanceTest, UnknownHandleIsNotFoundAndChangesNothing) {
+  const uint32_t bogus = (7u << 16) | 3;
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  for (const OpRequest& r : {Read(bogus, Buffer(1), 1, 0), Write(bogus, "x", 1, 0), Close(bogus),
+                             Fsync(bogus, SyncKind::kFsync), Fallocate(bogus, 0, 1),
+                             Ftruncate(bogus, 0), StatxHandle(bogus, stx), Poll(bogus, POLLIN)}) {
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = Start(r, &cookie);
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound) << core::Name(r.kind);
+  }
+  EXPECT_EQ(session_->live_ops(), 0u);
+  EXPECT_EQ(registry_.live_ops(), 0u);
+  EXPECT_EQ(sink_.count(), 0u);
+}
+
+// A handle issued to another session is NOT_FOUND in this one.
+TEST_P(ConformanceTest, HandleOfAnotherSessionIsNotFound) {
+  auto other = registry_.OpenSession(core::ClientInfo{"other", 0, 0, 0});
+  ASSERT_TRUE(other.ok()) << other.status();
+  extra_sessions_.push_back(*other);
+  MakeFile("theirs", "theirs");
+  Completion c = Run(Open("theirs", O_RDONLY), other->get());
+  ASSERT_GT(c.result, 0);
+  ASSERT_EQ(session_->handles().open_count(), 0u);
+
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Read(static_cast<uint32_t>(c.result), Buffer(8), 8, 0), &cookie);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound) << id.status();
+  EXPECT_EQ(session_->live_ops(), 0u);
+  // ...and it still works where it belongs.
+  Completion r = Run(Read(static_cast<uint32_t>(c.result), Buffer(8), 8, 0), other->get());
+  EXPECT_EQ(r.data, "theirs");
+}
+
+// =============================================================================
+// Cancellation
+// =============================================================================
+
+// A pending timeout is cancel-safe: cancel answers kCancelled and the op ends
+// kCancelled, once, without waiting for its duration.
+TEST_P(ConformanceTest, CancelPendingTimeout) {
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Timeout(int64_t{3600} * 1'000'000'000), &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(dispatcher_->Cancel(*id, EndReason::kClientRequest), CancelResult::kCancelled);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCancelled);
+  EXPECT_EQ(c.times, 1);
+}
+
+// An op cancelled while still queued (every pool thread busy) never runs: a
+// queued write answered kCancelled leaves the file untouched.
+TEST_P(ConformanceTest, CancelQueuedOpNeverRuns) {
+  if (dispatcher_->RouteFor(OpKind::kRead) != BackendKind::kThreadPool ||
+      dispatcher_->RouteFor(OpKind::kWrite) != BackendKind::kThreadPool) {
+    GTEST_SKIP() << "reads and writes run on io_uring here, which starts ops as it takes "
+                    "them: no queued state to cancel (see CancelledWriteNeverRan)";
+  }
+  Fifo f = MakeFifo("busy");
+  const uint32_t h = OpenOk("untouched", O_WRONLY | O_CREAT);
+  std::vector<uint64_t> readers(kPoolThreads);
+  for (auto& cookie : readers) StartBlockedRead(f, &cookie);
+  uint64_t wcookie;
+  absl::StatusOr<OpId> wid = Start(Write(h, "queued!", 7, 0), &wcookie);
+  ASSERT_TRUE(wid.ok()) << wid.status();
+  auto snap = registry_.Snapshot(*wid);
+  if (!snap || snap->state != OpState::kDispatched) {
+    GTEST_SKIP() << "the write started although " << kPoolThreads
+                 << " reads were blocked: the pool does not hold a thread per blocked read";
+  }
+  EXPECT_EQ(dispatcher_->Cancel(*wid, EndReason::kClientRequest), CancelResult::kCancelled);
+  // Release the pool threads, then the write's completion can come.
+  ASSERT_EQ(::write(f.raw, std::string(kPoolThreads, 'r').data(), kPoolThreads),
+            static_cast<ssize_t>(kPoolThreads));
+  Completion w = Await(wcookie);
+  EXPECT_EQ(w.state, OpState::kCancelled);
+  EXPECT_EQ(w.bytes_done, 0u);
+  EXPECT_EQ(Slurp(InRoot("untouched")), "") << "a write cancelled before it started ran";
+  ASSERT_TRUE(sink_.WaitAll(readers));
+}
+
+// Cancel racing the start of a non-cancel-safe write: whenever the answer is
+// kCancelled the write never ran; when it is kNotCancellable or kAlreadyDone
+// the write completed in full.
+TEST_P(ConformanceTest, CancelledWriteNeverRan) {
+  const uint32_t h = OpenOk("racy", O_RDWR | O_CREAT);
+  int cancelled = 0;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_EQ(::truncate(InRoot("racy").c_str(), 0), 0);
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = Start(Write(h, "w", 1, 0), &cookie);
+    ASSERT_TRUE(id.ok()) << id.status();
+    const CancelResult answer = dispatcher_->Cancel(*id, EndReason::kClientRequest);
+    Completion c = Await(cookie);
+    ASSERT_TRUE(c.arrived());
+    EXPECT_EQ(c.times, 1);
+    const std::string content = Slurp(InRoot("racy"));
+    switch (answer) {
+      case CancelResult::kCancelled:
+        ++cancelled;
+        EXPECT_EQ(c.state, OpState::kCancelled);
+        EXPECT_EQ(content, "") << "a write answered kCancelled still wrote";
+        break;
+      case CancelResult::kNotCancellable:
+      case CancelResult::kAlreadyDone:
+      case CancelResult::kNotFound:
+        EXPECT_EQ(c.state, OpState::kCompleted) << core::Name(answer);
+        EXPECT_EQ(c.result, 1);
+        EXPECT_EQ(content, "w");
+        break;
+    }
+  }
+  RecordProperty("cancelled_before_start", cancelled);
+}
+
+// A read blocked on an empty FIFO is interrupted by a cancel: kCancelled with
+// no bytes, and data written afterwards is still in the FIFO (the cancelled
+// read did not consume it).
+TEST_P(ConformanceTest, CancelBlockedFifoRead) {
+  Fifo f = MakeFifo("blocked");
+  uint64_t cookie;
+  const OpId id = StartBlockedRead(f, &cookie, 16);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it block in the kernel
+  EXPECT_EQ(dispatcher_->Cancel(id, EndReason::kClientRequest), CancelResult::kCancelled);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCancelled);
+  EXPECT_EQ(c.bytes_done, 0u);
+  EXPECT_LE(c.result, 0);
+  ASSERT_EQ(::write(f.raw, "late", 4), 4);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a zombie read would take it now
+  EXPECT_EQ(BytesInPipe(f.raw), 4);
+  char buf[8];
+  EXPECT_EQ(::read(f.raw, buf, sizeof(buf)), 4);
+  // The handle still works after the cancel.
+  ASSERT_EQ(::write(f.raw, "ok", 2), 2);
+  EXPECT_EQ(Run(Read(f.handle, Buffer(8), 8, -1)).data, "ok");
+}
+
+// Cancel after completion: from within the completion (finished, not yet
+// retired) the answer is kAlreadyDone; once the slot is retired, kNotFound.
+TEST_P(ConformanceTest, CancelAfterCompletion) {
+  std::atomic<int> in_callback{-1};
+  sink_.SetHook([&](const core::Op& op) {
+    in_callback = static_cast<int>(dispatcher_->Cancel(op.id(), EndReason::kClientRequest));
+  });
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Nop(), &cookie);
+  ASSERT_TRUE(id.ok());
+  Completion c = Await(cookie);
+  sink_.SetHook(nullptr);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(in_callback.load(), static_cast<int>(CancelResult::kAlreadyDone));
+  ASSERT_TRUE(WaitRetired());
+  EXPECT_EQ(dispatcher_->Cancel(*id, EndReason::kClientRequest), CancelResult::kNotFound);
+}
+
+// Cancelling twice: the first answer is kCancelled, the second kCancelled (an
+// end is already pending) or, if the op ended in between, kAlreadyDone or
+// kNotFound; either way the op completes exactly once, cancelled.
+TEST_P(ConformanceTest, CancelTwiceCompletesOnce) {
+  Fifo f = MakeFifo("twice");
+  uint64_t cookie;
+  const OpId id = StartBlockedRead(f, &cookie);
+  EXPECT_EQ(dispatcher_->Cancel(id, EndReason::kClientRequest), CancelResult::kCancelled);
+  const CancelResult second = dispatcher_->Cancel(id, EndReason::kOperatorRequest);
+  EXPECT_TRUE(second == CancelResult::kCancelled || second == CancelResult::kAlreadyDone ||
+              second == CancelResult::kNotFound)
+      << core::Name(second);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCancelled);
+  ASSERT_TRUE(WaitRetired());
+  EXPECT_EQ(sink_.Get(cookie)->times, 1);
+}
+
+// A stale id (its op finished and the slot was reused) is kNotFound, and the
+// op now in that slot is unaffected.
+TEST_P(ConformanceTest, CancelStaleIdIsNotFound) {
+  Fifo f = MakeFifo("stale");
+  ASSERT_TRUE(WaitRetired());  // the FIFO's open: its slot must not be the one reused below
+  uint64_t c1;
+  absl::StatusOr<OpId> old_id = Start(Nop(), &c1);
+  ASSERT_TRUE(old_id.ok());
+  Await(c1);
+  ASSERT_TRUE(WaitRetired());
+  uint64_t c2;
+  const OpId new_id = StartBlockedRead(f, &c2);
+  EXPECT_EQ(new_id.slot(), old_id->slot()) << "precondition: the slot was reused";
+  EXPECT_NE(new_id.generation(), old_id->generation());
+
+  EXPECT_EQ(dispatcher_->Cancel(*old_id, EndReason::kClientRequest), CancelResult::kNotFound);
+  auto snap = registry_.Snapshot(new_id);
+  ASSERT_TRUE(snap.has_value());
+  EXPECT_FALSE(snap->end_requested);
+  EXPECT_EQ(snap->state, OpState::kRunning);
+
+  ASSERT_EQ(::write(f.raw, "n", 1), 1);
+  Completion c = Await(c2);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.data, "n");
+}
+
+// Bulk cancel of 500 reads blocked on one FIFO, by walking the session's slots:
+// every answer is kCancelled, every op ends kCancelled exactly once, no byte
+// written afterwards is consumed, and no slot is leaked.
+TEST_P(ConformanceTest, BulkCancelOfBlockedReads) {
+  constexpr int kOps = 500;
+  Fifo f = MakeFifo("bulk");
+  ASSERT_TRUE(WaitRetired());  // the FIFO's open
+  std::vector<uint64_t> cookies(kOps);
+  for (auto& cookie : cookies) {
+    absl::StatusOr<OpId> id = Start(Read(f.handle, Buffer(1), 1, -1), &cookie);
+    ASSERT_TRUE(id.ok()) << id.status();
+  }
+  ASSERT_EQ(session_->live_ops(), static_cast<uint32_t>(kOps));
+  core::CancelCounts counts;
+  session_->ForEachSlot([&](core::Op& op) {
+    counts.Add(dispatcher_->Cancel(op, op.generation(), EndReason::kOperatorRequest));
+  });
+  EXPECT_EQ(counts.cancelled, static_cast<uint32_t>(kOps));
+  EXPECT_EQ(counts.not_cancellable + counts.already_done + counts.not_found, 0u);
+  ASSERT_TRUE(sink_.WaitAll(cookies));
+  for (uint64_t cookie : cookies) {
+    Completion c = *sink_.Get(cookie);
+    EXPECT_EQ(c.state, OpState::kCancelled);
+    EXPECT_EQ(c.bytes_done, 0u);
+  }
+  ASSERT_TRUE(WaitRetired());
+  ASSERT_EQ(::write(f.raw, "xyz", 3), 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a zombie read would take it now
+  EXPECT_EQ(BytesInPipe(f.raw), 3);
+}
+
+// A running open that may create (O_CREAT) is not cancel-safe: while it is
+// blocked (the FIFO it opens for writing has no reader), cancel answers
+// kNotCancellable, and once a reader arrives it completes normally.
+TEST_P(ConformanceTest, RunningCreatingOpenIsNotCancellable) {
+  ASSERT_EQ(::mkfifo(InRoot("noreader").c_str(), 0600), 0);
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Open("noreader", O_WRONLY | O_CREAT), &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it block in the kernel
+  EXPECT_EQ(dispatcher_->Cancel(*id, EndReason::kClientRequest), CancelResult::kNotCancellable);
+  EXPECT_FALSE(sink_.Get(cookie).has_value()) << "the open ended without a reader";
+
+  const int reader = ::open(InRoot("noreader").c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0) << std::strerror(errno);
+  owned_fds_.push_back(reader);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_GT(c.result, 0) << "a completed open yields a handle";
+  EXPECT_EQ(session_->handles().open_count(), 1u);
+}
+
+// Pipe and FIFO writes are cancel-safe (they may wait forever and leave
+// nothing half-done beyond the bytes reported): a write blocked on a full
+// FIFO is interrupted by a cancel without anyone draining the FIFO, reports
+// no bytes, and its payload never reaches the FIFO.
+TEST_P(ConformanceTest, CancelBlockedFifoWrite) {
+  Fifo f = MakeFifo("full", O_WRONLY);
+  // Fill the pipe through the test's non-blocking end.
+  const std::string chunk(4096, 'f');
+  size_t filled = 0;
+  for (;;) {
+    const ssize_t n = ::write(f.raw, chunk.data(), chunk.size());
+    if (n < 0) {
+      ASSERT_EQ(errno, EAGAIN);
+      break;
+    }
+    filled += n;
+  }
+  char* payload = Buffer(4096);
+  std::memset(payload, 'P', 4096);
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Write(f.handle, payload, 4096, -1), &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it block in the kernel
+  EXPECT_EQ(dispatcher_->Cancel(*id, EndReason::kClientRequest), CancelResult::kCancelled);
+  Completion c = Await(cookie);  // nobody drains: the cancel itself must end it
+  EXPECT_EQ(c.state, OpState::kCancelled);
+  EXPECT_EQ(c.bytes_done, 0u) << "a PIPE_BUF-sized pipe write is all or nothing";
+  EXPECT_LE(c.result, 0) << "reported as bytes written, but it was cancelled with none";
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a zombie write would land now
+  std::vector<char> buf(65536);
+  size_t drained = 0, payload_bytes = 0;
+  for (ssize_t n; (n = ::read(f.raw, buf.data(), buf.size())) > 0;) {
+    for (ssize_t i = 0; i < n; ++i) payload_bytes += buf[i] == 'P';
+    drained += n;
+  }
+  EXPECT_EQ(drained, filled);
+  EXPECT_EQ(payload_bytes, 0u) << "the cancelled write still wrote";
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(BytesInPipe(f.raw), 0) << "the cancelled write still wrote once there was room";
+}
+
+// =============================================================================
+// Deadlines
+// =============================================================================
+
+// A FIFO read whose deadline passes ends kTimedOut (not cancelled, not
+// completed), without consuming data written later.
+TEST_P(ConformanceTest, DeadlineEndsBlockedReadAsTimedOut) {
+  Fifo f = MakeFifo("deadline");
+  OpRequest r = Read(f.handle, Buffer(8), 8, -1);
+  r.params.deadline_ns = core::MonoNanos() + 50'000'000;
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(r, &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kTimedOut);
+  EXPECT_EQ(c.bytes_done, 0u);
+  ASSERT_EQ(::write(f.raw, "d", 1), 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(BytesInPipe(f.raw), 1);
+}
+
+// A pending timeout op also honours its deadline: kTimedOut.
+TEST_P(ConformanceTest, DeadlineEndsLongTimeout) {
+  OpRequest r = Timeout(int64_t{3600} * 1'000'000'000);
+  r.params.deadline_ns = core::MonoNanos() + 50'000'000;
+  Completion c = Run(r);
+  EXPECT_EQ(c.state, OpState::kTimedOut);
+}
+
+// A deadline that passes while a non-cancel-safe op is running does not end
+// it: the blocked O_CREAT open of a reader-less FIFO completes once a reader
+// arrives.
+TEST_P(ConformanceTest, DeadlineDoesNotEndRunningNonCancelSafeOp) {
+  ASSERT_EQ(::mkfifo(InRoot("late-reader").c_str(), 0600), 0);
+  OpRequest r = Open("late-reader", O_WRONLY | O_CREAT);
+  r.params.deadline_ns = core::MonoNanos() + 200'000'000;
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(r, &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  if (auto snap = registry_.Snapshot(*id); !snap || snap->end_requested) {
+    GTEST_SKIP() << "the deadline passed before the open started (a very slow machine)";
+  }
+  ASSERT_TRUE(WaitUntil([&] { return core::MonoNanos() > r.params.deadline_ns + 50'000'000; }));
+  EXPECT_FALSE(sink_.Get(cookie).has_value()) << "the deadline ended a running O_CREAT open";
+  const int reader = ::open(InRoot("late-reader").c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0) << std::strerror(errno);
+  owned_fds_.push_back(reader);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_GT(c.result, 0);
+}
+
+// A deadline that passes while an op waits in the thread pool's queue ends it
+// kTimedOut without running it.
+TEST_P(ConformanceTest, DeadlineEndsQueuedOp) {
+  if (dispatcher_->RouteFor(OpKind::kRead) != BackendKind::kThreadPool ||
+      dispatcher_->RouteFor(OpKind::kWrite) != BackendKind::kThreadPool) {
+    GTEST_SKIP() << "reads and writes run on io_uring here, which starts ops as it takes "
+                    "them: no queued state for a deadline to end";
+  }
+  Fifo f = MakeFifo("queue-deadline");
+  const uint32_t h = OpenOk("never-written", O_WRONLY | O_CREAT);
+  std::vector<uint64_t> readers(kPoolThreads);
+  for (auto& cookie : readers) StartBlockedRead(f, &cookie);
+  OpRequest w = Write(h, "late", 4, 0);
+  w.params.deadline_ns = core::MonoNanos() + 50'000'000;
+  uint64_t wcookie;
+  absl::StatusOr<OpId> wid = Start(w, &wcookie);
+  ASSERT_TRUE(wid.ok()) << wid.status();
+  if (auto snap = registry_.Snapshot(*wid); !snap || snap->state != OpState::kDispatched) {
+    GTEST_SKIP() << "the write started although " << kPoolThreads
+                 << " reads were blocked: the pool does not hold a thread per blocked read";
+  }
+  Completion c = Await(wcookie);  // the pool threads are still blocked
+  EXPECT_EQ(c.state, OpState::kTimedOut);
+  EXPECT_EQ(Slurp(InRoot("never-written")), "");
+}
+
+// Fast ops with a far deadline complete normally.
+TEST_P(ConformanceTest, FarDeadlineDoesNotAffectFastOps) {
+  MakeFile("fast", "fast");
+  const int64_t far = core::MonoNanos() + int64_t{3600} * 1'000'000'000;
+  OpRequest nop = Nop();
+  nop.params.deadline_ns = far;
+  EXPECT_EQ(Run(nop).state, OpState::kCompleted);
+  OpRequest open = Open("fast", O_RDONLY);
+  open.params.deadline_ns = far;
+  Completion o = Run(open);
+  EXPECT_EQ(o.state, OpState::kCompleted);
+  ASSERT_GT(o.result, 0);
+  OpRequest read = Read(static_cast<uint32_t>(o.result), Buffer(8), 8, 0);
+  read.params.deadline_ns = far;
+  Completion r = Run(read);
+  EXPECT_EQ(r.state, OpState::kCompleted);
+  EXPECT_EQ(r.data, "fast");
+}
+
+// =============================================================================
+// Session teardown
+// =============================================================================
+
+// Closing a session with blocked reads cancels them all (each exactly once),
+// closes its handles, retires every slot, and the session leaves the registry.
+TEST_P(ConformanceTest, CloseSessionCancelsBlockedOps) {
+  constexpr int kReads = 8;
+  Fifo f = MakeFifo("teardown");
+  MakeFile("open-file", "x");
+  OpenOk("open-file", O_RDONLY);
+  // More reads than pool threads: some block in the kernel, some wait queued.
+  std::vector<uint64_t> cookies(kReads);
+  std::vector<OpId> ids;
+  for (auto& cookie : cookies) {
+    absl::StatusOr<OpId> id = Start(Read(f.handle, Buffer(1), 1, -1), &cookie);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE(WaitForState(ids.front(), OpState::kRunning));
+  const uint32_t sessions_before = registry_.session_count();
+
+  absl::StatusOr<core::CancelCounts> counts =
+      dispatcher_->CloseSession(session_->id(), EndReason::kSessionClosed);
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->cancelled, static_cast<uint32_t>(kReads));
+  EXPECT_EQ(counts->not_cancellable + counts->already_done, 0u);
+  ASSERT_TRUE(sink_.WaitAll(cookies));
+  for (uint64_t cookie : cookies) {
+    Completion c = *sink_.Get(cookie);
+    EXPECT_EQ(c.state, OpState::kCancelled);
+    EXPECT_EQ(c.times, 1);
+  }
+  ASSERT_TRUE(WaitRetired());
+  EXPECT_EQ(session_->handles().open_count(), 0u);
+  EXPECT_TRUE(WaitUntil([&] { return registry_.session_count() == sessions_before - 1; }));
+  EXPECT_EQ(registry_.FindSession(session_->id()), nullptr);
+  // The session's descriptors are closed: only the test's own FIFO end remains.
+  EXPECT_EQ(CountFdsTo(InRoot("teardown")), 1);
+  EXPECT_EQ(CountFdsTo(InRoot("open-file")), 0);
+  // A closed session takes no more ops.
+  uint64_t cookie;
+  EXPECT_EQ(Start(Nop(), &cookie).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// =============================================================================
+// Exactly once under a cancel / complete race
+// =============================================================================
+
+// Many times: a 1-byte FIFO read, then concurrently a 1-byte write and a
+// cancel. Each op completes exactly once, either kCompleted with the byte or
+// kCancelled with 0 or 1 byte done; no byte is lost or duplicated (the byte is
+// in the op or still in the FIFO); no slot leaks.
+TEST_P(ConformanceTest, CancelCompleteRaceIsExactlyOnce) {
+  Fifo f = MakeFifo("race");
+  // One writer thread for the whole run, released by `round`, so the write and
+  // the cancel really start together; per-round delays on either side move
+  // the winner around.
+  std::atomic<int> round{-1};
+  std::atomic<int> written{0};
+  std::atomic<bool> stop{false};
+  // Busy-waits about `ns` (no sleep: the point is to land inside a window).
+  auto spin = [](int64_t ns) {
+    const int64_t end = core::MonoNanos() + ns;
+    while (core::MonoNanos() < end) {
+    }
+  };
+  std::thread writer([&] {
+    int seen = -1;
+    for (;;) {
+      int r;
+      while ((r = round.load(std::memory_order_acquire)) == seen) {
+        if (stop.load(std::memory_order_acquire)) return;
+      }
+      seen = r;
+      spin((r * 7919) % 20'000);
+      EXPECT_EQ(::write(f.raw, "b", 1), 1);
+      written.fetch_add(1, std::memory_order_release);
+    }
+  });
+  int completed = 0, cancelled_empty = 0, cancelled_with_byte = 0;
+  for (int i = 0; i < kRaceIterations; ++i) {
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = Start(Read(f.handle, Buffer(1), 1, -1), &cookie);
+    ASSERT_TRUE(id.ok()) << id.status();
+    if (i % 2 == 0) WaitForState(*id, OpState::kRunning);
+    round.store(i, std::memory_order_release);
+    spin((i * 104729) % 150'000);  // 0-150 us: cancel before, during or after the read
+    const CancelResult answer = dispatcher_->Cancel(*id, EndReason::kClientRequest);
+    Completion c = Await(cookie);
+    ASSERT_TRUE(c.arrived()) << "iteration " << i;
+    ASSERT_TRUE(WaitUntil([&] { return written.load(std::memory_order_acquire) == i + 1; }));
+    EXPECT_NE(answer, CancelResult::kNotCancellable) << "reads are always cancel-safe";
+    const int left = BytesInPipe(f.raw);
+    if (c.state == OpState::kCompleted) {
+      ++completed;
+      EXPECT_NE(answer, CancelResult::kCancelled) << "answered cancelled, ended completed";
+      EXPECT_EQ(c.result, 1);
+      EXPECT_EQ(c.bytes_done, 1u);
+      EXPECT_EQ(c.data, "b");
+      EXPECT_EQ(left, 0) << "iteration " << i;
+    } else {
+      ASSERT_EQ(c.state, OpState::kCancelled) << "iteration " << i;
+      EXPECT_EQ(answer, CancelResult::kCancelled);
+      EXPECT_LE(c.bytes_done, 1u);
+      EXPECT_EQ(left + c.bytes_done, 1u) << "iteration " << i << ": a byte was lost or doubled";
+      ++(c.bytes_done ? cancelled_with_byte : cancelled_empty);
+    }
+    // Empty the FIFO for the next round.
+    char b;
+    while (::read(f.raw, &b, 1) == 1) {
+    }
+    if (HasFailure()) break;
+  }
+  stop.store(true, std::memory_order_release);
+  writer.join();
+  ASSERT_TRUE(WaitRetired()) << "a slot leaked";
+  EXPECT_EQ(sink_.duplicates(), 0);
+  RecordProperty("completed", completed);
+  RecordProperty("cancelled_empty", cancelled_empty);
+  RecordProperty("cancelled_with_byte", cancelled_with_byte);
+  std::printf("[ race     ] completed=%d cancelled=%d cancelled_with_byte=%d\n", completed,
+              cancelled_empty, cancelled_with_byte);
+}
+
+}  // namespace
+}  // namespace asyncd

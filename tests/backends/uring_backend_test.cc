@@ -1,0 +1,574 @@
+// The io_uring backend's own behaviour, driven through a real Registry and
+// Dispatcher: batching, cancellation of blocked reads (one and in bulk),
+// deadlines, the timeout kind, cancel racing completion (every op reaches
+// exactly one completion: liburing's test/cancel-race.c invariant),
+// shutdown with blocked ops, path confinement, and the fallback when
+// io_uring is unavailable (a seccomp filter, the environment switch).
+// Tests that need a ring skip visibly, with the probe's reason, when the
+// kernel cannot give one.
+
+#include "src/backends/uring_backend.h"
+
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "src/backends/probe.h"
+#include "src/core/clock.h"
+#include "src/core/dispatcher.h"
+#include "src/core/registry.h"
+
+namespace asyncd::backends {
+namespace {
+
+using core::OpKind;
+using core::OpRequest;
+using core::OpState;
+
+/// Runs every kind by failing it with -ENOSYS: stands in for the thread
+/// pool so these tests do not depend on it (the dispatcher needs a last
+/// backend that supports every kind).
+class FakeFallback final : public core::Backend {
+ public:
+  explicit FakeFallback(core::OpCompleter& completer) : completer_(completer) {}
+  core::BackendKind kind() const override { return core::BackendKind::kThreadPool; }
+  bool Supports(OpKind) const override { return true; }
+  size_t Submit(std::span<core::Op* const> ops) noexcept override {
+    for (core::Op* op : ops) completer_.Complete(*op, op->TryStart(core::MonoNanos()) ? -ENOSYS : -ECANCELED);
+    return ops.size();
+  }
+  void Interrupt(core::Op&, uint32_t) noexcept override {}
+  void Shutdown() override {}
+  core::BackendStats Stats() const override { return {}; }
+
+ private:
+  core::OpCompleter& completer_;
+};
+
+/// Records each op's outcome by cookie (the op's index in the test).
+class Recorder final : public core::CompletionSink {
+ public:
+  explicit Recorder(size_t n) : counts_(n), states_(n), results_(n) {}
+  void OnComplete(const core::Op& op) noexcept override {
+    const size_t i = op.cookie;
+    states_[i] = op.state();
+    results_[i] = op.result.load(std::memory_order_relaxed);
+    counts_[i].fetch_add(1, std::memory_order_relaxed);
+    done_.fetch_add(1, std::memory_order_release);
+  }
+  int done() const { return done_.load(std::memory_order_acquire); }
+  int count(size_t i) const { return counts_[i].load(std::memory_order_relaxed); }
+  OpState state(size_t i) const { return states_[i]; }
+  int64_t result(size_t i) const { return results_[i]; }
+
+  bool WaitFor(int n, std::chrono::milliseconds limit = std::chrono::seconds(10)) const {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (done() < n) {
+      if (std::chrono::steady_clock::now() > end) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return true;
+  }
+
+ private:
+  std::atomic<int> done_{0};
+  std::vector<std::atomic<int>> counts_;
+  std::vector<OpState> states_;
+  std::vector<int64_t> results_;
+};
+
+class UringBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/asyncd-uring-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    root_path_ = tmpl;
+    root_fd_ = open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(root_fd_, 0);
+    core::Registry::Options ropts;
+    ropts.max_ops_per_session = 1 << 16;
+    registry_ = std::make_unique<core::Registry>(ropts);
+    dispatcher_ = std::make_unique<core::Dispatcher>(*registry_, root_fd_);
+    fallback_ = std::make_unique<FakeFallback>(*dispatcher_);
+    auto backend = UringBackend::Create(*dispatcher_, UringOptions{.entries = 256});
+    if (!backend.ok()) {
+      GTEST_SKIP() << "io_uring unavailable: " << backend.status().message();
+    }
+    backend_ = std::move(*backend);
+    dispatcher_->SetBackends({backend_.get(), fallback_.get()});
+    auto session = registry_->OpenSession(core::ClientInfo{.name = "test"});
+    ASSERT_TRUE(session.ok());
+    session_ = *session;
+  }
+
+  void TearDown() override {
+    if (backend_) backend_->Shutdown();
+    session_.reset();
+    backend_.reset();
+    if (root_fd_ >= 0) close(root_fd_);
+    if (!root_path_.empty()) {
+      std::string cmd = "rm -rf '" + root_path_ + "'";
+      [[maybe_unused]] int r = std::system(cmd.c_str());
+    }
+  }
+
+  // A pipe whose read end blocks until data arrives; the write end stays
+  // open so reads never see EOF. Returns the read end's handle.
+  uint32_t BlockingPipeHandle() {
+    int fds[2];
+    EXPECT_EQ(pipe2(fds, O_CLOEXEC), 0);
+    pipe_writers_.push_back(fds[1]);
+    auto h = session_->handles().Insert(fds[0]);
+    EXPECT_TRUE(h.ok());
+    return *h;
+  }
+
+  OpRequest ReadReq(uint32_t handle, Recorder& rec, uint64_t cookie, void* buf, uint32_t len) {
+    OpRequest r;
+    r.kind = OpKind::kRead;
+    r.handle = handle;
+    r.params.buf = buf;
+    r.params.len = len;
+    r.sink = &rec;
+    r.cookie = cookie;
+    return r;
+  }
+
+  // Submits in one batch, resubmitting what the backend refused as full
+  // (back-pressure is part of the contract) until all are accepted.
+  std::vector<core::OpId> SubmitAll(std::vector<OpRequest> reqs) {
+    std::vector<core::OpId> ids(reqs.size());
+    std::vector<size_t> todo(reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) todo[i] = i;
+    while (!todo.empty()) {
+      std::vector<OpRequest> batch;
+      for (size_t i : todo) batch.push_back(reqs[i]);
+      std::vector<absl::StatusOr<core::OpId>> out(batch.size());
+      dispatcher_->SubmitBatch(*session_, batch, out);
+      std::vector<size_t> again;
+      for (size_t j = 0; j < todo.size(); ++j) {
+        if (out[j].ok()) {
+          ids[todo[j]] = *out[j];
+        } else {
+          EXPECT_EQ(out[j].status().code(), absl::StatusCode::kResourceExhausted) << out[j].status();
+          again.push_back(todo[j]);
+        }
+      }
+      todo.swap(again);
+      if (!todo.empty()) std::this_thread::yield();
+    }
+    return ids;
+  }
+
+  void ExpectLiveOpsReachZero() {
+    for (int i = 0; i < 5000 && session_->live_ops() != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(session_->live_ops(), 0u);
+  }
+
+  ~UringBackendTest() override {
+    for (int fd : pipe_writers_) close(fd);
+  }
+
+  std::string root_path_;
+  int root_fd_ = -1;
+  std::unique_ptr<core::Registry> registry_;
+  std::unique_ptr<core::Dispatcher> dispatcher_;
+  std::unique_ptr<FakeFallback> fallback_;
+  std::unique_ptr<UringBackend> backend_;
+  std::shared_ptr<core::Session> session_;
+  std::vector<int> pipe_writers_;
+};
+
+TEST_F(UringBackendTest, RoutesConfinableKindsToTheRing) {
+  EXPECT_TRUE(backend_->probe().usable);
+  for (OpKind k : {OpKind::kNop, OpKind::kOpen, OpKind::kClose, OpKind::kRead, OpKind::kWrite,
+                   OpKind::kFsync, OpKind::kPoll, OpKind::kTimeout, OpKind::kStatx}) {
+    EXPECT_EQ(dispatcher_->RouteFor(k), core::BackendKind::kIoUring) << core::Name(k);
+  }
+  // No ftruncate opcode in liburing 2.3; *AT ops cannot be confined on the ring.
+  for (OpKind k : {OpKind::kFtruncate, OpKind::kUnlink, OpKind::kRename, OpKind::kMkdir}) {
+    EXPECT_EQ(dispatcher_->RouteFor(k), core::BackendKind::kThreadPool) << core::Name(k);
+  }
+  EXPECT_EQ(backend_->Stats().threads, 1u);
+}
+
+TEST_F(UringBackendTest, TenThousandNopsInBatchesCompleteExactlyOnce) {
+  constexpr int kOps = 10000;
+  constexpr int kBatch = 100;
+  Recorder rec(kOps);
+  for (int base = 0; base < kOps; base += kBatch) {
+    std::vector<OpRequest> reqs(kBatch);
+    for (int i = 0; i < kBatch; ++i) {
+      reqs[i].kind = OpKind::kNop;
+      reqs[i].sink = &rec;
+      reqs[i].cookie = base + i;
+    }
+    SubmitAll(std::move(reqs));
+  }
+  ASSERT_TRUE(rec.WaitFor(kOps));
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), 1) << i;
+    ASSERT_EQ(rec.state(i), OpState::kCompleted);
+    ASSERT_EQ(rec.result(i), 0);
+  }
+  ExpectLiveOpsReachZero();
+  const core::BackendStats stats = backend_->Stats();
+  EXPECT_EQ(stats.queued + stats.running, 0u);
+}
+
+TEST_F(UringBackendTest, FileOpsRunConfinedBeneathTheRoot) {
+  Recorder rec(16);
+  auto run = [&](OpRequest r, size_t cookie) {
+    r.sink = &rec;
+    r.cookie = cookie;
+    const int before = rec.done();
+    auto id = dispatcher_->Submit(*session_, r);
+    EXPECT_TRUE(id.ok()) << id.status();
+    EXPECT_TRUE(rec.WaitFor(before + 1));
+    return rec.result(cookie);
+  };
+  // A leading '/' names the root (RESOLVE_IN_ROOT).
+  OpRequest open_req;
+  open_req.kind = OpKind::kOpen;
+  open_req.params.path = "/f.txt";
+  open_req.params.flags = O_RDWR | O_CREAT;
+  open_req.params.mode = 0600;
+  const int64_t h = run(open_req, 0);
+  ASSERT_GT(h, 0);
+  ASSERT_EQ(access((root_path_ + "/f.txt").c_str(), F_OK), 0);
+
+  char data[] = "hello ring";
+  OpRequest w;
+  w.kind = OpKind::kWrite;
+  w.handle = static_cast<uint32_t>(h);
+  w.params.buf = data;
+  w.params.len = sizeof(data);
+  w.params.offset = 0;
+  EXPECT_EQ(run(w, 1), static_cast<int64_t>(sizeof(data)));
+
+  char back[32] = {};
+  OpRequest r = ReadReq(static_cast<uint32_t>(h), rec, 0, back, sizeof(back));
+  r.params.offset = 6;
+  EXPECT_EQ(run(r, 2), static_cast<int64_t>(sizeof(data) - 6));
+  EXPECT_STREQ(back, "ring");
+
+  struct statx stx = {};
+  OpRequest st;
+  st.kind = OpKind::kStatx;
+  st.handle = static_cast<uint32_t>(h);
+  st.params.buf = &stx;
+  EXPECT_EQ(run(st, 3), 0);
+  EXPECT_EQ(stx.stx_size, sizeof(data));
+
+  struct statx stx2 = {};
+  OpRequest sp;
+  sp.kind = OpKind::kStatx;
+  sp.params.path = "f.txt";
+  sp.params.buf = &stx2;
+  EXPECT_EQ(run(sp, 4), 0);
+  EXPECT_EQ(stx2.stx_size, sizeof(data));
+  EXPECT_EQ(stx2.stx_ino, stx.stx_ino);
+
+  OpRequest fs;
+  fs.kind = OpKind::kFsync;
+  fs.handle = static_cast<uint32_t>(h);
+  fs.params.flags = 1;
+  EXPECT_EQ(run(fs, 5), 0);
+
+  // Escapes stay inside the root: "..", and a symlink to an absolute path.
+  ASSERT_EQ(symlink("/etc/passwd", (root_path_ + "/evil").c_str()), 0);
+  OpRequest esc = open_req;
+  esc.params.path = "../../../../etc/passwd";
+  esc.params.flags = O_RDONLY;
+  EXPECT_EQ(run(esc, 6), -ENOENT);
+  esc.params.path = "evil";
+  EXPECT_EQ(run(esc, 7), -ENOENT);
+  struct statx stx3 = {};
+  sp.params.path = "evil";
+  sp.params.buf = &stx3;
+  EXPECT_EQ(run(sp, 8), -ENOENT);
+  sp.params.flags = AT_SYMLINK_NOFOLLOW;  // the link itself is inside the root
+  EXPECT_EQ(run(sp, 9), 0);
+  EXPECT_TRUE(S_ISLNK(stx3.stx_mode));
+
+  OpRequest cl;
+  cl.kind = OpKind::kClose;
+  cl.handle = static_cast<uint32_t>(h);
+  EXPECT_EQ(run(cl, 10), 0);
+  ExpectLiveOpsReachZero();
+}
+
+TEST_F(UringBackendTest, CancelOfBlockedFifoReadEndsCancelled) {
+  const uint32_t h = BlockingPipeHandle();
+  Recorder rec(1);
+  char buf[16];
+  auto id = dispatcher_->Submit(*session_, ReadReq(h, rec, 0, buf, sizeof(buf)));
+  ASSERT_TRUE(id.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(rec.done(), 0);  // blocked
+  EXPECT_EQ(backend_->Stats().running, 1u);
+  EXPECT_EQ(dispatcher_->Cancel(*id, core::EndReason::kClientRequest),
+            core::CancelResult::kCancelled);
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_EQ(rec.state(0), OpState::kCancelled);
+  EXPECT_EQ(rec.count(0), 1);
+  ExpectLiveOpsReachZero();
+}
+
+TEST_F(UringBackendTest, BulkCancelOfAThousandBlockedFifoReads) {
+  constexpr int kOps = 1000;
+  const uint32_t h = BlockingPipeHandle();
+  Recorder rec(kOps);
+  std::vector<char> bufs(kOps * 8);
+  std::vector<OpRequest> reqs;
+  for (int i = 0; i < kOps; ++i) reqs.push_back(ReadReq(h, rec, i, &bufs[i * 8], 8));
+  std::vector<absl::StatusOr<core::OpId>> ids(kOps);
+  dispatcher_->SubmitBatch(*session_, reqs, ids);
+  for (auto& id : ids) ASSERT_TRUE(id.ok()) << id.status();
+  for (int i = 0; i < 2000 && backend_->Stats().running < kOps; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(backend_->Stats().running, static_cast<uint64_t>(kOps));
+  EXPECT_EQ(rec.done(), 0);
+  auto counts = dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed);
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->cancelled, static_cast<uint32_t>(kOps));
+  ASSERT_TRUE(rec.WaitFor(kOps));
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), 1);
+    ASSERT_EQ(rec.state(i), OpState::kCancelled) << i;
+  }
+  ExpectLiveOpsReachZero();
+}
+
+TEST_F(UringBackendTest, DeadlineOnBlockedFifoReadEndsTimedOut) {
+  const uint32_t h = BlockingPipeHandle();
+  Recorder rec(1);
+  char buf[16];
+  OpRequest r = ReadReq(h, rec, 0, buf, sizeof(buf));
+  const int64_t start = core::MonoNanos();
+  r.params.deadline_ns = start + 30'000'000;
+  ASSERT_TRUE(dispatcher_->Submit(*session_, r).ok());
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_GE(core::MonoNanos() - start, 30'000'000);
+  EXPECT_EQ(rec.state(0), OpState::kTimedOut);
+  ExpectLiveOpsReachZero();
+}
+
+TEST_F(UringBackendTest, ExpiredDeadlineStopsAWriteBeforeItStarts) {
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  auto h = session_->handles().Insert(fds[1]);
+  ASSERT_TRUE(h.ok());
+  Recorder rec(1);
+  char data[4] = {'x', 'y', 'z', 0};
+  OpRequest w;
+  w.kind = OpKind::kWrite;
+  w.handle = *h;
+  w.params.buf = data;
+  w.params.len = 4;
+  w.params.deadline_ns = core::MonoNanos() - 1;
+  w.sink = &rec;
+  ASSERT_TRUE(dispatcher_->Submit(*session_, w).ok());
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_EQ(rec.state(0), OpState::kTimedOut);
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  char b[4];
+  EXPECT_EQ(read(fds[0], b, sizeof(b)), -1);  // nothing was written
+  close(fds[0]);
+}
+
+TEST_F(UringBackendTest, TimeoutKindElapsesAsSuccess) {
+  Recorder rec(2);
+  OpRequest t;
+  t.kind = OpKind::kTimeout;
+  t.params.timeout_ns = 20'000'000;
+  t.sink = &rec;
+  const int64_t start = core::MonoNanos();
+  ASSERT_TRUE(dispatcher_->Submit(*session_, t).ok());
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_GE(core::MonoNanos() - start, 20'000'000);
+  EXPECT_EQ(rec.state(0), OpState::kCompleted);
+  EXPECT_EQ(rec.result(0), 0);
+  // A deadline shorter than the timeout ends it timed out.
+  t.params.timeout_ns = 10'000'000'000;
+  t.params.deadline_ns = core::MonoNanos() + 10'000'000;
+  t.cookie = 1;
+  ASSERT_TRUE(dispatcher_->Submit(*session_, t).ok());
+  ASSERT_TRUE(rec.WaitFor(2));
+  EXPECT_EQ(rec.state(1), OpState::kTimedOut);
+}
+
+TEST_F(UringBackendTest, PollReportsReadiness) {
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  auto h = session_->handles().Insert(fds[0]);
+  ASSERT_TRUE(h.ok());
+  Recorder rec(1);
+  OpRequest p;
+  p.kind = OpKind::kPoll;
+  p.handle = *h;
+  p.params.flags = POLLIN;
+  p.sink = &rec;
+  ASSERT_TRUE(dispatcher_->Submit(*session_, p).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(rec.done(), 0);
+  ASSERT_EQ(write(fds[1], "x", 1), 1);
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_EQ(rec.state(0), OpState::kCompleted);
+  EXPECT_TRUE(rec.result(0) & POLLIN);
+  close(fds[1]);
+}
+
+// Cancels race short timeouts: each op must end exactly once, as completed
+// (it won) or cancelled (the cancel won), never both, never neither.
+TEST_F(UringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
+  constexpr int kOps = 20000;
+  Recorder rec(kOps);
+  std::vector<core::OpId> ids(kOps);
+  std::atomic<int> submitted{0};
+  std::thread canceller([&] {
+    std::mt19937 rng(42);
+    int next = 0;
+    while (next < kOps) {
+      const int upto = submitted.load(std::memory_order_acquire);
+      for (; next < upto; ++next) {
+        if (rng() % 4 == 0) std::this_thread::yield();
+        dispatcher_->Cancel(ids[next], core::EndReason::kClientRequest);
+      }
+    }
+  });
+  constexpr int kBatch = 50;  // divides kOps
+  for (int base = 0; base < kOps; base += kBatch) {
+    std::vector<OpRequest> reqs(kBatch);
+    for (int i = 0; i < kBatch; ++i) {
+      // A mix: NOPs finish at once, short timeouts a little later.
+      reqs[i].kind = (i % 2 == 0) ? OpKind::kNop : OpKind::kTimeout;
+      reqs[i].params.timeout_ns = 1000 * (i % 7);
+      reqs[i].sink = &rec;
+      reqs[i].cookie = base + i;
+    }
+    const std::vector<core::OpId> got = SubmitAll(std::move(reqs));
+    std::copy(got.begin(), got.end(), ids.begin() + base);
+    submitted.store(base + kBatch, std::memory_order_release);
+  }
+  canceller.join();
+  ASSERT_TRUE(rec.WaitFor(kOps, std::chrono::seconds(30)));
+  int cancelled = 0;
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), 1) << i;
+    const OpState s = rec.state(i);
+    ASSERT_TRUE(s == OpState::kCompleted || s == OpState::kCancelled) << core::Name(s);
+    cancelled += s == OpState::kCancelled;
+  }
+  RecordProperty("cancelled", cancelled);
+  ExpectLiveOpsReachZero();
+}
+
+TEST_F(UringBackendTest, ShutdownEndsBlockedAndQueuedOps) {
+  constexpr int kOps = 300;
+  const uint32_t h = BlockingPipeHandle();
+  Recorder rec(kOps + 1);
+  std::vector<char> bufs(kOps * 8);
+  std::vector<OpRequest> reqs;
+  for (int i = 0; i < kOps; ++i) reqs.push_back(ReadReq(h, rec, i, &bufs[i * 8], 8));
+  std::vector<absl::StatusOr<core::OpId>> ids(kOps);
+  dispatcher_->SubmitBatch(*session_, reqs, ids);
+  for (auto& id : ids) ASSERT_TRUE(id.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  backend_->Shutdown();
+  EXPECT_EQ(rec.done(), kOps);  // Shutdown returns after every completion
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), 1);
+    ASSERT_EQ(rec.state(i), OpState::kCancelled);
+  }
+  backend_->Shutdown();  // idempotent
+  OpRequest nop;
+  nop.kind = OpKind::kNop;
+  nop.sink = &rec;
+  nop.cookie = kOps;
+  auto refused = dispatcher_->Submit(*session_, nop);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  ExpectLiveOpsReachZero();
+}
+
+TEST(UringProbeTest, EnvironmentVariableDisablesIoUring) {
+  setenv("ASYNCD_DISABLE_IO_URING", "1", 1);
+  const UringProbe probe = ProbeUring();
+  unsetenv("ASYNCD_DISABLE_IO_URING");
+  EXPECT_FALSE(probe.usable);
+  EXPECT_EQ(probe.reason, "disabled by ASYNCD_DISABLE_IO_URING");
+  for (bool s : probe.supported) EXPECT_FALSE(s);
+}
+
+// What the child reports through its exit status.
+enum ChildResult { kOk = 0, kProbeUsable = 10, kWrongReason, kCreateNotUnavailable, kNoFilter };
+
+int InstallIoUringSetupEperm() {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(std::size(filter)), filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+class NullCompleter final : public core::OpCompleter {
+ public:
+  void Complete(core::Op&, int64_t) noexcept override {}
+};
+
+TEST(UringProbeTest, SeccompEpermMakesIoUringUnavailable) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "the seccomp filter in this test is written for x86-64";
+#endif
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (InstallIoUringSetupEperm() != 0) _exit(kNoFilter);
+    const UringProbe probe = ProbeUring();
+    if (probe.usable) _exit(kProbeUsable);
+    if (probe.reason.find("EPERM") == std::string::npos) _exit(kWrongReason);
+    NullCompleter completer;
+    auto backend = UringBackend::Create(completer, {});
+    if (backend.ok() || backend.status().code() != absl::StatusCode::kUnavailable ||
+        backend.status().message().find("EPERM") == std::string_view::npos) {
+      _exit(kCreateNotUnavailable);
+    }
+    _exit(kOk);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), kOk);
+}
+
+}  // namespace
+}  // namespace asyncd::backends
