@@ -1,0 +1,552 @@
+// asyncd-bench: a closed-loop load generator for asyncd, built on the client
+// library. Stream mode keeps --queue-depth ops outstanding per stream,
+// submitted in SubmitBatches of --batch; unary mode runs --threads workers,
+// each with one Submit call in flight. Latency is per op, from the moment the
+// op is handed to the library to the moment its completion is delivered.
+//
+// Exit codes: 0 success, 1 setup or run failure, 2 bad flags.
+
+#include <string.h>  // strerrorname_np
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "asyncd/client.h"
+#include "client/bench/bench_util.h"
+
+namespace asyncd::client::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count());
+}
+
+struct Config {
+  std::string target;
+  std::string mode = "stream";
+  std::string mix_spec = "nop=1";
+  std::vector<MixEntry> mix;
+  uint32_t queue_depth = 64;
+  uint32_t batch = 16;
+  std::string duration_spec = "10s";
+  std::string warmup_spec = "1s";
+  std::chrono::nanoseconds duration{};
+  std::chrono::nanoseconds warmup{};
+  uint32_t connections = 1;
+  bool coalesce = false;
+  uint32_t block_size = 4096;
+  std::string file = "asyncd-bench.dat";
+  uint64_t file_size = 64ull << 20;
+  uint64_t timeout_us = 100;
+  std::string output = "text";
+};
+
+// Per stream or per unary worker; touched by one thread at a time (the
+// stream's callback thread, or the worker), merged at the end.
+struct Stats {
+  LatencyHistogram latency;
+  std::array<uint64_t, 8> outcomes{};    // by v1::Outcome (7 = unknown values)
+  std::array<uint64_t, 256> errnos{};    // COMPLETED with error_number, by errno
+  std::array<uint64_t, 17> rpc_errors{};  // unary: gRPC status codes
+  uint64_t measured_ops = 0;             // completed ops submitted inside the window
+
+  void Merge(const Stats& o) {
+    latency.Merge(o.latency);
+    for (size_t i = 0; i < outcomes.size(); ++i) outcomes[i] += o.outcomes[i];
+    for (size_t i = 0; i < errnos.size(); ++i) errnos[i] += o.errnos[i];
+    for (size_t i = 0; i < rpc_errors.size(); ++i) rpc_errors[i] += o.rpc_errors[i];
+    measured_ops += o.measured_ops;
+  }
+};
+
+// The measurement window, in NowNs() time.
+struct Window {
+  uint64_t start_ns;  // end of warmup
+  uint64_t end_ns;
+  bool Contains(uint64_t t) const { return t >= start_ns && t < end_ns; }
+};
+
+void RecordCompletion(Stats& stats, const v1::Completion& c, uint64_t submitted_ns,
+                      uint64_t now_ns, const Window& window) {
+  if (!window.Contains(submitted_ns)) return;
+  ++stats.measured_ops;
+  stats.latency.Record(now_ns - submitted_ns);
+  const int outcome = c.outcome();
+  ++stats.outcomes[outcome >= 0 && outcome < 7 ? outcome : 7];
+  if (c.outcome() == v1::OUTCOME_COMPLETED && c.error_number() != 0) {
+    ++stats.errnos[static_cast<uint32_t>(c.error_number()) & 255];
+  }
+}
+
+// Builds ops of the mix. One per stream or worker.
+class OpFactory {
+ public:
+  OpFactory(const Config& config, uint32_t handle, uint64_t seed)
+      : config_(config), picker_(config.mix), handle_(handle), random_(seed),
+        blocks_(std::max<uint64_t>(1, config.file_size / config.block_size)),
+        write_data_(config.block_size, 'x') {}
+
+  void Fill(v1::Operation& op) {
+    switch (picker_.Pick(random_.Next())) {
+      case BenchOp::kNop:
+        op.mutable_nop();
+        break;
+      case BenchOp::kRead: {
+        v1::Read* read = op.mutable_read();
+        read->set_handle(handle_);
+        read->set_offset(static_cast<int64_t>((random_.Next() % blocks_) * config_.block_size));
+        read->set_length(config_.block_size);
+        break;
+      }
+      case BenchOp::kWrite: {
+        v1::Write* write = op.mutable_write();
+        write->set_handle(handle_);
+        write->set_offset(static_cast<int64_t>((random_.Next() % blocks_) * config_.block_size));
+        write->set_data(write_data_);
+        break;
+      }
+      case BenchOp::kTimeout:
+        op.mutable_timeout()->set_duration_us(config_.timeout_us);
+        break;
+    }
+  }
+
+ private:
+  const Config& config_;
+  MixPicker picker_;
+  uint32_t handle_;
+  FastRandom random_;
+  uint64_t blocks_;
+  std::string write_data_;
+};
+
+bool NeedsFile(const Config& config) {
+  MixPicker picker(config.mix);
+  return picker.Has(BenchOp::kRead) || picker.Has(BenchOp::kWrite);
+}
+
+v1::OpenMode FileAccess(const Config& config) {
+  return MixPicker(config.mix).Has(BenchOp::kWrite) ? v1::OPEN_MODE_READ_WRITE
+                                                    : v1::OPEN_MODE_READ_ONLY;
+}
+
+// Creates the data file (through the daemon) and fills it to --file-size.
+absl::Status PrepareFile(Client& client, const Config& config) {
+  absl::StatusOr<uint64_t> session = client.OpenSession("asyncd-bench-setup");
+  if (!session.ok()) return session.status();
+  absl::Status result = [&]() -> absl::Status {
+    absl::StatusOr<uint32_t> handle =
+        client.Open(*session, config.file, v1::OPEN_MODE_READ_WRITE, {.create = true});
+    if (!handle.ok()) return handle.status();
+    absl::StatusOr<v1::Stat> stat = client.Stat(*session, *handle);
+    if (!stat.ok()) return stat.status();
+    const std::string chunk(1 << 20, 'a');
+    for (uint64_t off = stat->size_bytes(); off < config.file_size;) {
+      const uint64_t n = std::min<uint64_t>(chunk.size(), config.file_size - off);
+      absl::StatusOr<uint64_t> written = client.Write(
+          *session, *handle, static_cast<int64_t>(off), std::string_view(chunk).substr(0, n));
+      if (!written.ok()) return written.status();
+      if (*written == 0) return absl::DataLossError("write of the bench file made no progress");
+      off += *written;
+    }
+    return client.Close(*session, *handle);
+  }();
+  (void)client.CloseSession(*session);
+  return result;
+}
+
+// --- stream mode ---
+
+class StreamWorker {
+ public:
+  StreamWorker(const Config& config, const Window& window, uint32_t index)
+      : config_(config), window_(window), index_(index) {}
+
+  absl::Status Setup(const std::shared_ptr<grpc::Channel>& channel) {
+    absl::StatusOr<std::unique_ptr<StreamClient>> stream = StreamClient::Create(
+        channel, "asyncd-bench", 0,
+        {.max_outstanding = config_.queue_depth, .coalesce = config_.coalesce});
+    if (!stream.ok()) return stream.status();
+    stream_ = std::move(*stream);
+    uint32_t handle = 0;
+    if (NeedsFile(config_)) {
+      v1::Operation op;
+      op.mutable_open()->set_path(config_.file);
+      op.mutable_open()->set_access(FileAccess(config_));
+      v1::Completion c = stream_->SubmitOne(std::move(op)).get();
+      if (absl::Status s = CompletionToStatus(c, "open " + config_.file); !s.ok()) return s;
+      handle = c.handle();
+    }
+    factory_ = std::make_unique<OpFactory>(config_, handle, 0x1234567 + index_);
+    return absl::OkStatus();
+  }
+
+  void Start() { thread_ = std::thread([this] { Run(); }); }
+
+  absl::Status Join() {
+    thread_.join();
+    absl::Status finish = stream_->Finish();
+    return run_status_.ok() ? finish : run_status_;
+  }
+
+  const Stats& stats() const { return stats_; }
+
+ private:
+  void Run() {
+    const int64_t batch = config_.batch;
+    const int64_t limit = static_cast<int64_t>(config_.queue_depth) - batch;
+    auto on_completion = [this](const v1::Completion& c) {
+      RecordCompletion(stats_, c, c.tag(), NowNs(), window_);
+      const int64_t left = outstanding_.fetch_sub(1) - 1;
+      if (left <= static_cast<int64_t>(config_.queue_depth) - config_.batch &&
+          driver_waiting_.load()) {
+        std::lock_guard lock(mu_);
+        cv_.notify_one();
+      }
+    };
+    while (NowNs() < window_.end_ns) {
+      // Wait for room for a whole batch, so that the op's clock starts when
+      // it is really submitted, not while the driver waits for the window.
+      if (outstanding_.load() > limit) {
+        std::unique_lock lock(mu_);
+        driver_waiting_.store(true);
+        cv_.wait_for(lock, std::chrono::milliseconds(10),
+                     [&] { return outstanding_.load() <= limit; });
+        driver_waiting_.store(false);
+        continue;
+      }
+      std::vector<v1::Operation> ops(static_cast<size_t>(batch));
+      for (v1::Operation& op : ops) factory_->Fill(op);
+      const uint64_t now = NowNs();
+      for (v1::Operation& op : ops) op.set_tag(now);
+      outstanding_.fetch_add(batch);
+      if (absl::Status s = stream_->Submit(std::move(ops), on_completion); !s.ok()) {
+        outstanding_.fetch_sub(batch);
+        run_status_ = s;
+        return;
+      }
+    }
+  }
+
+  const Config& config_;
+  const Window& window_;
+  const uint32_t index_;
+  std::unique_ptr<StreamClient> stream_;
+  std::unique_ptr<OpFactory> factory_;
+  std::thread thread_;
+  absl::Status run_status_;
+  Stats stats_;  // written by the stream's callback thread only
+  std::atomic<int64_t> outstanding_{0};
+  std::atomic<bool> driver_waiting_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+// --- unary mode ---
+
+class UnaryWorker {
+ public:
+  UnaryWorker(Client& client, const Config& config, const Window& window, uint32_t index)
+      : client_(client), config_(config), window_(window), index_(index) {}
+
+  absl::Status Setup() {
+    absl::StatusOr<uint64_t> session = client_.OpenSession("asyncd-bench");
+    if (!session.ok()) return session.status();
+    session_ = *session;
+    uint32_t handle = 0;
+    if (NeedsFile(config_)) {
+      absl::StatusOr<uint32_t> h = client_.Open(session_, config_.file, FileAccess(config_));
+      if (!h.ok()) return h.status();
+      handle = *h;
+    }
+    factory_ = std::make_unique<OpFactory>(config_, handle, 0x7654321 + index_);
+    return absl::OkStatus();
+  }
+
+  void Start() { thread_ = std::thread([this] { Run(); }); }
+
+  absl::Status Join() {
+    thread_.join();
+    (void)client_.CloseSession(session_);
+    return absl::OkStatus();
+  }
+
+  const Stats& stats() const { return stats_; }
+
+ private:
+  void Run() {
+    v1::Operation op;
+    while (NowNs() < window_.end_ns) {
+      op.Clear();
+      factory_->Fill(op);
+      const uint64_t start = NowNs();
+      absl::StatusOr<v1::Completion> c = client_.Submit(session_, op);
+      const uint64_t end = NowNs();
+      if (c.ok()) {
+        RecordCompletion(stats_, *c, start, end, window_);
+      } else if (window_.Contains(start)) {
+        ++stats_.rpc_errors[std::min<size_t>(static_cast<size_t>(c.status().code()), 16)];
+      }
+    }
+  }
+
+  Client& client_;
+  const Config& config_;
+  const Window& window_;
+  const uint32_t index_;
+  uint64_t session_ = 0;
+  std::unique_ptr<OpFactory> factory_;
+  std::thread thread_;
+  Stats stats_;
+};
+
+// --- report ---
+
+constexpr std::array<std::string_view, 8> kOutcomeNames = {
+    "unspecified", "completed", "cancelled", "timed_out", "failed", "rejected", "?", "unknown"};
+
+std::string ErrnoName(int e) {
+  const char* name = strerrorname_np(e);
+  return name != nullptr ? name : "E" + std::to_string(e);
+}
+
+std::string CodeName(size_t code) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+void Report(const Config& config, const std::string& target, const Stats& s, double seconds) {
+  const double ops_per_s = seconds > 0 ? static_cast<double>(s.measured_ops) / seconds : 0;
+  auto us = [&](double p) { return static_cast<double>(s.latency.Percentile(p)) / 1000.0; };
+  const uint64_t completed_ok =
+      s.outcomes[v1::OUTCOME_COMPLETED] -
+      [&] { uint64_t n = 0; for (uint64_t e : s.errnos) n += e; return n; }();
+  uint64_t completed_errno = s.outcomes[v1::OUTCOME_COMPLETED] - completed_ok;
+  const uint32_t concurrency =
+      config.mode == "stream" ? config.connections * config.queue_depth : config.connections;
+
+  if (config.output == "json") {
+    std::printf("{\"mode\":\"%s\",\"target\":\"%s\",\"mix\":\"%s\",\"connections\":%u,"
+                "\"queue_depth\":%u,\"batch\":%u,\"coalesce\":%s,\"outstanding\":%u,\"block_size\":%u,"
+                "\"duration_s\":%.3f,\"ops\":%llu,\"ops_per_s\":%.1f,"
+                "\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"mean\":%.1f,"
+                "\"min\":%.1f,\"max\":%.1f},",
+                config.mode.c_str(), target.c_str(), config.mix_spec.c_str(), config.connections,
+                config.mode == "stream" ? config.queue_depth : 1,
+                config.mode == "stream" ? config.batch : 1, config.coalesce ? "true" : "false",
+                concurrency, config.block_size,
+                seconds, static_cast<unsigned long long>(s.measured_ops), ops_per_s, us(50),
+                us(99), us(99.9), s.latency.mean() / 1000.0, s.latency.min() / 1000.0,
+                s.latency.max() / 1000.0);
+    std::printf("\"outcomes\":{\"completed_ok\":%llu,\"completed_errno\":%llu",
+                static_cast<unsigned long long>(completed_ok),
+                static_cast<unsigned long long>(completed_errno));
+    for (size_t i = 2; i < kOutcomeNames.size(); ++i) {
+      if (i == 6) continue;
+      std::printf(",\"%s\":%llu", std::string(kOutcomeNames[i]).c_str(),
+                  static_cast<unsigned long long>(s.outcomes[i]));
+    }
+    std::printf(",\"unspecified\":%llu},\"errnos\":{",
+                static_cast<unsigned long long>(s.outcomes[0]));
+    const char* sep = "";
+    for (size_t e = 0; e < s.errnos.size(); ++e) {
+      if (s.errnos[e] == 0) continue;
+      std::printf("%s\"%s\":%llu", sep, ErrnoName(static_cast<int>(e)).c_str(),
+                  static_cast<unsigned long long>(s.errnos[e]));
+      sep = ",";
+    }
+    std::printf("},\"rpc_errors\":{");
+    sep = "";
+    for (size_t c = 0; c < s.rpc_errors.size(); ++c) {
+      if (s.rpc_errors[c] == 0) continue;
+      std::printf("%s\"%s\":%llu", sep, CodeName(c).c_str(),
+                  static_cast<unsigned long long>(s.rpc_errors[c]));
+      sep = ",";
+    }
+    std::printf("}}\n");
+    return;
+  }
+
+  std::printf("asyncd-bench  mode=%s  target=%s  mix=%s\n", config.mode.c_str(), target.c_str(),
+              config.mix_spec.c_str());
+  if (config.mode == "stream") {
+    std::printf("  streams=%u  queue-depth=%u  batch=%u%s  (%u ops outstanding)\n",
+                config.connections, config.queue_depth, config.batch,
+                config.coalesce ? " (coalescing)" : "", concurrency);
+  } else {
+    std::printf("  unary workers=%u  (%u ops outstanding; --queue-depth/--batch unused)\n",
+                config.connections, concurrency);
+  }
+  std::printf("  measured %.2f s after %.2f s warmup, block size %u\n", seconds,
+              std::chrono::duration<double>(config.warmup).count(), config.block_size);
+  std::printf("ops        %llu\n", static_cast<unsigned long long>(s.measured_ops));
+  std::printf("ops/s      %.1f\n", ops_per_s);
+  std::printf("latency us p50 %.1f  p99 %.1f  p999 %.1f  mean %.1f  min %.1f  max %.1f\n", us(50),
+              us(99), us(99.9), s.latency.mean() / 1000.0, s.latency.min() / 1000.0,
+              s.latency.max() / 1000.0);
+  std::printf("outcomes   completed_ok %llu  completed_errno %llu", 
+              static_cast<unsigned long long>(completed_ok),
+              static_cast<unsigned long long>(completed_errno));
+  for (size_t i = 2; i < kOutcomeNames.size(); ++i) {
+    if (i == 6 || s.outcomes[i] == 0) continue;
+    std::printf("  %s %llu", std::string(kOutcomeNames[i]).c_str(),
+                static_cast<unsigned long long>(s.outcomes[i]));
+  }
+  if (s.outcomes[0] != 0) {
+    std::printf("  unspecified %llu", static_cast<unsigned long long>(s.outcomes[0]));
+  }
+  std::printf("\n");
+  for (size_t e = 0; e < s.errnos.size(); ++e) {
+    if (s.errnos[e] != 0) {
+      std::printf("  errno %s: %llu\n", ErrnoName(static_cast<int>(e)).c_str(),
+                  static_cast<unsigned long long>(s.errnos[e]));
+    }
+  }
+  for (size_t c = 0; c < s.rpc_errors.size(); ++c) {
+    if (s.rpc_errors[c] != 0) {
+      std::printf("  rpc error %s: %llu\n", CodeName(c).c_str(),
+                  static_cast<unsigned long long>(s.rpc_errors[c]));
+    }
+  }
+}
+
+int Run(Config& config) {
+  const std::string target = NormalizeTarget(config.target);
+  std::shared_ptr<grpc::Channel> setup_channel = Connect(config.target);
+  Client client(setup_channel, {.default_timeout = std::chrono::seconds(30)});
+  if (NeedsFile(config)) {
+    if (absl::Status s = PrepareFile(client, config); !s.ok()) {
+      std::fprintf(stderr, "asyncd-bench: preparing %s: %s\n", config.file.c_str(),
+                   s.ToString().c_str());
+      return 1;
+    }
+  }
+
+  Window window{};
+  Stats total;
+  double seconds = 0;
+  auto start_window = [&] {
+    const uint64_t now = NowNs();
+    window.start_ns = now + static_cast<uint64_t>(config.warmup.count());
+    window.end_ns = window.start_ns + static_cast<uint64_t>(config.duration.count());
+    seconds = std::chrono::duration<double>(config.duration).count();
+  };
+
+  if (config.mode == "stream") {
+    // One channel per stream: separate HTTP/2 connections, as separate
+    // client processes would have.
+    std::vector<std::unique_ptr<StreamWorker>> workers;
+    for (uint32_t i = 0; i < config.connections; ++i) {
+      auto w = std::make_unique<StreamWorker>(config, window, i);
+      if (absl::Status s = w->Setup(Connect(config.target)); !s.ok()) {
+        std::fprintf(stderr, "asyncd-bench: opening stream %u: %s\n", i, s.ToString().c_str());
+        return 1;
+      }
+      workers.push_back(std::move(w));
+    }
+    start_window();
+    for (auto& w : workers) w->Start();
+    int rc = 0;
+    for (auto& w : workers) {
+      if (absl::Status s = w->Join(); !s.ok()) {
+        std::fprintf(stderr, "asyncd-bench: stream ended: %s\n", s.ToString().c_str());
+        rc = 1;
+      }
+      total.Merge(w->stats());
+    }
+    Report(config, target, total, seconds);
+    return rc;
+  }
+
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<std::unique_ptr<UnaryWorker>> workers;
+  for (uint32_t i = 0; i < config.connections; ++i) {
+    clients.push_back(std::make_unique<Client>(Connect(config.target)));
+    auto w = std::make_unique<UnaryWorker>(*clients.back(), config, window, i);
+    if (absl::Status s = w->Setup(); !s.ok()) {
+      std::fprintf(stderr, "asyncd-bench: unary worker %u setup: %s\n", i, s.ToString().c_str());
+      return 1;
+    }
+    workers.push_back(std::move(w));
+  }
+  start_window();
+  for (auto& w : workers) w->Start();
+  for (auto& w : workers) {
+    (void)w->Join();
+    total.Merge(w->stats());
+  }
+  Report(config, target, total, seconds);
+  return 0;
+}
+
+}  // namespace
+}  // namespace asyncd::client::bench
+
+int main(int argc, char** argv) {
+  using namespace asyncd::client::bench;
+  Config config;
+  CLI::App app{"asyncd-bench: load generator for the asyncd daemon"};
+  app.add_option("--target,--socket", config.target,
+                 "unix:/path, a socket path, or host:port (default: the default socket)");
+  app.add_option("--mode", config.mode, "stream (bidi Stream, batched) or unary (Submit RPC)")
+      ->check(CLI::IsMember({"stream", "unary"}));
+  app.add_option("--mix", config.mix_spec, "op kinds and weights, e.g. nop=1 or read=3,nop=1 "
+                                           "(nop, read, write, timeout)");
+  app.add_option("--queue-depth,-q", config.queue_depth, "ops outstanding per stream")
+      ->check(CLI::Range(1u, 1u << 20));
+  app.add_flag("--coalesce", config.coalesce,
+               "let the library merge batches queued behind a write (then --batch is the "
+               "ops per Submit call, not per SubmitBatch message)");
+  app.add_option("--batch,-b", config.batch, "ops per SubmitBatch (stream mode)")
+      ->check(CLI::Range(1u, 1u << 20));
+  app.add_option("--duration,-d", config.duration_spec, "measured time, e.g. 10s, 500ms");
+  app.add_option("--warmup", config.warmup_spec, "unmeasured time before it");
+  app.add_option("--connections,--threads,-c", config.connections,
+                 "parallel streams (stream mode) or unary worker threads (unary mode)")
+      ->check(CLI::Range(1u, 4096u));
+  app.add_option("--block-size", config.block_size, "bytes per read/write")
+      ->check(CLI::Range(1u, 1u << 24));
+  app.add_option("--file", config.file, "data file for read/write, relative to the daemon root");
+  app.add_option("--file-size", config.file_size, "data file size in bytes")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
+  app.add_option("--timeout-us", config.timeout_us, "duration of timeout ops");
+  app.add_option("--output,-o", config.output, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  auto mix = ParseMix(config.mix_spec);
+  auto duration = ParseDuration(config.duration_spec);
+  auto warmup = ParseDuration(config.warmup_spec);
+  for (const absl::Status& s : {mix.status(), duration.status(), warmup.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "asyncd-bench: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  config.mix = *mix;
+  config.duration = *duration;
+  config.warmup = *warmup;
+  if (config.duration.count() <= 0) {
+    std::fprintf(stderr, "asyncd-bench: --duration must be > 0\n");
+    return 2;
+  }
+  config.batch = std::min(config.batch, config.queue_depth);
+  if (config.file_size < config.block_size) config.file_size = config.block_size;
+  return Run(config);
+}

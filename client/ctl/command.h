@@ -1,0 +1,110 @@
+#pragma once
+
+// What asyncctl's commands share: the global flags, the run-time Env built
+// from them, and the registration function of each noun (one file each:
+// ops.cc, sessions.cc, stats.cc, drain.cc, health.cc, submit.cc).
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/ctl/connection.h"
+#include "client/ctl/exit_code.h"
+#include "client/ctl/printer.h"
+
+namespace asyncd::ctl {
+
+/// The global flags as parsed by CLI11.
+struct GlobalFlags {
+  std::vector<std::string> sockets;  // --socket PATH (repeatable)
+  std::vector<std::string> targets;  // --target ADDR (repeatable)
+  std::string timeout = "5s";        // --timeout
+  std::string output = "table";      // -o
+};
+
+/// Everything a command needs to run, resolved from GlobalFlags after parsing.
+class Env {
+ public:
+  /// Resolves the flags: the daemons to talk to (--socket paths, then
+  /// --target addresses; neither: DefaultSocketPath(), i.e. $ASYNCD_SOCKET
+  /// or the per-user default), the timeout, the printer. Errors: usage.
+  static absl::StatusOr<std::unique_ptr<Env>> Create(const GlobalFlags& flags);
+
+  std::vector<std::unique_ptr<Connection>>& connections() { return connections_; }
+  bool multi() const { return connections_.size() > 1; }
+
+  /// The one daemon for commands whose arguments (op ids, session ids,
+  /// handles) only mean something to one daemon. Usage error if several
+  /// were given.
+  [[nodiscard]] absl::StatusOr<Connection*> Single(std::string_view command);
+
+  Printer& printer() { return *printer_; }
+  OutputFormat format() const { return format_; }
+  std::chrono::microseconds timeout() const { return timeout_; }
+
+ private:
+  std::vector<std::unique_ptr<Connection>> connections_;
+  std::unique_ptr<Printer> printer_;
+  OutputFormat format_ = OutputFormat::kTable;
+  std::chrono::microseconds timeout_{0};
+};
+
+/// A chosen command, run after parsing; returns the process exit code.
+using Action = std::function<int(Env&)>;
+
+/// Each noun adds its subcommands to `app`; the callback of the one the user
+/// chose stores its action in `*action`.
+void AddOpsCommand(CLI::App& app, Action* action);
+void AddSessionsCommand(CLI::App& app, Action* action);
+void AddStatsCommand(CLI::App& app, Action* action);
+void AddDrainCommand(CLI::App& app, Action* action);
+void AddHealthCommand(CLI::App& app, Action* action);
+void AddSubmitCommand(CLI::App& app, Action* action);
+
+/// Reports a usage error found after parsing (bad duration, conflicting
+/// selectors) and returns 2.
+int UsageError(const absl::Status& status);
+
+/// Runs `call` against every daemon (in parallel when several), collecting
+/// each answer or its classified error (reported on stderr at once, one line
+/// per daemon). Returns the worst exit code. `call` must be thread-safe
+/// across distinct connections.
+template <typename Response>
+ExitCode ForEachDaemon(Env& env, std::string_view what,
+                       const std::function<grpc::Status(Connection&, Response*)>& call,
+                       std::vector<TargetResult<Response>>* results) {
+  auto& conns = env.connections();
+  results->assign(conns.size(), {});
+  std::vector<grpc::Status> statuses(conns.size());
+  auto run = [&](size_t i) {
+    (*results)[i].target = conns[i]->display();
+    statuses[i] = call(*conns[i], &(*results)[i].response);
+  };
+  if (conns.size() == 1) {
+    run(0);
+  } else {
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < conns.size(); ++i) threads.emplace_back(run, i);
+    for (auto& t : threads) t.join();
+  }
+  ExitCode worst = ExitCode::kOk;
+  for (size_t i = 0; i < conns.size(); ++i) {
+    if (statuses[i].ok()) continue;
+    CliError error = conns[i]->Error(statuses[i], what);
+    if (env.multi() && error.code != ExitCode::kUnreachable) {
+      error.message = conns[i]->display() + ": " + error.message;
+    }
+    Report(error);
+    worst = Worse(worst, error.code);
+    (*results)[i].error = std::move(error);
+  }
+  return worst;
+}
+
+}  // namespace asyncd::ctl

@@ -1,0 +1,53 @@
+// asyncctl drain: stop accepting work and wait for in-flight operations.
+
+#include "client/ctl/command.h"
+#include "client/ctl/duration.h"
+#include "client/ctl/interrupt.h"
+
+namespace asyncd::ctl {
+namespace {
+
+int RunDrain(Env& env, const std::string& grace_text) {
+  absl::StatusOr<Connection*> conn = env.Single("drain");
+  if (!conn.ok()) return UsageError(conn.status());
+  absl::StatusOr<std::chrono::microseconds> grace = ParseDuration(grace_text);
+  if (!grace.ok()) return UsageError(grace.status());
+  // 0 would mean the daemon's default (10s); ask for the least it takes.
+  int64_t grace_ms = std::max<int64_t>(1, (grace->count() + 999) / 1000);
+  if (grace_ms > 3600000) {
+    return UsageError(absl::InvalidArgumentError("--grace: at most 1h"));
+  }
+  v1::DrainRequest request;
+  request.set_grace_ms(static_cast<uint32_t>(grace_ms));
+  v1::DrainResponse response;
+  // The drain may take its grace by design; --timeout bounds the rest.
+  auto ctx = (*conn)->NewContext(CallKind::kUnary, std::chrono::milliseconds(grace_ms));
+  // Ctrl-C stops waiting; the drain goes on in the daemon.
+  InterruptScope scope([&ctx] { ctx->TryCancel(); });
+  grpc::Status status = (*conn)->stub().Drain(ctx.get(), request, &response);
+  if (!status.ok()) {
+    CliError error = (*conn)->Error(status, "drain");
+    if (Interrupted() || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      error.message += " (the drain goes on in the daemon)";
+    }
+    return Report(error);
+  }
+  env.printer().Drain(response);
+  return 0;
+}
+
+}  // namespace
+
+void AddDrainCommand(CLI::App& app, Action* action) {
+  auto grace = std::make_shared<std::string>("10s");
+  CLI::App* drain = app.add_subcommand(
+      "drain",
+      "Drain the daemon (admin): refuse new work, cancel waits at once, give bounded "
+      "operations --grace to finish, then cancel them; waits until all have ended");
+  drain->add_option("--grace", *grace, "How long bounded operations may take, e.g. 10s")
+      ->default_str("10s");
+  drain->callback(
+      [action, grace] { *action = [grace](Env& env) { return RunDrain(env, *grace); }; });
+}
+
+}  // namespace asyncd::ctl

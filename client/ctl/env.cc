@@ -1,0 +1,51 @@
+#include <iostream>
+
+#include "absl/status/status.h"
+#include "client/ctl/command.h"
+#include "client/ctl/duration.h"
+#include "src/core/runtime_paths.h"
+
+namespace asyncd::ctl {
+
+absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
+  auto env = std::make_unique<Env>();
+  absl::StatusOr<std::chrono::microseconds> timeout = ParseDuration(flags.timeout);
+  if (!timeout.ok())
+    return absl::InvalidArgumentError("--timeout: " + std::string(timeout.status().message()));
+  if (timeout->count() == 0) return absl::InvalidArgumentError("--timeout must be > 0");
+  env->timeout_ = *timeout;
+  absl::StatusOr<OutputFormat> format = ParseOutputFormat(flags.output);
+  if (!format.ok()) return format.status();
+  env->format_ = *format;
+  for (const std::string& path : flags.sockets) {
+    if (path.empty()) return absl::InvalidArgumentError("--socket: empty path");
+    env->connections_.push_back(
+        std::make_unique<Connection>(SocketTarget(path), path, env->timeout_));
+  }
+  for (const std::string& target : flags.targets) {
+    if (target.empty()) return absl::InvalidArgumentError("--target: empty address");
+    env->connections_.push_back(std::make_unique<Connection>(target, target, env->timeout_));
+  }
+  if (env->connections_.empty()) {
+    std::string path = core::DefaultSocketPath();
+    env->connections_.push_back(
+        std::make_unique<Connection>(SocketTarget(path), path, env->timeout_));
+  }
+  env->printer_ = NewPrinter(env->format_, std::cout, env->multi());
+  return env;
+}
+
+absl::StatusOr<Connection*> Env::Single(std::string_view command) {
+  if (connections_.size() != 1) {
+    return absl::InvalidArgumentError(std::string(command) +
+                                      " talks to one daemon; give one --socket or --target "
+                                      "(several are for list, history, stats and health)");
+  }
+  return connections_.front().get();
+}
+
+int UsageError(const absl::Status& status) {
+  return Report({ExitCode::kUsage, std::string(status.message()) + " (see --help)"});
+}
+
+}  // namespace asyncd::ctl

@@ -1,0 +1,94 @@
+// asyncctl: the operator CLI of asyncd.
+//
+// Layout (after etcdctl's ctlv3/command): one file per noun (ops.cc,
+// sessions.cc, stats.cc, drain.cc, health.cc, submit.cc) registering CLI11
+// subcommands; output through the Printer chosen by -o (printer.h); RPC
+// deadlines set only in Connection::NewContext (connection.h); fixed exit
+// codes (exit_code.h).
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "client/ctl/command.h"
+#include "client/ctl/interrupt.h"
+#include "src/core/runtime_paths.h"
+
+namespace asyncd::ctl {
+namespace {
+
+constexpr const char* kFooter = R"(Daemons:
+  --socket PATH and --target ADDR (gRPC target, e.g. unix:/run/asyncd/asyncd.sock)
+  repeat for a fleet view: ops list, ops history, sessions list, stats and
+  health query every daemon and add a DAEMON column (-o json: a JSON array of
+  {"target", "response"|"error"}). Other commands take exactly one daemon.
+  Default: $ASYNCD_SOCKET, else the per-user default socket.
+
+Ids: operation ids print as 0x<hex>; ids are accepted as 0x<hex> or decimal.
+Durations: 500ms, 30s, 2m, 1h30m, 1.5s, 250us, 2d.
+
+Exit codes:
+  0  ok
+  1  operation error: the daemon refused or failed the request (NOT_FOUND,
+     PERMISSION_DENIED, cancel refused, draining, a submitted op failed, ...)
+  2  usage error (bad flag, argument or duration)
+  3  cannot reach the daemon (no socket, connection refused or broken)
+Errors are one line on stderr; results go to stdout.)";
+
+int Main(int argc, char** argv) {
+  InstallInterruptHandler();
+
+  CLI::App app("asyncctl: list, inspect and cancel asyncd operations", "asyncctl");
+  app.fallthrough();  // global flags may follow the subcommand (inherited)
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "asyncctl 0.1.0 (API asyncd.v1)");
+
+  GlobalFlags flags;
+  app.add_option("--socket", flags.sockets,
+                 "Daemon unix socket (repeatable); default " + core::DefaultSocketPath())
+      ->type_name("PATH")
+      ->allow_extra_args(false);
+  app.add_option("--target", flags.targets, "Daemon gRPC target (repeatable)")
+      ->type_name("ADDR")
+      ->allow_extra_args(false);
+  app.add_option("--timeout", flags.timeout, "Deadline of each RPC, e.g. 5s, 500ms")
+      ->type_name("DURATION")
+      ->default_str("5s");
+  app.add_option("-o,--output", flags.output, "Output format: table, wide or json")
+      ->type_name("FORMAT")
+      ->default_str("table");
+
+  Action action;
+  AddOpsCommand(app, &action);
+  AddSessionsCommand(app, &action);
+  AddStatsCommand(app, &action);
+  AddDrainCommand(app, &action);
+  AddHealthCommand(app, &action);
+  AddSubmitCommand(app, &action);
+  // Set last, so subcommands (which inherit settings at creation) do not
+  // repeat it: their help shows their own flags.
+  app.footer(kFooter);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return Report({ExitCode::kUsage, e.what() + std::string(" (see --help)")});
+  }
+  if (!action) return Report({ExitCode::kUsage, "no command given (see --help)"});
+
+  absl::StatusOr<std::unique_ptr<Env>> env = Env::Create(flags);
+  if (!env.ok()) return UsageError(env.status());
+  int code = action(**env);
+  std::cout << std::flush;
+  return code;
+}
+
+}  // namespace
+}  // namespace asyncd::ctl
+
+int main(int argc, char** argv) { return asyncd::ctl::Main(argc, argv); }

@@ -1,0 +1,66 @@
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "asyncd/v1/asyncd.grpc.pb.h"
+
+namespace asyncd::client {
+
+namespace v1 = ::asyncd::v1;
+
+/// Largest message the client sends or accepts (64 MiB). The daemon's own
+/// limit (Limits.max_message_bytes, 16 MiB by default) is lower; ours only has
+/// to be at least as large so we never refuse what the daemon sends.
+inline constexpr int kMaxMessageBytes = 64 << 20;
+
+/// Turns a user-supplied target into a gRPC target string. Pure; never blocks.
+///   ""                      -> "unix:" + asyncd::core::DefaultSocketPath()
+///   "unix:..." "unix-abstract:..." "dns:..." "ipv4:..." "ipv6:..."
+///                           -> unchanged (already a gRPC target)
+///   "/abs/path", "./rel", "../rel", "dir/file", "~/x" (~ expanded from $HOME)
+///                           -> "unix:" + path
+///   "host:port", "[::1]:port" -> unchanged (TCP)
+///   anything else without ':' (e.g. "asyncd.sock") -> "unix:" + it (a relative
+///                           socket path; a TCP target always needs a port).
+[[nodiscard]] std::string NormalizeTarget(std::string_view target);
+
+/// True if a normalized target names a unix domain socket.
+[[nodiscard]] bool IsUnixTarget(std::string_view normalized_target);
+
+/// The one place that chooses channel credentials for a normalized target.
+/// Today: insecure credentials for every target (unix sockets are
+/// authenticated by the daemon through SO_PEERCRED; TLS for TCP targets is a
+/// later issue and will be added here).
+[[nodiscard]] std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(
+    std::string_view normalized_target);
+
+/// Creates a channel to the daemon (target as NormalizeTarget accepts; empty
+/// = the default socket), with send/receive message limits of
+/// kMaxMessageBytes. Does not block and does not connect yet: gRPC connects
+/// lazily on the first call (use channel->WaitForConnected() to probe).
+/// Never returns null.
+[[nodiscard]] std::shared_ptr<grpc::Channel> Connect(std::string_view target = "");
+
+/// grpc::Status -> absl::Status, keeping the code (same numbering) and the
+/// message. OK maps to OK.
+[[nodiscard]] absl::Status ToAbslStatus(const grpc::Status& status);
+
+/// The status a Completion stands for, for callers who want one:
+///   COMPLETED with error_number 0          -> OK
+///   COMPLETED with error_number e          -> absl::ErrnoToStatus(e, ...)
+///   CANCELLED                              -> CANCELLED
+///   TIMED_OUT                              -> DEADLINE_EXCEEDED
+///   FAILED                                 -> ErrnoToStatus (INTERNAL if no errno)
+///   REJECTED                               -> its status_code and message
+///   UNSPECIFIED (e.g. synthesized by StreamClient when the stream ended
+///   before the completion arrived)         -> its status_code, else UNKNOWN
+/// `what` prefixes the message (e.g. "read h:3").
+[[nodiscard]] absl::Status CompletionToStatus(const v1::Completion& completion,
+                                              std::string_view what = "");
+
+}  // namespace asyncd::client

@@ -1,0 +1,98 @@
+#include "asyncd/connection.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "client/lib/string_compat.h"
+#include "src/core/runtime_paths.h"
+
+namespace asyncd::client {
+namespace {
+
+using internal::ToAbsl;
+
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+// gRPC target schemes we pass through untouched.
+constexpr std::string_view kSchemes[] = {"unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:"};
+
+}  // namespace
+
+std::string NormalizeTarget(std::string_view target) {
+  if (target.empty()) return "unix:" + asyncd::core::DefaultSocketPath();
+  for (std::string_view scheme : kSchemes) {
+    if (StartsWith(target, scheme)) return std::string(target);
+  }
+  if (StartsWith(target, "~/")) {
+    const char* home = std::getenv("HOME");
+    return absl::StrCat("unix:", home != nullptr ? home : "", ToAbsl(target.substr(1)));
+  }
+  // Anything with a '/' is a path ("host:port" never contains one), and so is
+  // anything without a ':' (a TCP target needs a port).
+  if (target.find('/') != std::string_view::npos || target.find(':') == std::string_view::npos) {
+    return absl::StrCat("unix:", ToAbsl(target));
+  }
+  return std::string(target);
+}
+
+bool IsUnixTarget(std::string_view normalized_target) {
+  return StartsWith(normalized_target, "unix:") || StartsWith(normalized_target, "unix-abstract:");
+}
+
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(
+    std::string_view /*normalized_target*/) {
+  // Unix sockets: the daemon authenticates by SO_PEERCRED. TCP: TLS is a later
+  // issue; when it lands, this is the one place to choose SslCredentials.
+  return grpc::InsecureChannelCredentials();
+}
+
+std::shared_ptr<grpc::Channel> Connect(std::string_view target) {
+  const std::string normalized = NormalizeTarget(target);
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized), args);
+}
+
+absl::Status ToAbslStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  // grpc::StatusCode and absl::StatusCode share the google.rpc.Code numbering.
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+absl::Status CompletionToStatus(const v1::Completion& c, std::string_view what) {
+  auto describe = [&](std::string_view fallback) {
+    std::string msg(what);
+    std::string_view detail = c.message().empty() ? fallback : std::string_view(c.message());
+    if (!detail.empty()) absl::StrAppend(&msg, msg.empty() ? "" : ": ", ToAbsl(detail));
+    return msg;
+  };
+  switch (c.outcome()) {
+    case v1::OUTCOME_COMPLETED:
+      if (c.error_number() == 0) return absl::OkStatus();
+      return absl::ErrnoToStatus(c.error_number(), describe(c.error_name()));
+    case v1::OUTCOME_CANCELLED:
+      return absl::CancelledError(describe("cancelled"));
+    case v1::OUTCOME_TIMED_OUT:
+      return absl::DeadlineExceededError(describe("timed out"));
+    case v1::OUTCOME_FAILED:
+      if (c.error_number() != 0) return absl::ErrnoToStatus(c.error_number(), describe("failed"));
+      return absl::InternalError(describe("failed"));
+    case v1::OUTCOME_REJECTED:
+      if (c.status_code() != 0) {
+        return absl::Status(static_cast<absl::StatusCode>(c.status_code()), describe("rejected"));
+      }
+      return absl::UnknownError(describe("rejected"));
+    default:
+      if (c.status_code() != 0) {
+        return absl::Status(static_cast<absl::StatusCode>(c.status_code()),
+                            describe("outcome unknown"));
+      }
+      return absl::UnknownError(describe("outcome unknown"));
+  }
+}
+
+}  // namespace asyncd::client
