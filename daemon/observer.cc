@@ -90,12 +90,15 @@ Observer::Counter& Observer::CounterFor(core::OpKind kind, core::BackendKind bac
 
 void Observer::OnFinished(const core::Op& op) noexcept {
   const core::Session& session = *op.session;
+  if (session.id() == ignored_session_.load(std::memory_order_relaxed)) return;
   std::optional<core::OpSnapshot> snap = core::Registry::Snapshot(op, session.id());
   if (!snap) return;
   const int64_t duration = snap->finished_ns - snap->submitted_ns;
   Counter& c = CounterFor(snap->kind, snap->backend);
   c.outcome[OutcomeIndex(snap->state)].fetch_add(1, std::memory_order_relaxed);
   c.buckets[Log2Bucket(duration)].fetch_add(1, std::memory_order_relaxed);
+  c.duration_ns_sum.fetch_add(static_cast<uint64_t>(std::max<int64_t>(duration, 0)),
+                              std::memory_order_relaxed);
 
   FinishedOp f;
   f.snap = *snap;
@@ -252,6 +255,7 @@ Observer::KindCounters Observer::Counters(core::OpKind kind, core::BackendKind b
   for (int i = 0; i < kBuckets; ++i) {
     out.latency_buckets[i] = c.buckets[i].load(std::memory_order_relaxed);
   }
+  out.duration_ns_sum = c.duration_ns_sum.load(std::memory_order_relaxed);
   return out;
 }
 

@@ -71,11 +71,16 @@ class Observer final : public core::CompletionObserver {
   Observer(size_t history_capacity, size_t slow_capacity);
 
   void OnFinished(const core::Op& op) noexcept override;
+  void OnSubmitted(const core::Op& op) noexcept override;
   /// The service reports these; they have no core hook.
-  void OnSubmitted(const core::Op& op) noexcept;
   void OnCancelRequested(const core::OpSnapshot& snap, const core::ClientInfo& client) noexcept;
   void OnRejected() noexcept { rejected_.fetch_add(1, std::memory_order_relaxed); }
   void OnCancelAnswered(core::CancelResult r) noexcept;
+  /// Ops of this session (the daemon's own watchdog probe) are not counted,
+  /// kept in history or watched. Set before its first op.
+  void IgnoreSession(uint64_t session_id) {
+    ignored_session_.store(session_id, std::memory_order_relaxed);
+  }
 
   /// Most recent first; at most `limit`.
   std::vector<FinishedOp> Recent(const Filter& filter, size_t limit) const;
@@ -91,6 +96,7 @@ class Observer final : public core::CompletionObserver {
   struct KindCounters {
     uint64_t by_outcome[4] = {};  // completed, cancelled, timed out, failed
     uint64_t latency_buckets[32] = {};  // log2 microseconds
+    uint64_t duration_ns_sum = 0;       // of every finished op
   };
   KindCounters Counters(core::OpKind kind, core::BackendKind backend) const;
 
@@ -106,6 +112,7 @@ class Observer final : public core::CompletionObserver {
   struct Counter {
     std::atomic<uint64_t> outcome[4] = {};
     std::atomic<uint64_t> buckets[kBuckets] = {};
+    std::atomic<uint64_t> duration_ns_sum{0};
   };
   void Publish(const v1::WatchEvent& event, const core::OpSnapshot& snap, uint32_t uid,
                std::string_view client);
@@ -123,6 +130,7 @@ class Observer final : public core::CompletionObserver {
   Counter counters_[core::kOpKindCount + 1][4];
   std::atomic<uint64_t> cancels_[4] = {};
   std::atomic<uint64_t> rejected_{0};
+  std::atomic<uint64_t> ignored_session_{0};
 
   mutable std::mutex watch_mu_;
   std::vector<std::shared_ptr<Watcher>> watchers_;

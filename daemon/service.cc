@@ -81,13 +81,13 @@ Caller Service::Identify(grpc::CallbackServerContext* ctx) const {
 
 v1::Limits Service::LimitsProto() const {
   v1::Limits l;
-  l.set_max_batch_ops(config_.max_batch_ops);
-  l.set_max_op_bytes(config_.max_op_bytes);
+  l.set_max_batch_ops(live_.max_batch_ops());
+  l.set_max_op_bytes(live_.max_op_bytes());
   l.set_max_inflight_per_session(config_.max_inflight_per_session);
   l.set_max_handles_per_session(config_.max_handles_per_session);
   l.set_max_sessions(config_.max_sessions);
   l.set_max_message_bytes(config_.max_message_bytes);
-  l.set_default_lease_ms(config_.default_lease_ms);
+  l.set_default_lease_ms(live_.default_lease_ms());
   l.set_max_lease_ms(config_.max_lease_ms);
   l.set_history_capacity(config_.history_capacity);
   l.set_slow_history_capacity(config_.slow_history_capacity);
@@ -125,7 +125,7 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> Service::NewSession(const Caller& c
   if (draining()) return Draining();
   if (name.size() > 256) return absl::InvalidArgumentError("client_name: longer than 256 bytes");
   if (!stream_owned) {
-    if (lease_ms == 0) lease_ms = config_.default_lease_ms;
+    if (lease_ms == 0) lease_ms = live_.default_lease_ms();
     if (lease_ms < 100 || lease_ms > config_.max_lease_ms) {
       return absl::InvalidArgumentError(
           absl::StrCat("lease_ms: must be in [100, ", config_.max_lease_ms, "]"));
@@ -265,7 +265,7 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
     auto meta = service_->OwnSession(service_->Identify(ctx_), req_->session_id());
     if (!meta.ok()) return meta.status();
     core::OpRequest request;
-    absl::Status s = ToOpRequest(req_->op(), service_->config().max_op_bytes, CallDeadline(ctx_),
+    absl::Status s = ToOpRequest(req_->op(), service_->live().max_op_bytes(), CallDeadline(ctx_),
                                  buffers_, request);
     if (!s.ok()) return s;
     request.sink = this;
@@ -468,7 +468,6 @@ class Service::StreamCall final
     batch->request.Swap(&in_);
     const v1::SubmitBatch& sb = batch->request.submit();
     const int n = sb.ops_size();
-    const Config& config = service_->config();
     // Reserve the Accepted message's place before any op can complete.
     Outgoing* accepted_slot;
     std::vector<OpCtx*> ctxs(n, nullptr);
@@ -490,7 +489,9 @@ class Service::StreamCall final
     requests.reserve(n);
     std::vector<absl::Status> rejected(n);
     const int64_t no_deadline = 0;
-    const bool over_batch = static_cast<uint32_t>(n) > config.max_batch_ops;
+    const uint32_t max_batch_ops = service_->live().max_batch_ops();
+    const uint32_t max_op_bytes = service_->live().max_op_bytes();
+    const bool over_batch = static_cast<uint32_t>(n) > max_batch_ops;
     for (int i = 0; i < n; ++i) {
       OpCtx* c = ctxs[i];
       c->tag = sb.ops(i).tag();
@@ -501,11 +502,11 @@ class Service::StreamCall final
       }
       if (over_batch) {
         rejected[i] = absl::ResourceExhaustedError(absl::StrCat(
-            "batch of ", n, " ops is over max_batch_ops ", config.max_batch_ops));
+            "batch of ", n, " ops is over max_batch_ops ", max_batch_ops));
         continue;
       }
       core::OpRequest r;
-      rejected[i] = ToOpRequest(sb.ops(i), config.max_op_bytes, no_deadline, c->buffers, r);
+      rejected[i] = ToOpRequest(sb.ops(i), max_op_bytes, no_deadline, c->buffers, r);
       if (!rejected[i].ok()) continue;
       r.sink = this;
       r.cookie = reinterpret_cast<uint64_t>(c);
@@ -903,7 +904,9 @@ grpc::ServerUnaryReactor* Service::ListSessions(grpc::CallbackServerContext* ctx
 grpc::ServerUnaryReactor* Service::GetStats(grpc::CallbackServerContext* ctx,
                                             const v1::GetStatsRequest*, v1::Stats* resp) {
   resp->set_uptime_s((core::MonoNanos() - started_ns_) / 1'000'000'000);
-  resp->set_sessions(registry_.session_count());
+  const uint32_t sessions = registry_.session_count();
+  resp->set_sessions(sessions > backends_.internal_sessions ? sessions - backends_.internal_sessions
+                                                            : 0);
   resp->set_inflight(registry_.live_ops());
   uint64_t queued = 0;
   for (core::Backend* b : backends_.backends) queued += b->Stats().queued;
@@ -1094,7 +1097,7 @@ grpc::ServerUnaryReactor* Service::Drain(grpc::CallbackServerContext* ctx,
   if (req->grace_ms() > kMaxDrainGraceMs) {
     return Done(ctx, absl::InvalidArgumentError("grace_ms: over one hour"));
   }
-  const uint32_t grace = req->grace_ms() == 0 ? config_.drain_grace_ms : req->grace_ms();
+  const uint32_t grace = req->grace_ms() == 0 ? live_.drain_grace_ms() : req->grace_ms();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   // Draining waits; a reactor must not, so it runs on its own thread.
   std::thread([this, reactor, resp, grace] {

@@ -36,6 +36,7 @@ struct BackendInfo {
   std::vector<core::OpKind> uring_kinds;
   uint32_t thread_pool_size = 0;
   std::vector<core::Backend*> backends;
+  uint32_t internal_sessions = 0;  // the daemon's own (watchdog probe); not counted in Stats
 };
 
 /// The daemon's view of a session: the core session plus its owner and lease.
@@ -115,6 +116,10 @@ class Service final : public v1::Asyncd::CallbackService {
   v1::Limits LimitsProto() const;
 
   const Config& config() const { return config_; }
+  /// The limits a reload changes (config() keeps the start-up values).
+  const LiveLimits& live() const { return live_; }
+  /// Applies a reloaded config's live limits. Any thread.
+  void ApplyLiveLimits(const Config& config) { live_.Apply(config); }
   core::Registry& registry() { return registry_; }
   core::Dispatcher& dispatcher() { return dispatcher_; }
   Observer& observer() { return observer_; }
@@ -125,6 +130,7 @@ class Service final : public v1::Asyncd::CallbackService {
   class WatchCall;
 
   const Config config_;
+  LiveLimits live_{config_};
   core::Registry& registry_;
   core::Dispatcher& dispatcher_;
   Observer& observer_;

@@ -174,6 +174,7 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
     }
     Backend* backend = BackendFor(requests[i].kind);
     op->MarkDispatched(backend->kind(), now);
+    if (observer_ != nullptr) observer_->OnSubmitted(*op);
     Pending* p = nullptr;
     for (size_t j = 0; j < npending; ++j) {
       if (pending[j].backend == backend) p = &pending[j];

@@ -31,13 +31,15 @@ struct CancelCounts {
   void Add(CancelResult r);
 };
 
-/// Sees every op end, before its sink: history, watchers, metrics. Called on
-/// the completing thread with the op terminal and not yet retired. Must not
-/// block.
+/// Sees every op begin and end (before its sink): history, watchers,
+/// metrics. OnFinished runs on the completing thread with the op terminal and
+/// not yet retired. Must not block.
 class CompletionObserver {
  public:
   virtual ~CompletionObserver() = default;
   virtual void OnFinished(const Op& op) noexcept = 0;
+  /// The op was accepted and is about to reach its backend (submitting thread).
+  virtual void OnSubmitted(const Op& op) noexcept {}
 };
 
 /// Routes each op to the first backend that supports its kind, resolves
