@@ -7,6 +7,7 @@
 #include <map>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "src/core/runtime_paths.h"
 
@@ -66,6 +67,26 @@ Setter Ids(std::vector<uint32_t> Config::*field) {
   };
 }
 
+// "HOST:PORT" or "[V6]:PORT"; empty = off.
+Setter HostPort(std::string Config::*field) {
+  return [=](const toml::node& n, Config& c) -> absl::Status {
+    auto v = n.value<std::string>();
+    if (!v) return absl::InvalidArgumentError("must be a string");
+    if (!v->empty()) {
+      const size_t colon = v->rfind(':');
+      uint32_t port = 0;
+      if (colon == std::string::npos || colon == 0 ||
+          !absl::SimpleAtoi(v->substr(colon + 1), &port) || port > 65535) {
+        return absl::InvalidArgumentError(
+            "must be \"HOST:PORT\" (e.g. \"127.0.0.1:9464\"; port 0 = any free one) or \"\" "
+            "for off");
+      }
+    }
+    c.*field = *v;
+    return absl::OkStatus();
+  };
+}
+
 Setter LogLevel() {
   return [](const toml::node& n, Config& c) -> absl::Status {
     auto v = n.value<std::string>();
@@ -89,6 +110,7 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
        {{"socket", Str(&Config::socket)},
         {"root", Str(&Config::root)},
         {"tcp", Str(&Config::tcp)},
+        {"metrics", HostPort(&Config::metrics)},
         {"log_level", LogLevel()},
         {"state_dir", Str(&Config::state_dir)},
         {"socket_mode", U32(&Config::socket_mode, 0, 0777)},

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@ struct Config {
   std::string socket;       // default: core::DefaultSocketPath()
   std::string root;         // default: core::DefaultRootDir()
   std::string tcp;          // "ADDR:PORT"; empty = no TCP listener
+  std::string metrics;      // Prometheus "ADDR:PORT" (GET /metrics); empty = off
   std::string log_level = "info";
   std::string state_dir;    // drain manifests; default: $STATE_DIRECTORY or next to root
   uint32_t socket_mode = 0660;
@@ -43,6 +45,33 @@ struct Config {
   // [admin]
   std::vector<uint32_t> admin_uids;  // uid 0 is always an admin
   std::vector<uint32_t> admin_gids;
+
+  bool operator==(const Config&) const = default;
+};
+
+/// The limits a reload (SIGHUP) may change while serving. Written by the
+/// reloading thread, read by any thread on every call; each value on its own
+/// (a reader may see one new value next to an old one, which is harmless for
+/// these). Everything else in Config needs a restart.
+class LiveLimits {
+ public:
+  explicit LiveLimits(const Config& config) { Apply(config); }
+  void Apply(const Config& config) {
+    max_batch_ops_.store(config.max_batch_ops, std::memory_order_relaxed);
+    max_op_bytes_.store(config.max_op_bytes, std::memory_order_relaxed);
+    default_lease_ms_.store(config.default_lease_ms, std::memory_order_relaxed);
+    drain_grace_ms_.store(config.drain_grace_ms, std::memory_order_relaxed);
+  }
+  uint32_t max_batch_ops() const { return max_batch_ops_.load(std::memory_order_relaxed); }
+  uint32_t max_op_bytes() const { return max_op_bytes_.load(std::memory_order_relaxed); }
+  uint32_t default_lease_ms() const { return default_lease_ms_.load(std::memory_order_relaxed); }
+  uint32_t drain_grace_ms() const { return drain_grace_ms_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint32_t> max_batch_ops_;
+  std::atomic<uint32_t> max_op_bytes_;
+  std::atomic<uint32_t> default_lease_ms_;
+  std::atomic<uint32_t> drain_grace_ms_;
 };
 
 /// Reads a TOML file over `base`. Unknown keys and bad values are refused

@@ -9,6 +9,7 @@
 
 #include "daemon/config.h"
 #include "daemon/server.h"
+#include "daemon/systemd_notify.h"
 #include "src/core/runtime_paths.h"
 
 int main(int argc, char** argv) {
@@ -17,7 +18,7 @@ int main(int argc, char** argv) {
   app.footer(
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.");
-  std::string config_path, socket, root, tcp, log_level;
+  std::string config_path, socket, root, tcp, metrics, log_level;
   bool no_uring = false;
   app.add_option("--config", config_path, "TOML config file (see deploy/asyncd.toml.example)");
   app.add_option("--socket", socket,
@@ -27,6 +28,9 @@ int main(int argc, char** argv) {
                  "directory every client path resolves beneath (default: $STATE_DIRECTORY/files, "
                  "/var/lib/asyncd/files as root, else ~/.local/share/asyncd/files)");
   app.add_option("--tcp", tcp, "also listen on ADDR:PORT (off by default)");
+  app.add_option("--metrics", metrics,
+                 "serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 "
+                 "(off by default; config key server.metrics)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off (default info)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   app.add_flag("--no-io-uring", no_uring, "serve everything from the thread pool");
@@ -42,6 +46,7 @@ int main(int argc, char** argv) {
     if (!socket.empty()) config.socket = socket;
     if (!root.empty()) config.root = root;
     if (!tcp.empty()) config.tcp = tcp;
+    if (!metrics.empty()) config.metrics = metrics;
     if (!log_level.empty()) config.log_level = log_level;
     if (no_uring) config.io_uring = false;
     asyncd::daemon::ApplyDefaults(config);
@@ -52,6 +57,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "asyncd: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+  asyncd::daemon::SetUpLogging();  // the journal under systemd, else the console
   spdlog::set_level(spdlog::level::from_str(config->log_level));
 
   // Signals are taken by one thread with sigwait, never by async handlers.
@@ -73,13 +79,16 @@ int main(int argc, char** argv) {
       int sig = 0;
       sigwait(&signals, &sig);
       if (sig == SIGHUP) {
+        asyncd::daemon::notify::Reloading();
         auto reloaded = load();
         if (!reloaded.ok()) {
-          spdlog::error("reload refused: {}", std::string(reloaded.status().message()));
-          continue;
+          spdlog::error("reload refused, keeping the running config: {}",
+                        std::string(reloaded.status().message()));
+        } else {
+          const std::string what = (*server)->Reload(*reloaded);
+          spdlog::info("reloaded{}{}", what.empty() ? "" : ": ", what);
         }
-        const std::string left = (*server)->Reload(*reloaded);
-        spdlog::info("reloaded{}{}", left.empty() ? "" : "; ", left);
+        asyncd::daemon::notify::Ready((*server)->StatusLine());
         continue;
       }
       spdlog::info("{}: draining and stopping", strsignal(sig));

@@ -14,14 +14,67 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/listener.h"
+#include "daemon/metrics.h"
 #include "daemon/observer.h"
 #include "daemon/service.h"
+#include "daemon/systemd_notify.h"
 #include "src/backends/probe.h"
 #include "src/backends/thread_pool_backend.h"
 #include "src/backends/uring_backend.h"
+#include "src/core/clock.h"
 #include "src/core/dispatcher.h"
 
 namespace asyncd::daemon {
+
+/// The watchdog's proof of liveness: a NOP submitted through the same path
+/// as a client's op (registry slot, dispatcher, the backend that runs NOPs,
+/// completion). systemd gets WATCHDOG=1 only when the previous probe came
+/// back, so a wedged dispatcher or backend thread is restarted. Its session
+/// is internal: not counted in Stats/metrics, its ops not kept in history.
+class WatchdogProbe final : public core::CompletionSink {
+ public:
+  WatchdogProbe(core::Dispatcher& dispatcher, std::shared_ptr<core::Session> session)
+      : dispatcher_(dispatcher), session_(std::move(session)) {}
+
+  /// Called by the housekeeping thread only. True when the daemon proved
+  /// alive since the last call (the previous probe completed, or this is the
+  /// first); then a new probe is on its way.
+  bool Check() {
+    if (outstanding_ && !done_.load(std::memory_order_acquire)) {
+      if (!warned_) {
+        spdlog::warn("watchdog probe (a NOP) has not completed: withholding WATCHDOG=1");
+        warned_ = true;
+      }
+      return false;
+    }
+    warned_ = false;
+    done_.store(false, std::memory_order_relaxed);
+    core::OpRequest request;
+    request.kind = core::OpKind::kNop;
+    request.sink = this;
+    absl::StatusOr<core::OpId> id = dispatcher_.Submit(*session_, request);
+    outstanding_ = id.ok();
+    if (!id.ok()) {
+      spdlog::warn("watchdog probe refused: {}; withholding WATCHDOG=1",
+                   std::string(id.status().message()));
+      return false;
+    }
+    return true;
+  }
+
+  void OnComplete(const core::Op&) noexcept override {
+    done_.store(true, std::memory_order_release);
+  }
+
+  uint64_t session_id() const { return session_->id(); }
+
+ private:
+  core::Dispatcher& dispatcher_;
+  const std::shared_ptr<core::Session> session_;
+  std::atomic<bool> done_{false};
+  bool outstanding_ = false;
+  bool warned_ = false;
+};
 
 Server::Server(const Config& config) : config_(config) {}
 
@@ -73,6 +126,18 @@ absl::Status Server::Init() {
   info.backends = order;
   dispatcher_->SetBackends(order);
 
+  watchdog_usec_ = notify::WatchdogUsec();
+  if (watchdog_usec_ > 0) {
+    auto session = registry_->OpenSession({"asyncd-watchdog", static_cast<uint32_t>(getuid()),
+                                           static_cast<uint32_t>(getgid()),
+                                           static_cast<uint32_t>(getpid())});
+    if (!session.ok()) return session.status();
+    probe_ = std::make_unique<WatchdogProbe>(*dispatcher_, *session);
+    observer_->IgnoreSession(probe_->session_id());
+    info.internal_sessions = 1;
+  }
+  info_ = std::make_unique<BackendInfo>(info);
+
   // Socket activation: systemd hands us the listening socket.
   const int activated = sd_listen_fds(1);
   if (activated >= 1) {
@@ -100,16 +165,20 @@ absl::Status Server::Init() {
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr) return absl::UnavailableError("gRPC server failed to start");
   listener_->Start(grpc_.get());
+  started_ns_ = core::MonoNanos();
 
-  housekeeping_ = std::thread([this] {
-    std::unique_lock lock(mu_);
-    while (!stopping_) {
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
-      lock.unlock();
-      service_->ExpireLeases();
-      lock.lock();
-    }
-  });
+  if (!config_.metrics.empty()) {
+    auto metrics = MetricsServer::Start(config_.metrics, [this] {
+      return RenderPrometheus(
+          GatherMetrics(*registry_, *observer_, *info_, service_->draining(),
+                        double(core::MonoNanos() - started_ns_) * 1e-9));
+    });
+    if (!metrics.ok()) return metrics.status();
+    metrics_ = std::move(*metrics);
+    spdlog::info("Prometheus metrics on http://{}/metrics", metrics_->address());
+  }
+
+  housekeeping_ = std::thread([this] { Housekeeping(); });
   spdlog::info("asyncd serving on {} (root {}); backends: {}{}", config_.socket, config_.root,
                info.io_uring_enabled
                    ? absl::StrCat("io_uring for ", info.uring_kinds.size(), " of ",
@@ -120,8 +189,50 @@ absl::Status Server::Init() {
     spdlog::warn("io_uring unavailable ({}): serving every operation from the thread pool",
                  info.io_uring_unavailable_reason);
   }
-  sd_notifyf(0, "READY=1\nSTATUS=serving on %s", config_.socket.c_str());
+  if (watchdog_usec_ > 0) {
+    spdlog::info("systemd watchdog: {} ms; a NOP probe must complete every {} ms",
+                 watchdog_usec_ / 1000, watchdog_usec_ / 2000);
+  }
+  notify::Ready(StatusLine());
   return absl::OkStatus();
+}
+
+void Server::Housekeeping() {
+  using Clock = std::chrono::steady_clock;
+  const auto ping_every = std::chrono::microseconds(watchdog_usec_ / 2);
+  const auto status_every = std::chrono::seconds(2);
+  auto next_ping = Clock::now();
+  auto next_status = Clock::now() + status_every;
+  std::string last_status;
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (stopping_) break;
+    lock.unlock();
+    service_->ExpireLeases();
+    const auto now = Clock::now();
+    if (probe_ != nullptr && now >= next_ping) {
+      if (probe_->Check()) notify::Watchdog();
+      next_ping = now + ping_every;
+    }
+    if (now >= next_status) {
+      std::string status = StatusLine();
+      if (status != last_status) notify::Status(status);
+      last_status = std::move(status);
+      next_status = now + status_every;
+    }
+    lock.lock();
+  }
+}
+
+std::string Server::StatusLine() const {
+  const uint32_t all = registry_->session_count();
+  const uint32_t sessions = all > info_->internal_sessions ? all - info_->internal_sessions : 0;
+  const uint64_t inflight = registry_->live_ops();
+  const bool draining = service_ != nullptr && service_->draining();
+  return absl::StrCat(draining ? "draining: " : "serving: ", sessions,
+                      sessions == 1 ? " session, " : " sessions, ", inflight, " in flight, ",
+                      info_->io_uring_enabled ? "io_uring" : "thread pool only (no io_uring)");
 }
 
 Server::~Server() {
@@ -143,14 +254,20 @@ void Server::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
-  sd_notify(0, "STOPPING=1\nSTATUS=draining");
+  notify::Stopping(absl::StrCat("draining ", registry_ != nullptr ? registry_->live_ops() : 0,
+                                " in-flight ops"));
   if (housekeeping_.joinable()) housekeeping_.join();
   if (service_ != nullptr) {
     service_->DrainAndWait(config_.drain_grace_ms);
     service_->StopWatchers();
   }
+  if (metrics_ != nullptr) metrics_->Stop();
   if (listener_ != nullptr) listener_->Stop();
-  if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  spdlog::debug("shutdown: stopping gRPC");
+  // Every accepted op has ended by now; what is left are idle streams and
+  // connections, cancelled after a short grace for their last writes.
+  if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  spdlog::debug("shutdown: stopping backends");
   if (uring_ != nullptr) uring_->Shutdown();
   if (pool_ != nullptr) pool_->Shutdown();
   spdlog::info("asyncd stopped");
@@ -162,20 +279,66 @@ void Server::Shutdown() {
 }
 
 std::string Server::Reload(const Config& config) {
+  std::vector<std::string> applied;
   std::vector<std::string> not_applied;
-  spdlog::set_level(spdlog::level::from_str(config.log_level));
-  config_.log_level = config.log_level;
+  auto live = [&](const char* key, uint32_t Config::*field) {
+    if (config.*field == config_.*field) return;
+    applied.push_back(absl::StrCat(key, " ", config_.*field, " -> ", config.*field));
+    config_.*field = config.*field;
+  };
+  if (config.log_level != config_.log_level) {
+    applied.push_back(absl::StrCat("server.log_level ", config_.log_level, " -> ",
+                                   config.log_level));
+    spdlog::set_level(spdlog::level::from_str(config.log_level));
+    config_.log_level = config.log_level;
+  }
+  live("limits.max_batch_ops", &Config::max_batch_ops);
+  live("limits.max_op_bytes", &Config::max_op_bytes);
+  live("server.drain_grace_ms", &Config::drain_grace_ms);
+  if (config.default_lease_ms != config_.default_lease_ms) {
+    if (config.default_lease_ms <= config_.max_lease_ms) {
+      live("limits.default_lease_ms", &Config::default_lease_ms);
+    } else {
+      not_applied.push_back("limits.default_lease_ms (over the running limits.max_lease_ms)");
+    }
+  }
+  if (service_ != nullptr) service_->ApplyLiveLimits(config_);
+
   auto differs = [&](const char* key, bool changed) {
     if (changed) not_applied.push_back(key);
   };
   differs("server.socket", config.socket != config_.socket);
   differs("server.root", config.root != config_.root);
   differs("server.tcp", config.tcp != config_.tcp);
-  differs("backends.*", config.io_uring != config_.io_uring ||
-                            config.thread_pool_threads != config_.thread_pool_threads ||
-                            config.uring_entries != config_.uring_entries);
-  return not_applied.empty() ? std::string()
-                             : absl::StrCat("needs a restart: ", absl::StrJoin(not_applied, ", "));
+  differs("server.metrics", config.metrics != config_.metrics);
+  differs("server.state_dir", config.state_dir != config_.state_dir);
+  differs("server.socket_mode", config.socket_mode != config_.socket_mode);
+  differs("backends.io_uring", config.io_uring != config_.io_uring);
+  differs("backends.uring_entries", config.uring_entries != config_.uring_entries);
+  differs("backends.thread_pool_threads",
+          config.thread_pool_threads != config_.thread_pool_threads);
+  differs("backends.thread_pool_queue", config.thread_pool_queue != config_.thread_pool_queue);
+  differs("limits.max_sessions", config.max_sessions != config_.max_sessions);
+  differs("limits.max_inflight_per_session",
+          config.max_inflight_per_session != config_.max_inflight_per_session);
+  differs("limits.max_handles_per_session",
+          config.max_handles_per_session != config_.max_handles_per_session);
+  differs("limits.max_message_bytes", config.max_message_bytes != config_.max_message_bytes);
+  differs("limits.max_lease_ms", config.max_lease_ms != config_.max_lease_ms);
+  differs("limits.history_capacity", config.history_capacity != config_.history_capacity);
+  differs("limits.slow_history_capacity",
+          config.slow_history_capacity != config_.slow_history_capacity);
+  differs("limits.max_watchers", config.max_watchers != config_.max_watchers);
+  differs("limits.watch_buffer_events",
+          config.watch_buffer_events != config_.watch_buffer_events);
+  differs("admin.uids", config.admin_uids != config_.admin_uids);
+  differs("admin.gids", config.admin_gids != config_.admin_gids);
+  std::string out = applied.empty() ? std::string("no live setting changed")
+                                    : absl::StrCat("applied: ", absl::StrJoin(applied, ", "));
+  if (!not_applied.empty()) {
+    absl::StrAppend(&out, "; not applied, needs a restart: ", absl::StrJoin(not_applied, ", "));
+  }
+  return out;
 }
 
 }  // namespace asyncd::daemon

@@ -26,9 +26,12 @@ class ThreadPoolBackend;
 
 namespace asyncd::daemon {
 
+class MetricsServer;
 class Observer;
 class Service;
 class UnixListener;
+class WatchdogProbe;
+struct BackendInfo;
 
 /// The whole daemon: backends chosen by probing, the registry, the gRPC
 /// service on the unix socket (and TCP when configured).
@@ -42,8 +45,14 @@ class Server {
   void Wait();
   /// Drains (the configured grace), then stops. Any thread; idempotent.
   void Shutdown();
-  /// Applies what can change live from a new config; says what could not.
+  /// Applies what can change live from a new config (log level; limits
+  /// max_batch_ops, max_op_bytes, default_lease_ms; server.drain_grace_ms)
+  /// and says what it applied and what needs a restart. Called by one thread
+  /// (the signal thread) at a time.
   std::string Reload(const Config& config);
+  /// A short live summary for systemd's STATUS=, e.g. "serving: 3 sessions,
+  /// 12 in flight, io_uring". Any thread.
+  std::string StatusLine() const;
 
   const Config& config() const { return config_; }
   Service& service() { return *service_; }
@@ -51,6 +60,8 @@ class Server {
  private:
   explicit Server(const Config& config);
   absl::Status Init();
+  // The housekeeping thread: leases, the watchdog probe, STATUS= updates.
+  void Housekeeping();
 
   Config config_;
   int root_fd_ = -1;
@@ -62,6 +73,11 @@ class Server {
   std::unique_ptr<UnixListener> listener_;
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<BackendInfo> info_;
+  std::unique_ptr<WatchdogProbe> probe_;  // set when systemd's watchdog is on
+  uint64_t watchdog_usec_ = 0;
+  std::unique_ptr<MetricsServer> metrics_;
+  int64_t started_ns_ = 0;
   std::thread housekeeping_;
 
   std::mutex mu_;

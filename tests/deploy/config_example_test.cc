@@ -1,0 +1,179 @@
+// deploy/asyncd.toml.example documents every config key with its embedded
+// default: parsed over a Config whose every field differs from the default,
+// it must give back exactly the defaults (so no key is missing and no
+// documented default is wrong). Unknown keys and bad values are refused with
+// "FILE:LINE: reason".
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "daemon/config.h"
+
+namespace asyncd::daemon {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ExamplePath() {
+  return (std::filesystem::path(__FILE__).parent_path() / "../../deploy/asyncd.toml.example")
+      .lexically_normal()
+      .string();
+}
+
+// Every field set to something other than its default.
+Config Poisoned() {
+  Config c;
+  c.socket = "/poison.sock";
+  c.root = "/poison";
+  c.tcp = "127.0.0.1:1";
+  c.metrics = "127.0.0.1:2";
+  c.log_level = "trace";
+  c.state_dir = "/poison-state";
+  c.socket_mode = 0600;
+  c.drain_grace_ms = 1;
+  c.io_uring = false;
+  c.uring_entries = 8;
+  c.thread_pool_threads = 3;
+  c.thread_pool_queue = 3;
+  c.max_sessions = 3;
+  c.max_inflight_per_session = 3;
+  c.max_batch_ops = 3;
+  c.max_op_bytes = 3;
+  c.max_handles_per_session = 3;
+  c.max_message_bytes = 8192;
+  c.default_lease_ms = 200;
+  c.max_lease_ms = 300;
+  c.history_capacity = 3;
+  c.slow_history_capacity = 3;
+  c.max_watchers = 3;
+  c.watch_buffer_events = 32;
+  c.admin_uids = {7};
+  c.admin_gids = {7};
+  return c;
+}
+
+std::string WriteTemp(const std::string& name, const std::string& text) {
+  const std::string path = testing::TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
+  // Guards the test itself: a field added to Config but not poisoned here
+  // would make the next test blind to it. Adding a key: poison it, and
+  // document it in deploy/asyncd.toml.example.
+  // Fails to compile when Config gains or loses a field.
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26] = Config{};
+  EXPECT_NE(Poisoned(), Config{});
+}
+
+TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
+  absl::StatusOr<Config> loaded = LoadConfigFile(ExamplePath(), Poisoned());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const Config defaults;
+  EXPECT_EQ(loaded->socket, defaults.socket);
+  EXPECT_EQ(loaded->root, defaults.root);
+  EXPECT_EQ(loaded->tcp, defaults.tcp);
+  EXPECT_EQ(loaded->metrics, defaults.metrics);
+  EXPECT_EQ(loaded->log_level, defaults.log_level);
+  EXPECT_EQ(loaded->state_dir, defaults.state_dir);
+  EXPECT_EQ(loaded->socket_mode, defaults.socket_mode);
+  EXPECT_EQ(loaded->drain_grace_ms, defaults.drain_grace_ms);
+  EXPECT_EQ(loaded->io_uring, defaults.io_uring);
+  EXPECT_EQ(loaded->uring_entries, defaults.uring_entries);
+  EXPECT_EQ(loaded->thread_pool_threads, defaults.thread_pool_threads);
+  EXPECT_EQ(loaded->thread_pool_queue, defaults.thread_pool_queue);
+  EXPECT_EQ(loaded->max_sessions, defaults.max_sessions);
+  EXPECT_EQ(loaded->max_inflight_per_session, defaults.max_inflight_per_session);
+  EXPECT_EQ(loaded->max_batch_ops, defaults.max_batch_ops);
+  EXPECT_EQ(loaded->max_op_bytes, defaults.max_op_bytes);
+  EXPECT_EQ(loaded->max_handles_per_session, defaults.max_handles_per_session);
+  EXPECT_EQ(loaded->max_message_bytes, defaults.max_message_bytes);
+  EXPECT_EQ(loaded->default_lease_ms, defaults.default_lease_ms);
+  EXPECT_EQ(loaded->max_lease_ms, defaults.max_lease_ms);
+  EXPECT_EQ(loaded->history_capacity, defaults.history_capacity);
+  EXPECT_EQ(loaded->slow_history_capacity, defaults.slow_history_capacity);
+  EXPECT_EQ(loaded->max_watchers, defaults.max_watchers);
+  EXPECT_EQ(loaded->watch_buffer_events, defaults.watch_buffer_events);
+  EXPECT_EQ(loaded->admin_uids, defaults.admin_uids);
+  EXPECT_EQ(loaded->admin_gids, defaults.admin_gids);
+  EXPECT_EQ(*loaded, defaults);  // and nothing else differs
+}
+
+TEST(ConfigExampleTest, UnknownKeyIsRefusedWithFileAndLine) {
+  const std::string path =
+      WriteTemp("unknown.toml", "[server]\nlog_level = \"info\"\nlog_levle = \"debug\"\n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(path, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(), HasSubstr(path + ":3: unknown key server.log_levle"));
+}
+
+TEST(ConfigExampleTest, UnknownSectionIsRefusedWithFileAndLine) {
+  const std::string path = WriteTemp("section.toml", "\n[servre]\nsocket = \"/x\"\n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(path, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr(path + ":2: unknown section [servre]"));
+}
+
+TEST(ConfigExampleTest, BadValueIsRefusedWithFileLineAndReason) {
+  const std::string path = WriteTemp("bad.toml", "[limits]\n\nmax_batch_ops = 0\n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(path, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr(path + ":3: limits.max_batch_ops must be an integer in [1, 65536]"));
+}
+
+TEST(ConfigExampleTest, WrongTypeIsRefused) {
+  const std::string path = WriteTemp("type.toml", "[backends]\nio_uring = \"yes\"\n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(path, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr(path + ":2: backends.io_uring must be true or false"));
+}
+
+TEST(ConfigExampleTest, BadMetricsAddressIsRefused) {
+  const std::string path = WriteTemp("metrics.toml", "[server]\nmetrics = \"localhost\"\n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(path, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr(path + ":2: server.metrics must be"));
+  const std::string ok = WriteTemp("metrics-ok.toml", "[server]\nmetrics = \"[::1]:9464\"\n");
+  absl::StatusOr<Config> good = LoadConfigFile(ok, Config{});
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->metrics, "[::1]:9464");
+}
+
+TEST(ConfigExampleTest, SyntaxErrorNamesTheLine) {
+  const std::string path = WriteTemp("syntax.toml", "[server]\nlog_level = \n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(path, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(), HasSubstr(path + ":2: "));
+}
+
+TEST(ConfigExampleTest, MissingFileIsNotFound) {
+  absl::StatusOr<Config> loaded = LoadConfigFile(testing::TempDir() + "/no-such.toml", Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(LiveLimitsTest, ApplyChangesWhatReadersSee) {
+  Config c;
+  LiveLimits live(c);
+  EXPECT_EQ(live.max_op_bytes(), c.max_op_bytes);
+  c.max_op_bytes = 4096;
+  c.max_batch_ops = 8;
+  c.default_lease_ms = 1000;
+  c.drain_grace_ms = 5;
+  live.Apply(c);
+  EXPECT_EQ(live.max_op_bytes(), 4096u);
+  EXPECT_EQ(live.max_batch_ops(), 8u);
+  EXPECT_EQ(live.default_lease_ms(), 1000u);
+  EXPECT_EQ(live.drain_grace_ms(), 5u);
+}
+
+}  // namespace
+}  // namespace asyncd::daemon

@@ -1,0 +1,131 @@
+#!/bin/bash
+# Runs inside the booted container (as the oneshot asyncd-checks.service);
+# writes one line per check and "RESULT: PASS|FAIL" to $1.
+OUT=${1:-/results.txt}
+SOCK=/run/asyncd/asyncd.sock
+CTL="asyncctl --socket $SOCK --timeout 5s"
+failures=0
+: >"$OUT.tmp"
+log() { echo "$*" | tee -a "$OUT.tmp"; }
+ok() { log "ok   $*"; }
+bad() { log "FAIL $*"; failures=$((failures + 1)); }
+check() {  # check NAME CMD...
+  local name=$1; shift
+  if "$@" >>/tmp/check.log 2>&1; then ok "$name"; else bad "$name"; fi
+}
+main_pid() { systemctl show -p MainPID --value asyncd.service; }
+wait_active() {  # up to $1 s for asyncd.service to be active with a new pid != $2
+  local i
+  for i in $(seq 1 $(($1 * 5))); do
+    if [ "$(systemctl is-active asyncd.service)" = active ] && [ "$(main_pid)" != 0 ] &&
+      [ "$(main_pid)" != "${2:-x}" ]; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  return 1
+}
+journal_has() { journalctl -b -u asyncd.service -o cat --no-pager | grep -q "$1"; }
+nop_ok() { $CTL submit nop | grep -q 'outcome: *completed'; }
+
+log "asyncd under $(systemctl --version | head -1)"
+
+# --- Type=notify readiness, STATUS=, the socket, asyncctl.
+check "socket unit active" systemctl is-active asyncd.socket
+check "service active after boot (READY=1)" wait_active 20
+check "StatusText is the live summary" \
+  bash -c "systemctl show -p StatusText --value asyncd | grep -q '^serving: .* in flight'"
+check "runs as the asyncd user (sysusers.d)" \
+  bash -c "[ \"\$(stat -c %U /proc/$(main_pid))\" = asyncd ]"
+check "asyncctl health through the socket" bash -c "$CTL health | grep -q SERVING"
+check "asyncctl stats: io_uring enabled under @system-service" \
+  bash -c "$CTL stats -o json | grep -q '\"io_uring_enabled\": true'"
+check "a NOP completes" nop_ok
+check "asyncd-bench through the socket" \
+  asyncd-bench --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+check "logs go to the journal (SYSLOG_IDENTIFIER=asyncd)" \
+  bash -c "journalctl -b -t asyncd -o cat --no-pager | grep -q 'asyncd serving on'"
+check "watchdog enabled (WatchdogUSec=10s)" \
+  bash -c "systemctl show -p WatchdogUSec --value asyncd | grep -q '^10s$'"
+
+# --- Reload: RELOADING=1 then READY=1; a live limit applies; the rest is reported.
+sed -i 's/^max_op_bytes = .*/max_op_bytes = 65536/; s/^max_sessions = .*/max_sessions = 7/' \
+  /etc/asyncd/asyncd.toml
+pid=$(main_pid)
+check "systemctl reload succeeds" systemctl reload asyncd.service
+check "reload keeps the same process" bash -c "[ \"\$(systemctl show -p MainPID --value asyncd)\" = $pid ]"
+check "service active after reload (READY=1 after RELOADING=1)" \
+  bash -c "[ \"\$(systemctl is-active asyncd)\" = active ]"
+check "log says reloaded, applied and needs-restart" \
+  bash -c "journalctl -b -u asyncd -o cat --no-pager | grep 'reloaded: applied: limits.max_op_bytes 1048576 -> 65536' | grep -q 'needs a restart: limits.max_sessions'"
+check "stats show the reloaded limit" \
+  bash -c "$CTL stats -o json | grep -q '\"max_op_bytes\": 65536'"
+cp /usr/share/doc/asyncd/asyncd.toml.example /etc/asyncd/asyncd.toml
+echo 'bogus = 1' >>/etc/asyncd/asyncd.toml
+systemctl reload asyncd.service
+check "a bad file is refused on reload with FILE:LINE" \
+  bash -c "journalctl -b -u asyncd -o cat --no-pager | grep -q 'reload refused.*/etc/asyncd/asyncd.toml:[0-9]*: unknown key admin.bogus'"
+check "still serving after a refused reload" nop_ok
+cp /usr/share/doc/asyncd/asyncd.toml.example /etc/asyncd/asyncd.toml
+
+# --- stop drains (manifest), socket activation starts it again.
+rm -f /var/lib/asyncd/drain-manifest-*.json
+check "systemctl stop" systemctl stop asyncd.service
+check "stop drained: manifest in /var/lib/asyncd" \
+  bash -c "ls /var/lib/asyncd/drain-manifest-*.json"
+check "journal: drained" journal_has "drained: "
+check "service inactive, socket still listening" \
+  bash -c "[ \"\$(systemctl is-active asyncd.service)\" = inactive ] && [ \"\$(systemctl is-active asyncd.socket)\" = active ]"
+check "socket activation: a connection starts the service" bash -c "$CTL health | grep -q SERVING"
+check "service active again via the socket" wait_active 10
+check "socket-activated daemon adopted the descriptor" journal_has "socket-activated descriptor"
+
+# --- Restart=on-failure after SIGKILL.
+pid=$(main_pid)
+kill -KILL "$pid"
+check "SIGKILLed daemon restarted (Restart=on-failure)" wait_active 15 "$pid"
+check "NRestarts counted" bash -c "[ \"\$(systemctl show -p NRestarts --value asyncd)\" -ge 1 ]"
+check "serving after the restart" nop_ok
+
+# --- The watchdog: pings keep a healthy daemon alive; a stopped one is killed.
+mkdir -p /run/systemd/system/asyncd.service.d
+printf '[Service]\nWatchdogSec=3s\n' >/run/systemd/system/asyncd.service.d/watchdog.conf
+systemctl daemon-reload
+systemctl restart asyncd.service
+check "restarted with WatchdogSec=3s" wait_active 10
+pid=$(main_pid)
+sleep 8
+check "healthy daemon survives 8 s of a 3 s watchdog (WATCHDOG=1 pings)" \
+  bash -c "[ \"\$(systemctl show -p MainPID --value asyncd)\" = $pid ]"
+kill -STOP "$pid"
+check "SIGSTOPped daemon killed by the watchdog and restarted" wait_active 25 "$pid"
+check "journal: watchdog timeout" \
+  bash -c "journalctl -b -u asyncd.service --no-pager | grep -qi 'watchdog timeout'"
+check "serving after the watchdog restart" nop_ok
+rm -f /run/systemd/system/asyncd.service.d/watchdog.conf
+
+# --- A host that forbids io_uring: the thread pool serves.
+cp /usr/share/doc/asyncd/asyncd-no-io-uring.conf /run/systemd/system/asyncd.service.d/
+systemctl daemon-reload
+systemctl restart asyncd.service
+check "no-io_uring drop-in: service active" wait_active 10
+check "no-io_uring: stats say io_uring disabled" \
+  bash -c "$CTL stats -o json | grep -q '\"io_uring_enabled\": false'"
+check "no-io_uring: the reason names EPERM" \
+  bash -c "$CTL stats -o json | grep '\"io_uring_unavailable_reason\"' | grep -q EPERM"
+check "no-io_uring: log says fallback" journal_has "serving every operation from the thread pool"
+check "no-io_uring: a NOP completes on the thread pool" \
+  bash -c "$CTL submit nop | grep -q 'backend: *thread_pool'"
+check "no-io_uring: asyncd-bench" \
+  asyncd-bench --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+rm -f /run/systemd/system/asyncd.service.d/asyncd-no-io-uring.conf
+systemctl daemon-reload
+
+systemctl status asyncd.service --no-pager >>/tmp/check.log 2>&1
+if [ "$failures" = 0 ]; then log "RESULT: PASS"; else
+  log "RESULT: FAIL ($failures failed)"
+  { echo "--- check log"; tail -60 /tmp/check.log
+    echo "--- journal"; journalctl -b -u asyncd.service --no-pager | tail -60; } >>"$OUT.tmp"
+fi
+mv "$OUT.tmp" "$OUT"
+sync
