@@ -2,6 +2,8 @@
 
 #include <toml++/toml.h>
 
+#include <grp.h>
+
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -67,6 +69,69 @@ Setter Ids(std::vector<uint32_t> Config::*field) {
   };
 }
 
+Setter Strs(std::vector<std::string> Config::*field) {
+  return [=](const toml::node& n, Config& c) -> absl::Status {
+    const toml::array* a = n.as_array();
+    if (a == nullptr) return absl::InvalidArgumentError("must be an array of strings");
+    std::vector<std::string> out;
+    for (const toml::node& e : *a) {
+      auto v = e.value<std::string>();
+      if (!v || v->empty()) {
+        return absl::InvalidArgumentError("must be an array of non-empty strings");
+      }
+      out.push_back(*v);
+    }
+    c.*field = std::move(out);
+    return absl::OkStatus();
+  };
+}
+
+// A group name as the system's group database knows it (getgrnam).
+absl::StatusOr<uint32_t> ResolveGroup(const std::string& name) {
+  group grp;
+  group* found = nullptr;
+  std::vector<char> buf(16384);
+  const int rc = getgrnam_r(name.c_str(), &grp, buf.data(), buf.size(), &found);
+  if (rc != 0 || found == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("names unknown group \"", name, "\""));
+  }
+  return static_cast<uint32_t>(found->gr_gid);
+}
+
+// [admin] groups: names resolved now, so a typo stops the start, not an admin.
+Setter AdminGroups() {
+  return [](const toml::node& n, Config& c) -> absl::Status {
+    Config tmp;
+    if (absl::Status s = Strs(&Config::admin_groups)(n, tmp); !s.ok()) return s;
+    std::vector<uint32_t> gids;
+    for (const std::string& name : tmp.admin_groups) {
+      absl::StatusOr<uint32_t> gid = ResolveGroup(name);
+      if (!gid.ok()) return gid.status();
+      gids.push_back(*gid);
+    }
+    c.admin_groups = std::move(tmp.admin_groups);
+    c.admin_group_gids = std::move(gids);
+    return absl::OkStatus();
+  };
+}
+
+Setter SocketGroup() {
+  return [](const toml::node& n, Config& c) -> absl::Status {
+    auto v = n.value<std::string>();
+    if (!v) return absl::InvalidArgumentError("must be a string (a group name)");
+    if (v->empty()) {
+      c.socket_group.clear();
+      c.socket_gid = -1;
+      return absl::OkStatus();
+    }
+    absl::StatusOr<uint32_t> gid = ResolveGroup(*v);
+    if (!gid.ok()) return gid.status();
+    c.socket_group = *v;
+    c.socket_gid = *gid;
+    return absl::OkStatus();
+  };
+}
+
 // "HOST:PORT" or "[V6]:PORT"; empty = off.
 Setter HostPort(std::string Config::*field) {
   return [=](const toml::node& n, Config& c) -> absl::Status {
@@ -109,7 +174,12 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
       {"server",
        {{"socket", Str(&Config::socket)},
         {"root", Str(&Config::root)},
-        {"tcp", Str(&Config::tcp)},
+        {"tcp", HostPort(&Config::tcp)},
+        {"tcp_insecure", Bool(&Config::tcp_insecure)},
+        {"tls_cert", Str(&Config::tls_cert)},
+        {"tls_key", Str(&Config::tls_key)},
+        {"tls_client_ca", Str(&Config::tls_client_ca)},
+        {"socket_group", SocketGroup()},
         {"metrics", HostPort(&Config::metrics)},
         {"log_level", LogLevel()},
         {"state_dir", Str(&Config::state_dir)},
@@ -123,6 +193,8 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
       {"limits",
        {{"max_sessions", U32(&Config::max_sessions, 1, 65535)},
         {"max_inflight_per_session", U32(&Config::max_inflight_per_session, 1, (1 << 20) - 1)},
+        {"max_inflight_total", U32(&Config::max_inflight_total, 1, 1u << 24)},
+        {"max_buffered_bytes", U32(&Config::max_buffered_bytes, 4096, uint64_t{1} << 40)},
         {"max_batch_ops", U32(&Config::max_batch_ops, 1, 65536)},
         {"max_op_bytes", U32(&Config::max_op_bytes, 1, 64 << 20)},
         {"max_handles_per_session", U32(&Config::max_handles_per_session, 1, 65535)},
@@ -133,7 +205,11 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
         {"slow_history_capacity", U32(&Config::slow_history_capacity, 0, 100000)},
         {"max_watchers", U32(&Config::max_watchers, 0, 4096)},
         {"watch_buffer_events", U32(&Config::watch_buffer_events, 16, 1 << 20)}}},
-      {"admin", {{"uids", Ids(&Config::admin_uids)}, {"gids", Ids(&Config::admin_gids)}}},
+      {"admin",
+       {{"uids", Ids(&Config::admin_uids)},
+        {"gids", Ids(&Config::admin_gids)},
+        {"groups", AdminGroups()},
+        {"tls_cns", Strs(&Config::admin_tls_cns)}}},
   };
   return *schema;
 }
@@ -187,6 +263,31 @@ void ApplyDefaults(Config& config) {
                            ? std::string(state)
                            : (std::filesystem::path(config.root).parent_path() / "state").string();
   }
+}
+
+absl::Status ValidateConfig(const Config& config) {
+  const bool tls = !config.tls_cert.empty() || !config.tls_key.empty();
+  if (!config.tcp.empty()) {
+    if (tls && (config.tls_cert.empty() || config.tls_key.empty())) {
+      return absl::InvalidArgumentError("server.tls_cert and server.tls_key go together");
+    }
+    if (!tls && !config.tcp_insecure) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "server.tcp (", config.tcp,
+          ") requires TLS: set server.tls_cert and server.tls_key (and server.tls_client_ca "
+          "for client certificates), or server.tcp_insecure = true for plaintext"));
+    }
+    if (tls && config.tcp_insecure) {
+      return absl::InvalidArgumentError(
+          "server.tcp_insecure = true contradicts server.tls_cert/tls_key: choose one");
+    }
+  } else if (tls || !config.tls_client_ca.empty()) {
+    return absl::InvalidArgumentError("server.tls_* are set but server.tcp is not");
+  }
+  if (!config.tls_client_ca.empty() && !tls) {
+    return absl::InvalidArgumentError("server.tls_client_ca needs server.tls_cert and tls_key");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace asyncd::daemon

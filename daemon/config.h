@@ -16,10 +16,16 @@ struct Config {
   std::string socket;       // default: core::DefaultSocketPath()
   std::string root;         // default: core::DefaultRootDir()
   std::string tcp;          // "ADDR:PORT"; empty = no TCP listener
+  bool tcp_insecure = false;  // plaintext TCP (no TLS): only when set explicitly
+  std::string tls_cert;       // PEM server certificate chain (required for TCP)
+  std::string tls_key;        // PEM private key of tls_cert
+  std::string tls_client_ca;  // PEM CA bundle: when set, clients must present a cert (mTLS)
   std::string metrics;      // Prometheus "ADDR:PORT" (GET /metrics); empty = off
   std::string log_level = "info";
   std::string state_dir;    // drain manifests; default: $STATE_DIRECTORY or next to root
   uint32_t socket_mode = 0660;
+  std::string socket_group;  // group of the socket file (name); empty = the daemon's group
+  int64_t socket_gid = -1;   // socket_group resolved at load; -1 = unchanged
   uint32_t drain_grace_ms = 10000;
 
   // [backends]
@@ -31,6 +37,8 @@ struct Config {
   // [limits]
   uint32_t max_sessions = 1024;
   uint32_t max_inflight_per_session = 4096;
+  uint32_t max_inflight_total = 65536;
+  uint64_t max_buffered_bytes = 256ull << 20;  // read buffers + write data held, all sessions
   uint32_t max_batch_ops = 1024;
   uint32_t max_op_bytes = 1 << 20;
   uint32_t max_handles_per_session = 1024;
@@ -44,7 +52,10 @@ struct Config {
 
   // [admin]
   std::vector<uint32_t> admin_uids;  // uid 0 is always an admin
-  std::vector<uint32_t> admin_gids;
+  std::vector<uint32_t> admin_gids;        // primary or supplementary group of the peer
+  std::vector<std::string> admin_groups;   // group names, resolved at load (getgrnam)
+  std::vector<uint32_t> admin_group_gids;  // admin_groups resolved
+  std::vector<std::string> admin_tls_cns;  // client-cert CNs that are admins (mTLS on TCP)
 
   bool operator==(const Config&) const = default;
 };
@@ -61,17 +72,27 @@ class LiveLimits {
     max_op_bytes_.store(config.max_op_bytes, std::memory_order_relaxed);
     default_lease_ms_.store(config.default_lease_ms, std::memory_order_relaxed);
     drain_grace_ms_.store(config.drain_grace_ms, std::memory_order_relaxed);
+    max_inflight_total_.store(config.max_inflight_total, std::memory_order_relaxed);
+    max_buffered_bytes_.store(config.max_buffered_bytes, std::memory_order_relaxed);
   }
   uint32_t max_batch_ops() const { return max_batch_ops_.load(std::memory_order_relaxed); }
   uint32_t max_op_bytes() const { return max_op_bytes_.load(std::memory_order_relaxed); }
   uint32_t default_lease_ms() const { return default_lease_ms_.load(std::memory_order_relaxed); }
   uint32_t drain_grace_ms() const { return drain_grace_ms_.load(std::memory_order_relaxed); }
+  uint32_t max_inflight_total() const {
+    return max_inflight_total_.load(std::memory_order_relaxed);
+  }
+  uint64_t max_buffered_bytes() const {
+    return max_buffered_bytes_.load(std::memory_order_relaxed);
+  }
 
  private:
   std::atomic<uint32_t> max_batch_ops_;
   std::atomic<uint32_t> max_op_bytes_;
   std::atomic<uint32_t> default_lease_ms_;
   std::atomic<uint32_t> drain_grace_ms_;
+  std::atomic<uint32_t> max_inflight_total_;
+  std::atomic<uint64_t> max_buffered_bytes_;
 };
 
 /// Reads a TOML file over `base`. Unknown keys and bad values are refused
@@ -80,5 +101,10 @@ class LiveLimits {
 
 /// Fills empty paths with their defaults.
 void ApplyDefaults(Config& config);
+
+/// Cross-key checks on the final config (file + flags): TCP needs TLS
+/// (tls_cert + tls_key) unless tcp_insecure; TLS keys need TCP.
+/// INVALID_ARGUMENT naming the keys.
+[[nodiscard]] absl::Status ValidateConfig(const Config& config);
 
 }  // namespace asyncd::daemon

@@ -43,7 +43,7 @@ UnixListener::UnixListener(int fd, std::string path, bool owns_path)
 }
 
 absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path,
-                                                                 uint32_t mode) {
+                                                                 uint32_t mode, int64_t gid) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
@@ -68,13 +68,21 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
   }
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Errno("socket", path);
-  // Permissions apply from the first moment the file exists.
-  const mode_t old_umask = umask(0777 & ~mode);
+  // Permissions apply from the first moment the file exists: with a group to
+  // set, the owner alone until it is set (the old group must never get access).
+  const mode_t first_mode = gid >= 0 ? (mode & 0700) : mode;
+  const mode_t old_umask = umask(0777 & ~first_mode);
   const int rc = bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
   umask(old_umask);
   if (rc != 0) {
     absl::Status s = Errno("bind", path);
     close(fd);
+    return s;
+  }
+  if (gid >= 0 && chown(path.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(gid)) != 0) {
+    absl::Status s = Errno(absl::StrCat("chown to gid ", gid).c_str(), path);
+    close(fd);
+    unlink(path.c_str());
     return s;
   }
   chmod(path.c_str(), mode);
@@ -140,9 +148,22 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
         close(conn);
         continue;
       }
+      PeerCred peer{cred.uid, cred.gid, static_cast<uint32_t>(cred.pid), {}};
+      // Supplementary groups as the kernel recorded them at connect
+      // (SO_PEERGROUPS, Linux 4.13+); without them only uid/gid count.
+      std::vector<gid_t> groups(64);
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (getsockopt(conn, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+          peer.groups.assign(groups.begin(), groups.begin() + glen / sizeof(gid_t));
+          break;
+        }
+        if (errno != ERANGE) break;
+        groups.resize(glen / sizeof(gid_t) + 1);
+      }
       {
         std::lock_guard lock(mu_);
-        peers_[conn] = PeerCred{cred.uid, cred.gid, static_cast<uint32_t>(cred.pid)};
+        peers_[conn] = std::move(peer);
       }
       grpc::AddInsecureChannelFromFd(server, conn);
     }

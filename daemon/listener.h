@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -18,12 +19,14 @@ class Server;
 
 namespace asyncd::daemon {
 
-/// Who is on the other end of a unix connection, from SO_PEERCRED: the
-/// kernel's word, never the client's.
+/// Who is on the other end of a unix connection, from SO_PEERCRED and
+/// SO_PEERGROUPS (the supplementary groups), taken at accept: the kernel's
+/// word, never the client's.
 struct PeerCred {
   uint32_t uid = 0;
   uint32_t gid = 0;
   uint32_t pid = 0;
+  std::vector<uint32_t> groups;
 };
 
 /// The unix socket listener. We accept connections ourselves, rather than
@@ -32,11 +35,13 @@ struct PeerCred {
 /// adopt a socket-activated descriptor.
 class UnixListener {
  public:
-  /// Binds `path` with permissions `mode`. A stale socket file left by a
-  /// killed daemon is replaced; a live one (another daemon answers) is
+  /// Binds `path` with permissions `mode` and, when `gid` >= 0, group `gid`
+  /// (the file is created with no access for anyone but the owner until the
+  /// group is set, then gets `mode`). A stale socket file left by a killed
+  /// daemon is replaced; a live one (another daemon answers) is
   /// FAILED_PRECONDITION. Creates the parent directory if missing.
   static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path,
-                                                            uint32_t mode);
+                                                            uint32_t mode, int64_t gid = -1);
   /// Adopts an already listening descriptor (systemd socket activation).
   static std::unique_ptr<UnixListener> Adopt(int fd, std::string path);
   ~UnixListener();

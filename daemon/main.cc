@@ -19,7 +19,9 @@ int main(int argc, char** argv) {
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.");
   std::string config_path, socket, root, tcp, metrics, log_level;
+  std::string tls_cert, tls_key, tls_client_ca, tcp_port_file;
   bool no_uring = false;
+  bool tcp_insecure = false;
   app.add_option("--config", config_path, "TOML config file (see deploy/asyncd.toml.example)");
   app.add_option("--socket", socket,
                  "unix socket path (default: $ASYNCD_SOCKET, /run/asyncd/asyncd.sock as root, "
@@ -27,7 +29,17 @@ int main(int argc, char** argv) {
   app.add_option("--root", root,
                  "directory every client path resolves beneath (default: $STATE_DIRECTORY/files, "
                  "/var/lib/asyncd/files as root, else ~/.local/share/asyncd/files)");
-  app.add_option("--tcp", tcp, "also listen on ADDR:PORT (off by default)");
+  app.add_option("--tcp", tcp,
+                 "also listen on ADDR:PORT (off by default; port 0 = any free one); needs "
+                 "--tls-cert/--tls-key or --tcp-insecure");
+  app.add_option("--tls-cert", tls_cert, "PEM certificate chain for TCP (server.tls_cert)");
+  app.add_option("--tls-key", tls_key, "PEM private key for TCP (server.tls_key)");
+  app.add_option("--tls-client-ca", tls_client_ca,
+                 "PEM CA: TCP clients must present a certificate it signed (mutual TLS)");
+  app.add_flag("--tcp-insecure", tcp_insecure,
+               "allow plaintext TCP (no TLS, no authentication; for tests on loopback)");
+  app.add_option("--tcp-port-file", tcp_port_file,
+                 "write the TCP port serving (useful with port 0) to this file once listening");
   app.add_option("--metrics", metrics,
                  "serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 "
                  "(off by default; config key server.metrics)");
@@ -46,10 +58,15 @@ int main(int argc, char** argv) {
     if (!socket.empty()) config.socket = socket;
     if (!root.empty()) config.root = root;
     if (!tcp.empty()) config.tcp = tcp;
+    if (!tls_cert.empty()) config.tls_cert = tls_cert;
+    if (!tls_key.empty()) config.tls_key = tls_key;
+    if (!tls_client_ca.empty()) config.tls_client_ca = tls_client_ca;
+    if (tcp_insecure) config.tcp_insecure = true;
     if (!metrics.empty()) config.metrics = metrics;
     if (!log_level.empty()) config.log_level = log_level;
     if (no_uring) config.io_uring = false;
     asyncd::daemon::ApplyDefaults(config);
+    if (absl::Status s = asyncd::daemon::ValidateConfig(config); !s.ok()) return s;
     return config;
   };
   absl::StatusOr<Config> config = load();
@@ -73,6 +90,17 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     spdlog::critical("cannot start: {}", std::string(server.status().message()));
     return 1;
+  }
+  if (!tcp_port_file.empty()) {
+    // Written whole under a temporary name, then renamed: a reader never sees half.
+    const std::string tmp = tcp_port_file + ".tmp";
+    if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+      std::fprintf(f, "%d\n", (*server)->tcp_port());
+      std::fclose(f);
+      std::rename(tmp.c_str(), tcp_port_file.c_str());
+    } else {
+      spdlog::error("cannot write --tcp-port-file {}", tcp_port_file);
+    }
   }
   std::thread signal_thread([&] {
     for (;;) {

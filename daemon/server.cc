@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -76,6 +78,48 @@ class WatchdogProbe final : public core::CompletionSink {
   bool warned_ = false;
 };
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const char* key, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat(key, ": cannot read ", path));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::FailedPreconditionError(absl::StrCat(key, ": ", path, " is not PEM"));
+  }
+  return text.str();
+}
+
+// TLS for the TCP listener (server.tls_*), or plaintext when tcp_insecure.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const Config& config) {
+  if (config.tcp_insecure) {
+    spdlog::warn(
+        "TCP listener on {} is PLAINTEXT and unauthenticated (server.tcp_insecure = true): "
+        "anyone who can reach it is uid 65534 with no privileges, and traffic is readable",
+        config.tcp);
+    return grpc::InsecureServerCredentials();
+  }
+  absl::StatusOr<std::string> cert = ReadPem("server.tls_cert", config.tls_cert);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadPem("server.tls_key", config.tls_key);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options(
+      config.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                   : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  if (!config.tls_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem("server.tls_client_ca", config.tls_client_ca);
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+  }
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
+
 Server::Server(const Config& config) : config_(config) {}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
@@ -85,6 +129,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
 }
 
 absl::Status Server::Init() {
+  if (absl::Status s = ValidateConfig(config_); !s.ok()) return s;
   std::error_code ec;
   std::filesystem::create_directories(config_.root, ec);
   root_fd_ = open(config_.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -144,7 +189,7 @@ absl::Status Server::Init() {
     listener_ = UnixListener::Adopt(SD_LISTEN_FDS_START, config_.socket);
     spdlog::info("listening on socket-activated descriptor ({})", config_.socket);
   } else {
-    auto bound = UnixListener::Bind(config_.socket, config_.socket_mode);
+    auto bound = UnixListener::Bind(config_.socket, config_.socket_mode, config_.socket_gid);
     if (!bound.ok()) return bound.status();
     listener_ = std::move(*bound);
   }
@@ -158,12 +203,21 @@ absl::Status Server::Init() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   if (!config_.tcp.empty()) {
-    spdlog::warn("TCP listener on {} is plaintext and unauthenticated: callers get no privileges",
-                 config_.tcp);
-    builder.AddListeningPort(config_.tcp, grpc::InsecureServerCredentials());
+    auto creds = TcpCredentials(config_);
+    if (!creds.ok()) return creds.status();
+    builder.AddListeningPort(config_.tcp, *creds, &tcp_port_);
   }
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr) return absl::UnavailableError("gRPC server failed to start");
+  if (!config_.tcp.empty()) {
+    if (tcp_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on TCP ", config_.tcp));
+    }
+    spdlog::info("TCP listener on {} (port {}): {}", config_.tcp, tcp_port_,
+                 config_.tcp_insecure           ? "plaintext"
+                 : config_.tls_client_ca.empty() ? "TLS; callers are uid 65534"
+                                                 : "mutual TLS; client certificates required");
+  }
   listener_->Start(grpc_.get());
   started_ns_ = core::MonoNanos();
 
@@ -281,7 +335,7 @@ void Server::Shutdown() {
 std::string Server::Reload(const Config& config) {
   std::vector<std::string> applied;
   std::vector<std::string> not_applied;
-  auto live = [&](const char* key, uint32_t Config::*field) {
+  auto live = [&](const char* key, auto Config::*field) {
     if (config.*field == config_.*field) return;
     applied.push_back(absl::StrCat(key, " ", config_.*field, " -> ", config.*field));
     config_.*field = config.*field;
@@ -295,6 +349,8 @@ std::string Server::Reload(const Config& config) {
   live("limits.max_batch_ops", &Config::max_batch_ops);
   live("limits.max_op_bytes", &Config::max_op_bytes);
   live("server.drain_grace_ms", &Config::drain_grace_ms);
+  live("limits.max_inflight_total", &Config::max_inflight_total);
+  live("limits.max_buffered_bytes", &Config::max_buffered_bytes);
   if (config.default_lease_ms != config_.default_lease_ms) {
     if (config.default_lease_ms <= config_.max_lease_ms) {
       live("limits.default_lease_ms", &Config::default_lease_ms);
@@ -310,6 +366,11 @@ std::string Server::Reload(const Config& config) {
   differs("server.socket", config.socket != config_.socket);
   differs("server.root", config.root != config_.root);
   differs("server.tcp", config.tcp != config_.tcp);
+  differs("server.tcp_insecure", config.tcp_insecure != config_.tcp_insecure);
+  differs("server.tls_cert", config.tls_cert != config_.tls_cert);
+  differs("server.tls_key", config.tls_key != config_.tls_key);
+  differs("server.tls_client_ca", config.tls_client_ca != config_.tls_client_ca);
+  differs("server.socket_group", config.socket_gid != config_.socket_gid);
   differs("server.metrics", config.metrics != config_.metrics);
   differs("server.state_dir", config.state_dir != config_.state_dir);
   differs("server.socket_mode", config.socket_mode != config_.socket_mode);
@@ -333,6 +394,8 @@ std::string Server::Reload(const Config& config) {
           config.watch_buffer_events != config_.watch_buffer_events);
   differs("admin.uids", config.admin_uids != config_.admin_uids);
   differs("admin.gids", config.admin_gids != config_.admin_gids);
+  differs("admin.groups", config.admin_group_gids != config_.admin_group_gids);
+  differs("admin.tls_cns", config.admin_tls_cns != config_.admin_tls_cns);
   std::string out = applied.empty() ? std::string("no live setting changed")
                                     : absl::StrCat("applied: ", absl::StrJoin(applied, ", "));
   if (!not_applied.empty()) {

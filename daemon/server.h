@@ -56,6 +56,8 @@ class Server {
 
   const Config& config() const { return config_; }
   Service& service() { return *service_; }
+  /// The TCP port serving (the chosen one for "ADDR:0"); 0 = no TCP.
+  int tcp_port() const { return tcp_port_; }
 
  private:
   explicit Server(const Config& config);
@@ -78,6 +80,7 @@ class Server {
   uint64_t watchdog_usec_ = 0;
   std::unique_ptr<MetricsServer> metrics_;
   int64_t started_ns_ = 0;
+  int tcp_port_ = 0;
   std::thread housekeeping_;
 
   std::mutex mu_;

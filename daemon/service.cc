@@ -35,6 +35,25 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
   return reactor;
 }
 
+// Core's RESOURCE_EXHAUSTED messages say what is full; this adds the config
+// key an operator would raise, so every over-limit message names its limit.
+absl::Status NameLimit(absl::Status status) {
+  if (status.code() != absl::StatusCode::kResourceExhausted) return status;
+  const std::string m(status.message());
+  const char* key = nullptr;
+  if (m.find("operations in flight") != std::string::npos) {
+    key = "limits.max_inflight_per_session";
+  } else if (m.find("sessions") != std::string::npos) {
+    key = "limits.max_sessions";
+  } else if (m.find("handles") != std::string::npos) {
+    key = "limits.max_handles_per_session";
+  } else if (m.find("backend is full") != std::string::npos) {
+    key = "backends.thread_pool_queue / backends.uring_entries";
+  }
+  if (key == nullptr || m.find(key) != std::string::npos) return status;
+  return absl::ResourceExhaustedError(absl::StrCat(m, " (", key, ")"));
+}
+
 absl::Status Draining() {
   return absl::UnavailableError("asyncd is draining: it accepts no new work; retry elsewhere");
 }
@@ -64,19 +83,65 @@ Service::~Service() = default;
 
 Caller Service::Identify(grpc::CallbackServerContext* ctx) const {
   Caller c;
-  if (listener_ != nullptr) {
-    if (std::optional<PeerCred> cred = listener_->Lookup(ctx->peer())) {
-      c.uid = cred->uid;
-      c.gid = cred->gid;
-      c.pid = cred->pid;
+  auto listed = [](const std::vector<uint32_t>& ids, uint32_t id) {
+    return std::find(ids.begin(), ids.end(), id) != ids.end();
+  };
+  const std::string peer = ctx->peer();
+  std::optional<PeerCred> cred;
+  if (listener_ != nullptr) cred = listener_->Lookup(peer);
+  if (cred) {
+    c.uid = cred->uid;
+    c.gid = cred->gid;
+    c.pid = cred->pid;
+    c.peer = absl::StrCat("unix pid ", c.pid);
+    c.admin = c.uid == 0 || listed(config_.admin_uids, c.uid);
+    auto admin_gid = [&](uint32_t gid) {
+      return listed(config_.admin_gids, gid) || listed(config_.admin_group_gids, gid);
+    };
+    if (!c.admin) c.admin = admin_gid(c.gid);
+    for (size_t i = 0; !c.admin && i < cred->groups.size(); ++i) {
+      c.admin = admin_gid(cred->groups[i]);
+    }
+    return c;
+  }
+  // Not our unix socket: TCP. Only a certificate the TLS layer verified
+  // against server.tls_client_ca names anyone; everyone else is nobody.
+  c.peer = peer;
+  std::shared_ptr<const grpc::AuthContext> auth = ctx->auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return c;
+  std::vector<grpc::string_ref> cns = auth->FindPropertyValues("x509_common_name");
+  if (cns.empty()) return c;
+  const std::string cn(cns.front().data(), cns.front().size());
+  absl::StrAppend(&c.peer, " cert CN \"", cn, "\"");
+  uint32_t uid = 0;
+  if (cn.rfind("uid:", 0) == 0 && absl::SimpleAtoi(cn.substr(4), &uid) && uid != 0) c.uid = uid;
+  c.admin = std::find(config_.admin_tls_cns.begin(), config_.admin_tls_cns.end(), cn) !=
+            config_.admin_tls_cns.end();
+  return c;
+}
+
+absl::Status Service::Deny(const Caller& caller, const std::string& why) const {
+  // At most kDenialLogsPerSecond lines a second: a client looping on a
+  // refused call must not flood the journal. The rest are counted.
+  constexpr int64_t kDenialLogsPerSecond = 20;
+  static std::atomic<int64_t> window{0};
+  static std::atomic<int64_t> in_window{0};
+  static std::atomic<int64_t> suppressed{0};
+  const int64_t now_s = core::MonoNanos() / 1'000'000'000;
+  int64_t seen = window.load(std::memory_order_relaxed);
+  if (seen != now_s && window.compare_exchange_strong(seen, now_s)) {
+    in_window.store(0, std::memory_order_relaxed);
+    if (const int64_t n = suppressed.exchange(0); n > 0) {
+      spdlog::warn("permission denied: {} more refusals not logged", n);
     }
   }
-  c.admin = c.uid == 0 ||
-            std::find(config_.admin_uids.begin(), config_.admin_uids.end(), c.uid) !=
-                config_.admin_uids.end() ||
-            std::find(config_.admin_gids.begin(), config_.admin_gids.end(), c.gid) !=
-                config_.admin_gids.end();
-  return c;
+  if (in_window.fetch_add(1, std::memory_order_relaxed) < kDenialLogsPerSecond) {
+    spdlog::warn("permission denied: uid {} gid {} ({}): {}", caller.uid, caller.gid, caller.peer,
+                 why);
+  } else {
+    suppressed.fetch_add(1, std::memory_order_relaxed);
+  }
+  return absl::PermissionDeniedError(why);
 }
 
 v1::Limits Service::LimitsProto() const {
@@ -93,6 +158,8 @@ v1::Limits Service::LimitsProto() const {
   l.set_slow_history_capacity(config_.slow_history_capacity);
   l.set_max_watchers(config_.max_watchers);
   l.set_watch_buffer_events(config_.watch_buffer_events);
+  l.set_max_inflight_total(live_.max_inflight_total());
+  l.set_max_buffered_bytes(live_.max_buffered_bytes());
   return l;
 }
 
@@ -109,8 +176,8 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> Service::OwnSession(const Caller& c
     return absl::NotFoundError(absl::StrCat("no session ", session_id));
   }
   if (meta->uid != caller.uid) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("session ", session_id, " belongs to another user"));
+    return Deny(caller, absl::StrCat("session ", session_id, " belongs to another user (uid ",
+                                     caller.uid, " may use only its own sessions)"));
   }
   if (meta->session->closing()) {
     return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " has ended"));
@@ -133,7 +200,7 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> Service::NewSession(const Caller& c
   }
   absl::StatusOr<std::shared_ptr<core::Session>> session =
       registry_.OpenSession({name, caller.uid, caller.gid, caller.pid});
-  if (!session.ok()) return session.status();
+  if (!session.ok()) return NameLimit(session.status());
   auto meta = std::make_shared<SessionMeta>();
   meta->session = *session;
   meta->uid = caller.uid;
@@ -210,8 +277,9 @@ grpc::ServerUnaryReactor* Service::CloseSession(grpc::CallbackServerContext* ctx
     return Done(ctx, absl::NotFoundError(absl::StrCat("no session ", req->session_id())));
   }
   if (meta->uid != caller.uid && !caller.admin) {
-    return Done(ctx, absl::PermissionDeniedError(
-                         absl::StrCat("session ", req->session_id(), " belongs to another user")));
+    return Done(ctx, Deny(caller, absl::StrCat("close session ", req->session_id(),
+                                               ": it belongs to another user and the caller is "
+                                               "not an admin")));
   }
   auto counts = EndSession(req->session_id(), core::EndReason::kSessionClosed);
   if (!counts.ok()) {
@@ -246,6 +314,7 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
   }
 
   void OnComplete(const core::Op& op) noexcept override {
+    service_->budget().ReleaseOps(1);  // the bytes stay charged until the reply is sent
     FillCompletion(op, buffers_);
     buffers_.completion.set_tag(req_->op().tag());
     resp_->Swap(&buffers_.completion);
@@ -254,36 +323,61 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
 
   void OnCancel() override {
     const uint64_t id = op_id_.load(std::memory_order_acquire);
-    if (id != 0) service_->dispatcher().Cancel(core::OpId{id}, core::EndReason::kRpcCancelled);
+    if (id != 0) service_->dispatcher().Cancel(core::OpId{id}, CancelReason());
   }
 
-  void OnDone() override { Unref(); }
+  void OnDone() override {
+    service_->budget().ReleaseBytes(charged_bytes_);
+    Unref();
+  }
 
  private:
   absl::Status Run() {
     if (service_->draining()) return Draining();
     auto meta = service_->OwnSession(service_->Identify(ctx_), req_->session_id());
     if (!meta.ok()) return meta.status();
+    // Charge the daemon-wide budgets before the read buffer is allocated.
+    const uint32_t max_op_bytes = service_->live().max_op_bytes();
+    const uint64_t bytes = PayloadBytes(req_->op());
+    const uint64_t charge = bytes <= max_op_bytes ? bytes : 0;  // else ToOpRequest refuses
+    if (absl::Status s = service_->budget().Reserve(1, charge); !s.ok()) return s;
+    auto refund = [&] {
+      service_->budget().ReleaseOps(1);
+      service_->budget().ReleaseBytes(charge);
+    };
     core::OpRequest request;
-    absl::Status s = ToOpRequest(req_->op(), service_->live().max_op_bytes(), CallDeadline(ctx_),
-                                 buffers_, request);
-    if (!s.ok()) return s;
+    absl::Status s =
+        ToOpRequest(req_->op(), max_op_bytes, CallDeadline(ctx_), buffers_, request);
+    if (!s.ok()) {
+      refund();
+      return s;
+    }
     request.sink = this;
     session_ = (*meta)->session;
     (*meta)->lease_deadline_ns.store(core::MonoNanos() +
                                      int64_t{(*meta)->lease_ms} * 1'000'000);
+    charged_bytes_ = charge;  // before Submit: the completion (and OnDone) may come at once
     absl::StatusOr<core::OpId> id = service_->dispatcher().Submit(*session_, request);
-    if (!id.ok()) return id.status();
+    if (!id.ok()) {
+      charged_bytes_ = 0;
+      refund();
+      return NameLimit(id.status());
+    }
     op_id_.store(id->value, std::memory_order_release);
     // A cancel that arrived before the id was known would have been missed.
-    if (ctx_->IsCancelled()) {
-      service_->dispatcher().Cancel(*id, core::EndReason::kRpcCancelled);
-    }
+    if (ctx_->IsCancelled()) service_->dispatcher().Cancel(*id, CancelReason());
     return absl::OkStatus();
   }
 
   void Unref() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  // A call that ended because its deadline passed times the op out; the
+  // op's own deadline timer may lose that race to gRPC's.
+  core::EndReason CancelReason() const {
+    return ctx_->deadline() <= std::chrono::system_clock::now() ? core::EndReason::kDeadline
+                                                                : core::EndReason::kRpcCancelled;
   }
 
   Service* const service_;
@@ -292,6 +386,7 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
   v1::Completion* const resp_;
   OpBuffers buffers_;
   std::shared_ptr<core::Session> session_;  // keeps the op's memory while it runs
+  uint64_t charged_bytes_ = 0;               // released by OnDone (the reply has left)
   std::atomic<uint64_t> op_id_{0};
   std::atomic<int> refs_{2};  // Start and OnDone
 };
@@ -326,49 +421,73 @@ class Service::StreamCall final
       return;
     }
     absl::Status s = Handle();
-    std::lock_guard lock(mu_);
-    reading_ = false;
-    if (!s.ok()) {
+    std::vector<uint64_t> to_cancel;
+    core::Dispatcher& dispatcher = service_->dispatcher();
+    {
+      std::lock_guard lock(mu_);
+      reading_ = false;
+      if (s.ok()) {
+        MaybeReadLocked();
+        return;
+      }
       end_status_ = ToGrpcStatus(s);
       half_closed_ = true;
-      CancelAllLocked(core::EndReason::kRpcCancelled);
+      to_cancel = LiveIdsLocked();
       MaybeFinishLocked();
-      return;
     }
-    MaybeReadLocked();
+    CancelIds(dispatcher, to_cancel);
   }
 
   void OnWriteDone(bool ok) override {
-    std::unique_lock lock(mu_);
-    writing_ = false;
-    if (!ok) {
-      // The client is gone: nothing more can be delivered.
-      broken_ = true;  // the outbox is dropped with the reactor
-      CancelAllLocked(core::EndReason::kRpcCancelled);
+    std::vector<uint64_t> to_cancel;
+    core::Dispatcher& dispatcher = service_->dispatcher();
+    {
+      std::lock_guard lock(mu_);
+      writing_ = false;
+      service_->budget().ReleaseBytes(current_charged_);  // written, or never will be
+      current_charged_ = 0;
+      if (!ok) {
+        // The client is gone: nothing more can be delivered.
+        broken_ = true;  // the outbox is dropped with the reactor
+        to_cancel = LiveIdsLocked();
+      }
+      WriteNextLocked();
+      MaybeReadLocked();
+      MaybeFinishLocked();
     }
-    WriteNextLocked();
-    MaybeReadLocked();
-    MaybeFinishLocked();
+    CancelIds(dispatcher, to_cancel);
   }
 
   void OnCancel() override {
-    std::lock_guard lock(mu_);
-    broken_ = true;
-    CancelAllLocked(core::EndReason::kRpcCancelled);
+    std::vector<uint64_t> to_cancel;
+    core::Dispatcher& dispatcher = service_->dispatcher();
+    {
+      std::lock_guard lock(mu_);
+      broken_ = true;
+      to_cancel = LiveIdsLocked();
+      MaybeFinishLocked();  // nothing may be outstanding to finish it otherwise
+    }
+    CancelIds(dispatcher, to_cancel);
   }
 
   void OnComplete(const core::Op& op) noexcept override {
     refs_.fetch_add(1, std::memory_order_relaxed);
     auto* ctx = reinterpret_cast<OpCtx*>(op.cookie);
+    service_->budget().ReleaseOps(1);
     FillCompletion(op, ctx->buffers);
     ctx->buffers.completion.set_tag(ctx->tag);
     {
       std::lock_guard lock(mu_);
       Unlink(ctx);
       --inflight_;
-      if (!broken_) AppendCompletionLocked(std::move(ctx->buffers.completion));
+      if (!broken_) {
+        AppendCompletionLocked(std::move(ctx->buffers.completion), ctx->charged);
+      } else {
+        service_->budget().ReleaseBytes(ctx->charged);  // dropped: nobody to deliver to
+      }
+      ctx->charged = 0;
       ctx->batch.reset();
-      ctx->buffers.completion.Clear();
+      ctx->buffers.completion = v1::Completion();  // frees a dropped read buffer
       free_ctx_.push_back(ctx);
       WriteNextLocked();
       MaybeReadLocked();
@@ -397,6 +516,7 @@ class Service::StreamCall final
     OpBuffers buffers;
     uint64_t tag = 0;
     uint64_t op_id = 0;
+    uint64_t charged = 0;  // Budget bytes, until its completion is written or dropped
     std::shared_ptr<Batch> batch;
     OpCtx* prev = nullptr;
     OpCtx* next = nullptr;
@@ -404,10 +524,16 @@ class Service::StreamCall final
   struct Outgoing {
     v1::StreamResponse msg;
     bool ready = true;
+    uint32_t completions = 0;  // in msg, not yet handed to gRPC (flow control)
+    uint64_t data_bytes = 0;   // read data in msg (message size cap)
+    uint64_t charged = 0;      // Budget bytes released once msg is written
   };
 
   ~StreamCall() override {
     for (OpCtx* c : free_ctx_) delete c;
+    uint64_t charged = current_charged_;
+    for (const Outgoing& o : outbox_) charged += o.charged;
+    service_->budget().ReleaseBytes(charged);
   }
 
   void Unref() {
@@ -505,9 +631,20 @@ class Service::StreamCall final
             "batch of ", n, " ops is over max_batch_ops ", max_batch_ops));
         continue;
       }
+      // Charge the daemon-wide budgets before the read buffer is allocated.
+      const uint64_t bytes = PayloadBytes(sb.ops(i));
+      const uint64_t charge = bytes <= max_op_bytes ? bytes : 0;  // else ToOpRequest refuses
+      rejected[i] = service_->budget().Reserve(1, charge);
+      if (!rejected[i].ok()) continue;
+      c->charged = charge;
       core::OpRequest r;
       rejected[i] = ToOpRequest(sb.ops(i), max_op_bytes, no_deadline, c->buffers, r);
-      if (!rejected[i].ok()) continue;
+      if (!rejected[i].ok()) {
+        service_->budget().ReleaseOps(1);
+        service_->budget().ReleaseBytes(c->charged);
+        c->charged = 0;
+        continue;
+      }
       r.sink = this;
       r.cookie = reinterpret_cast<uint64_t>(c);
       requests.push_back(r);
@@ -524,15 +661,19 @@ class Service::StreamCall final
     v1::Accepted accepted;
     accepted.set_batch_tag(sb.batch_tag());
     v1::CompletionBatch rejections;
-    std::lock_guard lock(mu_);
+    std::vector<uint64_t> to_cancel;
+    std::unique_lock lock(mu_);
     for (size_t j = 0; j < requests.size(); ++j) {
       if (ids[j].ok()) {
         ctxs[index[j]]->op_id = ids[j]->value;
       } else {
-        rejected[index[j]] = ids[j].status();
+        rejected[index[j]] = NameLimit(ids[j].status());
+        service_->budget().ReleaseOps(1);
+        service_->budget().ReleaseBytes(ctxs[index[j]]->charged);
+        ctxs[index[j]]->charged = 0;
       }
     }
-    if (broken_) CancelAllLocked(core::EndReason::kRpcCancelled);  // broke during the submit
+    if (broken_) to_cancel = LiveIdsLocked();  // broke during the submit
     for (int i = 0; i < n; ++i) {
       v1::AcceptedOp* a = accepted.add_ops();
       a->set_tag(sb.ops(i).tag());
@@ -547,18 +688,20 @@ class Service::StreamCall final
         --inflight_;
       }
       ctxs[i]->batch.reset();
-      ctxs[i]->buffers.completion.Clear();
+      ctxs[i]->buffers.completion = v1::Completion();  // frees a read buffer, not just clears
       free_ctx_.push_back(ctxs[i]);
     }
     *accepted_slot->msg.mutable_accepted() = std::move(accepted);
     accepted_slot->ready = true;
     if (rejections.completions_size() > 0) {
-      for (auto& c : *rejections.mutable_completions()) AppendCompletionLocked(std::move(c));
+      for (auto& c : *rejections.mutable_completions()) AppendCompletionLocked(std::move(c), 0);
     }
     if (meta_->lease_ms != 0) {
       meta_->lease_deadline_ns.store(core::MonoNanos() + int64_t{meta_->lease_ms} * 1'000'000);
     }
     WriteNextLocked();
+    lock.unlock();
+    CancelIds(service_->dispatcher(), to_cancel);
     return absl::OkStatus();
   }
 
@@ -575,19 +718,30 @@ class Service::StreamCall final
     c->prev = c->next = nullptr;
   }
 
-  void AppendCompletionLocked(v1::Completion&& c) {
-    // Coalesce into the last unsent batch: fewer, larger messages.
+  void AppendCompletionLocked(v1::Completion&& c, uint64_t charged) {
+    // Coalesce into the last unsent batch: fewer, larger messages, each well
+    // under max_message_bytes (read data counted; the rest is small).
+    const uint64_t data = c.data().size();
+    const uint64_t cap = std::min<uint64_t>(4 << 20, service_->config().max_message_bytes / 2);
     if (outbox_.empty() || !outbox_.back().msg.has_completions() ||
-        outbox_.back().msg.completions().completions_size() >= 1024) {
+        outbox_.back().completions >= 1024 ||
+        (outbox_.back().completions > 0 && outbox_.back().data_bytes + data > cap)) {
       outbox_.push_back(Outgoing{});
       outbox_.back().msg.mutable_completions();
     }
-    *outbox_.back().msg.mutable_completions()->add_completions() = std::move(c);
+    Outgoing& out = outbox_.back();
+    *out.msg.mutable_completions()->add_completions() = std::move(c);
+    ++out.completions;
+    out.data_bytes += data;
+    out.charged += charged;
+    ++undelivered_;
   }
 
   void WriteNextLocked() {
     if (writing_ || broken_ || outbox_.empty() || !outbox_.front().ready) return;
     current_ = std::move(outbox_.front().msg);
+    current_charged_ = outbox_.front().charged;
+    undelivered_ -= outbox_.front().completions;
     outbox_.pop_front();
     writing_ = true;
     StartWrite(&current_);
@@ -596,15 +750,28 @@ class Service::StreamCall final
   void MaybeReadLocked() {
     if (reading_ || half_closed_ || broken_ || finished_) return;
     // Flow control: stop taking work while the client is not taking results.
-    if (inflight_ + outbox_.size() >= service_->config().max_inflight_per_session) return;
+    // Completions count one by one (a coalesced message holds up to 1024),
+    // so a client that never reads makes us hold at most about
+    // max_inflight_per_session results plus the message gRPC is writing.
+    if (inflight_ + undelivered_ + outbox_.size() >= service_->config().max_inflight_per_session) {
+      return;
+    }
     reading_ = true;
     StartRead(&in_);
   }
 
-  void CancelAllLocked(core::EndReason reason) {
-    for (OpCtx* c = live_; c != nullptr; c = c->next) {
-      if (c->op_id != 0) service_->dispatcher().Cancel(core::OpId{c->op_id}, reason);
+  // Cancels run without mu_: a backend may complete a cancelled op on the
+  // cancelling thread, and OnComplete takes mu_.
+  std::vector<uint64_t> LiveIdsLocked() const {
+    std::vector<uint64_t> ids;
+    for (const OpCtx* c = live_; c != nullptr; c = c->next) {
+      if (c->op_id != 0) ids.push_back(c->op_id);
     }
+    return ids;
+  }
+  // Static: the reactor may be gone once the lock is released.
+  static void CancelIds(core::Dispatcher& dispatcher, const std::vector<uint64_t>& ids) {
+    for (uint64_t id : ids) dispatcher.Cancel(core::OpId{id}, core::EndReason::kRpcCancelled);
   }
 
   void MaybeFinishLocked() {
@@ -627,6 +794,8 @@ class Service::StreamCall final
   std::vector<OpCtx*> free_ctx_;
   OpCtx* live_ = nullptr;
   size_t inflight_ = 0;
+  size_t undelivered_ = 0;        // completions in outbox_
+  uint64_t current_charged_ = 0;  // Budget bytes of current_, released by OnWriteDone
   bool reading_ = true;
   bool writing_ = false;
   bool half_closed_ = false;
@@ -725,8 +894,8 @@ v1::CancelResponse Service::DoCancel(const Caller& caller, const v1::CancelReque
       o->set_op_id(id.value);
       o->set_result(v1::CANCEL_RESULT_NOT_FOUND);
     } else if (found.session->client().uid != caller.uid && !caller.admin) {
-      *status = absl::PermissionDeniedError(
-          absl::StrCat("operation ", id.value, " belongs to another user"));
+      *status = Deny(caller, absl::StrCat("cancel operation ", id.value,
+                                          ": it belongs to another user"));
       return resp;
     } else {
       cancel_one(found, id.generation());
@@ -831,8 +1000,8 @@ grpc::ServerUnaryReactor* Service::GetOperation(grpc::CallbackServerContext* ctx
   if (found) {
     const core::ClientInfo& client = found.session->client();
     if (client.uid != caller.uid && !caller.admin) {
-      return Done(ctx, absl::PermissionDeniedError(
-                           absl::StrCat("operation ", id.value, " belongs to another user")));
+      return Done(ctx, Deny(caller, absl::StrCat("get operation ", id.value,
+                                                 ": it belongs to another user")));
     }
     if (auto snap = core::Registry::Snapshot(*found.op, found.session->id(), id.generation())) {
       ToOperationInfo(*snap, client.uid, client.pid, client.name, true, now, *resp);
@@ -841,8 +1010,8 @@ grpc::ServerUnaryReactor* Service::GetOperation(grpc::CallbackServerContext* ctx
   }
   if (std::optional<FinishedOp> f = observer_.FindFinished(id.value)) {
     if (f->uid != caller.uid && !caller.admin) {
-      return Done(ctx, absl::PermissionDeniedError(
-                           absl::StrCat("operation ", id.value, " belongs to another user")));
+      return Done(ctx, Deny(caller, absl::StrCat("get operation ", id.value,
+                                                 ": it belongs to another user")));
     }
     ToOperationInfo(f->snap, f->uid, f->pid, f->client, true, now, *resp);
     return Done(ctx, absl::OkStatus());
@@ -1091,8 +1260,7 @@ grpc::ServerUnaryReactor* Service::Drain(grpc::CallbackServerContext* ctx,
                                          const v1::DrainRequest* req, v1::DrainResponse* resp) {
   const Caller caller = Identify(ctx);
   if (!caller.admin) {
-    spdlog::warn("drain refused: uid {} (pid {}) is not an admin", caller.uid, caller.pid);
-    return Done(ctx, absl::PermissionDeniedError("drain needs an admin"));
+    return Done(ctx, Deny(caller, "drain needs an admin (uid 0, or one named in [admin])"));
   }
   if (req->grace_ms() > kMaxDrainGraceMs) {
     return Done(ctx, absl::InvalidArgumentError("grace_ms: over one hour"));

@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "asyncd/v1/asyncd.grpc.pb.h"
+#include "daemon/budget.h"
 #include "daemon/config.h"
 #include "daemon/listener.h"
 #include "daemon/observer.h"
@@ -21,12 +22,15 @@ namespace asyncd::daemon {
 
 namespace v1 = ::asyncd::v1;
 
-/// Who is calling, from the connection (see UnixListener).
+/// Who is calling, from the connection: SO_PEERCRED/SO_PEERGROUPS on the unix
+/// socket (see UnixListener), the verified client certificate on TCP with
+/// mutual TLS, else nobody (uid 65534, no privileges).
 struct Caller {
   uint32_t uid = 65534;
   uint32_t gid = 65534;
   uint32_t pid = 0;
   bool admin = false;
+  std::string peer;  // for logs: "unix pid N" or the TCP peer and its cert CN
 };
 
 /// What the backends are, for Stats.
@@ -113,6 +117,8 @@ class Service final : public v1::Asyncd::CallbackService {
                               absl::Status* status);
   absl::StatusOr<Filter> ToFilter(const Caller& caller, const v1::OpSelector& sel,
                                   bool require_criteria) const;
+  /// PERMISSION_DENIED with `why`, logged (warn, rate-limited) with the caller.
+  absl::Status Deny(const Caller& caller, const std::string& why) const;
   v1::Limits LimitsProto() const;
 
   const Config& config() const { return config_; }
@@ -120,6 +126,9 @@ class Service final : public v1::Asyncd::CallbackService {
   const LiveLimits& live() const { return live_; }
   /// Applies a reloaded config's live limits. Any thread.
   void ApplyLiveLimits(const Config& config) { live_.Apply(config); }
+  /// The daemon-wide op and byte budgets (limits.max_inflight_total,
+  /// limits.max_buffered_bytes).
+  Budget& budget() { return budget_; }
   core::Registry& registry() { return registry_; }
   core::Dispatcher& dispatcher() { return dispatcher_; }
   Observer& observer() { return observer_; }
@@ -131,6 +140,7 @@ class Service final : public v1::Asyncd::CallbackService {
 
   const Config config_;
   LiveLimits live_{config_};
+  Budget budget_{live_};
   core::Registry& registry_;
   core::Dispatcher& dispatcher_;
   Observer& observer_;

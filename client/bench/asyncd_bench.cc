@@ -4,9 +4,23 @@
 // each with one Submit call in flight. Latency is per op, from the moment the
 // op is handed to the library to the moment its completion is delivered.
 //
+// Reference and helper modes (for tests/bench/compare.sh):
+//   health  like unary, but each call is a bare grpc.health.v1.Health/Check
+//           (GenericStub, hand-encoded empty request): the cost of a unary
+//           RPC on the same server with no operation behind it.
+//   hold    submits --queue-depth reads of --block-size at the file position
+//           (offset -1) on --file (e.g. a FIFO nobody writes), waits until
+//           the daemon has accepted them all, prints one line, keeps them
+//           blocked for --duration, then drops the stream (the daemon
+//           cancels them). No data file is prepared.
+// --list-every (stream mode) runs an operator beside the load that lists
+// every in-flight op (ListOperations, all pages) at that period.
+//
 // Exit codes: 0 success, 1 setup or run failure, 2 bad flags.
 
 #include <string.h>  // strerrorname_np
+
+#include <grpcpp/generic/generic_stub.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -53,12 +67,25 @@ struct Config {
   uint64_t file_size = 64ull << 20;
   uint64_t timeout_us = 100;
   std::string output = "text";
+  std::string list_every_spec = "0";
+  std::chrono::nanoseconds list_every{};
+};
+
+// What the --list-every operator did during the run.
+struct ListerStats {
+  uint64_t lists = 0;
+  uint64_t listed_ops = 0;
+  uint64_t errors = 0;
+  LatencyHistogram latency;  // one full listing (all pages)
 };
 
 // Per stream or per unary worker; touched by one thread at a time (the
 // stream's callback thread, or the worker), merged at the end.
 struct Stats {
   LatencyHistogram latency;
+  // The daemon's own view of each op (Completion.duration_us: accepted to
+  // finished, in ns here); the rest of `latency` is transport and client.
+  LatencyHistogram daemon;
   std::array<uint64_t, 8> outcomes{};    // by v1::Outcome (7 = unknown values)
   std::array<uint64_t, 256> errnos{};    // COMPLETED with error_number, by errno
   std::array<uint64_t, 17> rpc_errors{};  // unary: gRPC status codes
@@ -66,6 +93,7 @@ struct Stats {
 
   void Merge(const Stats& o) {
     latency.Merge(o.latency);
+    daemon.Merge(o.daemon);
     for (size_t i = 0; i < outcomes.size(); ++i) outcomes[i] += o.outcomes[i];
     for (size_t i = 0; i < errnos.size(); ++i) errnos[i] += o.errnos[i];
     for (size_t i = 0; i < rpc_errors.size(); ++i) rpc_errors[i] += o.rpc_errors[i];
@@ -85,6 +113,7 @@ void RecordCompletion(Stats& stats, const v1::Completion& c, uint64_t submitted_
   if (!window.Contains(submitted_ns)) return;
   ++stats.measured_ops;
   stats.latency.Record(now_ns - submitted_ns);
+  stats.daemon.Record(c.duration_us() * 1000);
   const int outcome = c.outcome();
   ++stats.outcomes[outcome >= 0 && outcome < 7 ? outcome : 7];
   if (c.outcome() == v1::OUTCOME_COMPLETED && c.error_number() != 0) {
@@ -314,6 +343,199 @@ class UnaryWorker {
   Stats stats_;
 };
 
+// --- health mode: the bare unary RPC ---
+
+// One Health/Check in flight per worker, issued the way the generated sync
+// stub issues Submit (one call, a completion queue, the calling thread waits
+// on it), so the two differ only in what the server does for them.
+class HealthWorker {
+ public:
+  HealthWorker(const Config& config, const Window& window)
+      : config_(config), window_(window) {}
+
+  absl::Status Setup(const std::shared_ptr<grpc::Channel>& channel) {
+    stub_ = std::make_unique<grpc::GenericStub>(channel);
+    // HealthCheckRequest{service = ""} encodes to zero bytes.
+    grpc::Slice empty("");
+    request_ = grpc::ByteBuffer(&empty, 1);
+    grpc::Status s = CallOnce();
+    if (!s.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                          "Health/Check: " + s.error_message());
+    }
+    return absl::OkStatus();
+  }
+
+  void Start() { thread_ = std::thread([this] { Run(); }); }
+  void Join() { thread_.join(); }
+  const Stats& stats() const { return stats_; }
+
+ private:
+  grpc::Status CallOnce() {
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> call =
+        stub_->PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request_, &cq_);
+    call->StartCall();
+    call->Finish(&response, &status, this);
+    void* tag = nullptr;
+    bool ok = false;
+    if (!cq_.Next(&tag, &ok) || !ok) return grpc::Status(grpc::StatusCode::INTERNAL, "cq");
+    return status;
+  }
+
+  void Run() {
+    while (NowNs() < window_.end_ns) {
+      const uint64_t start = NowNs();
+      grpc::Status s = CallOnce();
+      const uint64_t end = NowNs();
+      if (!window_.Contains(start)) continue;
+      if (s.ok()) {
+        ++stats_.measured_ops;
+        stats_.latency.Record(end - start);
+        ++stats_.outcomes[v1::OUTCOME_COMPLETED];
+      } else {
+        ++stats_.rpc_errors[std::min<size_t>(static_cast<size_t>(s.error_code()), 16)];
+      }
+    }
+  }
+
+  const Config& config_;
+  const Window& window_;
+  std::unique_ptr<grpc::GenericStub> stub_;
+  grpc::ByteBuffer request_;
+  grpc::CompletionQueue cq_;
+  std::thread thread_;
+  Stats stats_;
+};
+
+// --- --list-every: an operator listing everything in flight ---
+
+class Lister {
+ public:
+  Lister(const Config& config, const Window& window) : config_(config), window_(window) {}
+
+  void Start() {
+    client_ = std::make_unique<Client>(Connect(config_.target));
+    thread_ = std::thread([this] { Run(); });
+  }
+  void Join() { thread_.join(); }
+  const ListerStats& stats() const { return stats_; }
+
+ private:
+  void Run() {
+    v1::OpSelector all;  // no criteria: every op the caller may see
+    uint64_t next = window_.start_ns;
+    const uint64_t period = static_cast<uint64_t>(config_.list_every.count());
+    while (next < window_.end_ns) {
+      const uint64_t now = NowNs();
+      if (now < next) std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
+      const uint64_t start = NowNs();
+      absl::StatusOr<std::vector<v1::OperationInfo>> ops = client_->ListAll(all);
+      const uint64_t end = NowNs();
+      if (ops.ok()) {
+        ++stats_.lists;
+        stats_.listed_ops += ops->size();
+        stats_.latency.Record(end - start);
+      } else {
+        ++stats_.errors;
+      }
+      next += period;
+      if (next < end) next = end;  // a listing longer than the period: no burst to catch up
+    }
+  }
+
+  const Config& config_;
+  const Window& window_;
+  std::unique_ptr<Client> client_;
+  std::thread thread_;
+  ListerStats stats_;
+};
+
+// --- hold mode: many blocked ops, for memory accounting ---
+
+int RunHold(const Config& config) {
+  std::shared_ptr<grpc::Channel> channel = Connect(config.target);
+  absl::StatusOr<std::unique_ptr<StreamClient>> stream = StreamClient::Create(
+      channel, "asyncd-bench-hold", 0,
+      {.max_outstanding = config.queue_depth, .when_full = WhenFull::kFailFast});
+  if (!stream.ok()) {
+    std::fprintf(stderr, "asyncd-bench: opening the stream: %s\n",
+                 stream.status().ToString().c_str());
+    return 1;
+  }
+  v1::Operation open;
+  open.mutable_open()->set_path(config.file);
+  open.mutable_open()->set_access(v1::OPEN_MODE_READ_ONLY);
+  v1::Completion opened = (*stream)->SubmitOne(std::move(open)).get();
+  if (absl::Status s = CompletionToStatus(opened, "open " + config.file); !s.ok()) {
+    std::fprintf(stderr, "asyncd-bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  const size_t window = (*stream)->max_outstanding();
+  if (window < config.queue_depth) {
+    std::fprintf(stderr, "asyncd-bench: the daemon allows %zu ops in flight per session, "
+                 "fewer than --queue-depth %u (raise limits.max_inflight_per_session)\n",
+                 window, config.queue_depth);
+    return 1;
+  }
+  std::atomic<uint64_t> accepted{0}, rejected{0}, completed{0};
+  auto on_accepted = [&](const StreamClient::AcceptedOp& a) {
+    (a.op_id != 0 ? accepted : rejected).fetch_add(1, std::memory_order_relaxed);
+  };
+  std::mutex first_mu;
+  std::string first_error;  // why the first op that ended early ended
+  auto on_completion = [&](const v1::Completion& c) {
+    if (completed.fetch_add(1, std::memory_order_relaxed) == 0) {
+      std::lock_guard lock(first_mu);
+      first_error = c.message().empty() ? c.error_name() : c.message();
+    }
+  };
+  const uint64_t start = NowNs();
+  for (uint32_t done = 0; done < config.queue_depth;) {
+    const uint32_t n = std::min(config.batch, config.queue_depth - done);
+    std::vector<v1::Operation> ops(n);
+    for (v1::Operation& op : ops) {
+      v1::Read* read = op.mutable_read();
+      read->set_handle(opened.handle());
+      read->set_offset(-1);
+      read->set_length(config.block_size);
+    }
+    if (absl::Status s = (*stream)->Submit(std::move(ops), on_completion, on_accepted); !s.ok()) {
+      std::fprintf(stderr, "asyncd-bench: submit: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    done += n;
+  }
+  while (accepted.load() + rejected.load() < config.queue_depth &&
+         NowNs() - start < 120'000'000'000ull) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const double setup_s = static_cast<double>(NowNs() - start) / 1e9;
+  if (config.output == "json") {
+    std::printf("{\"mode\":\"hold\",\"submitted\":%u,\"accepted\":%llu,\"rejected\":%llu,"
+                "\"completed\":%llu,\"setup_s\":%.3f}\n",
+                config.queue_depth, static_cast<unsigned long long>(accepted.load()),
+                static_cast<unsigned long long>(rejected.load()),
+                static_cast<unsigned long long>(completed.load()), setup_s);
+  } else {
+    std::printf("holding: submitted %u accepted %llu rejected %llu completed %llu (%.2f s)\n",
+                config.queue_depth, static_cast<unsigned long long>(accepted.load()),
+                static_cast<unsigned long long>(rejected.load()),
+                static_cast<unsigned long long>(completed.load()), setup_s);
+  }
+  std::fflush(stdout);
+  {
+    std::lock_guard lock(first_mu);
+    if (!first_error.empty()) std::fprintf(stderr, "asyncd-bench: hold: first early end: %s\n",
+                                           first_error.c_str());
+  }
+  std::this_thread::sleep_for(config.duration);
+  stream->reset();  // cancels the RPC: the daemon cancels the blocked reads
+  return accepted.load() == config.queue_depth ? 0 : 1;
+}
+
 // --- report ---
 
 constexpr std::array<std::string_view, 8> kOutcomeNames = {
@@ -328,7 +550,8 @@ std::string CodeName(size_t code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
-void Report(const Config& config, const std::string& target, const Stats& s, double seconds) {
+void Report(const Config& config, const std::string& target, const Stats& s, double seconds,
+            const ListerStats* lister = nullptr) {
   const double ops_per_s = seconds > 0 ? static_cast<double>(s.measured_ops) / seconds : 0;
   auto us = [&](double p) { return static_cast<double>(s.latency.Percentile(p)) / 1000.0; };
   const uint64_t completed_ok =
@@ -376,7 +599,22 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
                   static_cast<unsigned long long>(s.rpc_errors[c]));
       sep = ",";
     }
-    std::printf("}}\n");
+    std::printf("}");
+    if (s.daemon.count() > 0) {
+      std::printf(",\"daemon_us\":{\"p50\":%.1f,\"p99\":%.1f,\"mean\":%.1f}",
+                  s.daemon.Percentile(50) / 1000.0, s.daemon.Percentile(99) / 1000.0,
+                  s.daemon.mean() / 1000.0);
+    }
+    if (lister != nullptr) {
+      std::printf(",\"lister\":{\"period_ms\":%.1f,\"lists\":%llu,\"listed_ops\":%llu,"
+                  "\"errors\":%llu,\"list_p50_us\":%.1f,\"list_max_us\":%.1f}",
+                  std::chrono::duration<double, std::milli>(config.list_every).count(),
+                  static_cast<unsigned long long>(lister->lists),
+                  static_cast<unsigned long long>(lister->listed_ops),
+                  static_cast<unsigned long long>(lister->errors),
+                  lister->latency.Percentile(50) / 1000.0, lister->latency.max() / 1000.0);
+    }
+    std::printf("}\n");
     return;
   }
 
@@ -397,6 +635,11 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
   std::printf("latency us p50 %.1f  p99 %.1f  p999 %.1f  mean %.1f  min %.1f  max %.1f\n", us(50),
               us(99), us(99.9), s.latency.mean() / 1000.0, s.latency.min() / 1000.0,
               s.latency.max() / 1000.0);
+  if (s.daemon.count() > 0) {
+    std::printf("daemon us  p50 %.1f  p99 %.1f  mean %.1f  (accepted to finished, per the daemon)\n",
+                s.daemon.Percentile(50) / 1000.0, s.daemon.Percentile(99) / 1000.0,
+                s.daemon.mean() / 1000.0);
+  }
   std::printf("outcomes   completed_ok %llu  completed_errno %llu", 
               static_cast<unsigned long long>(completed_ok),
               static_cast<unsigned long long>(completed_errno));
@@ -421,9 +664,19 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
                   static_cast<unsigned long long>(s.rpc_errors[c]));
     }
   }
+  if (lister != nullptr) {
+    std::printf("lister     every %.1f ms: %llu listings, %llu ops listed, %llu errors, "
+                "listing p50 %.1f us max %.1f us\n",
+                std::chrono::duration<double, std::milli>(config.list_every).count(),
+                static_cast<unsigned long long>(lister->lists),
+                static_cast<unsigned long long>(lister->listed_ops),
+                static_cast<unsigned long long>(lister->errors),
+                lister->latency.Percentile(50) / 1000.0, lister->latency.max() / 1000.0);
+  }
 }
 
 int Run(Config& config) {
+  if (config.mode == "hold") return RunHold(config);
   const std::string target = NormalizeTarget(config.target);
   std::shared_ptr<grpc::Channel> setup_channel = Connect(config.target);
   Client client(setup_channel, {.default_timeout = std::chrono::seconds(30)});
@@ -458,6 +711,11 @@ int Run(Config& config) {
       workers.push_back(std::move(w));
     }
     start_window();
+    std::unique_ptr<Lister> lister;
+    if (config.list_every.count() > 0) {
+      lister = std::make_unique<Lister>(config, window);
+      lister->Start();
+    }
     for (auto& w : workers) w->Start();
     int rc = 0;
     for (auto& w : workers) {
@@ -467,8 +725,29 @@ int Run(Config& config) {
       }
       total.Merge(w->stats());
     }
-    Report(config, target, total, seconds);
+    if (lister != nullptr) lister->Join();
+    Report(config, target, total, seconds, lister != nullptr ? &lister->stats() : nullptr);
     return rc;
+  }
+
+  if (config.mode == "health") {
+    std::vector<std::unique_ptr<HealthWorker>> workers;
+    for (uint32_t i = 0; i < config.connections; ++i) {
+      auto w = std::make_unique<HealthWorker>(config, window);
+      if (absl::Status s = w->Setup(Connect(config.target)); !s.ok()) {
+        std::fprintf(stderr, "asyncd-bench: health worker %u: %s\n", i, s.ToString().c_str());
+        return 1;
+      }
+      workers.push_back(std::move(w));
+    }
+    start_window();
+    for (auto& w : workers) w->Start();
+    for (auto& w : workers) {
+      w->Join();
+      total.Merge(w->stats());
+    }
+    Report(config, target, total, seconds);
+    return 0;
   }
 
   std::vector<std::unique_ptr<Client>> clients;
@@ -501,8 +780,11 @@ int main(int argc, char** argv) {
   CLI::App app{"asyncd-bench: load generator for the asyncd daemon"};
   app.add_option("--target,--socket", config.target,
                  "unix:/path, a socket path, or host:port (default: the default socket)");
-  app.add_option("--mode", config.mode, "stream (bidi Stream, batched) or unary (Submit RPC)")
-      ->check(CLI::IsMember({"stream", "unary"}));
+  app.add_option("--mode", config.mode,
+                 "stream (bidi Stream, batched), unary (Submit RPC), health (bare "
+                 "Health/Check RPCs, the reference for unary) or hold (keep --queue-depth "
+                 "reads blocked on --file for --duration)")
+      ->check(CLI::IsMember({"stream", "unary", "health", "hold"}));
   app.add_option("--mix", config.mix_spec, "op kinds and weights, e.g. nop=1 or read=3,nop=1 "
                                            "(nop, read, write, timeout)");
   app.add_option("--queue-depth,-q", config.queue_depth, "ops outstanding per stream")
@@ -523,6 +805,9 @@ int main(int argc, char** argv) {
   app.add_option("--file-size", config.file_size, "data file size in bytes")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
   app.add_option("--timeout-us", config.timeout_us, "duration of timeout ops");
+  app.add_option("--list-every", config.list_every_spec,
+                 "stream mode: list all in-flight ops (ListOperations) at this period, "
+                 "e.g. 100ms, beside the load (0 = off)");
   app.add_option("--output,-o", config.output, "text or json")
       ->check(CLI::IsMember({"text", "json"}));
   try {
@@ -533,7 +818,9 @@ int main(int argc, char** argv) {
   auto mix = ParseMix(config.mix_spec);
   auto duration = ParseDuration(config.duration_spec);
   auto warmup = ParseDuration(config.warmup_spec);
-  for (const absl::Status& s : {mix.status(), duration.status(), warmup.status()}) {
+  auto list_every = ParseDuration(config.list_every_spec);
+  for (const absl::Status& s :
+       {mix.status(), duration.status(), warmup.status(), list_every.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "asyncd-bench: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -542,6 +829,7 @@ int main(int argc, char** argv) {
   config.mix = *mix;
   config.duration = *duration;
   config.warmup = *warmup;
+  config.list_every = *list_every;
   if (config.duration.count() <= 0) {
     std::fprintf(stderr, "asyncd-bench: --duration must be > 0\n");
     return 2;

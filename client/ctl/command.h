@@ -24,6 +24,9 @@ namespace asyncd::ctl {
 struct GlobalFlags {
   std::vector<std::string> sockets;  // --socket PATH (repeatable)
   std::vector<std::string> targets;  // --target ADDR (repeatable)
+  std::string tls_ca;                // --tls-ca FILE: TLS for --target (TCP) daemons
+  std::string tls_cert;              // --tls-cert FILE: client certificate (mutual TLS)
+  std::string tls_key;               // --tls-key FILE
   std::string timeout = "5s";        // --timeout
   std::string output = "table";      // -o
 };

@@ -15,6 +15,8 @@
 
 #include <future>
 
+#include "asyncd/connection.h"
+
 namespace asyncd::ctl {
 namespace {
 
@@ -61,13 +63,16 @@ std::string ByteBufferToString(const grpc::ByteBuffer& buffer) {
 
 std::string SocketTarget(const std::string& path) { return "unix:" + path; }
 
-Connection::Connection(std::string target, std::string display, std::chrono::microseconds timeout)
+Connection::Connection(std::string target, std::string display, std::chrono::microseconds timeout,
+                       const client::TlsOptions* tls)
     : target_(std::move(target)), display_(std::move(display)), timeout_(timeout) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
   // A CLI run is short: do not wait out reconnect backoff between calls.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  channel_ = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
+  const client::TlsOptions no_tls;
+  channel_ = grpc::CreateCustomChannel(
+      target_, client::ChannelCredentialsFor(target_, tls != nullptr ? *tls : no_tls), args);
   stub_ = v1::Asyncd::NewStub(channel_);
 }
 

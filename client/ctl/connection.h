@@ -16,6 +16,10 @@
 #include "asyncd/v1/asyncd.grpc.pb.h"
 #include "client/ctl/exit_code.h"
 
+namespace asyncd::client {
+struct TlsOptions;
+}  // namespace asyncd::client
+
 namespace asyncd::ctl {
 
 /// How a call's deadline is set (see Connection::NewContext).
@@ -49,7 +53,10 @@ class Connection {
   /// `target` is a gRPC target ("unix:/run/asyncd/asyncd.sock",
   /// "dns:host:port"); `display` is how the user named it (the socket path
   /// for --socket). Creating the channel does not connect.
-  Connection(std::string target, std::string display, std::chrono::microseconds timeout);
+  /// `tls` (may be null: none) applies to TCP targets only (see
+  /// client::ChannelCredentialsFor); only read during construction.
+  Connection(std::string target, std::string display, std::chrono::microseconds timeout,
+             const client::TlsOptions* tls = nullptr);
 
   const std::string& target() const { return target_; }
   const std::string& display() const { return display_; }

@@ -1,6 +1,7 @@
 #include <iostream>
 
 #include "absl/status/status.h"
+#include "asyncd/connection.h"
 #include "client/ctl/command.h"
 #include "client/ctl/duration.h"
 #include "src/core/runtime_paths.h"
@@ -22,9 +23,17 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
     env->connections_.push_back(
         std::make_unique<Connection>(SocketTarget(path), path, env->timeout_));
   }
+  client::TlsOptions tls;
+  if (!flags.tls_ca.empty() || !flags.tls_cert.empty() || !flags.tls_key.empty()) {
+    absl::StatusOr<client::TlsOptions> read =
+        client::ReadTls(flags.tls_ca, flags.tls_cert, flags.tls_key);
+    if (!read.ok()) return absl::InvalidArgumentError(std::string(read.status().message()));
+    tls = *std::move(read);
+  }
   for (const std::string& target : flags.targets) {
     if (target.empty()) return absl::InvalidArgumentError("--target: empty address");
-    env->connections_.push_back(std::make_unique<Connection>(target, target, env->timeout_));
+    env->connections_.push_back(
+        std::make_unique<Connection>(target, target, env->timeout_, &tls));
   }
   if (env->connections_.empty()) {
     std::string path = core::DefaultSocketPath();

@@ -50,6 +50,13 @@ int Main(int argc, char** argv) {
   app.add_option("--target", flags.targets, "Daemon gRPC target (repeatable)")
       ->type_name("ADDR")
       ->allow_extra_args(false);
+  app.add_option("--tls-ca", flags.tls_ca,
+                 "CA bundle (PEM) that signed the daemon's certificate: TLS for --target "
+                 "host:port")
+      ->type_name("FILE");
+  app.add_option("--tls-cert", flags.tls_cert, "Client certificate (PEM) for mutual TLS")
+      ->type_name("FILE");
+  app.add_option("--tls-key", flags.tls_key, "Key (PEM) of --tls-cert")->type_name("FILE");
   app.add_option("--timeout", flags.timeout, "Deadline of each RPC, e.g. 5s, 500ms")
       ->type_name("DURATION")
       ->default_str("5s");

@@ -1,6 +1,8 @@
 #include "asyncd/connection.h"
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -42,19 +44,55 @@ bool IsUnixTarget(std::string_view normalized_target) {
   return StartsWith(normalized_target, "unix:") || StartsWith(normalized_target, "unix-abstract:");
 }
 
-std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(
-    std::string_view /*normalized_target*/) {
-  // Unix sockets: the daemon authenticates by SO_PEERCRED. TCP: TLS is a later
-  // issue; when it lands, this is the one place to choose SslCredentials.
-  return grpc::InsecureChannelCredentials();
+absl::StatusOr<TlsOptions> ReadTls(const std::string& ca_file, const std::string& cert_file,
+                                   const std::string& key_file) {
+  auto read = [](const char* what, const std::string& path) -> absl::StatusOr<std::string> {
+    std::ifstream in(path);
+    if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
+    std::stringstream text;
+    text << in.rdbuf();
+    if (text.str().find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is not PEM"));
+    }
+    return text.str();
+  };
+  if (ca_file.empty()) return absl::InvalidArgumentError("TLS needs a CA file (--tls-ca)");
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs its key (--tls-cert with --tls-key)");
+  }
+  TlsOptions tls;
+  absl::StatusOr<std::string> ca = read("CA", ca_file);
+  if (!ca.ok()) return ca.status();
+  tls.root_certs = *std::move(ca);
+  if (!cert_file.empty()) {
+    absl::StatusOr<std::string> cert = read("client certificate", cert_file);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = read("client key", key_file);
+    if (!key.ok()) return key.status();
+    tls.cert_chain = *std::move(cert);
+    tls.private_key = *std::move(key);
+  }
+  return tls;
 }
 
-std::shared_ptr<grpc::Channel> Connect(std::string_view target) {
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(std::string_view normalized_target,
+                                                                const TlsOptions& tls) {
+  // Unix sockets: the daemon authenticates by SO_PEERCRED.
+  if (IsUnixTarget(normalized_target) || !tls.enabled()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = tls.root_certs;
+  options.pem_cert_chain = tls.cert_chain;
+  options.pem_private_key = tls.private_key;
+  return grpc::SslCredentials(options);
+}
+
+std::shared_ptr<grpc::Channel> Connect(std::string_view target, const TlsOptions& tls) {
   const std::string normalized = NormalizeTarget(target);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
-  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized), args);
+  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized, tls), args);
 }
 
 absl::Status ToAbslStatus(const grpc::Status& status) {

@@ -51,6 +51,17 @@ Config Poisoned() {
   c.watch_buffer_events = 32;
   c.admin_uids = {7};
   c.admin_gids = {7};
+  c.tcp_insecure = true;
+  c.tls_cert = "/poison.crt";
+  c.tls_key = "/poison.key";
+  c.tls_client_ca = "/poison-ca.crt";
+  c.socket_group = "poison";
+  c.socket_gid = 7;
+  c.max_inflight_total = 3;
+  c.max_buffered_bytes = 8192;
+  c.admin_groups = {"poison"};
+  c.admin_group_gids = {7};
+  c.admin_tls_cns = {"poison"};
   return c;
 }
 
@@ -65,7 +76,7 @@ TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
   // would make the next test blind to it. Adding a key: poison it, and
   // document it in deploy/asyncd.toml.example.
   // Fails to compile when Config gains or loses a field.
-  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26] = Config{};
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37] = Config{};
   EXPECT_NE(Poisoned(), Config{});
 }
 
@@ -99,6 +110,17 @@ TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
   EXPECT_EQ(loaded->watch_buffer_events, defaults.watch_buffer_events);
   EXPECT_EQ(loaded->admin_uids, defaults.admin_uids);
   EXPECT_EQ(loaded->admin_gids, defaults.admin_gids);
+  EXPECT_EQ(loaded->tcp_insecure, defaults.tcp_insecure);
+  EXPECT_EQ(loaded->tls_cert, defaults.tls_cert);
+  EXPECT_EQ(loaded->tls_key, defaults.tls_key);
+  EXPECT_EQ(loaded->tls_client_ca, defaults.tls_client_ca);
+  EXPECT_EQ(loaded->socket_group, defaults.socket_group);
+  EXPECT_EQ(loaded->socket_gid, defaults.socket_gid);
+  EXPECT_EQ(loaded->max_inflight_total, defaults.max_inflight_total);
+  EXPECT_EQ(loaded->max_buffered_bytes, defaults.max_buffered_bytes);
+  EXPECT_EQ(loaded->admin_groups, defaults.admin_groups);
+  EXPECT_EQ(loaded->admin_group_gids, defaults.admin_group_gids);
+  EXPECT_EQ(loaded->admin_tls_cns, defaults.admin_tls_cns);
   EXPECT_EQ(*loaded, defaults);  // and nothing else differs
 }
 
@@ -160,6 +182,47 @@ TEST(ConfigExampleTest, MissingFileIsNotFound) {
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ConfigExampleTest, AdminGroupsAreResolvedByNameAndUnknownNamesRefused) {
+  // "root" (gid 0) exists everywhere.
+  const std::string good =
+      WriteTemp("groups.toml", "[admin]\ngroups = [\"root\"]\n[server]\nsocket_group = \"root\"\n");
+  absl::StatusOr<Config> loaded = LoadConfigFile(good, Config{});
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->admin_group_gids, std::vector<uint32_t>{0});
+  EXPECT_EQ(loaded->socket_gid, 0);
+  const std::string bad =
+      WriteTemp("badgroup.toml", "[admin]\n\ngroups = [\"no-such-group-asyncd\"]\n");
+  loaded = LoadConfigFile(bad, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr(bad + ":3: admin.groups names unknown group \"no-such-group-asyncd\""));
+  const std::string bad_socket =
+      WriteTemp("badsock.toml", "[server]\nsocket_group = \"no-such-group-asyncd\"\n");
+  loaded = LoadConfigFile(bad_socket, Config{});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr(bad_socket + ":2: server.socket_group"));
+}
+
+TEST(ConfigExampleTest, TcpRequiresTlsUnlessExplicitlyInsecure) {
+  Config c;
+  EXPECT_TRUE(ValidateConfig(c).ok());
+  c.tcp = "127.0.0.1:0";
+  EXPECT_THAT(ValidateConfig(c).message(), HasSubstr("requires TLS"));
+  c.tcp_insecure = true;
+  EXPECT_TRUE(ValidateConfig(c).ok());
+  c.tls_cert = "/c.pem";
+  c.tls_key = "/k.pem";
+  EXPECT_FALSE(ValidateConfig(c).ok());  // both TLS and insecure
+  c.tcp_insecure = false;
+  EXPECT_TRUE(ValidateConfig(c).ok());
+  c.tls_key.clear();
+  EXPECT_FALSE(ValidateConfig(c).ok());  // a cert without its key
+  c = Config{};
+  c.tls_client_ca = "/ca.pem";
+  EXPECT_FALSE(ValidateConfig(c).ok());  // TLS settings without TCP
+}
+
 TEST(LiveLimitsTest, ApplyChangesWhatReadersSee) {
   Config c;
   LiveLimits live(c);
@@ -173,6 +236,11 @@ TEST(LiveLimitsTest, ApplyChangesWhatReadersSee) {
   EXPECT_EQ(live.max_batch_ops(), 8u);
   EXPECT_EQ(live.default_lease_ms(), 1000u);
   EXPECT_EQ(live.drain_grace_ms(), 5u);
+  c.max_inflight_total = 7;
+  c.max_buffered_bytes = 8192;
+  live.Apply(c);
+  EXPECT_EQ(live.max_inflight_total(), 7u);
+  EXPECT_EQ(live.max_buffered_bytes(), 8192u);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "asyncd/v1/asyncd.grpc.pb.h"
 
 namespace asyncd::client {
@@ -32,19 +33,36 @@ inline constexpr int kMaxMessageBytes = 64 << 20;
 /// True if a normalized target names a unix domain socket.
 [[nodiscard]] bool IsUnixTarget(std::string_view normalized_target);
 
+/// TLS for TCP targets: PEM contents (not paths; see ReadTls). Empty
+/// root_certs = no TLS (plaintext, for a daemon with server.tcp_insecure).
+struct TlsOptions {
+  std::string root_certs;   // CA bundle that signed the daemon's certificate
+  std::string cert_chain;   // client certificate (mutual TLS), or empty
+  std::string private_key;  // its key
+  bool enabled() const { return !root_certs.empty(); }
+};
+
+/// Reads PEM files into TlsOptions: `ca_file` is required (a CA bundle);
+/// `cert_file` and `key_file` go together (both or neither). NOT_FOUND /
+/// INVALID_ARGUMENT naming the file. Blocks on file I/O.
+[[nodiscard]] absl::StatusOr<TlsOptions> ReadTls(const std::string& ca_file,
+                                                 const std::string& cert_file = "",
+                                                 const std::string& key_file = "");
+
 /// The one place that chooses channel credentials for a normalized target.
-/// Today: insecure credentials for every target (unix sockets are
-/// authenticated by the daemon through SO_PEERCRED; TLS for TCP targets is a
-/// later issue and will be added here).
+/// Unix sockets: insecure (the daemon authenticates by SO_PEERCRED; `tls` is
+/// ignored). TCP: TLS (grpc::SslCredentials) when `tls` is enabled, else
+/// insecure (only a daemon with server.tcp_insecure accepts that).
 [[nodiscard]] std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(
-    std::string_view normalized_target);
+    std::string_view normalized_target, const TlsOptions& tls = {});
 
 /// Creates a channel to the daemon (target as NormalizeTarget accepts; empty
 /// = the default socket), with send/receive message limits of
 /// kMaxMessageBytes. Does not block and does not connect yet: gRPC connects
 /// lazily on the first call (use channel->WaitForConnected() to probe).
 /// Never returns null.
-[[nodiscard]] std::shared_ptr<grpc::Channel> Connect(std::string_view target = "");
+[[nodiscard]] std::shared_ptr<grpc::Channel> Connect(std::string_view target = "",
+                                                     const TlsOptions& tls = {});
 
 /// grpc::Status -> absl::Status, keeping the code (same numbering) and the
 /// message. OK maps to OK.

@@ -1,0 +1,330 @@
+// Limits and back-pressure over gRPC against the real daemon: every
+// configurable limit answers RESOURCE_EXHAUSTED naming the limit and changes
+// nothing (limits.max_inflight_total, max_buffered_bytes, max_sessions,
+// max_inflight_per_session, max_batch_ops, max_op_bytes), and a stream client
+// that submits but never reads its completions leaves the daemon's memory
+// bounded while it keeps serving everyone else.
+#include <gmock/gmock.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <map>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
+
+namespace asyncd::testing {
+namespace {
+
+using client::Client;
+using client::StreamClient;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using ::testing::HasSubstr;
+
+class Completions {
+ public:
+  StreamClient::CompletionCallback Callback() {
+    return [this](const v1::Completion& c) {
+      std::lock_guard lock(mu_);
+      by_tag_[c.tag()] = c;
+      cv_.notify_all();
+    };
+  }
+  std::optional<v1::Completion> Wait(uint64_t tag, milliseconds timeout = seconds(10)) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return by_tag_.count(tag) > 0; })) return std::nullopt;
+    return by_tag_[tag];
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, v1::Completion> by_tag_;
+};
+
+uint64_t Inflight(Client& c) {
+  auto st = c.GetStats();
+  EXPECT_TRUE(st.ok()) << st.status();
+  return st.ok() ? st->inflight() : ~uint64_t{0};
+}
+
+// Resident memory of a process, in KiB.
+int64_t RssKiB(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
+v1::Operation WriteOp(uint32_t handle, std::string data, uint64_t tag = 0) {
+  v1::Operation op;
+  op.set_tag(tag);
+  op.mutable_write()->set_handle(handle);
+  op.mutable_write()->set_offset(0);
+  op.mutable_write()->set_data(std::move(data));
+  return op;
+}
+
+TEST(LimitsTest, MaxInflightTotalRefusesTheNextOpAcrossSessionsAndChangesNothing) {
+  ConfigFile config("[limits]\nmax_inflight_total = 3\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto stream = StreamClient::Create(daemon.channel(), "holder");
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  Completions done;
+  ASSERT_TRUE((*stream)
+                  ->Submit({TimeoutOp(seconds(30), 1), TimeoutOp(seconds(30), 2),
+                            TimeoutOp(seconds(30), 3)},
+                           done.Callback())
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 3; }));
+
+  // Another session, unary: refused, naming the limit.
+  auto other = client.OpenSession("other");
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto refused = client.Submit(*other, NopOp());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("limits.max_inflight_total 3"));
+  // The same stream: the op is REJECTED in band with the same code.
+  ASSERT_TRUE((*stream)->Submit({NopOp(4)}, done.Callback()).ok());
+  auto rejected = done.Wait(4);
+  ASSERT_TRUE(rejected);
+  EXPECT_EQ(rejected->outcome(), v1::OUTCOME_REJECTED);
+  EXPECT_EQ(rejected->status_code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(rejected->message(), HasSubstr("max_inflight_total"));
+  // Nothing changed: still the same three in flight; the limit is in Stats.
+  auto stats = client.GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->inflight(), 3u);
+  EXPECT_EQ(stats->limits().max_inflight_total(), 3u);
+  auto listed = client.ListAll(v1::OpSelector());
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), 3u);
+
+  // One ends: room for exactly one more.
+  v1::OpSelector sel;
+  sel.set_all(true);
+  auto one = client.Cancel(listed->front().op_id());
+  ASSERT_TRUE(one.ok());
+  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 2; }));
+  EXPECT_TRUE(client.Submit(*other, NopOp()).ok());
+  ASSERT_TRUE(client.Cancel(sel).ok());
+  EXPECT_TRUE((*stream)->Finish().ok());
+}
+
+TEST(LimitsTest, MaxBufferedBytesCountsReadBuffersAndWriteDataAcrossSessions) {
+  ConfigFile config("[limits]\nmax_buffered_bytes = 8192\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto s = client.OpenSession("bytes");
+  ASSERT_TRUE(s.ok());
+  ASSERT_EQ(mkfifo((daemon.root() + "/fifo").c_str(), 0600), 0);
+  auto fifo = client.Open(*s, "fifo", v1::OPEN_MODE_READ_WRITE);
+  ASSERT_TRUE(fifo.ok()) << fifo.status();
+  auto file = client.Open(*s, "f", v1::OPEN_MODE_READ_WRITE, {.create = true});
+  ASSERT_TRUE(file.ok());
+  // A blocked read holds a 6000-byte buffer.
+  auto stream = StreamClient::Create(daemon.channel(), "holder", *s);
+  ASSERT_TRUE(stream.ok());
+  Completions done;
+  ASSERT_TRUE((*stream)->Submit({ReadOp(*fifo, -1, 6000, 1)}, done.Callback()).ok());
+  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 1; }));
+
+  auto other = client.OpenSession("other");
+  ASSERT_TRUE(other.ok());
+  auto read = client.Submit(*s, ReadOp(*file, 0, 4096));
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(read.status().message()), HasSubstr("limits.max_buffered_bytes 8192"));
+  auto write = client.Submit(*s, WriteOp(*file, std::string(3000, 'w')));
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kResourceExhausted);
+  // Nothing changed: the file is still empty, one op in flight.
+  EXPECT_EQ(std::filesystem::file_size(daemon.root() + "/f"), 0u);
+  EXPECT_EQ(Inflight(client), 1u);
+  // What fits still runs, and ops without payload are not affected.
+  auto small = client.Submit(*s, WriteOp(*file, std::string(2000, 'w')));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->result(), 2000);
+  EXPECT_TRUE(client.Submit(*other, NopOp()).ok());
+  auto stats = client.GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->limits().max_buffered_bytes(), 8192u);
+
+  // The blocked read ends (its bytes are released once delivered): room again.
+  v1::OpSelector all;
+  all.set_all(true);
+  ASSERT_TRUE(client.Cancel(all).ok());
+  ASSERT_TRUE(done.Wait(1));
+  absl::StatusOr<v1::Completion> again;
+  ASSERT_TRUE(WaitFor([&] { return (again = client.Submit(*s, ReadOp(*file, 0, 4096))).ok(); }))
+      << again.status();
+  EXPECT_EQ(again->data().size(), 2000u);
+  EXPECT_TRUE((*stream)->Finish().ok());
+}
+
+TEST(LimitsTest, MaxSessionsRefusesTheNextSessionNamingTheLimit) {
+  ConfigFile config("[limits]\nmax_sessions = 2\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  ASSERT_TRUE(client.OpenSession("a").ok());
+  ASSERT_TRUE(client.OpenSession("b").ok());
+  auto third = client.OpenSession("c");
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(third.status().message()), HasSubstr("limits.max_sessions"));
+  auto stream = StreamClient::Create(daemon.channel(), "d");
+  EXPECT_EQ(stream.status().code(), absl::StatusCode::kResourceExhausted);
+  auto sessions = client.ListSessions();
+  ASSERT_TRUE(sessions.ok());
+  EXPECT_EQ(sessions->size(), 2u);
+}
+
+TEST(LimitsTest, MaxInflightPerSessionRejectsOpsOverItInBand) {
+  ConfigFile config("[limits]\nmax_inflight_per_session = 2\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto s = client.OpenSession("per-session");
+  ASSERT_TRUE(s.ok());
+  auto stream = StreamClient::Create(daemon.channel(), "per-session", *s);
+  ASSERT_TRUE(stream.ok());
+  Completions done;
+  ASSERT_TRUE((*stream)
+                  ->Submit({TimeoutOp(seconds(30), 1), TimeoutOp(seconds(30), 2)}, done.Callback())
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 2; }));
+  auto unary = client.Submit(*s, NopOp());
+  EXPECT_EQ(unary.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(unary.status().message()), HasSubstr("limits.max_inflight_per_session"));
+  // Another session is not affected.
+  auto other = client.OpenSession("other");
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(client.Submit(*other, NopOp()).ok());
+  EXPECT_EQ(Inflight(client), 2u);
+  v1::OpSelector all;
+  all.set_all(true);
+  ASSERT_TRUE(client.Cancel(all).ok());
+  EXPECT_TRUE((*stream)->Finish().ok());
+}
+
+// The raw stream (StreamClient splits batches at max_batch_ops itself).
+TEST(LimitsTest, MaxBatchOpsRejectsEveryOpOfAnOversizedBatch) {
+  ConfigFile config("[limits]\nmax_batch_ops = 2\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  auto stub = v1::Asyncd::NewStub(daemon.NewChannel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(20));
+  auto rw = stub->Stream(&ctx);
+  v1::StreamRequest open;
+  open.mutable_open()->set_client_name("batch");
+  ASSERT_TRUE(rw->Write(open));
+  v1::StreamResponse resp;
+  ASSERT_TRUE(rw->Read(&resp));
+  ASSERT_TRUE(resp.has_opened());
+  v1::StreamRequest batch;
+  for (uint64_t t = 1; t <= 3; ++t) *batch.mutable_submit()->add_ops() = NopOp(t);
+  ASSERT_TRUE(rw->Write(batch));
+  int rejected = 0;
+  while (rejected < 3 && rw->Read(&resp)) {
+    if (resp.has_accepted()) {
+      for (const auto& a : resp.accepted().ops()) EXPECT_EQ(a.op_id(), 0u);
+    }
+    for (const auto& c : resp.completions().completions()) {
+      EXPECT_EQ(c.outcome(), v1::OUTCOME_REJECTED);
+      EXPECT_EQ(c.status_code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+      EXPECT_THAT(c.message(), HasSubstr("max_batch_ops 2"));
+      ++rejected;
+    }
+  }
+  EXPECT_EQ(rejected, 3);
+  rw->WritesDone();
+  EXPECT_TRUE(rw->Finish().ok());
+}
+
+TEST(LimitsTest, MaxOpBytesRefusesALargerReadOrWrite) {
+  ConfigFile config("[limits]\nmax_op_bytes = 4096\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto s = client.OpenSession("op-bytes");
+  ASSERT_TRUE(s.ok());
+  auto file = client.Open(*s, "f", v1::OPEN_MODE_READ_WRITE, {.create = true});
+  ASSERT_TRUE(file.ok());
+  auto read = client.Submit(*s, ReadOp(*file, 0, 4097));
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(read.status().message()), HasSubstr("max_op_bytes 4096"));
+  auto write = client.Submit(*s, WriteOp(*file, std::string(4097, 'x')));
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(std::filesystem::file_size(daemon.root() + "/f"), 0u);
+  EXPECT_TRUE(client.Submit(*s, ReadOp(*file, 0, 4096)).ok());
+}
+
+// A stream client that keeps submitting 1 MiB reads and never reads a
+// completion: the daemon stops reading its requests once
+// max_inflight_per_session results are undelivered, so its memory stays
+// bounded, and everyone else is still served.
+TEST(LimitsTest, StreamClientThatNeverReadsLeavesDaemonMemoryBounded) {
+  ConfigFile config("[limits]\nmax_inflight_per_session = 8\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  {
+    std::ofstream big(daemon.root() + "/big");
+    big << std::string(1 << 20, 'b');
+  }
+  auto s = client.OpenSession("never-reads", 60000);
+  ASSERT_TRUE(s.ok());
+  auto h = client.Open(*s, "big", v1::OPEN_MODE_READ_ONLY);
+  ASSERT_TRUE(h.ok());
+  // Warm up (allocator arenas, gRPC buffers) with reads that are delivered.
+  for (int i = 0; i < 16; ++i) ASSERT_TRUE(client.Read(*s, *h, 0, 1 << 20).ok());
+  const int64_t before = RssKiB(daemon.pid());
+  ASSERT_GT(before, 0);
+
+  auto stub = v1::Asyncd::NewStub(daemon.NewChannel());
+  grpc::ClientContext ctx;
+  auto rw = stub->Stream(&ctx);
+  v1::StreamRequest open;
+  open.mutable_open()->set_session_id(*s);
+  ASSERT_TRUE(rw->Write(open));
+  std::atomic<uint64_t> ops_sent{0};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    v1::StreamRequest batch;
+    for (int i = 0; i < 8; ++i) *batch.mutable_submit()->add_ops() = ReadOp(*h, 0, 1 << 20, i);
+    while (!stop && rw->Write(batch)) ops_sent += 8;
+  });
+  // Unchecked, this would be > 1 GiB of read results within seconds.
+  std::this_thread::sleep_for(seconds(3));
+  const uint64_t sent_at_3s = ops_sent;
+  std::this_thread::sleep_for(seconds(2));
+  const int64_t after = RssKiB(daemon.pid());
+  // The client's writes are held back (transport flow control) once the
+  // daemon stops reading: it could not push an unbounded number of ops.
+  EXPECT_EQ(ops_sent.load(), sent_at_3s) << "the daemon kept reading requests";
+  EXPECT_LT(after - before, 96 * 1024) << "RSS grew from " << before << " KiB to " << after;
+
+  // Everyone else is still served, reads included.
+  Client other(daemon.NewChannel());
+  auto s2 = other.OpenSession("other");
+  ASSERT_TRUE(s2.ok()) << s2.status();
+  EXPECT_TRUE(other.Submit(*s2, NopOp()).ok());
+  auto h2 = other.Open(*s2, "big", v1::OPEN_MODE_READ_ONLY);
+  ASSERT_TRUE(h2.ok());
+  auto data = other.Read(*s2, *h2, 0, 1 << 20);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->size(), size_t{1} << 20);
+
+  stop = true;
+  ctx.TryCancel();
+  writer.join();
+  // Once the stream is gone its ops and buffered results are released.
+  EXPECT_TRUE(WaitFor([&] { return Inflight(client) == 0; }));
+  std::cerr << "daemon RSS " << before << " KiB -> " << after << " KiB with " << sent_at_3s
+            << " ops sent by a client that never reads\n";
+}
+
+}  // namespace
+}  // namespace asyncd::testing
