@@ -4,14 +4,19 @@
 // gRPC to it through the client library.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -29,31 +34,62 @@ inline std::string Name(BackendMode m) {
   return m == BackendMode::kIoUring ? "IoUring" : "ThreadPoolOnly";
 }
 
+/// How to start a Daemon beyond the backend mode (all optional).
+struct DaemonOptions {
+  std::vector<std::string> extra_args;
+  /// RLIMIT_NOFILE (soft and hard) set in the child before exec.
+  std::optional<rlim_t> nofile_limit;
+  /// Environment variables set in the child before exec.
+  std::vector<std::pair<std::string, std::string>> env;
+  /// Reuse this directory (socket, root, state) instead of a fresh temporary
+  /// one, e.g. to restart on the same socket path; it is then not removed.
+  std::string dir;
+};
+
 /// A daemon process of our own, killed at the end of the test.
 class Daemon {
  public:
-  explicit Daemon(BackendMode mode, std::vector<std::string> extra_args = {}) {
-    char tmpl[] = "/tmp/asyncd-it.XXXXXX";
-    dir_ = mkdtemp(tmpl);
+  explicit Daemon(BackendMode mode, std::vector<std::string> extra_args = {})
+      : Daemon(mode, DaemonOptions{.extra_args = std::move(extra_args)}) {}
+
+  Daemon(BackendMode mode, DaemonOptions options) {
+    if (options.dir.empty()) {
+      char tmpl[] = "/tmp/asyncd-it.XXXXXX";
+      dir_ = mkdtemp(tmpl);
+      owns_dir_ = true;
+    } else {
+      dir_ = options.dir;
+    }
     socket_ = dir_ + "/asyncd.sock";
     root_ = dir_ + "/root";
     std::filesystem::create_directories(root_);
     std::vector<std::string> args = {ASYNCD_BINARY, "--socket", socket_, "--root", root_,
                                      "--log-level", "warn"};
     if (mode == BackendMode::kThreadPoolOnly) args.push_back("--no-io-uring");
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
     log_ = dir_ + "/daemon.log";
     pid_ = fork();
     if (pid_ == 0) {
-      const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
       setenv("STATE_DIRECTORY", (dir_ + "/state").c_str(), 1);
+      for (const auto& [name, value] : options.env) setenv(name.c_str(), value.c_str(), 1);
+      if (options.nofile_limit) {
+        const struct rlimit lim = {*options.nofile_limit, *options.nofile_limit};
+        if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);
+      }
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
       execv(argv[0], argv.data());
       _exit(127);
+    }
+    // Wait for the socket to accept before creating the channel: a channel
+    // that fails its first connect backs off for seconds.
+    for (int i = 0; i < 2000 && !Accepting(); ++i) {
+      if (!Alive()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     channel_ = client::Connect(socket_);
     const auto until = std::chrono::system_clock::now() + std::chrono::seconds(20);
@@ -68,9 +104,20 @@ class Daemon {
 
   ~Daemon() {
     if (pid_ > 0) Stop();
+    if (!owns_dir_) return;
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
+
+  /// SIGKILL, and reaps it: no drain, no cleanup (its socket file stays).
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+  pid_t pid() const { return pid_; }
 
   /// SIGTERM, then waits; returns the exit status (or -1 if it had to be killed).
   int Stop() {
@@ -91,6 +138,15 @@ class Daemon {
     return exit_status_ = -1;
   }
 
+  bool Accepting() const {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", socket_.c_str());
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    return ok;
+  }
   bool Alive() const { return pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0; }
   std::string Log() const {
     std::string out;
@@ -112,6 +168,7 @@ class Daemon {
 
  private:
   std::string dir_, socket_, root_, log_;
+  bool owns_dir_ = false;
   pid_t pid_ = -1;
   int exit_status_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
