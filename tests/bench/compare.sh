@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# compare.sh: asyncd against the machine, in one run (issue 8).
+#
+# Measures, on this machine and in this run, the daemon's figures next to
+# the reference points they are judged against -- fio (io_uring and psync
+# engines) on the same tmpfs file, and a bare unary gRPC call (Health/Check)
+# on the same server -- and prints one table: measured value, reference,
+# ratio, target, PASS/MISS. --json prints the same as one JSON document
+# instead (for comparisons over time).
+#
+#   tests/bench/compare.sh [--build DIR] [--duration SECONDS] [--json] [--keep-logs]
+#
+# --build     build tree holding daemon/asyncd and client/asyncd-bench
+#             (default: $ASYNCD_BUILD, else build/perf; configure it with
+#             -DCMAKE_BUILD_TYPE=Release).
+# --duration  measured seconds per asyncd-bench run (default 5; fio always
+#             runs 10 s, as the targets specify). About 2 min in all at 5.
+# --json      print only the JSON document on stdout (progress goes to stderr).
+# --keep-logs copy the raw outputs (bench/fio JSON, daemon logs) to
+#             ./compare-logs.<pid> before the temp dir is removed.
+#
+# Everything lives in a temp dir under /dev/shm (tmpfs, so the page cache
+# and not the disk is measured), removed at exit, daemons included.
+# Needs: fio, python3 (for the report), a release build.
+#
+# Stream targets use env overrides for their shape (defaults in brackets):
+#   NOP_QD [1024] NOP_BATCH [256] NOP_STREAMS [2]   target 2 and 5
+#   READ_BATCH [32]                                  targets 1 and 4 (QD 128)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+build="${ASYNCD_BUILD:-$repo/build/perf}"
+duration=5
+json=0
+keep_logs=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --build) build="$(cd "$2" && pwd)"; shift 2 ;;
+    --duration) duration="$2"; shift 2 ;;
+    --json) json=1; shift ;;
+    --keep-logs) keep_logs=1; shift ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+daemon_bin="$build/daemon/asyncd"
+bench_bin="$build/client/asyncd-bench"
+for b in "$daemon_bin" "$bench_bin"; do
+  [[ -x "$b" ]] || { echo "compare.sh: $b not built" >&2; exit 1; }
+done
+command -v fio >/dev/null || { echo "compare.sh: fio not installed" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "compare.sh: python3 not installed" >&2; exit 1; }
+
+nop_qd="${NOP_QD:-1024}"
+nop_batch="${NOP_BATCH:-256}"
+nop_streams="${NOP_STREAMS:-2}"
+read_batch="${READ_BATCH:-32}"
+cores="$(nproc)"
+pool_threads=$(( 2 * cores > 4 ? 2 * cores : 4 ))  # the daemon's default, made explicit
+hold_ops=100000
+
+log() { echo "compare.sh: $*" >&2; }
+
+tmp="$(mktemp -d /dev/shm/asyncd-compare.XXXXXX)"
+root="$tmp/root"
+out="$tmp/out"
+mkdir -p "$root" "$out"
+daemon_pid=""
+fifo_fd_open=0
+
+stop_daemon() {
+  if [[ -n "$daemon_pid" ]]; then
+    kill -TERM "$daemon_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$daemon_pid" 2>/dev/null || true
+    wait "$daemon_pid" 2>/dev/null || true
+    daemon_pid=""
+  fi
+}
+cleanup() {
+  stop_daemon
+  if [[ $fifo_fd_open -eq 1 ]]; then exec 3>&-; fi
+  if [[ $keep_logs -eq 1 ]]; then cp -r "$out" "./compare-logs.$$" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_daemon NAME CONFIG [extra flags...]
+start_daemon() {
+  local name="$1" config="$2"
+  shift 2
+  sock="$tmp/$name.sock"
+  "$daemon_bin" --config "$config" --socket "$sock" --root "$root" --log-level warn "$@" \
+    >"$out/daemon-$name.log" 2>&1 &
+  daemon_pid=$!
+  for _ in $(seq 200); do
+    [[ -S "$sock" ]] && return 0
+    kill -0 "$daemon_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  log "daemon $name did not start:"; cat "$out/daemon-$name.log" >&2
+  exit 1
+}
+
+bench() {  # bench OUTFILE ARGS...: asyncd-bench against the current daemon
+  local file="$1"
+  shift
+  "$bench_bin" --target "unix:$sock" --output json "$@" >"$out/$file"
+}
+
+stream_args=(--mode stream --warmup 1s --duration "${duration}s")
+read_args=(--mix read=1 --block-size 4096 --file data.bin --file-size $((64 << 20))
+           --queue-depth 128 --batch "$read_batch" --connections 1)
+nop_args=(--mix nop=1 --queue-depth "$nop_qd" --batch "$nop_batch" --connections "$nop_streams")
+
+log "temp dir $tmp; build $build; $cores cores; $duration s per bench run"
+dd if=/dev/urandom of="$root/data.bin" bs=1M count=64 status=none
+
+cat >"$tmp/asyncd.toml" <<EOF
+[backends]
+thread_pool_threads = $pool_threads
+[limits]
+max_inflight_per_session = 8192
+EOF
+
+# --- fio: the kernel's own figures on the same file ---
+fio_common=(--filename="$root/data.bin" --size=64M --rw=randread --bs=4k --direct=0
+            --time_based --runtime=10 --output-format=json)
+log "fio io_uring QD128 (10 s)"
+fio --name=uring --ioengine=io_uring --iodepth=128 "${fio_common[@]}" >"$out/fio-uring.json"
+log "fio psync x$pool_threads jobs (10 s)"
+fio --name=psync --ioengine=psync --numjobs="$pool_threads" --group_reporting \
+  "${fio_common[@]}" >"$out/fio-psync.json"
+
+# --- io_uring daemon ---
+start_daemon uring "$tmp/asyncd.toml"
+log "1: stream 4 KiB random reads QD128"
+bench t1-read.json "${stream_args[@]}" "${read_args[@]}"
+# 2 and 5 alternate (without, with, without, with) so drift hits both alike.
+for round in 1 2; do
+  log "2: stream NOP (round $round)"
+  bench "t2-nop-$round.json" "${stream_args[@]}" "${nop_args[@]}"
+  log "5: stream NOP while listing every 100 ms (round $round)"
+  bench "t5-nop-list-$round.json" "${stream_args[@]}" "${nop_args[@]}" --list-every 100ms
+done
+# 3: the bare RPC and unary NOP alternate too, one call in flight each.
+unary_d=$(( duration > 6 ? duration / 2 : 3 ))
+for round in 1 2; do
+  log "3: bare Health/Check (round $round)"
+  bench "t3-health-$round.json" --mode health --connections 1 --warmup 1s --duration "${unary_d}s"
+  log "3: unary NOP (round $round)"
+  bench "t3-unary-$round.json" --mode unary --mix nop=1 --connections 1 --warmup 1s \
+    --duration "${unary_d}s"
+done
+stop_daemon
+
+# --- thread-pool-only daemon ---
+start_daemon pool "$tmp/asyncd.toml" --no-io-uring
+log "4: thread pool only, stream 4 KiB random reads QD128"
+bench t4-read.json "${stream_args[@]}" "${read_args[@]}"
+stop_daemon
+
+# --- memory: 100,000 blocked FIFO reads ---
+cat >"$tmp/asyncd-mem.toml" <<EOF
+[backends]
+uring_entries = 32768
+thread_pool_threads = $pool_threads
+[limits]
+max_inflight_per_session = 131072
+max_inflight_total = 262144
+EOF
+mkfifo "$root/fifo"
+exec 3<>"$root/fifo"  # a writer that never writes: the reads block, the open does not
+fifo_fd_open=1
+start_daemon mem "$tmp/asyncd-mem.toml"
+sleep 0.5
+rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status")
+log "6: $hold_ops blocked 1-byte FIFO reads"
+"$bench_bin" --target "unix:$sock" --output json --mode hold --file fifo --block-size 1 \
+  --queue-depth "$hold_ops" --batch 1000 --duration 3s >"$out/t6-hold.json" &
+hold_pid=$!
+for _ in $(seq 1200); do
+  [[ -s "$out/t6-hold.json" ]] && break
+  kill -0 "$hold_pid" 2>/dev/null || break
+  sleep 0.1
+done
+sleep 0.5
+rss_with=$(awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status")
+wait "$hold_pid" || log "hold run failed: $(cat "$out/t6-hold.json")"
+echo "{\"rss_before_kib\":$rss_before,\"rss_with_kib\":$rss_with,\"ops\":$hold_ops}" \
+  >"$out/t6-rss.json"
+stop_daemon
+
+# --- report ---
+python3 - "$out" "$json" "$cores" "$pool_threads" "$duration" \
+  "$nop_qd" "$nop_batch" "$nop_streams" "$read_batch" <<'PY'
+import json, os, subprocess, sys, time
+out, as_json, cores, pool, duration = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+nop_qd, nop_batch, nop_streams, read_batch = sys.argv[6:10]
+def load(name):
+    with open(os.path.join(out, name)) as f:
+        return json.load(f)
+def fio_iops(name):
+    return sum(j["read"]["iops"] for j in load(name)["jobs"])
+def mean(xs): return sum(xs) / len(xs)
+
+fio_uring = fio_iops("fio-uring.json")
+fio_psync = fio_iops("fio-psync.json")
+t1 = load("t1-read.json")
+t2 = [load(f"t2-nop-{r}.json") for r in (1, 2)]
+t5 = [load(f"t5-nop-list-{r}.json") for r in (1, 2)]
+health = [load(f"t3-health-{r}.json") for r in (1, 2)]
+unary = [load(f"t3-unary-{r}.json") for r in (1, 2)]
+t4 = load("t4-read.json")
+hold = load("t6-hold.json")
+rss = load("t6-rss.json")
+
+def ok_ops(r):  # ops that did what was asked (errors would inflate a rate)
+    return r["outcomes"]["completed_ok"]
+
+nop_without = mean([r["ops_per_s"] for r in t2])
+nop_with = mean([r["ops_per_s"] for r in t5])
+h50, h99 = mean([r["latency_us"]["p50"] for r in health]), mean([r["latency_us"]["p99"] for r in health])
+u50, u99 = mean([r["latency_us"]["p50"] for r in unary]), mean([r["latency_us"]["p99"] for r in unary])
+rss_delta_b = (rss["rss_with_kib"] - rss["rss_before_kib"]) * 1024
+per_op = rss_delta_b / rss["ops"] if hold.get("accepted") == rss["ops"] else float("nan")
+
+rows = []
+def row(key, what, value, unit, ref, ref_what, ratio, target, cmp, note=""):
+    passed = (ratio >= target) if cmp == ">=" else (ratio <= target)
+    if ratio != ratio:  # NaN: the measurement failed
+        passed = False
+    rows.append({"id": key, "what": what, "value": value, "unit": unit, "reference": ref,
+                 "reference_what": ref_what, "ratio": ratio, "target": f"{cmp} {target:g}",
+                 "pass": passed, "note": note})
+
+row("1", "stream 4K randread QD128 (io_uring)", t1["ops_per_s"], "IOPS", fio_uring,
+    "fio io_uring QD128", t1["ops_per_s"] / fio_uring, 0.5, ">=",
+    f"batch {read_batch}, p50 {t1['latency_us']['p50']:.0f} us")
+row("2", "stream NOP", nop_without, "ops/s", 1e6, "1,000,000 ops/s", nop_without / 1e6, 1.0, ">=",
+    f"{nop_streams} streams x QD{nop_qd} batch {nop_batch}; runs {t2[0]['ops_per_s']:.0f}, {t2[1]['ops_per_s']:.0f}")
+row("3a", "unary NOP p50", u50, "us", h50, "Health/Check p50", u50 / h50, 1.15, "<=",
+    f"{mean([r['ops_per_s'] for r in unary]):.0f} vs {mean([r['ops_per_s'] for r in health]):.0f} calls/s; "
+    f"inside the daemon (accepted to finished) p50 {mean([r.get('daemon_us', {}).get('p50', float('nan')) for r in unary]):.1f} us")
+row("3b", "unary NOP p99", u99, "us", h99, "Health/Check p99", u99 / h99, 1.3, "<=",
+    f"inside the daemon p99 {mean([r.get('daemon_us', {}).get('p99', float('nan')) for r in unary]):.1f} us")
+row("4", "thread pool 4K randread QD128", t4["ops_per_s"], "IOPS", t1["ops_per_s"],
+    "target 1 (io_uring)", t4["ops_per_s"] / t1["ops_per_s"], 0.8, ">=",
+    f"fio psync x{pool}: {fio_psync:.0f} IOPS (ratio to it {t4['ops_per_s'] / fio_psync:.2f})")
+row("5", "stream NOP, listing every 100 ms", nop_with, "ops/s", nop_without, "target 2",
+    nop_with / nop_without, 0.95, ">=",
+    f"{sum(r['lister']['lists'] for r in t5)} listings of ~{int(mean([r['lister']['listed_ops'] / max(1, r['lister']['lists']) for r in t5]))} ops, p50 {mean([r['lister']['list_p50_us'] for r in t5]):.0f} us")
+row("6", "RSS per blocked FIFO read", per_op, "B/op", 1024, "1 KiB", per_op / 1024, 1.0, "<=",
+    f"{hold.get('accepted')} of {rss['ops']} accepted; RSS {rss['rss_before_kib']} -> {rss['rss_with_kib']} KiB")
+
+errors = {}
+for name, r in [("t1", t1), ("t4", t4)] + [(f"t2.{i}", r) for i, r in enumerate(t2)] + \
+        [(f"t5.{i}", r) for i, r in enumerate(t5)] + [(f"unary.{i}", r) for i, r in enumerate(unary)]:
+    bad = r["outcomes"]["completed_errno"] + sum(v for k, v in r["outcomes"].items() if k not in ("completed_ok", "completed_errno"))
+    if bad or r["rpc_errors"]:
+        errors[name] = {"not_ok": bad, "errnos": r["errnos"], "rpc_errors": r["rpc_errors"]}
+
+def kernel():
+    try: return os.uname().release
+    except Exception: return ""
+doc = {
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "host": {"cores": cores, "kernel": kernel()},
+    "settings": {"duration_s": duration, "pool_threads": pool, "nop_qd": int(nop_qd),
+                 "nop_batch": int(nop_batch), "nop_streams": int(nop_streams), "read_batch": int(read_batch)},
+    "fio": {"io_uring_qd128_iops": fio_uring, "psync_iops": fio_psync, "psync_jobs": pool},
+    "results": rows,
+    "errors": errors,
+    "passed": sum(r["pass"] for r in rows),
+    "total": len(rows),
+}
+if as_json:
+    print(json.dumps(doc, indent=2))
+    sys.exit(0)
+
+def fmt(v, unit):
+    if v != v: return "n/a"
+    if unit in ("IOPS", "ops/s"): return f"{v:,.0f} {unit}"
+    if unit == "us": return f"{v:.1f} us"
+    return f"{v:.0f} {unit}"
+print(f"asyncd compare: {cores} cores, kernel {kernel()}, {duration:g} s per bench run")
+print(f"fio 4K randread on tmpfs: io_uring QD128 {fio_uring:,.0f} IOPS; psync x{pool} jobs {fio_psync:,.0f} IOPS")
+print()
+hdr = f"{'#':<3} {'measured':<34} {'value':>16} {'reference':>16}  {'(of)':<20} {'ratio':>6} {'target':>7}  result"
+print(hdr)
+print("-" * len(hdr))
+for r in rows:
+    print(f"{r['id']:<3} {r['what']:<34} {fmt(r['value'], r['unit']):>16} {fmt(r['reference'], r['unit'] if r['id'] != '6' else 'B/op'):>16}  "
+          f"{r['reference_what']:<20} {r['ratio']:>6.2f} {r['target']:>7}  {'PASS' if r['pass'] else 'MISS'}")
+    if r["note"]:
+        print(f"{'':<4}{r['note']}")
+print()
+print(f"{doc['passed']} of {doc['total']} targets met")
+if errors:
+    print("ops that did not complete OK:", json.dumps(errors))
+PY
