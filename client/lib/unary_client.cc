@@ -34,10 +34,8 @@ absl::StatusOr<uint64_t> Client::OpenSession(std::string_view client_name, uint3
   request.set_lease_ms(lease_ms);
   v1::OpenSessionResponse local;
   v1::OpenSessionResponse& out = response != nullptr ? *response : local;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->OpenSession(&context, request, &out); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::OpenSession, request, &out); !s.ok()) {
+    return s;
   }
   return out.session_id();
 }
@@ -46,10 +44,8 @@ absl::StatusOr<uint32_t> Client::KeepAlive(uint64_t session_id) {
   v1::KeepAliveRequest request;
   request.set_session_id(session_id);
   v1::KeepAliveResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->KeepAlive(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::KeepAlive, request, &response); !s.ok()) {
+    return s;
   }
   return response.lease_ms();
 }
@@ -58,10 +54,8 @@ absl::StatusOr<v1::CancelCounts> Client::CloseSession(uint64_t session_id) {
   v1::CloseSessionRequest request;
   request.set_session_id(session_id);
   v1::CloseSessionResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->CloseSession(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::CloseSession, request, &response); !s.ok()) {
+    return s;
   }
   return std::move(*response.mutable_counts());
 }
@@ -72,10 +66,8 @@ absl::StatusOr<v1::Completion> Client::Submit(uint64_t session_id, const v1::Ope
   request.set_session_id(session_id);
   *request.mutable_op() = op;
   v1::Completion completion;
-  grpc::ClientContext context;
-  Prepare(context, deadline);
-  if (grpc::Status s = stub_->Submit(&context, request, &completion); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Submit, request, &completion, deadline); !s.ok()) {
+    return s;
   }
   return completion;
 }
@@ -165,10 +157,8 @@ absl::StatusOr<v1::CancelResponse> Client::Cancel(uint64_t op_id) {
   v1::CancelRequest request;
   request.set_op_id(op_id);
   v1::CancelResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->Cancel(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Cancel, request, &response); !s.ok()) {
+    return s;
   }
   return response;
 }
@@ -177,10 +167,8 @@ absl::StatusOr<v1::CancelResponse> Client::Cancel(const v1::OpSelector& selector
   v1::CancelRequest request;
   *request.mutable_selector() = selector;
   v1::CancelResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->Cancel(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Cancel, request, &response); !s.ok()) {
+    return s;
   }
   return response;
 }
@@ -195,10 +183,8 @@ absl::StatusOr<v1::ListOperationsResponse> Client::ListOperations(const v1::OpSe
   request.set_page_token(std::string(page_token));
   request.set_include_timeline(timeline == Timeline::kInclude);
   v1::ListOperationsResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->ListOperations(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::ListOperations, request, &response); !s.ok()) {
+    return s;
   }
   return response;
 }
@@ -227,10 +213,8 @@ absl::StatusOr<v1::OperationInfo> Client::GetOperation(uint64_t op_id) {
   v1::GetOperationRequest request;
   request.set_op_id(op_id);
   v1::OperationInfo response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->GetOperation(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::GetOperation, request, &response); !s.ok()) {
+    return s;
   }
   return response;
 }
@@ -245,10 +229,8 @@ absl::StatusOr<std::vector<v1::OperationInfo>> Client::ListHistory(const v1::OpS
   request.set_slowest(order == HistoryOrder::kSlowestFirst);
   request.set_include_timeline(timeline == Timeline::kInclude);
   v1::ListHistoryResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->ListHistory(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::ListHistory, request, &response); !s.ok()) {
+    return s;
   }
   return std::vector<v1::OperationInfo>(std::make_move_iterator(response.mutable_ops()->begin()),
                                         std::make_move_iterator(response.mutable_ops()->end()));
@@ -257,10 +239,8 @@ absl::StatusOr<std::vector<v1::OperationInfo>> Client::ListHistory(const v1::OpS
 absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListSessions() {
   v1::ListSessionsRequest request;
   v1::ListSessionsResponse response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->ListSessions(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::ListSessions, request, &response); !s.ok()) {
+    return s;
   }
   return std::vector<v1::SessionInfo>(
       std::make_move_iterator(response.mutable_sessions()->begin()),
@@ -270,10 +250,8 @@ absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListSessions() {
 absl::StatusOr<v1::Stats> Client::GetStats() {
   v1::GetStatsRequest request;
   v1::Stats response;
-  grpc::ClientContext context;
-  Prepare(context, {});
-  if (grpc::Status s = stub_->GetStats(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::GetStats, request, &response); !s.ok()) {
+    return s;
   }
   return response;
 }
@@ -283,10 +261,8 @@ absl::StatusOr<v1::DrainResponse> Client::Drain(uint32_t grace_ms,
   v1::DrainRequest request;
   request.set_grace_ms(grace_ms);
   v1::DrainResponse response;
-  grpc::ClientContext context;
-  Prepare(context, deadline);
-  if (grpc::Status s = stub_->Drain(&context, request, &response); !s.ok()) {
-    return ToAbslStatus(s);
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Drain, request, &response, deadline); !s.ok()) {
+    return s;
   }
   return response;
 }

@@ -60,14 +60,6 @@ v1::Operation CloseOp(uint32_t handle) {
   return op;
 }
 
-int64_t RssBytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  }
-  return -1;
-}
 
 // --- EMFILE -----------------------------------------------------------------
 

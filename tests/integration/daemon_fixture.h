@@ -12,6 +12,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -195,6 +200,47 @@ inline v1::Operation TimeoutOp(std::chrono::microseconds d, uint64_t tag = 0) {
   op.set_tag(tag);
   op.mutable_timeout()->set_duration_us(d.count());
   return op;
+}
+
+/// Collects stream completions by tag.
+class Completions {
+ public:
+  client::StreamClient::CompletionCallback Callback() {
+    return [this](const v1::Completion& c) {
+      std::lock_guard lock(mu_);
+      by_tag_[c.tag()] = c;
+      cv_.notify_all();
+    };
+  }
+  std::optional<v1::Completion> Wait(uint64_t tag,
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return by_tag_.count(tag) > 0; })) return std::nullopt;
+    return by_tag_[tag];
+  }
+  size_t size() {
+    std::lock_guard lock(mu_);
+    return by_tag_.size();
+  }
+  bool Has(uint64_t tag) {
+    std::lock_guard lock(mu_);
+    return by_tag_.count(tag) > 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, v1::Completion> by_tag_;
+};
+
+/// Resident memory of a process, in bytes (-1 if unknown).
+inline int64_t RssBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
 }
 
 /// Waits for `pred` up to `timeout`; a test never waits forever.

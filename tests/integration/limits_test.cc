@@ -26,26 +26,6 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 using ::testing::HasSubstr;
 
-class Completions {
- public:
-  StreamClient::CompletionCallback Callback() {
-    return [this](const v1::Completion& c) {
-      std::lock_guard lock(mu_);
-      by_tag_[c.tag()] = c;
-      cv_.notify_all();
-    };
-  }
-  std::optional<v1::Completion> Wait(uint64_t tag, milliseconds timeout = seconds(10)) {
-    std::unique_lock lock(mu_);
-    if (!cv_.wait_for(lock, timeout, [&] { return by_tag_.count(tag) > 0; })) return std::nullopt;
-    return by_tag_[tag];
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<uint64_t, v1::Completion> by_tag_;
-};
 
 uint64_t Inflight(Client& c) {
   auto st = c.GetStats();
@@ -53,15 +33,6 @@ uint64_t Inflight(Client& c) {
   return st.ok() ? st->inflight() : ~uint64_t{0};
 }
 
-// Resident memory of a process, in KiB.
-int64_t RssKiB(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
-}
 
 v1::Operation WriteOp(uint32_t handle, std::string data, uint64_t tag = 0) {
   v1::Operation op;
@@ -280,7 +251,7 @@ TEST(LimitsTest, StreamClientThatNeverReadsLeavesDaemonMemoryBounded) {
   ASSERT_TRUE(h.ok());
   // Warm up (allocator arenas, gRPC buffers) with reads that are delivered.
   for (int i = 0; i < 16; ++i) ASSERT_TRUE(client.Read(*s, *h, 0, 1 << 20).ok());
-  const int64_t before = RssKiB(daemon.pid());
+  const int64_t before = RssBytes(daemon.pid()) / 1024;
   ASSERT_GT(before, 0);
 
   auto stub = v1::Asyncd::NewStub(daemon.NewChannel());
@@ -300,7 +271,7 @@ TEST(LimitsTest, StreamClientThatNeverReadsLeavesDaemonMemoryBounded) {
   std::this_thread::sleep_for(seconds(3));
   const uint64_t sent_at_3s = ops_sent;
   std::this_thread::sleep_for(seconds(2));
-  const int64_t after = RssKiB(daemon.pid());
+  const int64_t after = RssBytes(daemon.pid()) / 1024;
   // The client's writes are held back (transport flow control) once the
   // daemon stops reading: it could not push an unbounded number of ops.
   EXPECT_EQ(ops_sent.load(), sent_at_3s) << "the daemon kept reading requests";

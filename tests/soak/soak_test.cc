@@ -73,14 +73,6 @@ std::string ListFds(pid_t pid) {
   return out;
 }
 
-int64_t RssBytes(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  }
-  return -1;
-}
 
 // What the clients saw, summed over threads.
 struct Tally {

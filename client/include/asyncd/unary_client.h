@@ -130,6 +130,16 @@ class Client {
  private:
   // The one place a call's deadline is applied.
   void Prepare(grpc::ClientContext& context, std::optional<Deadline> deadline) const;
+  // One unary RPC with the deadline applied in one place: what every method shares.
+  template <typename Request, typename Response>
+  absl::Status Call(grpc::Status (v1::Asyncd::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                             Response*),
+                    const Request& request, Response* response,
+                    std::optional<Deadline> deadline = {}) {
+    grpc::ClientContext context;
+    Prepare(context, deadline);
+    return ToAbslStatus((stub_.get()->*method)(&context, request, response));
+  }
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Asyncd::Stub> stub_;
