@@ -12,9 +12,11 @@ packages=(
   libsystemd-dev libtomlplusplus-dev
 )
 # Test-only tools: the Python interop client, fio for the comparison bench,
+# openssl for TLS test certificates, debootstrap + nspawn for the real-systemd test,
 # clang for libFuzzer.
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3 python3-grpcio python3-protobuf protobuf-compiler-grpc fio clang
+  packages+=(python3 python3-grpcio python3-protobuf protobuf-compiler-grpc fio clang openssl
+             debootstrap systemd-container
              libclang-rt-14-dev systemd)
 fi
 
