@@ -428,6 +428,9 @@ class Service::StreamCall final
       reading_ = false;
       if (s.ok()) {
         MaybeReadLocked();
+        // A cancel that came while this read was being handled could not
+        // finish the stream then (a read was outstanding): finish it now.
+        MaybeFinishLocked();
         return;
       }
       end_status_ = ToGrpcStatus(s);
