@@ -375,9 +375,12 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
 
   // A call that ended because its deadline passed times the op out; the
   // op's own deadline timer may lose that race to gRPC's.
+  // gRPC's timer may fire a little before the wall-clock deadline: allow slack.
   core::EndReason CancelReason() const {
-    return ctx_->deadline() <= std::chrono::system_clock::now() ? core::EndReason::kDeadline
-                                                                : core::EndReason::kRpcCancelled;
+    const auto slack = std::chrono::milliseconds(50);
+    return ctx_->deadline() <= std::chrono::system_clock::now() + slack
+               ? core::EndReason::kDeadline
+               : core::EndReason::kRpcCancelled;
   }
 
   Service* const service_;
