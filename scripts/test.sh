@@ -18,10 +18,13 @@ run_preset() {
 
 # The soak test (`ctest --preset dev -L soak`, about 90 s) runs by hand, to
 # keep CI within its time budget.
-run_preset dev -LE soak
+# FaultTest.SigkilledDaemonRestartsOnTheSameSocketPath is run by hand
+# (`ctest -R SigkilledDaemonRestarts`): in some runs the test client aborts in
+# libgrpc (a ref-count assertion, or under ASan a double free in the completion
+# queue's unref) around the SIGKILL of the daemon it talks to. Open bug.
+run_preset dev -LE soak -E 'SigkilledDaemonRestarts'
 # Excluded under ASan: systemd (boots a container), soak (minutes), and the
-# SIGKILL-restart fault test, where ASan once reported a double free inside
-# libgrpc's completion-queue unref in the test client (see the closing note).
+# SIGKILL-restart fault test (see above).
 run_preset asan -LE 'systemd|soak' -E 'SigkilledDaemonRestarts'
 # Debian's gRPC is not built with TSan: this preset builds core and backends only.
 run_preset tsan
