@@ -875,7 +875,9 @@ v1::CancelResponse Service::DoCancel(const Caller& caller, const v1::CancelReque
     observer_.OnCancelAnswered(r);
     const core::OpId id = core::OpId::Make(found.session->index(), found.op->slot_index, gen);
     if (r == core::CancelResult::kCancelled) {
-      if (auto snap = registry_.Snapshot(id)) observer_.OnCancelRequested(*snap, owner);
+      if (auto snap = core::Registry::Snapshot(*found.op, found.session->id(), gen)) {
+        observer_.OnCancelRequested(*snap, owner);
+      }
     }
     if (resp.outcomes_size() < static_cast<int>(kMaxCancelOutcomes)) {
       v1::CancelOutcome* o = resp.add_outcomes();
@@ -913,19 +915,18 @@ v1::CancelResponse Service::DoCancel(const Caller& caller, const v1::CancelReque
       return resp;
     }
     // Collect first: cancelling while iterating would see ops change under us.
-    std::vector<core::OpId> ids;
+    std::vector<std::pair<core::OpId, std::shared_ptr<core::Session>>> targets;
     const int64_t now = core::MonoNanos();
-    registry_.ForEach([&](const core::OpSnapshot& snap) {
-      if (core::IsTerminal(snap.state)) return true;
-      auto session = registry_.FindSession(snap.session_id);
-      if (session == nullptr) return true;
-      if (filter->Matches(snap, session->client().uid, session->client().name, now)) {
-        ids.push_back(snap.id);
+    registry_.ForEach([&](const core::OpSnapshot& snap,
+                          const std::shared_ptr<core::Session>& session) {
+      if (!core::IsTerminal(snap.state) &&
+          filter->Matches(snap, session->client().uid, session->client().name, now)) {
+        targets.emplace_back(snap.id, session);
       }
       return true;
     });
-    for (core::OpId id : ids) {
-      core::Registry::Found found = registry_.Find(id);
+    for (auto& [id, session] : targets) {
+      core::Registry::Found found{session, session->Find(id.slot(), id.generation())};
       if (!found) {
         counts.Add(core::CancelResult::kAlreadyDone);  // finished since we looked
         continue;
@@ -970,12 +971,8 @@ grpc::ServerUnaryReactor* Service::ListOperations(grpc::CallbackServerContext* c
   std::vector<Row> rows;
   const int64_t now = core::MonoNanos();
   uint64_t matched = 0;
-  std::shared_ptr<core::Session> session;
-  registry_.ForEach([&](const core::OpSnapshot& snap) {
-    if (session == nullptr || session->id() != snap.session_id) {
-      session = registry_.FindSession(snap.session_id);
-      if (session == nullptr) return true;
-    }
+  registry_.ForEach([&](const core::OpSnapshot& snap,
+                        const std::shared_ptr<core::Session>& session) {
     if (!filter->Matches(snap, session->client().uid, session->client().name, now)) return true;
     ++matched;
     if (snap.id.value > after) rows.push_back({snap, session});
@@ -1209,19 +1206,18 @@ v1::DrainResponse Service::DrainAndWait(uint32_t grace_ms) {
   v1::ListHistoryResponse manifest;  // what we cancelled, for the record
   uint32_t cancelled = 0;
   auto cancel_where = [&](auto&& pred) {
-    std::vector<core::OpSnapshot> targets;
-    registry_.ForEach([&](const core::OpSnapshot& s) {
-      if (!core::IsTerminal(s.state) && pred(s)) targets.push_back(s);
+    std::vector<std::pair<core::OpSnapshot, std::shared_ptr<core::Session>>> targets;
+    registry_.ForEach([&](const core::OpSnapshot& s, const std::shared_ptr<core::Session>& owner) {
+      if (!core::IsTerminal(s.state) && pred(s)) targets.emplace_back(s, owner);
       return true;
     });
     const int64_t now = core::MonoNanos();
-    for (const core::OpSnapshot& s : targets) {
+    for (const auto& [s, session] : targets) {
       if (dispatcher_.Cancel(s.id, core::EndReason::kDrain) != core::CancelResult::kCancelled) {
         continue;
       }
       ++cancelled;
-      auto session = registry_.FindSession(s.session_id);
-      const core::ClientInfo client = session ? session->client() : core::ClientInfo{};
+      const core::ClientInfo& client = session->client();
       ToOperationInfo(s, client.uid, client.pid, client.name, false, now, *manifest.add_ops());
     }
   };

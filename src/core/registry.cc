@@ -321,13 +321,14 @@ std::optional<OpSnapshot> Registry::Snapshot(OpId id) const {
   return Snapshot(*found.op, found.session->id(), id.generation());
 }
 
-void Registry::ForEach(const std::function<bool(const OpSnapshot&)>& fn) const {
+void Registry::ForEach(
+    const std::function<bool(const OpSnapshot&, const std::shared_ptr<Session>&)>& fn) const {
   for (const auto& session : Sessions()) {
     bool go_on = true;
     const uint64_t sid = session->id();
     session->ForEachSlot([&](Op& op) {
       if (!go_on) return;
-      if (auto snap = Snapshot(op, sid)) go_on = fn(*snap);
+      if (auto snap = Snapshot(op, sid)) go_on = fn(*snap, session);
     });
     if (!go_on) return;
   }

@@ -169,9 +169,11 @@ class Registry {
                                             std::optional<uint32_t> gen = std::nullopt);
   std::optional<OpSnapshot> Snapshot(OpId id) const;
 
-  /// Visits a snapshot of every live op of every session. fn returns false to
+  /// Visits a snapshot of every live op of every session, with the session
+  /// that owns it (so callers need no lookup per op). fn returns false to
   /// stop. Never blocks submission or completion.
-  void ForEach(const std::function<bool(const OpSnapshot&)>& fn) const;
+  void ForEach(
+      const std::function<bool(const OpSnapshot&, const std::shared_ptr<Session>&)>& fn) const;
 
   uint64_t live_ops() const;
   uint32_t session_count() const;

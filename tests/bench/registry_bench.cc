@@ -106,7 +106,7 @@ void BM_IterateLive(benchmark::State& state) {
   }
   for (auto _ : state) {
     int64_t n = 0;
-    registry.ForEach([&](const OpSnapshot& s) {
+    registry.ForEach([&](const OpSnapshot& s, const auto&) {
       n += s.handle;
       return true;
     });

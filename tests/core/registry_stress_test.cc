@@ -133,7 +133,7 @@ TEST(RegistryStressTest, EveryOpEndsExactlyOnceAndNothingLeaks) {
   });
   threads.emplace_back([&] {  // operator listing everything
     while (!done) {
-      registry.ForEach([&](const OpSnapshot& s) {
+      registry.ForEach([&](const OpSnapshot& s, const auto&) {
         EXPECT_NE(s.state, OpState::kFree);
         EXPECT_TRUE(s.kind == OpKind::kMkdir || s.kind == OpKind::kTimeout);
         listed.fetch_add(1, std::memory_order_relaxed);

@@ -90,7 +90,7 @@ TEST(RegistryTest, ListingSeesEveryLiveOpOfEverySession) {
     want.insert((*op)->id().value);
   }
   std::set<uint64_t> seen;
-  registry.ForEach([&](const OpSnapshot& snap) {
+  registry.ForEach([&](const OpSnapshot& snap, const auto&) {
     seen.insert(snap.id.value);
     EXPECT_EQ(snap.kind, OpKind::kRead);
     EXPECT_EQ(snap.state, OpState::kQueued);
@@ -104,7 +104,7 @@ TEST(RegistryTest, ListingSeesEveryLiveOpOfEverySession) {
   EXPECT_EQ(registry.live_ops(), 300u);
   // ForEach stops when asked to.
   int visited = 0;
-  registry.ForEach([&](const OpSnapshot&) { return ++visited < 5; });
+  registry.ForEach([&](const OpSnapshot&, const auto&) { return ++visited < 5; });
   EXPECT_EQ(visited, 5);
 }
 

@@ -302,7 +302,7 @@ class Run final : public core::CompletionSink {
     f.uid = getuid();
     std::vector<core::OpId> ids;
     const int64_t now = core::MonoNanos();
-    w_.registry.ForEach([&](const core::OpSnapshot& snap) {
+    w_.registry.ForEach([&](const core::OpSnapshot& snap, const auto&) {
       if (core::IsTerminal(snap.state)) return true;
       auto s = w_.registry.FindSession(snap.session_id);
       if (s != nullptr && f.Matches(snap, s->client().uid, s->client().name, now)) {
@@ -315,7 +315,7 @@ class Run final : public core::CompletionSink {
 
   // Listing while ops run: every snapshot must be coherent.
   void List() {
-    w_.registry.ForEach([&](const core::OpSnapshot& snap) {
+    w_.registry.ForEach([&](const core::OpSnapshot& snap, const auto&) {
       if (snap.state == core::OpState::kFree) Fail("a free slot was listed");
       if (w_.registry.Snapshot(snap.id).has_value()) {
         daemon::FinishedOp f{.snap = snap};
