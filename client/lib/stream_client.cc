@@ -69,10 +69,12 @@ v1::Completion Synthesized(uint64_t tag, uint64_t op_id, v1::OpKind kind, v1::Ou
 
 }  // namespace
 
-// The reactor owns all stream state. Lifetime: shared by the StreamClient
-// and by itself (self_) until OnDone, the last reaction, drops self_; so the
-// StreamClient can go away first (it waits for OnDone anyway) and OnDone never
-// runs on a freed object.
+// The reactor owns all stream state. Lifetime: owned by the StreamClient,
+// whose every exit path (failed Open, ~StreamClient) waits for OnDone to set
+// kDone first. It must never be destroyed on a gRPC thread: the stub holds
+// the channel, and a channel whose last reference drops on the callback
+// completion queue's thread shuts down and frees the queue that thread is
+// still polling (gRPC 1.51 aborts in grpc_cq_internal_unref).
 //
 // Locking: mu_ guards everything below it. No gRPC Start* call and no user
 // callback runs with mu_ held (gRPC may run reactions inline in Start*).
@@ -85,9 +87,8 @@ class StreamClient::Reactor final
 
   // Starts the call and waits for StreamOpened.
   absl::Status Open(const std::shared_ptr<grpc::Channel>& channel, std::string_view client_name,
-                    uint64_t session_id, std::shared_ptr<Reactor> self) {
+                    uint64_t session_id) {
     stub_ = v1::Asyncd::NewStub(channel);
-    self_ = std::move(self);
     auto open = std::make_unique<v1::StreamRequest>();
     open->mutable_open()->set_session_id(session_id);
     open->mutable_open()->set_client_name(std::string(client_name));
@@ -291,7 +292,6 @@ class StreamClient::Reactor final
   }
 
   void OnDone(const grpc::Status& status) override {
-    std::shared_ptr<Reactor> keep_alive;  // released last, after the lock
     std::vector<std::pair<std::shared_ptr<Batch>, v1::Completion>> orphans;
     std::vector<PendingCancel> cancels;
     const absl::StatusCode code = status.ok() ? absl::StatusCode::kUnknown
@@ -302,7 +302,6 @@ class StreamClient::Reactor final
     {
       std::lock_guard lock(mu_);
       final_status_ = status;
-      keep_alive = std::move(self_);
       // Ops still in the write queue never reached the daemon.
       std::unordered_set<uint64_t> unsent;
       for (const auto& msg : write_queue_) {
@@ -331,6 +330,7 @@ class StreamClient::Reactor final
       pending.promise.set_value(absl::Status(code, absl::StrCat("cancel not answered: ", why)));
     }
     {
+      // The owner may destroy *this once mu_ is released: nothing after.
       std::lock_guard lock(mu_);
       phase_ = Phase::kDone;
       state_cv_.notify_all();
@@ -517,7 +517,6 @@ class StreamClient::Reactor final
   const StreamOptions options_;
   std::unique_ptr<v1::Asyncd::Stub> stub_;
   grpc::ClientContext context_;
-  std::shared_ptr<Reactor> self_;
   // Only touched by reactions, which gRPC serializes for the read flow.
   v1::StreamResponse response_;
   std::vector<std::pair<std::shared_ptr<Batch>, v1::Completion*>> deliveries_;
@@ -553,7 +552,7 @@ absl::StatusOr<std::unique_ptr<StreamClient>> StreamClient::Create(
     StreamOptions options) {
   if (channel == nullptr) return absl::InvalidArgumentError("channel is null");
   auto reactor = std::make_shared<Reactor>(options);
-  if (absl::Status s = reactor->Open(channel, client_name, session_id, reactor); !s.ok()) {
+  if (absl::Status s = reactor->Open(channel, client_name, session_id); !s.ok()) {
     return s;
   }
   return std::unique_ptr<StreamClient>(new StreamClient(std::move(reactor)));
