@@ -9,12 +9,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 
 #include <grpcpp/server.h>
 #include <grpcpp/server_posix.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -99,8 +101,44 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
   return listener;
 }
 
-std::unique_ptr<UnixListener> UnixListener::Adopt(int fd, std::string path) {
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Adopt(int fd,
+                                                                  const std::string& configured,
+                                                                  uint32_t mode, int64_t gid) {
+  if (sd_is_socket_unix(fd, SOCK_STREAM, /*listening=*/1, nullptr, 0) <= 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "socket activation: descriptor ", fd,
+        " is not a listening unix stream socket (ListenStream= with a path in the .socket unit)"));
+  }
+  sockaddr_un addr{};
+  socklen_t len = sizeof(addr);
+  std::string path;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+      len > offsetof(sockaddr_un, sun_path) && addr.sun_path[0] != '\0') {
+    path.assign(addr.sun_path, strnlen(addr.sun_path, len - offsetof(sockaddr_un, sun_path)));
+  }
+  if (path.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "socket activation: descriptor ", fd, " is not bound to a filesystem path"));
+  }
+  // The .socket unit owns the file's path and permissions; the config's
+  // keys cannot apply. Say so rather than let an admin believe they do.
+  if (path != configured) {
+    spdlog::warn("socket activation: listening on {} (from the .socket unit), not on the "
+                 "configured server.socket {}", path, configured);
+  }
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0) {
+    if ((st.st_mode & 0777) != mode) {
+      spdlog::warn("socket activation: {} has mode {:04o}, not server.socket_mode {:04o}: set "
+                   "SocketMode= in the .socket unit", path, st.st_mode & 0777, mode);
+    }
+    if (gid >= 0 && st.st_gid != static_cast<gid_t>(gid)) {
+      spdlog::warn("socket activation: {} has group {}, not server.socket_group's {}: set "
+                   "SocketGroup= in the .socket unit", path, st.st_gid, gid);
+    }
+  }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
   return std::unique_ptr<UnixListener>(new UnixListener(fd, std::move(path), false));
 }
 

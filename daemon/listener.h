@@ -42,8 +42,12 @@ class UnixListener {
   /// FAILED_PRECONDITION. Creates the parent directory if missing.
   static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path,
                                                             uint32_t mode, int64_t gid = -1);
-  /// Adopts an already listening descriptor (systemd socket activation).
-  static std::unique_ptr<UnixListener> Adopt(int fd, std::string path);
+  /// Adopts an already listening descriptor (systemd socket activation):
+  /// FAILED_PRECONDITION unless it is a listening unix stream socket bound to
+  /// a path. The .socket unit owns that path and its permissions, so where
+  /// they differ from the configured `path`, `mode` and `gid` it warns.
+  static absl::StatusOr<std::unique_ptr<UnixListener>> Adopt(int fd, const std::string& path,
+                                                             uint32_t mode, int64_t gid = -1);
   ~UnixListener();
 
   /// Starts the accept thread, handing each connection to `server`.

@@ -186,8 +186,11 @@ absl::Status Server::Init() {
   // Socket activation: systemd hands us the listening socket.
   const int activated = sd_listen_fds(1);
   if (activated >= 1) {
-    listener_ = UnixListener::Adopt(SD_LISTEN_FDS_START, config_.socket);
-    spdlog::info("listening on socket-activated descriptor ({})", config_.socket);
+    auto adopted = UnixListener::Adopt(SD_LISTEN_FDS_START, config_.socket, config_.socket_mode,
+                                       config_.socket_gid);
+    if (!adopted.ok()) return adopted.status();
+    listener_ = std::move(*adopted);
+    spdlog::info("listening on socket-activated descriptor ({})", listener_->path());
   } else {
     auto bound = UnixListener::Bind(config_.socket, config_.socket_mode, config_.socket_gid);
     if (!bound.ok()) return bound.status();
@@ -233,7 +236,7 @@ absl::Status Server::Init() {
   }
 
   housekeeping_ = std::thread([this] { Housekeeping(); });
-  spdlog::info("asyncd serving on {} (root {}); backends: {}{}", config_.socket, config_.root,
+  spdlog::info("asyncd serving on {} (root {}); backends: {}{}", listener_->path(), config_.root,
                info.io_uring_enabled
                    ? absl::StrCat("io_uring for ", info.uring_kinds.size(), " of ",
                                   core::kOpKindCount, " op kinds, ")

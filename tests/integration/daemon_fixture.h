@@ -49,6 +49,12 @@ struct DaemonOptions {
   /// Reuse this directory (socket, root, state) instead of a fresh temporary
   /// one, e.g. to restart on the same socket path; it is then not removed.
   std::string dir;
+  /// Hand this descriptor to the daemon as a socket-activated one (fd 3,
+  /// LISTEN_FDS=1, LISTEN_PID), as systemd does for a .socket unit.
+  int listen_fd = -1;
+  /// With listen_fd: the --socket the daemon is given, when it should differ
+  /// from the activated socket's path (dir/asyncd.sock, which the test binds).
+  std::string configured_socket;
 };
 
 /// A daemon process of our own, killed at the end of the test.
@@ -68,7 +74,9 @@ class Daemon {
     socket_ = dir_ + "/asyncd.sock";
     root_ = dir_ + "/root";
     std::filesystem::create_directories(root_);
-    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", socket_, "--root", root_,
+    const std::string socket_arg =
+        options.configured_socket.empty() ? socket_ : options.configured_socket;
+    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", socket_arg, "--root", root_,
                                      "--log-level", "warn"};
     if (mode == BackendMode::kThreadPoolOnly) args.push_back("--no-io-uring");
     args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
@@ -80,6 +88,13 @@ class Daemon {
       dup2(fd, 2);
       setenv("STATE_DIRECTORY", (dir_ + "/state").c_str(), 1);
       for (const auto& [name, value] : options.env) setenv(name.c_str(), value.c_str(), 1);
+      if (options.listen_fd >= 0) {
+        if (options.listen_fd == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(options.listen_fd, 3) != 3) {
+          _exit(125);
+        }
+        setenv("LISTEN_FDS", "1", 1);
+        setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+      }
       if (options.nofile_limit) {
         const struct rlimit lim = {*options.nofile_limit, *options.nofile_limit};
         if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);

@@ -1,0 +1,140 @@
+// Socket activation outside a container: the test plays systemd, binds the
+// socket itself and hands it to the daemon as fd 3 with LISTEN_FDS. The
+// daemon serves on it (peer credentials included), warns where the .socket
+// unit's path and permissions differ from its config (they cannot apply), and
+// refuses a descriptor that is not a listening unix stream socket.
+#include <gmock/gmock.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
+
+namespace asyncd::testing {
+namespace {
+
+using client::Client;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// A listening unix socket at `path` with `mode`, as a .socket unit makes it.
+int ListenAt(const std::string& path, mode_t mode) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 64) != 0 ||
+      chmod(path.c_str(), mode) != 0) {
+    ADD_FAILURE() << "bind/listen " << path << ": " << std::strerror(errno);
+  }
+  return fd;
+}
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/asyncd-act.XXXXXX";
+  return mkdtemp(tmpl);
+}
+
+TEST(ActivationTest, ServesTheInheritedSocketAndSaysWhereTheUnitOverridesTheConfig) {
+  const std::string dir = TempDir();
+  const std::string unit_path = dir + "/asyncd.sock";
+  const int fd = ListenAt(unit_path, 0600);
+  ConfigFile config("[server]\nsocket_mode = 0o660\nsocket_group = \"nogroup\"\n");
+  std::vector<std::string> args = config.Args();
+  {
+    // --socket names another path: the descriptor wins, with a warning.
+    Daemon daemon(BackendMode::kIoUring,
+                  DaemonOptions{.extra_args = args, .dir = dir, .listen_fd = fd,
+                                .configured_socket = dir + "/configured.sock"});
+    close(fd);  // the daemon holds its own copy
+    ASSERT_TRUE(daemon.Alive()) << daemon.Log();
+    Client c(daemon.channel());
+    auto s = c.OpenSession("activated");
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE(c.Submit(*s, NopOp()).ok());
+    auto sessions = c.ListSessions();
+    ASSERT_TRUE(sessions.ok()) << sessions.status();
+    ASSERT_EQ(sessions->size(), 1u);
+    EXPECT_EQ(sessions->front().uid(), getuid()) << "identity comes from SO_PEERCRED";
+    EXPECT_EQ(sessions->front().pid(), static_cast<uint32_t>(getpid()));
+    const std::string log = daemon.Log();
+    EXPECT_THAT(log, HasSubstr(absl::StrCat("listening on ", unit_path,
+                                            " (from the .socket unit), not on the configured "
+                                            "server.socket ", dir, "/configured.sock")));
+    EXPECT_THAT(log, HasSubstr("has mode 0600, not server.socket_mode 0660"));
+    EXPECT_THAT(log, HasSubstr("SocketMode="));
+    EXPECT_THAT(log, HasSubstr(absl::StrCat("has group ", getgid(), ", not server.socket_group's 65534")));
+    EXPECT_THAT(log, HasSubstr("SocketGroup="));
+    EXPECT_EQ(daemon.Stop(), 0);
+  }
+  struct stat st;
+  EXPECT_EQ(lstat(unit_path.c_str(), &st), 0) << "the unit's socket file is systemd's to remove";
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ActivationTest, MatchingUnitAndConfigRaiseNoWarning) {
+  const std::string dir = TempDir();
+  const int fd = ListenAt(dir + "/asyncd.sock", 0660);
+  Daemon daemon(BackendMode::kThreadPoolOnly, DaemonOptions{.dir = dir, .listen_fd = fd});
+  close(fd);
+  ASSERT_TRUE(daemon.Alive()) << daemon.Log();
+  Client c(daemon.channel());
+  auto s = c.OpenSession("activated");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_THAT(daemon.Log(), Not(HasSubstr("socket activation")));
+  daemon.Stop();
+  std::filesystem::remove_all(dir);
+}
+
+// Runs the daemon with `fd` as its activated descriptor; returns its exit
+// status and output.
+std::pair<int, std::string> RunActivated(int fd) {
+  const std::string dir = TempDir();
+  const std::string log = dir + "/log";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int out = open(log.c_str(), O_WRONLY | O_CREAT, 0644);
+    dup2(out, 1);
+    dup2(out, 2);
+    if (dup2(fd, 3) != 3) _exit(125);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    setenv("STATE_DIRECTORY", dir.c_str(), 1);
+    const std::string socket = dir + "/asyncd.sock", root = dir;
+    execl(ASYNCD_BINARY, ASYNCD_BINARY, "--socket", socket.c_str(), "--root", root.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = -1;
+  for (int i = 0; i < 200 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (kill(pid, 0) == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    ADD_FAILURE() << "the daemon kept running on a bad descriptor";
+  }
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::filesystem::remove_all(dir);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+TEST(ActivationTest, RefusesADescriptorThatIsNotAListeningUnixSocket) {
+  const int file = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  auto [status, log] = RunActivated(file);
+  close(file);
+  EXPECT_NE(status, 0);
+  EXPECT_THAT(log, HasSubstr("descriptor 3 is not a listening unix stream socket"));
+
+  const int unlistened = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);  // never listen()ed
+  std::tie(status, log) = RunActivated(unlistened);
+  close(unlistened);
+  EXPECT_NE(status, 0);
+  EXPECT_THAT(log, HasSubstr("not a listening unix stream socket"));
+}
+
+}  // namespace
+}  // namespace asyncd::testing
