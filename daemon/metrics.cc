@@ -54,12 +54,9 @@ void Header(std::string& out, const char* name, const char* type, const char* he
 
 }  // namespace
 
-MetricsSnapshot GatherMetrics(const core::Registry& registry, const Observer& observer,
-                              const BackendInfo& backends, bool draining, double uptime_seconds) {
+MetricsSnapshot GatherMetrics(const v1::Stats& stats, const Observer& observer,
+                              const BackendInfo& backends, double uptime_seconds) {
   MetricsSnapshot m;
-  // The same sources as Service::GetStats.
-  v1::Stats stats;
-  observer.FillStats(stats);
   m.cancels[0] = stats.cancels_cancelled();
   m.cancels[1] = stats.cancels_not_cancellable();
   m.cancels[2] = stats.cancels_already_done();
@@ -76,15 +73,20 @@ MetricsSnapshot GatherMetrics(const core::Registry& registry, const Observer& ob
                           std::string(core::Name(b)), c});
     }
   }
-  const uint32_t sessions = registry.session_count();
-  m.sessions = sessions > backends.internal_sessions ? sessions - backends.internal_sessions : 0;
-  m.inflight = registry.live_ops();
+  m.sessions = stats.sessions();
+  m.inflight = stats.inflight();
+  m.buffered_bytes = stats.buffered_bytes();
+  const v1::Limits& l = stats.limits();
+  m.limits = {{"max_inflight_total", l.max_inflight_total()},
+              {"max_buffered_bytes", l.max_buffered_bytes()},
+              {"max_sessions", l.max_sessions()},
+              {"max_inflight_per_session", l.max_inflight_per_session()}};
   for (core::Backend* b : backends.backends) {
     m.queue_depth.emplace_back(std::string(core::Name(b->kind())), b->Stats().queued);
   }
-  m.io_uring_enabled = backends.io_uring_enabled;
-  m.draining = draining;
-  m.thread_pool_threads = backends.thread_pool_size;
+  m.io_uring_enabled = stats.io_uring_enabled();
+  m.draining = stats.draining();
+  m.thread_pool_threads = stats.thread_pool_size();
   m.uptime_seconds = uptime_seconds;
   return m;
 }
@@ -121,6 +123,14 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
   }
   Header(out, "asyncd_inflight_ops", "gauge", "Operations accepted and not yet finished.");
   absl::StrAppend(&out, "asyncd_inflight_ops ", m.inflight, "\n");
+  Header(out, "asyncd_buffered_bytes", "gauge",
+         "Payload bytes held for in-flight ops and undelivered results "
+         "(limit: asyncd_limit{limit=\"max_buffered_bytes\"}).");
+  absl::StrAppend(&out, "asyncd_buffered_bytes ", m.buffered_bytes, "\n");
+  Header(out, "asyncd_limit", "gauge", "Configured limits, by config key under [limits].");
+  for (const auto& [key, value] : m.limits) {
+    absl::StrAppend(&out, "asyncd_limit{limit=\"", key, "\"} ", value, "\n");
+  }
   Header(out, "asyncd_cancels_total", "counter", "Cancel requests answered, by result.");
   for (int r = 0; r < 4; ++r) {
     absl::StrAppend(&out, "asyncd_cancels_total{result=\"", kCancelResults[r], "\"} ",

@@ -10,10 +10,6 @@
 #include "absl/status/statusor.h"
 #include "daemon/observer.h"
 
-namespace asyncd::core {
-class Registry;
-}
-
 namespace asyncd::daemon {
 
 struct BackendInfo;
@@ -28,6 +24,8 @@ struct MetricsSnapshot {
   };
   std::vector<Series> series;  // (kind, backend) pairs that finished at least one op
   uint64_t inflight = 0;
+  uint64_t buffered_bytes = 0;
+  std::vector<std::pair<std::string, uint64_t>> limits;  // [limits] key -> value
   uint64_t sessions = 0;
   uint64_t rejected = 0;
   uint64_t cancels[4] = {};  // cancelled, not_cancellable, already_done, not_found
@@ -38,9 +36,11 @@ struct MetricsSnapshot {
   double uptime_seconds = 0;
 };
 
-/// Copies the live figures. Any thread; never blocks submission or completion.
-MetricsSnapshot GatherMetrics(const core::Registry& registry, const Observer& observer,
-                              const BackendInfo& backends, bool draining, double uptime_seconds);
+/// The figures of `stats` (Service::FillStats, what GetStats answers) plus
+/// per-backend queue depths and per-(kind, backend) counters. Any thread;
+/// never blocks submission or completion.
+MetricsSnapshot GatherMetrics(const v1::Stats& stats, const Observer& observer,
+                              const BackendInfo& backends, double uptime_seconds);
 
 /// The Prometheus text exposition format (version 0.0.4) of `m`:
 /// asyncd_ops_total{kind,backend,outcome}, asyncd_op_duration_seconds

@@ -226,9 +226,10 @@ absl::Status Server::Init() {
 
   if (!config_.metrics.empty()) {
     auto metrics = MetricsServer::Start(config_.metrics, [this] {
-      return RenderPrometheus(
-          GatherMetrics(*registry_, *observer_, *info_, service_->draining(),
-                        double(core::MonoNanos() - started_ns_) * 1e-9));
+      v1::Stats stats;
+      service_->FillStats(&stats);
+      return RenderPrometheus(GatherMetrics(stats, *observer_, *info_,
+                                            double(core::MonoNanos() - started_ns_) * 1e-9));
     });
     if (!metrics.ok()) return metrics.status();
     metrics_ = std::move(*metrics);

@@ -1075,6 +1075,11 @@ grpc::ServerUnaryReactor* Service::ListSessions(grpc::CallbackServerContext* ctx
 
 grpc::ServerUnaryReactor* Service::GetStats(grpc::CallbackServerContext* ctx,
                                             const v1::GetStatsRequest*, v1::Stats* resp) {
+  FillStats(resp);
+  return Done(ctx, absl::OkStatus());
+}
+
+void Service::FillStats(v1::Stats* resp) const {
   resp->set_uptime_s((core::MonoNanos() - started_ns_) / 1'000'000'000);
   const uint32_t sessions = registry_.session_count();
   resp->set_sessions(sessions > backends_.internal_sessions ? sessions - backends_.internal_sessions
@@ -1089,8 +1094,8 @@ grpc::ServerUnaryReactor* Service::GetStats(grpc::CallbackServerContext* ctx,
   resp->set_thread_pool_size(backends_.thread_pool_size);
   resp->set_draining(draining());
   *resp->mutable_limits() = LimitsProto();
+  resp->set_buffered_bytes(budget_.bytes());
   observer_.FillStats(*resp);
-  return Done(ctx, absl::OkStatus());
 }
 
 // ---------------------------------------------------------------------------

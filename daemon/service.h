@@ -102,6 +102,8 @@ class Service final : public v1::Asyncd::CallbackService {
   /// non-cancellable ops need. Idempotent: later callers get the first result.
   v1::DrainResponse DrainAndWait(uint32_t grace_ms);
   bool draining() const { return draining_.load(std::memory_order_acquire); }
+  /// What GetStats answers; also the source of GET /metrics. Any thread.
+  void FillStats(v1::Stats* stats) const;
   /// Ends every Watch stream (shutdown).
   void StopWatchers();
 

@@ -21,6 +21,8 @@ constexpr size_t kDataPreview = 256;  // read data shown in table mode
 constexpr const char* kNone = "-";
 
 std::string OrDash(const std::string& s) { return s.empty() ? kNone : s; }
+// " of N" for a limit the daemon reported; nothing for 0 (an older daemon).
+std::string OfLimit(uint64_t limit) { return limit == 0 ? "" : " of " + std::to_string(limit); }
 
 std::string Backend(v1::Backend b) { return b == v1::BACKEND_UNSPECIFIED ? kNone : ShortName(b); }
 
@@ -485,8 +487,11 @@ class TablePrinter final : public Printer {
     KeyValues kv;
     kv.Add("uptime", FormatDuration(std::chrono::seconds(s.uptime_s())));
     kv.Add("sessions", std::to_string(s.sessions()));
-    kv.Add("inflight", std::to_string(s.inflight()) +
+    const v1::Limits& l = s.limits();
+    kv.Add("inflight", std::to_string(s.inflight()) + OfLimit(l.max_inflight_total()) +
                            " (queued for the thread pool: " + std::to_string(s.queued()) + ")");
+    kv.Add("buffered", std::to_string(s.buffered_bytes()) + OfLimit(l.max_buffered_bytes()) +
+                           " payload bytes");
     if (s.io_uring_enabled()) {
       kv.Add("io_uring", "enabled for " + KindList(s.supported_uring_ops()));
     } else {

@@ -39,6 +39,8 @@ MetricsSnapshot Sample() {
   read.counters.latency_buckets[12] = 1;
   m.series = {nop, read};
   m.inflight = 7;
+  m.buffered_bytes = 65536;
+  m.limits = {{"max_inflight_total", 1000}, {"max_buffered_bytes", 1 << 20}};
   m.sessions = 3;
   m.rejected = 4;
   m.cancels[0] = 1;
@@ -133,6 +135,11 @@ TEST(MetricsTest, ExpositionIsValidTextFormat) {
   EXPECT_EQ(value("asyncd_queue_depth", {{"backend", "thread_pool"}}), 5);
   EXPECT_EQ(value("asyncd_io_uring_enabled", {}), 1);
   EXPECT_EQ(value("asyncd_draining", {}), 0);
+  EXPECT_EQ(types["asyncd_buffered_bytes"], "gauge");
+  EXPECT_EQ(value("asyncd_buffered_bytes", {}), 65536);
+  EXPECT_EQ(types["asyncd_limit"], "gauge");
+  EXPECT_EQ(value("asyncd_limit", {{"limit", "max_inflight_total"}}), 1000);
+  EXPECT_EQ(value("asyncd_limit", {{"limit", "max_buffered_bytes"}}), 1 << 20);
   EXPECT_DOUBLE_EQ(
       value("asyncd_op_duration_seconds_sum", {{"kind", "nop"}, {"backend", "io_uring"}}),
       0.123456789);
@@ -178,7 +185,7 @@ TEST(MetricsTest, HistogramBucketsAreCumulativeAndEndAtCount) {
 TEST(MetricsTest, EmptyDaemonStillExposesGauges) {
   std::map<std::string, std::string> types;
   const std::vector<Sample_> samples = Parse(RenderPrometheus(MetricsSnapshot{}), &types);
-  EXPECT_EQ(types.size(), 11u);
+  EXPECT_EQ(types.size(), 13u);
   EXPECT_FALSE(samples.empty());
 }
 

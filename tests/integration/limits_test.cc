@@ -126,6 +126,7 @@ TEST(LimitsTest, MaxBufferedBytesCountsReadBuffersAndWriteDataAcrossSessions) {
   auto stats = client.GetStats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->limits().max_buffered_bytes(), 8192u);
+  EXPECT_EQ(stats->buffered_bytes(), 6000u) << "the blocked read's buffer, and nothing refused";
 
   // The blocked read ends (its bytes are released once delivered): room again.
   v1::OpSelector all;
@@ -137,6 +138,8 @@ TEST(LimitsTest, MaxBufferedBytesCountsReadBuffersAndWriteDataAcrossSessions) {
       << again.status();
   EXPECT_EQ(again->data().size(), 2000u);
   EXPECT_TRUE((*stream)->Finish().ok());
+  EXPECT_TRUE(WaitFor([&] { return client.GetStats()->buffered_bytes() == 0; }))
+      << "every byte is released once its result is delivered";
 }
 
 TEST(LimitsTest, MaxSessionsRefusesTheNextSessionNamingTheLimit) {
