@@ -7,6 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
@@ -180,6 +183,33 @@ TEST(MetricsTest, HistogramBucketsAreCumulativeAndEndAtCount) {
   EXPECT_DOUBLE_EQ(buckets["read"][12].first, 4096e-6);
   EXPECT_EQ(buckets["read"][11].second, 0);
   EXPECT_EQ(buckets["read"][12].second, 1);
+}
+
+// Every metric the shipped dashboard, scrape config and docs name is one we
+// export (a renamed metric would otherwise leave an empty panel).
+TEST(MetricsTest, DeployFilesNameOnlyExportedMetrics) {
+  std::map<std::string, std::string> types;
+  Parse(RenderPrometheus(Sample()), &types);
+  const std::filesystem::path deploy =
+      std::filesystem::path(__FILE__).parent_path() / "../../deploy";
+  const std::regex name(R"(asyncd_[a-z_]*[a-z])");
+  int checked = 0;
+  for (const char* file : {"grafana-asyncd.json", "prometheus.yml", "README.md"}) {
+    std::ifstream in(deploy / file);
+    ASSERT_TRUE(in) << file;
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), name);
+         it != std::sregex_iterator(); ++it) {
+      std::string metric = it->str();
+      for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+        const std::string base = metric.substr(0, metric.size() - std::strlen(suffix));
+        if (metric.ends_with(suffix) && types[base] == "histogram") metric = base;
+      }
+      EXPECT_TRUE(types.count(metric)) << file << " names " << metric << ", which is not exported";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 20);
 }
 
 TEST(MetricsTest, EmptyDaemonStillExposesGauges) {
