@@ -17,6 +17,7 @@
 #include "spdlog/spdlog.h"
 #include "src/core/check.h"
 #include "src/core/clock.h"
+#include "src/core/registry.h"
 
 namespace asyncd::backends {
 
@@ -212,7 +213,7 @@ size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
 void UringBackend::Interrupt(Op& op, uint32_t gen) noexcept {
   {
     std::lock_guard lock(cancel_mu_);
-    cancel_in_.push_back({&op, gen});
+    cancel_in_.push_back({&op, gen, op.session->shared_from_this()});
   }
   cancels_waiting_.store(true, std::memory_order_seq_cst);
   Wake();

@@ -99,6 +99,9 @@ class UringBackend final : public core::Backend {
   struct CancelRequest {
     core::Op* op;
     uint32_t gen;
+    // Keeps op's slot memory: the op may finish and its session go before
+    // the ring thread looks at the request.
+    std::shared_ptr<core::Session> session;
   };
 
   UringBackend(core::OpCompleter& completer, UringOptions options, UringProbe probe);

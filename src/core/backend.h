@@ -61,7 +61,10 @@ class Backend {
   /// (Op::RequestEnd answered kCancelled). Makes it end soon: a queued op
   /// never starts; a blocked cancel-safe op is interrupted. The op may have
   /// finished, and its slot even been reused, by then: the backend checks
-  /// `gen` on the thread that completes ops. Never blocks; any thread.
+  /// `gen` on the thread that completes ops. The caller holds a reference
+  /// to op's session; a backend that looks at `op` later takes its own (the
+  /// session's memory, slots included, goes with the last reference). Never
+  /// blocks; any thread.
   virtual void Interrupt(Op& op, uint32_t gen) noexcept = 0;
 
   /// Stops accepting ops, ends every op it holds (those that never started

@@ -59,7 +59,7 @@ struct OpSnapshot {
 /// last op retires and the last reference is dropped.
 class Registry;
 
-class Session {
+class Session : public std::enable_shared_from_this<Session> {
  public:
   static constexpr uint32_t kSlabSlots = 256;
 
