@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include <google/protobuf/arena.h>
 #include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
 
@@ -411,8 +412,8 @@ class Service::StreamCall final
       public core::CompletionSink {
  public:
   StreamCall(Service* service, grpc::CallbackServerContext* ctx)
-      : service_(service), ctx_(ctx), caller_(service->Identify(ctx)) {
-    StartRead(&in_);
+      : service_(service), ctx_(ctx), caller_(service->Identify(ctx)), in_(new Batch) {
+    StartRead(in_->request);
   }
 
   void OnReadDone(bool ok) override {
@@ -423,7 +424,10 @@ class Service::StreamCall final
       MaybeFinishLocked();
       return;
     }
+    const Batch* handled = in_;
     absl::Status s = Handle();
+    // Open and cancel messages are done with; a submit took its batch along.
+    if (in_ == handled) in_->Reset();
     std::vector<uint64_t> to_cancel;
     core::Dispatcher& dispatcher = service_->dispatcher();
     {
@@ -452,6 +456,7 @@ class Service::StreamCall final
       writing_ = false;
       service_->budget().ReleaseBytes(current_charged_);  // written, or never will be
       current_charged_ = 0;
+      RecycleMessageLocked(std::move(current_), current_data_bytes_);
       if (!ok) {
         // The client is gone: nothing more can be delivered.
         broken_ = true;  // the outbox is dropped with the reactor
@@ -487,14 +492,12 @@ class Service::StreamCall final
       Unlink(ctx);
       --inflight_;
       if (!broken_) {
-        AppendCompletionLocked(std::move(ctx->buffers.completion), ctx->charged);
+        AppendCompletionLocked(ctx->buffers.completion, ctx->charged);
       } else {
         service_->budget().ReleaseBytes(ctx->charged);  // dropped: nobody to deliver to
       }
       ctx->charged = 0;
-      ctx->batch.reset();
-      ctx->buffers.completion = v1::Completion();  // frees a dropped read buffer
-      free_ctx_.push_back(ctx);
+      FreeCtxLocked(ctx);
       WriteNextLocked();
       MaybeReadLocked();
       MaybeFinishLocked();
@@ -513,22 +516,48 @@ class Service::StreamCall final
   }
 
  private:
-  // A received batch; its strings (paths, write data) are borrowed by its
-  // ops until the last one completes.
+  // A received message, parsed onto an arena (one allocation per block, not
+  // per op); its strings (paths, write data) are borrowed by its ops until the
+  // last one completes. Pooled: the arena keeps its first block.
   struct Batch {
-    v1::StreamRequest request;
+    static constexpr size_t kFirstBlock = 16 << 10;
+    Batch() : arena(ArenaOptions(first_block)) {
+      request = google::protobuf::Arena::CreateMessage<v1::StreamRequest>(&arena);
+    }
+    static google::protobuf::ArenaOptions ArenaOptions(char* block) {
+      google::protobuf::ArenaOptions o;
+      o.initial_block = block;
+      o.initial_block_size = kFirstBlock;
+      o.max_block_size = 256 << 10;
+      return o;
+    }
+    void Reset() {
+      arena.Reset();
+      request = google::protobuf::Arena::CreateMessage<v1::StreamRequest>(&arena);
+    }
+    alignas(16) char first_block[kFirstBlock];
+    google::protobuf::Arena arena;
+    v1::StreamRequest* request;
+    uint32_t users = 0;  // HandleSubmit and each op still running; under mu_
   };
   struct OpCtx {
     OpBuffers buffers;
     uint64_t tag = 0;
     uint64_t op_id = 0;
     uint64_t charged = 0;  // Budget bytes, until its completion is written or dropped
-    std::shared_ptr<Batch> batch;
+    Batch* batch = nullptr;
+    bool linked = false;  // in live_: submitted and not yet completed
     OpCtx* prev = nullptr;
     OpCtx* next = nullptr;
   };
+  // Pools are bounded: a burst leaves at most this much behind.
+  static constexpr size_t kSpareCtxs = 256;
+  static constexpr size_t kKeptReadBuffer = 16 << 10;  // per pooled ctx
+  static constexpr size_t kSpareBatches = 2;
+  static constexpr size_t kSpareMessages = 2;           // per message kind
+  static constexpr uint64_t kRecycledMessageData = 1 << 20;
   struct Outgoing {
-    v1::StreamResponse msg;
+    std::unique_ptr<v1::StreamResponse> msg;
     bool ready = true;
     uint32_t completions = 0;  // in msg, not yet handed to gRPC (flow control)
     uint64_t data_bytes = 0;   // read data in msg (message size cap)
@@ -537,6 +566,8 @@ class Service::StreamCall final
 
   ~StreamCall() override {
     for (OpCtx* c : free_ctx_) delete c;
+    for (Batch* b : spare_batches_) delete b;
+    delete in_;
     uint64_t charged = current_charged_;
     for (const Outgoing& o : outbox_) charged += o.charged;
     service_->budget().ReleaseBytes(charged);
@@ -547,20 +578,21 @@ class Service::StreamCall final
   }
 
   absl::Status Handle() {
-    switch (in_.msg_case()) {
+    const v1::StreamRequest& in = *in_->request;
+    switch (in.msg_case()) {
       case v1::StreamRequest::kOpen:
-        return HandleOpen(in_.open());
+        return HandleOpen(in.open());
       case v1::StreamRequest::kSubmit:
         if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
         return HandleSubmit();
       case v1::StreamRequest::kCancel: {
         if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
         absl::Status status;
-        v1::CancelResponse resp = service_->DoCancel(caller_, in_.cancel(), &status);
+        v1::CancelResponse resp = service_->DoCancel(caller_, in.cancel(), &status);
         // A refused cancel is answered in-band, not by ending the stream.
-        resp.set_request_tag(in_.cancel().request_tag());
-        Outgoing out;
-        *out.msg.mutable_cancel_result() = std::move(resp);
+        resp.set_request_tag(in.cancel().request_tag());
+        Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
+        *out.msg->mutable_cancel_result() = std::move(resp);
         std::lock_guard lock(mu_);
         outbox_.push_back(std::move(out));
         WriteNextLocked();
@@ -584,8 +616,8 @@ class Service::StreamCall final
       meta_ = *meta;
     }
     meta_->streams.fetch_add(1);
-    Outgoing out;
-    v1::StreamOpened* opened = out.msg.mutable_opened();
+    Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
+    v1::StreamOpened* opened = out.msg->mutable_opened();
     opened->set_session_id(meta_->session->id());
     opened->set_lease_ms(meta_->lease_ms);
     *opened->mutable_limits() = service_->LimitsProto();
@@ -596,16 +628,20 @@ class Service::StreamCall final
   }
 
   absl::Status HandleSubmit() {
-    auto batch = std::make_shared<Batch>();
-    batch->request.Swap(&in_);
-    const v1::SubmitBatch& sb = batch->request.submit();
+    // The batch stays with its ops; the next read gets another.
+    Batch* batch = in_;
+    const v1::SubmitBatch& sb = batch->request->submit();
     const int n = sb.ops_size();
     // Reserve the Accepted message's place before any op can complete.
     Outgoing* accepted_slot;
-    std::vector<OpCtx*> ctxs(n, nullptr);
+    std::vector<OpCtx*>& ctxs = scratch_ctxs_;
+    ctxs.assign(n, nullptr);
     {
       std::lock_guard lock(mu_);
-      outbox_.push_back(Outgoing{.ready = false});
+      in_ = TakeBatchLocked();
+      batch->users = 1;
+      submitting_ = true;
+      outbox_.push_back(Outgoing{.msg = TakeMessageLocked(kAcceptedKind), .ready = false});
       accepted_slot = &outbox_.back();
       for (int i = 0; i < n; ++i) {
         if (free_ctx_.empty()) {
@@ -614,12 +650,16 @@ class Service::StreamCall final
           ctxs[i] = free_ctx_.back();
           free_ctx_.pop_back();
         }
+        ctxs[i]->op_id = 0;
       }
+      batch->users += n;
     }
-    std::vector<core::OpRequest> requests;
-    std::vector<int> index;  // request -> op position
-    requests.reserve(n);
-    std::vector<absl::Status> rejected(n);
+    std::vector<core::OpRequest>& requests = scratch_requests_;
+    std::vector<int>& index = scratch_index_;  // request -> op position
+    requests.clear();
+    index.clear();
+    std::vector<absl::Status>& rejected = scratch_rejected_;
+    rejected.assign(n, absl::OkStatus());
     const int64_t no_deadline = 0;
     const uint32_t max_batch_ops = service_->live().max_batch_ops();
     const uint32_t max_op_bytes = service_->live().max_op_bytes();
@@ -656,7 +696,8 @@ class Service::StreamCall final
       requests.push_back(r);
       index.push_back(i);
     }
-    std::vector<absl::StatusOr<core::OpId>> ids(requests.size());
+    std::vector<absl::StatusOr<core::OpId>>& ids = scratch_ids_;
+    ids.assign(requests.size(), absl::StatusOr<core::OpId>());
     {
       // Count them in flight first: completions may arrive during SubmitBatch.
       std::lock_guard lock(mu_);
@@ -664,14 +705,18 @@ class Service::StreamCall final
       for (size_t j = 0; j < requests.size(); ++j) Link(ctxs[index[j]]);
     }
     if (!requests.empty()) service_->dispatcher().SubmitBatch(*meta_->session, requests, ids);
-    v1::Accepted accepted;
-    accepted.set_batch_tag(sb.batch_tag());
-    v1::CompletionBatch rejections;
     std::vector<uint64_t> to_cancel;
     std::unique_lock lock(mu_);
+    v1::Accepted& accepted = *accepted_slot->msg->mutable_accepted();
+    accepted.set_batch_tag(sb.batch_tag());
+    // An op may have completed already (its ctx is back in the pool, kept
+    // there while submitting_): ids are read from `ids`, not from ctxs.
+    std::vector<uint64_t>& op_ids = scratch_op_ids_;
+    op_ids.assign(n, 0);
     for (size_t j = 0; j < requests.size(); ++j) {
       if (ids[j].ok()) {
-        ctxs[index[j]]->op_id = ids[j]->value;
+        op_ids[index[j]] = ids[j]->value;
+        if (ctxs[index[j]]->linked) ctxs[index[j]]->op_id = ids[j]->value;
       } else {
         rejected[index[j]] = NameLimit(ids[j].status());
         service_->budget().ReleaseOps(1);
@@ -683,24 +728,25 @@ class Service::StreamCall final
     for (int i = 0; i < n; ++i) {
       v1::AcceptedOp* a = accepted.add_ops();
       a->set_tag(sb.ops(i).tag());
-      if (rejected[i].ok()) {
-        a->set_op_id(ctxs[i]->op_id);
-        continue;
-      }
+      a->set_op_id(op_ids[i]);
+    }
+    accepted_slot->ready = true;
+    for (int i = 0; i < n; ++i) {
+      if (rejected[i].ok()) continue;
       service_->observer().OnRejected();
-      FillRejected(rejected[i], sb.ops(i).tag(), *rejections.add_completions());
-      if (ctxs[i]->prev != nullptr || live_ == ctxs[i]) {  // was submitted, then refused
+      if (ctxs[i]->linked) {  // was submitted, then refused
         Unlink(ctxs[i]);
         --inflight_;
       }
-      ctxs[i]->batch.reset();
-      ctxs[i]->buffers.completion = v1::Completion();  // frees a read buffer, not just clears
-      free_ctx_.push_back(ctxs[i]);
+      FillRejected(rejected[i], sb.ops(i).tag(), ctxs[i]->buffers.completion);
+      AppendCompletionLocked(ctxs[i]->buffers.completion, 0);
+      FreeCtxLocked(ctxs[i]);
     }
-    *accepted_slot->msg.mutable_accepted() = std::move(accepted);
-    accepted_slot->ready = true;
-    if (rejections.completions_size() > 0) {
-      for (auto& c : *rejections.mutable_completions()) AppendCompletionLocked(std::move(c), 0);
+    ReleaseBatchLocked(batch);  // HandleSubmit's use
+    submitting_ = false;
+    while (free_ctx_.size() > kSpareCtxs) {
+      delete free_ctx_.back();
+      free_ctx_.pop_back();
     }
     if (meta_->lease_ms != 0) {
       meta_->lease_deadline_ns.store(core::MonoNanos() + int64_t{meta_->lease_ms} * 1'000'000);
@@ -712,6 +758,7 @@ class Service::StreamCall final
   }
 
   void Link(OpCtx* c) {
+    c->linked = true;
     c->prev = nullptr;
     c->next = live_;
     if (live_ != nullptr) live_->prev = c;
@@ -722,21 +769,22 @@ class Service::StreamCall final
     if (c->next != nullptr) c->next->prev = c->prev;
     if (live_ == c) live_ = c->next;
     c->prev = c->next = nullptr;
+    c->linked = false;
   }
 
-  void AppendCompletionLocked(v1::Completion&& c, uint64_t charged) {
-    // Coalesce into the last unsent batch: fewer, larger messages, each well
-    // under max_message_bytes (read data counted; the rest is small).
+  // Moves `c` (by swap: no copy, and `c` gets a cleared spare) into the
+  // last unsent batch: fewer, larger messages, each well under
+  // max_message_bytes (read data counted; the rest is small).
+  void AppendCompletionLocked(v1::Completion& c, uint64_t charged) {
     const uint64_t data = c.data().size();
     const uint64_t cap = std::min<uint64_t>(4 << 20, service_->config().max_message_bytes / 2);
-    if (outbox_.empty() || !outbox_.back().msg.has_completions() ||
+    if (outbox_.empty() || !outbox_.back().msg->has_completions() ||
         outbox_.back().completions >= 1024 ||
         (outbox_.back().completions > 0 && outbox_.back().data_bytes + data > cap)) {
-      outbox_.push_back(Outgoing{});
-      outbox_.back().msg.mutable_completions();
+      outbox_.push_back(Outgoing{.msg = TakeMessageLocked(kCompletionsKind)});
     }
     Outgoing& out = outbox_.back();
-    *out.msg.mutable_completions()->add_completions() = std::move(c);
+    out.msg->mutable_completions()->add_completions()->Swap(&c);
     ++out.completions;
     out.data_bytes += data;
     out.charged += charged;
@@ -747,10 +795,85 @@ class Service::StreamCall final
     if (writing_ || broken_ || outbox_.empty() || !outbox_.front().ready) return;
     current_ = std::move(outbox_.front().msg);
     current_charged_ = outbox_.front().charged;
+    current_data_bytes_ = outbox_.front().data_bytes;
     undelivered_ -= outbox_.front().completions;
     outbox_.pop_front();
     writing_ = true;
-    StartWrite(&current_);
+    StartWrite(current_.get());
+  }
+
+  // --- pools (under mu_) ---
+
+  // Messages are reused per kind, clearing the inner message only: clearing
+  // a oneof frees its message, and with it every element kept for reuse.
+  enum MessageKind { kCompletionsKind, kAcceptedKind };
+  std::unique_ptr<v1::StreamResponse> TakeMessageLocked(MessageKind kind) {
+    auto& spare = spare_messages_[kind];
+    if (!spare.empty()) {
+      auto msg = std::move(spare.back());
+      spare.pop_back();
+      return msg;
+    }
+    auto msg = std::make_unique<v1::StreamResponse>();
+    if (kind == kCompletionsKind) {
+      msg->mutable_completions();
+    } else {
+      msg->mutable_accepted();
+    }
+    return msg;
+  }
+  void RecycleMessageLocked(std::unique_ptr<v1::StreamResponse> msg, uint64_t data_bytes) {
+    if (msg == nullptr || data_bytes > kRecycledMessageData) return;
+    MessageKind kind;
+    if (msg->has_completions()) {
+      msg->mutable_completions()->Clear();
+      kind = kCompletionsKind;
+    } else if (msg->has_accepted()) {
+      msg->mutable_accepted()->Clear();
+      kind = kAcceptedKind;
+    } else {
+      return;
+    }
+    if (spare_messages_[kind].size() < kSpareMessages) {
+      spare_messages_[kind].push_back(std::move(msg));
+    }
+  }
+
+  Batch* TakeBatchLocked() {
+    if (spare_batches_.empty()) return new Batch;
+    Batch* b = spare_batches_.back();
+    spare_batches_.pop_back();
+    return b;
+  }
+  void ReleaseBatchLocked(Batch* b) {
+    if (--b->users > 0) return;
+    if (spare_batches_.size() >= kSpareBatches) {
+      delete b;
+      return;
+    }
+    b->Reset();
+    spare_batches_.push_back(b);
+  }
+
+  // The ctx's op is over: its batch use ends, and it is kept for the next op
+  // with its Completion cleared (a small read buffer stays allocated).
+  void FreeCtxLocked(OpCtx* ctx) {
+    if (ctx->batch != nullptr) {
+      ReleaseBatchLocked(ctx->batch);
+      ctx->batch = nullptr;
+    }
+    // HandleSubmit may still hold it (it trims the pool when it is done).
+    if (!submitting_ && free_ctx_.size() >= kSpareCtxs) {
+      delete ctx;
+      return;
+    }
+    v1::Completion& c = ctx->buffers.completion;
+    if (c.data().capacity() > kKeptReadBuffer) {
+      c = v1::Completion();
+    } else {
+      c.Clear();
+    }
+    free_ctx_.push_back(ctx);
   }
 
   void MaybeReadLocked() {
@@ -763,7 +886,7 @@ class Service::StreamCall final
       return;
     }
     reading_ = true;
-    StartRead(&in_);
+    StartRead(in_->request);
   }
 
   // Cancels run without mu_: a backend may complete a cancelled op on the
@@ -792,12 +915,23 @@ class Service::StreamCall final
   grpc::CallbackServerContext* const ctx_;
   const Caller caller_;
   std::shared_ptr<SessionMeta> meta_;
-  v1::StreamRequest in_;
-  v1::StreamResponse current_;
+  Batch* in_;  // read into; only the read flow changes it (under mu_ when it does)
+  std::unique_ptr<v1::StreamResponse> current_;  // being written
+  uint64_t current_data_bytes_ = 0;
+  // HandleSubmit's per-batch vectors, kept (reads are one at a time).
+  std::vector<OpCtx*> scratch_ctxs_;
+  std::vector<core::OpRequest> scratch_requests_;
+  std::vector<int> scratch_index_;
+  std::vector<absl::Status> scratch_rejected_;
+  std::vector<absl::StatusOr<core::OpId>> scratch_ids_;
+  std::vector<uint64_t> scratch_op_ids_;
 
   std::mutex mu_;
   std::deque<Outgoing> outbox_;
   std::vector<OpCtx*> free_ctx_;
+  bool submitting_ = false;  // HandleSubmit holds ctxs: FreeCtxLocked must not delete
+  std::vector<Batch*> spare_batches_;
+  std::vector<std::unique_ptr<v1::StreamResponse>> spare_messages_[2];
   OpCtx* live_ = nullptr;
   size_t inflight_ = 0;
   size_t undelivered_ = 0;        // completions in outbox_
