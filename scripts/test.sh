@@ -19,9 +19,9 @@ run_preset() {
 # Everything, including the soak test (label soak, ~90 s; ASYNCD_SOAK_SECONDS)
 # and the systemd-in-a-container test (label systemd).
 run_preset dev
-# Under ASan+UBSan all but systemd (boots a container) and soak (minutes; its
-# races are TSan's and the dev run's job).
-run_preset asan -LE 'systemd|soak'
+# Under ASan+UBSan all but systemd (boots a container), the soak test for
+# 45 s (it found a use-after-free only ASan saw).
+ASYNCD_SOAK_SECONDS=45 run_preset asan -LE systemd
 # Debian's gRPC is not built with TSan: this preset builds core and backends only.
 run_preset tsan
 
