@@ -487,22 +487,27 @@ class Service::StreamCall final
     service_->budget().ReleaseOps(1);
     FillCompletion(op, ctx->buffers);
     ctx->buffers.completion.set_tag(ctx->tag);
+    // In a backend's batch, take mu_ once for all of this stream's ops.
+    if (core::CompletionBatch::Defer(this, op.cookie)) return;  // keeps the ref
     {
       std::lock_guard lock(mu_);
-      Unlink(ctx);
-      --inflight_;
-      if (!broken_) {
-        AppendCompletionLocked(ctx->buffers.completion, ctx->charged);
-      } else {
-        service_->budget().ReleaseBytes(ctx->charged);  // dropped: nobody to deliver to
-      }
-      ctx->charged = 0;
-      FreeCtxLocked(ctx);
+      DeliverLocked(ctx);
       WriteNextLocked();
       MaybeReadLocked();
       MaybeFinishLocked();
     }
     Unref();
+  }
+
+  void OnDeferred(std::span<const uint64_t> cookies) noexcept override {
+    {
+      std::lock_guard lock(mu_);
+      for (uint64_t cookie : cookies) DeliverLocked(reinterpret_cast<OpCtx*>(cookie));
+      WriteNextLocked();
+      MaybeReadLocked();
+      MaybeFinishLocked();
+    }
+    Unref(static_cast<int>(cookies.size()));
   }
 
   void OnDone() override {
@@ -573,8 +578,21 @@ class Service::StreamCall final
     service_->budget().ReleaseBytes(charged);
   }
 
-  void Unref() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  void Unref(int n = 1) {
+    if (refs_.fetch_sub(n, std::memory_order_acq_rel) == n) delete this;
+  }
+
+  // A completed op's result goes out (or is dropped if nobody can take it).
+  void DeliverLocked(OpCtx* ctx) {
+    Unlink(ctx);
+    --inflight_;
+    if (!broken_) {
+      AppendCompletionLocked(ctx->buffers.completion, ctx->charged);
+    } else {
+      service_->budget().ReleaseBytes(ctx->charged);  // dropped: nobody to deliver to
+    }
+    ctx->charged = 0;
+    FreeCtxLocked(ctx);
   }
 
   absl::Status Handle() {
@@ -942,7 +960,7 @@ class Service::StreamCall final
   bool broken_ = false;
   bool finished_ = false;
   grpc::Status end_status_ = grpc::Status::OK;
-  std::atomic<int> refs_{1};  // OnDone's; each running OnComplete holds one more
+  std::atomic<int> refs_{1};  // OnDone's; each OnComplete holds one more until delivered
 };
 
 grpc::ServerBidiReactor<v1::StreamRequest, v1::StreamResponse>* Service::Stream(

@@ -592,11 +592,13 @@ void UringBackend::DrainForShutdown() {
   drained_ = true;
   for (Op* op : on_ring_) {
     op->RequestEnd(op->generation(), EndReason::kDrain, now);
-    cancel_work_.push_back({op, op->generation()});
+    // Still on the ring, so its session is alive now; the pin keeps it so.
+    cancel_work_.push_back({op, op->generation(), op->session->shared_from_this()});
   }
 }
 
 unsigned UringBackend::Reap() {
+  core::CompletionBatch batch;  // sinks take their locks once per reap, not per op
   unsigned total = 0;
   io_uring_cqe* cqes[kReapBatch];
   for (;;) {

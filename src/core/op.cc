@@ -1,11 +1,53 @@
 #include "src/core/op.h"
 
 #include <cerrno>
+#include <utility>
+#include <vector>
 
 #include "src/core/check.h"
 #include "src/core/registry.h"
 
 namespace asyncd::core {
+
+namespace {
+
+struct DeferredCompletions {
+  int depth = 0;
+  std::vector<std::pair<CompletionSink*, uint64_t>> items;
+  std::vector<uint64_t> cookies;  // one sink's, handed to OnDeferred
+};
+thread_local DeferredCompletions tls_deferred;
+
+}  // namespace
+
+CompletionBatch::CompletionBatch() noexcept { ++tls_deferred.depth; }
+
+CompletionBatch::~CompletionBatch() {
+  DeferredCompletions& d = tls_deferred;
+  if (--d.depth > 0) return;
+  // Few sinks per batch: take the first one's cookies, keep the rest in order.
+  while (!d.items.empty()) {
+    CompletionSink* const sink = d.items.front().first;
+    d.cookies.clear();
+    size_t kept = 0;
+    for (const auto& item : d.items) {
+      if (item.first == sink) {
+        d.cookies.push_back(item.second);
+      } else {
+        d.items[kept++] = item;
+      }
+    }
+    d.items.resize(kept);
+    sink->OnDeferred(d.cookies);  // depth is 0: completions it causes are not deferred
+  }
+}
+
+bool CompletionBatch::Defer(CompletionSink* sink, uint64_t cookie) noexcept {
+  DeferredCompletions& d = tls_deferred;
+  if (d.depth == 0) return false;
+  d.items.emplace_back(sink, cookie);
+  return true;
+}
 
 OpId Op::id() const {
   return OpId::Make(session->index(), slot_index, generation());

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <string_view>
 
 #include "src/core/op_id.h"
@@ -21,6 +22,25 @@ class CompletionSink {
  public:
   virtual ~CompletionSink() = default;
   virtual void OnComplete(const Op& op) noexcept = 0;
+  /// At the end of a CompletionBatch in which OnComplete called
+  /// CompletionBatch::Defer(this, cookie): those cookies, in completion
+  /// order, on the same thread.
+  virtual void OnDeferred(std::span<const uint64_t> /*cookies*/) noexcept {}
+};
+
+/// Opened by a backend thread that delivers many completions in one go (a
+/// reap of CQEs): a sink may then Defer the part of OnComplete that takes
+/// its lock, and do it once per batch instead of once per op. Batches on one
+/// thread nest (the outermost delivers).
+class CompletionBatch {
+ public:
+  CompletionBatch() noexcept;
+  ~CompletionBatch();
+  CompletionBatch(const CompletionBatch&) = delete;
+  CompletionBatch& operator=(const CompletionBatch&) = delete;
+  /// Queues `cookie` for sink->OnDeferred when this thread's batch ends;
+  /// false (nothing queued) when no batch is open on this thread.
+  static bool Defer(CompletionSink* sink, uint64_t cookie) noexcept;
 };
 
 /// What a backend needs to run the system call. Written by the submitter
