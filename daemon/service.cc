@@ -523,9 +523,10 @@ class Service::StreamCall final
  private:
   // A received message, parsed onto an arena (one allocation per block, not
   // per op); its strings (paths, write data) are borrowed by its ops until the
-  // last one completes. Pooled: the arena keeps its first block.
+  // last one completes. Pooled: the arena keeps its first block, small so that
+  // an idle stream holds little (the batch it reads into and kSpareBatches).
   struct Batch {
-    static constexpr size_t kFirstBlock = 16 << 10;
+    static constexpr size_t kFirstBlock = 4 << 10;
     Batch() : arena(ArenaOptions(first_block)) {
       request = google::protobuf::Arena::CreateMessage<v1::StreamRequest>(&arena);
     }
