@@ -233,7 +233,9 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
     } else if (absl::StatusOr<uint32_t> h = session.handles().Insert(fd); h.ok()) {
       op.result.store(*h, std::memory_order_relaxed);
     } else {
-      op.result.store(-EMFILE, std::memory_order_relaxed);
+      // Insert closed it: a full table, or the session ended meanwhile.
+      op.result.store(absl::IsResourceExhausted(h.status()) ? -EMFILE : -ECANCELED,
+                      std::memory_order_relaxed);
     }
   }
   if (op.holds_handle) session.handles().Release(op.handle.load(std::memory_order_relaxed));

@@ -30,6 +30,12 @@ absl::StatusOr<uint32_t> HandleTable::Insert(int fd) {
   const bool stream = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) &&
                       !S_ISBLK(st.st_mode);
   std::lock_guard lock(mu_);
+  if (closed_) {
+    // An open that finished after its session ended: the descriptor goes now,
+    // not with the session's memory.
+    ::close(fd);
+    return absl::FailedPreconditionError("the session has ended");
+  }
   uint32_t index;
   if (!free_.empty()) {
     index = free_.back();
@@ -99,6 +105,7 @@ void HandleTable::CloseAll() {
   std::vector<int> to_close;
   {
     std::lock_guard lock(mu_);
+    closed_ = true;
     for (uint32_t i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
       if (e.fd < 0 || !e.open) continue;

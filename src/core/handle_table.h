@@ -25,7 +25,8 @@ class HandleTable {
   HandleTable(const HandleTable&) = delete;
   HandleTable& operator=(const HandleTable&) = delete;
 
-  /// Takes ownership of `fd`. RESOURCE_EXHAUSTED when the table is full (fd is then closed).
+  /// Takes ownership of `fd`. RESOURCE_EXHAUSTED when the table is full,
+  /// FAILED_PRECONDITION after CloseAll (fd is closed in both cases).
   [[nodiscard]] absl::StatusOr<uint32_t> Insert(int fd);
   /// Returns the descriptor and takes a reference. NOT_FOUND for an unknown,
   /// stale or closed handle. `stream`, if given, is set when the descriptor
@@ -38,7 +39,8 @@ class HandleTable {
   /// NOT_FOUND for an unknown handle. The caller's own reference (from
   /// Acquire) is consumed.
   [[nodiscard]] absl::StatusOr<int> Detach(uint32_t handle);
-  /// Closes every handle; descriptors in use are closed by their last user.
+  /// Closes every handle, and refuses new ones; descriptors in use are closed
+  /// by their last user.
   void CloseAll();
   uint32_t open_count() const;
 
@@ -55,6 +57,7 @@ class HandleTable {
   mutable std::mutex mu_;
   std::vector<Entry> entries_;
   std::vector<uint32_t> free_;
+  bool closed_ = false;  // CloseAll ran: Insert refuses
   uint32_t max_handles_;
   uint32_t open_ = 0;
 };

@@ -289,5 +289,26 @@ TEST_F(DispatcherTest, CloseSessionCancelsEverythingItOwns) {
   EXPECT_EQ(fcntl(fd, F_GETFD), -1) << "session end must close its handles";
 }
 
+// An open that is past cancelling (it creates) finishes after its session
+// ended: its descriptor is closed at once, not kept until the session's
+// memory goes, and the client is told the open was cancelled.
+TEST_F(DispatcherTest, OpenFinishingAfterItsSessionEndedClosesItsDescriptor) {
+  ASSERT_TRUE(dispatcher_.Submit(*session_, {.kind = OpKind::kOpen,
+                                             .params = {.flags = O_CREAT | O_RDWR},
+                                             .sink = &sink_}).ok());
+  ASSERT_TRUE(backend_.held.front()->TryStart(1));  // running: no longer cancellable
+  auto counts = dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed);
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->not_cancellable, 1u);
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::vector<Op*> held = std::move(backend_.held);
+  dispatcher_.Complete(*held.front(), fd);  // the open returns its descriptor
+  ASSERT_EQ(sink_.results.size(), 1u);
+  EXPECT_EQ(sink_.results[0], -ECANCELED);
+  EXPECT_EQ(fcntl(fd, F_GETFD), -1) << "descriptor kept by an ended session";
+  EXPECT_EQ(session_->handles().open_count(), 0u);
+}
+
 }  // namespace
 }  // namespace asyncd::core
