@@ -238,6 +238,10 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
                       std::memory_order_relaxed);
     }
   }
+  if (kind == OpKind::kClose && op.params.fd >= 0 &&
+      op.started_ns.load(std::memory_order_relaxed) == 0) {
+    ::close(op.params.fd);  // ended before it ran: the detached descriptor is still ours
+  }
   if (op.holds_handle) session.handles().Release(op.handle.load(std::memory_order_relaxed));
   if (observer_ != nullptr) observer_->OnFinished(op);
   if (op.sink != nullptr) op.sink->OnComplete(op);

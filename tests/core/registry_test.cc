@@ -289,6 +289,21 @@ TEST_F(DispatcherTest, CloseSessionCancelsEverythingItOwns) {
   EXPECT_EQ(fcntl(fd, F_GETFD), -1) << "session end must close its handles";
 }
 
+// A close still queued when its session ends never runs: the descriptor it
+// took from the handle table is closed all the same.
+TEST_F(DispatcherTest, CloseCancelledBeforeItRanStillClosesTheDescriptor) {
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const uint32_t handle = *session_->handles().Insert(fd);
+  ASSERT_TRUE(dispatcher_.Submit(*session_, {.kind = OpKind::kClose, .handle = handle,
+                                             .sink = &sink_}).ok());
+  ASSERT_TRUE(dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed).ok());
+  backend_.RunAll(0);  // TryStart refuses: it completes cancelled
+  ASSERT_EQ(sink_.states.size(), 1u);
+  EXPECT_EQ(sink_.states[0], OpState::kCancelled);
+  EXPECT_EQ(fcntl(fd, F_GETFD), -1) << "a cancelled close leaked its descriptor";
+}
+
 // An open that is past cancelling (it creates) finishes after its session
 // ended: its descriptor is closed at once, not kept until the session's
 // memory goes, and the client is told the open was cancelled.
