@@ -489,16 +489,10 @@ class Service::StreamCall final
     ctx->buffers.completion.set_tag(ctx->tag);
     // In a backend's batch, take mu_ once for all of this stream's ops.
     if (core::CompletionBatch::Defer(this, op.cookie)) return;  // keeps the ref
-    {
-      std::lock_guard lock(mu_);
-      DeliverLocked(ctx);
-      WriteNextLocked();
-      MaybeReadLocked();
-      MaybeFinishLocked();
-    }
-    Unref();
+    OnDeferred(std::span<const uint64_t>(&op.cookie, 1));
   }
 
+  // Delivers completed ops and drops the ref each OnComplete took.
   void OnDeferred(std::span<const uint64_t> cookies) noexcept override {
     {
       std::lock_guard lock(mu_);
