@@ -99,15 +99,16 @@ Op* Session::PopFree() {
 
 absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t handle,
                                       std::string_view target, int64_t now_ns) {
-  live_.fetch_add(1, std::memory_order_acq_rel);
-  if (closing_.load(std::memory_order_acquire)) {
-    if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1) MaybeRemove();
+  if ((state_.fetch_add(1, std::memory_order_acq_rel) & kClosing) != 0) {
+    if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) Remove();
     return absl::FailedPreconditionError(absl::StrCat("session ", id_, " is closing"));
   }
   Op* op = PopFree();
   while (op == nullptr) {
     if (!Grow()) {
-      live_.fetch_sub(1, std::memory_order_acq_rel);
+      // The caller holds the session, so it cannot be closing with no live ops
+      // unless this was the last: then it must leave like any last op.
+      if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) Remove();
       return absl::ResourceExhaustedError(
           absl::StrCat("session ", id_, " has the maximum of ", max_slots_, " operations in flight"));
     }
@@ -143,17 +144,12 @@ void Session::Retire(Op& op) {
   ASYNCD_CHECK(IsTerminal(OpWord::State(w)));
   op.word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
   PushFree(op);
-  if (live_.fetch_sub(1, std::memory_order_acq_rel) == 1 &&
-      closing_.load(std::memory_order_acquire)) {
-    MaybeRemove();
-  }
+  // Nothing after the decrement may touch the session unless this thread
+  // is the one to remove it: otherwise it may already be gone.
+  if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) Remove();
 }
 
-void Session::MaybeRemove() {
-  if (live_.load(std::memory_order_acquire) != 0) return;
-  if (removed_.exchange(true, std::memory_order_acq_rel)) return;
-  registry_->Remove(*this);
-}
+void Session::Remove() { registry_->Remove(*this); }
 
 Op* Session::Find(uint32_t slot, uint32_t gen) {
   if (slot >= slab_count_.load(std::memory_order_acquire) * kSlabSlots) return nullptr;
@@ -232,11 +228,11 @@ std::shared_ptr<Session> Registry::FindSession(uint64_t session_id) const {
 
 std::shared_ptr<Session> Registry::BeginClose(uint64_t session_id) {
   std::shared_ptr<Session> session = FindSession(session_id);
-  if (session == nullptr || session->closing_.exchange(true, std::memory_order_acq_rel)) {
-    return nullptr;
-  }
+  if (session == nullptr) return nullptr;
+  const uint32_t prev = session->state_.fetch_or(Session::kClosing, std::memory_order_acq_rel);
+  if ((prev & Session::kClosing) != 0) return nullptr;
   session->handles_.CloseAll();
-  session->MaybeRemove();
+  if ((prev & Session::kLiveMask) == 0) session->Remove();
   return session;
 }
 

@@ -93,8 +93,8 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t index() const { return index_; }
   const ClientInfo& client() const { return client_; }
   HandleTable& handles() { return handles_; }
-  uint32_t live_ops() const { return live_.load(std::memory_order_acquire); }
-  bool closing() const { return closing_.load(std::memory_order_acquire); }
+  uint32_t live_ops() const { return state_.load(std::memory_order_acquire) & kLiveMask; }
+  bool closing() const { return (state_.load(std::memory_order_acquire) & kClosing) != 0; }
   int64_t created_ns() const { return created_ns_; }
   /// Largest generation handed out; the next session on this index starts above it.
   uint32_t max_generation() const;
@@ -108,7 +108,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void PushFree(Op& op);
   Op* PopFree();
 
-  void MaybeRemove();  // leaves the registry once closing with no live ops
+  // Leaves the registry. Called once, by whoever moved state_ to closing with no live ops.
+  void Remove();
 
   Registry* const registry_;
   const uint32_t index_;
@@ -120,9 +121,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Free list: Treiber stack of slot indices; the high 32 bits are an ABA tag.
   alignas(64) std::atomic<uint64_t> free_head_{0};
-  alignas(64) std::atomic<uint32_t> live_{0};
-  std::atomic<bool> closing_{false};
-  std::atomic<bool> removed_{false};
+  // Live ops and the closing flag in one word, so the thread that retires the
+  // last op of a closing session knows it without touching the session again
+  // (once the count is zero another thread may remove and free it).
+  static constexpr uint32_t kClosing = 1u << 31;
+  static constexpr uint32_t kLiveMask = kClosing - 1;
+  alignas(64) std::atomic<uint32_t> state_{0};
 
   std::mutex grow_mu_;
   std::unique_ptr<std::atomic<Slab*>[]> slabs_;
