@@ -112,8 +112,9 @@ bench() {  # bench OUTFILE ARGS...: asyncd-bench against the current daemon
 }
 
 stream_args=(--mode stream --warmup 1s --duration "${duration}s")
-read_args=(--mix read=1 --block-size 4096 --file data.bin --file-size $((64 << 20))
-           --queue-depth 128 --batch "$read_batch" --connections 1)
+read_shape=(--queue-depth 128 --batch "$read_batch" --connections 1)
+read_file=(--mix read=1 --file data.bin --file-size $((64 << 20)))
+read_args=("${read_file[@]}" --block-size 4096 "${read_shape[@]}")
 nop_args=(--mix nop=1 --queue-depth "$nop_qd" --batch "$nop_batch" --connections "$nop_streams")
 
 log "temp dir $tmp; build $build; $cores cores; $duration s per bench run"
@@ -139,6 +140,12 @@ fio --name=psync --ioengine=psync --numjobs="$pool_threads" --group_reporting \
 start_daemon uring "$tmp/asyncd.toml"
 log "1: stream 4 KiB random reads QD128"
 bench t1-read.json "${stream_args[@]}" "${read_args[@]}"
+# Where target 1's time goes: the same stream shape without the read (NOP),
+# and reading 1 byte (the kernel's path, almost no payload to carry).
+log "1, same shape: NOP"
+bench t1-nop.json "${stream_args[@]}" --mix nop=1 "${read_shape[@]}"
+log "1, same shape: 1-byte reads"
+bench t1-read1.json "${stream_args[@]}" "${read_file[@]}" --block-size 1 "${read_shape[@]}"
 # 2 and 5 alternate (without, with, without, with) so drift hits both alike.
 for round in 1 2; do
   log "2: stream NOP (round $round)"
@@ -147,13 +154,31 @@ for round in 1 2; do
   bench "t5-nop-list-$round.json" "${stream_args[@]}" "${nop_args[@]}" --list-every 100ms
 done
 # 3: the bare RPC and unary NOP alternate too, one call in flight each.
+# Beside each run, the daemon's context switches (all its threads) over most
+# of the measured window: what a call costs in thread hand-offs.
 unary_d=$(( duration > 6 ? duration / 2 : 3 ))
+daemon_switches() {
+  cat /proc/"$daemon_pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}'
+}
+bench_with_switches() {  # like bench; also writes OUTFILE.cs: switches between times t0 and t1
+  local file="$1"
+  bench "$@" &
+  local pid=$!
+  sleep 1.5  # past the 1 s warmup
+  local c0 t0 c1 t1
+  c0=$(daemon_switches); t0=$(date +%s.%N)
+  sleep "$(( unary_d - 1 ))"
+  c1=$(daemon_switches); t1=$(date +%s.%N)
+  wait "$pid"
+  echo "{\"switches\": $(( c1 - c0 )), \"t0\": $t0, \"t1\": $t1}" >"$out/$file.cs"
+}
 for round in 1 2; do
   log "3: bare Health/Check (round $round)"
-  bench "t3-health-$round.json" --mode health --connections 1 --warmup 1s --duration "${unary_d}s"
-  log "3: unary NOP (round $round)"
-  bench "t3-unary-$round.json" --mode unary --mix nop=1 --connections 1 --warmup 1s \
+  bench_with_switches "t3-health-$round.json" --mode health --connections 1 --warmup 1s \
     --duration "${unary_d}s"
+  log "3: unary NOP (round $round)"
+  bench_with_switches "t3-unary-$round.json" --mode unary --mix nop=1 --connections 1 \
+    --warmup 1s --duration "${unary_d}s"
 done
 stop_daemon
 
@@ -210,6 +235,7 @@ def mean(xs): return sum(xs) / len(xs)
 fio_uring = fio_iops("fio-uring.json")
 fio_psync = fio_iops("fio-psync.json")
 t1 = load("t1-read.json")
+t1_nop, t1_read1 = load("t1-nop.json"), load("t1-read1.json")
 t2 = [load(f"t2-nop-{r}.json") for r in (1, 2)]
 t5 = [load(f"t5-nop-list-{r}.json") for r in (1, 2)]
 health = [load(f"t3-health-{r}.json") for r in (1, 2)]
@@ -225,6 +251,11 @@ nop_without = mean([r["ops_per_s"] for r in t2])
 nop_with = mean([r["ops_per_s"] for r in t5])
 h50, h99 = mean([r["latency_us"]["p50"] for r in health]), mean([r["latency_us"]["p99"] for r in health])
 u50, u99 = mean([r["latency_us"]["p50"] for r in unary]), mean([r["latency_us"]["p99"] for r in unary])
+def switches_per_call(name):
+    cs = load(name + ".cs")
+    return cs["switches"] / (load(name)["ops_per_s"] * (cs["t1"] - cs["t0"]))
+h_cs = mean([switches_per_call(f"t3-health-{r}.json") for r in (1, 2)])
+u_cs = mean([switches_per_call(f"t3-unary-{r}.json") for r in (1, 2)])
 rss_delta_b = (rss["rss_with_kib"] - rss["rss_before_kib"]) * 1024
 per_op = rss_delta_b / rss["ops"] if hold.get("accepted") == rss["ops"] else float("nan")
 
@@ -239,12 +270,15 @@ def row(key, what, value, unit, ref, ref_what, ratio, target, cmp, note=""):
 
 row("1", "stream 4K randread QD128 (io_uring)", t1["ops_per_s"], "IOPS", fio_uring,
     "fio io_uring QD128", t1["ops_per_s"] / fio_uring, 0.5, ">=",
-    f"batch {read_batch}, p50 {t1['latency_us']['p50']:.0f} us")
+    f"batch {read_batch}, p50 {t1['latency_us']['p50']:.0f} us; same shape without the read (NOP) "
+    f"{t1_nop['ops_per_s']:,.0f} ops/s ({t1_nop['ops_per_s'] / fio_uring:.2f} of fio), "
+    f"1-byte reads {t1_read1['ops_per_s']:,.0f} ops/s ({t1_read1['ops_per_s'] / fio_uring:.2f})")
 row("2", "stream NOP", nop_without, "ops/s", 1e6, "1,000,000 ops/s", nop_without / 1e6, 1.0, ">=",
     f"{nop_streams} streams x QD{nop_qd} batch {nop_batch}; runs {t2[0]['ops_per_s']:.0f}, {t2[1]['ops_per_s']:.0f}")
 row("3a", "unary NOP p50", u50, "us", h50, "Health/Check p50", u50 / h50, 1.15, "<=",
     f"{mean([r['ops_per_s'] for r in unary]):.0f} vs {mean([r['ops_per_s'] for r in health]):.0f} calls/s; "
-    f"inside the daemon (accepted to finished) p50 {mean([r.get('daemon_us', {}).get('p50', float('nan')) for r in unary]):.1f} us")
+    f"inside the daemon (accepted to finished) p50 {mean([r.get('daemon_us', {}).get('p50', float('nan')) for r in unary]):.1f} us; "
+    f"daemon context switches per call {u_cs:.1f} vs {h_cs:.1f}")
 row("3b", "unary NOP p99", u99, "us", h99, "Health/Check p99", u99 / h99, 1.3, "<=",
     f"inside the daemon p99 {mean([r.get('daemon_us', {}).get('p99', float('nan')) for r in unary]):.1f} us")
 row("4", "thread pool 4K randread QD128", t4["ops_per_s"], "IOPS", t1["ops_per_s"],
@@ -257,7 +291,7 @@ row("6", "RSS per blocked FIFO read", per_op, "B/op", 1024, "1 KiB", per_op / 10
     f"{hold.get('accepted')} of {rss['ops']} accepted; RSS {rss['rss_before_kib']} -> {rss['rss_with_kib']} KiB")
 
 errors = {}
-for name, r in [("t1", t1), ("t4", t4)] + [(f"t2.{i}", r) for i, r in enumerate(t2)] + \
+for name, r in [("t1", t1), ("t1.nop", t1_nop), ("t1.read1", t1_read1), ("t4", t4)] + [(f"t2.{i}", r) for i, r in enumerate(t2)] + \
         [(f"t5.{i}", r) for i, r in enumerate(t5)] + [(f"unary.{i}", r) for i, r in enumerate(unary)]:
     bad = r["outcomes"]["completed_errno"] + sum(v for k, v in r["outcomes"].items() if k not in ("completed_ok", "completed_errno"))
     if bad or r["rpc_errors"]:
