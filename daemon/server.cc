@@ -221,6 +221,10 @@ absl::Status Server::Init() {
                  : config_.tls_client_ca.empty() ? "TLS; callers are uid 65534"
                                                  : "mutual TLS; client certificates required");
   }
+  // Health answers for the daemon ("") and for its service by name.
+  grpc::HealthCheckServiceInterface* health = grpc_->GetHealthCheckService();
+  health->SetServingStatus(std::string(v1::Asyncd::service_full_name()), true);
+  service_->SetHealth(health);
   listener_->Start(grpc_.get());
   started_ns_ = core::MonoNanos();
 

@@ -1353,6 +1353,7 @@ v1::DrainResponse Service::DrainAndWait(uint32_t grace_ms) {
   std::lock_guard lock(drain_mu_);
   if (drain_result_) return *drain_result_;
   draining_.store(true, std::memory_order_release);
+  if (auto* health = health_.load()) health->SetServingStatus(false);  // every service name
   const uint64_t at_start = registry_.live_ops();
   spdlog::info("draining: {} operations in flight, grace {} ms", at_start, grace_ms);
   v1::ListHistoryResponse manifest;  // what we cancelled, for the record

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 
 #include "asyncd/v1/asyncd.grpc.pb.h"
 #include "daemon/budget.h"
@@ -102,6 +103,9 @@ class Service final : public v1::Asyncd::CallbackService {
   /// non-cancellable ops need. Idempotent: later callers get the first result.
   v1::DrainResponse DrainAndWait(uint32_t grace_ms);
   bool draining() const { return draining_.load(std::memory_order_acquire); }
+  /// The gRPC health service to turn NOT_SERVING when draining starts, so
+  /// health checkers stop sending work before the daemon refuses it.
+  void SetHealth(grpc::HealthCheckServiceInterface* health) { health_.store(health); }
   /// What GetStats answers; also the source of GET /metrics. Any thread.
   void FillStats(v1::Stats* stats) const;
   /// Ends every Watch stream (shutdown).
@@ -154,6 +158,7 @@ class Service final : public v1::Asyncd::CallbackService {
   std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;
 
   std::atomic<bool> draining_{false};
+  std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
   std::mutex drain_mu_;
   std::optional<v1::DrainResponse> drain_result_;
 
