@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --test
+# The systemd test runs its privileged part through sudo: ask once, now, and
+# keep the credential fresh until the tests are done.
+if ((EUID != 0)); then
+  sudo -v
+  (while sleep 60; do sudo -n -v 2>/dev/null || exit; done) &
+  trap 'kill $! 2>/dev/null' EXIT
+fi
 
 jobs=$(nproc)
 run_preset() {
