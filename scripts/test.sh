@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 if ((EUID != 0)); then
   sudo -v
   (while sleep 60; do sudo -n -v 2>/dev/null || exit; done) &
-  trap 'kill $! 2>/dev/null' EXIT
+  sudo_keepalive=$!
+  trap 'kill $sudo_keepalive 2>/dev/null' EXIT
 fi
 
 jobs=$(nproc)
