@@ -108,7 +108,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void PushFree(Op& op);
   Op* PopFree();
 
-  // Leaves the registry. Called once, by whoever moved state_ to closing with no live ops.
+  // Leaves the registry. Called by whoever moved state_ to closing with no live
+  // ops; a refused Register can do that a second time, which is harmless.
   void Remove();
 
   Registry* const registry_;
@@ -185,6 +186,7 @@ class Registry {
 
  private:
   friend class Session;
+  // Idempotent: a session no longer in its table entry is left alone.
   void Remove(Session& session);
 
   struct Entry {
