@@ -147,6 +147,22 @@ TEST(RegistryTest, ClosingSessionRefusesNewOpsAndLeavesWhenDrained) {
   EXPECT_FALSE(registry.Find(id));
 }
 
+TEST(RegistryTest, ARefusedRegisterOnARemovedSessionFreesNoSecondSlot) {
+  Registry registry(Registry::Options{.max_sessions = 2});
+  auto a = Open(registry);
+  auto b = Open(registry);
+  registry.BeginClose(a->id());  // no ops: removed at once
+  // The refusal takes the count back to "closing, none live", as the last
+  // op's retirement would: the session must not leave the table twice.
+  auto refused = a->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(registry.OpenSession({"c", 0, 0, 0}).ok());
+  auto d = registry.OpenSession({"d", 0, 0, 0});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(registry.session_count(), 2u);
+}
+
 TEST(RegistryTest, IdsOfAClosedSessionDoNotMatchItsSuccessor) {
   Registry registry(Registry::Options{.max_sessions = 1});
   auto first = Open(registry);
