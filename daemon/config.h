@@ -51,7 +51,7 @@ struct Config {
   uint32_t watch_buffer_events = 4096;
 
   // [admin]
-  std::vector<uint32_t> admin_uids;  // uid 0 is always an admin
+  std::vector<uint32_t> admin_uids;  // uid 0 and the daemon's own uid are always admins
   std::vector<uint32_t> admin_gids;        // primary or supplementary group of the peer
   std::vector<std::string> admin_groups;   // group names, resolved at load (getgrnam)
   std::vector<uint32_t> admin_group_gids;  // admin_groups resolved

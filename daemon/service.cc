@@ -1,5 +1,7 @@
 #include "daemon/service.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -78,7 +80,8 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
       observer_(observer),
       listener_(listener),
       backends_(std::move(backends)),
-      started_ns_(core::MonoNanos()) {}
+      started_ns_(core::MonoNanos()),
+      own_uid_(::geteuid()) {}
 
 Service::~Service() = default;
 
@@ -95,7 +98,9 @@ Caller Service::Identify(grpc::CallbackServerContext* ctx) const {
     c.gid = cred->gid;
     c.pid = cred->pid;
     c.peer = absl::StrCat("unix pid ", c.pid);
-    c.admin = c.uid == 0 || listed(config_.admin_uids, c.uid);
+    // The daemon's own user can signal and trace it anyway: an admin of it,
+    // so a daemon a user runs for themselves can be drained by them.
+    c.admin = c.uid == 0 || c.uid == own_uid_ || listed(config_.admin_uids, c.uid);
     auto admin_gid = [&](uint32_t gid) {
       return listed(config_.admin_gids, gid) || listed(config_.admin_group_gids, gid);
     };
@@ -1415,7 +1420,7 @@ grpc::ServerUnaryReactor* Service::Drain(grpc::CallbackServerContext* ctx,
                                          const v1::DrainRequest* req, v1::DrainResponse* resp) {
   const Caller caller = Identify(ctx);
   if (!caller.admin) {
-    return Done(ctx, Deny(caller, "drain needs an admin (uid 0, or one named in [admin])"));
+    return Done(ctx, Deny(caller, "drain needs an admin (uid 0, the daemon's own uid, or one named in [admin])"));
   }
   if (req->grace_ms() > kMaxDrainGraceMs) {
     return Done(ctx, absl::InvalidArgumentError("grace_ms: over one hour"));

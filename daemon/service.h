@@ -153,6 +153,7 @@ class Service final : public v1::Asyncd::CallbackService {
   const UnixListener* const listener_;
   const BackendInfo backends_;
   const int64_t started_ns_;
+  const uint32_t own_uid_;  // the daemon's effective uid: always an admin
 
   mutable std::shared_mutex sessions_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;

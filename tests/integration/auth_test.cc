@@ -167,7 +167,12 @@ class AuthTest : public ::testing::Test {
     }
     config_ = std::make_unique<ConfigFile>(
         "[server]\nsocket_group = \"nogroup\"\n[admin]\ngroups = [\"users\"]\n");
-    daemon_ = std::make_unique<Daemon>(BackendMode::kIoUring, config_->Args());
+    DaemonOptions options{.extra_args = config_->Args()};
+    if (DaemonRunsAsNobody()) {
+      options.run_as = {{kNobody, kNogroup}};
+      chmod(config_->dir().c_str(), 0755);  // mkdtemp made it root's only
+    }
+    daemon_ = std::make_unique<Daemon>(BackendMode::kIoUring, std::move(options));
     // The daemon's temp dir is 0700 (mkdtemp); the socket's own mode and
     // group are what this test is about.
     chmod(daemon_->dir().c_str(), 0711);
@@ -177,6 +182,7 @@ class AuthTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     session_ = *s;
     ASSERT_EQ(mkfifo((daemon_->root() + "/fifo").c_str(), 0600), 0);
+    if (DaemonRunsAsNobody()) ASSERT_EQ(chown((daemon_->root() + "/fifo").c_str(), kNobody, kNogroup), 0);
     auto fifo = client_->Open(session_, "fifo", v1::OPEN_MODE_READ_WRITE);
     ASSERT_TRUE(fifo.ok()) << fifo.status();
     auto nop = client_->Submit(session_, NopOp());
@@ -193,6 +199,7 @@ class AuthTest : public ::testing::Test {
   void TearDown() override {
     stream_.reset();  // cancels the stream (and its blocked read) if still open
   }
+  virtual bool DaemonRunsAsNobody() const { return false; }
   std::map<std::string, std::string> ChildEnv() const {
     return {{"ASYNCD_AUTH_SOCKET", daemon_->socket()},
             {"ASYNCD_AUTH_SESSION", absl::StrCat(session_)},
@@ -260,6 +267,23 @@ TEST_F(AuthTest, OtherUserCannotSeeCancelKeepAliveCloseOrDrainRootsWork) {
 TEST_F(AuthTest, MemberOfTheAdminGroupByNameMaySeeCancelAndDrainEverything) {
   std::string log;
   EXPECT_EQ(RunChildAs({kUsers}, "admin", ChildEnv(), daemon_->dir(), &log), 0) << log;
+  ASSERT_TRUE(WaitFor([&] { return last_.has_value(); }));
+  EXPECT_EQ(last_->outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(last_->end_reason(), v1::END_REASON_OPERATOR_REQUEST);
+  auto stats = client_->GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_TRUE(stats->draining());
+}
+
+// A daemon run by an ordinary user: that user (here nobody, with no admin
+// group) administers it, as it could signal or trace it anyway.
+class AuthOwnUserTest : public AuthTest {
+  bool DaemonRunsAsNobody() const override { return true; }
+};
+
+TEST_F(AuthOwnUserTest, TheDaemonsOwnUserMaySeeCancelAndDrainEverything) {
+  std::string log;
+  EXPECT_EQ(RunChildAs({}, "admin", ChildEnv(), daemon_->dir(), &log), 0) << log;
   ASSERT_TRUE(WaitFor([&] { return last_.has_value(); }));
   EXPECT_EQ(last_->outcome(), v1::OUTCOME_CANCELLED);
   EXPECT_EQ(last_->end_reason(), v1::END_REASON_OPERATOR_REQUEST);

@@ -3,6 +3,7 @@
 // Starts the real asyncd binary on a temporary socket and root, and talks
 // gRPC to it through the client library.
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdlib.h>
@@ -55,6 +56,9 @@ struct DaemonOptions {
   /// With listen_fd: the --socket the daemon is given, when it should differ
   /// from the activated socket's path (dir/asyncd.sock, which the test binds).
   std::string configured_socket;
+  /// Run the daemon as this uid and gid (no supplementary groups); the
+  /// directory is given to them. Needs root.
+  std::optional<std::pair<uid_t, gid_t>> run_as;
 };
 
 /// A daemon process of our own, killed at the end of the test.
@@ -74,6 +78,12 @@ class Daemon {
     socket_ = dir_ + "/asyncd.sock";
     root_ = dir_ + "/root";
     std::filesystem::create_directories(root_);
+    if (options.run_as) {
+      const auto [uid, gid] = *options.run_as;
+      if (chown(dir_.c_str(), uid, gid) != 0 || chown(root_.c_str(), uid, gid) != 0) {
+        ADD_FAILURE() << "cannot give " << dir_ << " to uid " << uid;
+      }
+    }
     const std::string socket_arg =
         options.configured_socket.empty() ? socket_ : options.configured_socket;
     std::vector<std::string> args = {ASYNCD_BINARY, "--socket", socket_arg, "--root", root_,
@@ -98,6 +108,13 @@ class Daemon {
       if (options.nofile_limit) {
         const struct rlimit lim = {*options.nofile_limit, *options.nofile_limit};
         if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);
+      }
+      if (options.run_as) {
+        const auto [uid, gid] = *options.run_as;
+        if (setgroups(0, nullptr) != 0 || setresgid(gid, gid, gid) != 0 ||
+            setresuid(uid, uid, uid) != 0) {
+          _exit(124);
+        }
       }
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

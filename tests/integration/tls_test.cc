@@ -115,7 +115,7 @@ TEST_F(TlsTest, ClientCertificateCnListedInTlsCnsIsAnAdmin) {
   auto sessions = admin.ListSessions();
   ASSERT_TRUE(sessions.ok()) << sessions.status();
   ASSERT_EQ(sessions->size(), 1u);
-  EXPECT_EQ(sessions->front().uid(), 0u);  // sees root's session
+  EXPECT_EQ(sessions->front().uid(), geteuid());  // sees the unix-socket user's session
   // Another CN ("x", not "uid:N") is nobody, and no admin.
   Client anon = TlsClient("anon");
   auto own = anon.OpenSession("anon");
