@@ -200,6 +200,19 @@ class AuthTest : public ::testing::Test {
     stream_.reset();  // cancels the stream (and its blocked read) if still open
   }
   virtual bool DaemonRunsAsNobody() const { return false; }
+
+  // A child as nobody with `groups` acts as an admin (ActAsAdmin passes),
+  // and root's blocked op and the daemon show it.
+  void ExpectAdminChild(const std::vector<gid_t>& groups) {
+    std::string log;
+    EXPECT_EQ(RunChildAs(groups, "admin", ChildEnv(), daemon_->dir(), &log), 0) << log;
+    ASSERT_TRUE(WaitFor([&] { return last_.has_value(); }));
+    EXPECT_EQ(last_->outcome(), v1::OUTCOME_CANCELLED);
+    EXPECT_EQ(last_->end_reason(), v1::END_REASON_OPERATOR_REQUEST);
+    auto stats = client_->GetStats();
+    ASSERT_TRUE(stats.ok());
+    EXPECT_TRUE(stats->draining());
+  }
   std::map<std::string, std::string> ChildEnv() const {
     return {{"ASYNCD_AUTH_SOCKET", daemon_->socket()},
             {"ASYNCD_AUTH_SESSION", absl::StrCat(session_)},
@@ -265,14 +278,7 @@ TEST_F(AuthTest, OtherUserCannotSeeCancelKeepAliveCloseOrDrainRootsWork) {
 }
 
 TEST_F(AuthTest, MemberOfTheAdminGroupByNameMaySeeCancelAndDrainEverything) {
-  std::string log;
-  EXPECT_EQ(RunChildAs({kUsers}, "admin", ChildEnv(), daemon_->dir(), &log), 0) << log;
-  ASSERT_TRUE(WaitFor([&] { return last_.has_value(); }));
-  EXPECT_EQ(last_->outcome(), v1::OUTCOME_CANCELLED);
-  EXPECT_EQ(last_->end_reason(), v1::END_REASON_OPERATOR_REQUEST);
-  auto stats = client_->GetStats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_TRUE(stats->draining());
+  ExpectAdminChild({kUsers});
 }
 
 // A daemon run by an ordinary user: that user (here nobody, with no admin
@@ -282,14 +288,7 @@ class AuthOwnUserTest : public AuthTest {
 };
 
 TEST_F(AuthOwnUserTest, TheDaemonsOwnUserMaySeeCancelAndDrainEverything) {
-  std::string log;
-  EXPECT_EQ(RunChildAs({}, "admin", ChildEnv(), daemon_->dir(), &log), 0) << log;
-  ASSERT_TRUE(WaitFor([&] { return last_.has_value(); }));
-  EXPECT_EQ(last_->outcome(), v1::OUTCOME_CANCELLED);
-  EXPECT_EQ(last_->end_reason(), v1::END_REASON_OPERATOR_REQUEST);
-  auto stats = client_->GetStats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_TRUE(stats->draining());
+  ExpectAdminChild({});
 }
 
 TEST(AuthConfigTest, AdminGidsMatchThePeersPrimaryGroup) {
