@@ -1420,7 +1420,8 @@ grpc::ServerUnaryReactor* Service::Drain(grpc::CallbackServerContext* ctx,
                                          const v1::DrainRequest* req, v1::DrainResponse* resp) {
   const Caller caller = Identify(ctx);
   if (!caller.admin) {
-    return Done(ctx, Deny(caller, "drain needs an admin (uid 0, the daemon's own uid, or one named in [admin])"));
+    return Done(ctx, Deny(caller, "drain needs an admin (uid 0, the daemon's own uid, "
+                                  "or one named in [admin])"));
   }
   if (req->grace_ms() > kMaxDrainGraceMs) {
     return Done(ctx, absl::InvalidArgumentError("grace_ms: over one hour"));

@@ -100,15 +100,13 @@ Op* Session::PopFree() {
 absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t handle,
                                       std::string_view target, int64_t now_ns) {
   if ((state_.fetch_add(1, std::memory_order_acq_rel) & kClosing) != 0) {
-    if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) Remove();
+    DropLive();
     return absl::FailedPreconditionError(absl::StrCat("session ", id_, " is closing"));
   }
   Op* op = PopFree();
   while (op == nullptr) {
     if (!Grow()) {
-      // The caller holds the session, so it cannot be closing with no live ops
-      // unless this was the last: then it must leave like any last op.
-      if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) Remove();
+      DropLive();
       return absl::ResourceExhaustedError(
           absl::StrCat("session ", id_, " has the maximum of ", max_slots_, " operations in flight"));
     }
@@ -144,12 +142,14 @@ void Session::Retire(Op& op) {
   ASYNCD_CHECK(IsTerminal(OpWord::State(w)));
   op.word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
   PushFree(op);
-  // Nothing after the decrement may touch the session unless this thread
-  // is the one to remove it: otherwise it may already be gone.
-  if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) Remove();
+  DropLive();
 }
 
-void Session::Remove() { registry_->Remove(*this); }
+void Session::DropLive() {
+  // Nothing after the decrement may touch the session unless this thread is
+  // the one to remove it: otherwise it may already be gone.
+  if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) registry_->Remove(*this);
+}
 
 Op* Session::Find(uint32_t slot, uint32_t gen) {
   if (slot >= slab_count_.load(std::memory_order_acquire) * kSlabSlots) return nullptr;
@@ -232,7 +232,7 @@ std::shared_ptr<Session> Registry::BeginClose(uint64_t session_id) {
   const uint32_t prev = session->state_.fetch_or(Session::kClosing, std::memory_order_acq_rel);
   if ((prev & Session::kClosing) != 0) return nullptr;
   session->handles_.CloseAll();
-  if ((prev & Session::kLiveMask) == 0) session->Remove();
+  if ((prev & Session::kLiveMask) == 0) Remove(*session);
   return session;
 }
 

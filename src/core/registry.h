@@ -108,9 +108,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void PushFree(Op& op);
   Op* PopFree();
 
-  // Leaves the registry. Called by whoever moved state_ to closing with no live
-  // ops; a refused Register can do that a second time, which is harmless.
-  void Remove();
+  // Drops one live count; whoever leaves a closing session with none removes
+  // it from the registry (a refused Register may do so a second time: harmless).
+  void DropLive();
 
   Registry* const registry_;
   const uint32_t index_;

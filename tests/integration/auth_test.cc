@@ -182,7 +182,9 @@ class AuthTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     session_ = *s;
     ASSERT_EQ(mkfifo((daemon_->root() + "/fifo").c_str(), 0600), 0);
-    if (DaemonRunsAsNobody()) ASSERT_EQ(chown((daemon_->root() + "/fifo").c_str(), kNobody, kNogroup), 0);
+    if (DaemonRunsAsNobody()) {
+      ASSERT_EQ(chown((daemon_->root() + "/fifo").c_str(), kNobody, kNogroup), 0);
+    }
     auto fifo = client_->Open(session_, "fifo", v1::OPEN_MODE_READ_WRITE);
     ASSERT_TRUE(fifo.ok()) << fifo.status();
     auto nop = client_->Submit(session_, NopOp());

@@ -12,9 +12,9 @@
 #   tests/systemd/run.sh [BUILD_DIR]      (~1.5 min, +1 min first run)
 #   ctest --test-dir BUILD_DIR -L systemd
 #
-# As root it works in BUILD_DIR/systemd-test. As a user with sudo that needs
-# no password (now), it builds the package as that user, then runs itself
-# again through sudo for the rest, in /var/tmp/asyncd-systemd-test, so the
+# As root it works in BUILD_DIR/systemd-test. As a user it builds the package
+# as that user, then runs itself again through tests/as-root.sh (sudo without
+# a password prompt) for the rest, in /var/tmp/asyncd-systemd-test, so the
 # build tree gets no root-owned files.
 set -uo pipefail
 
@@ -35,13 +35,8 @@ command -v systemd-nspawn >/dev/null || skip "no systemd-nspawn (apt-get install
 
 # 1. The package, built by whoever owns the build tree.
 if [ -z "${ASYNCD_SYSTEMD_DEB:-}" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    sudo -n true 2>/dev/null ||
-      skip "needs root, or sudo without a password prompt (debootstrap, chroot, systemd-nspawn)"
-    LOGS=$BUILD/systemd-test-logs
-  else
-    LOGS=$WORK
-  fi
+  LOGS=$WORK
+  [ "$(id -u)" = 0 ] || LOGS=$BUILD/systemd-test-logs
   mkdir -p "$LOGS"
   echo "== building the package"
   cmake --build "$BUILD" --target asyncd asyncctl asyncd-bench -- -j2 >"$LOGS/build.log" 2>&1 \
@@ -50,13 +45,15 @@ if [ -z "${ASYNCD_SYSTEMD_DEB:-}" ]; then
   DEB=$(ls -t "$BUILD"/asyncd_*.deb | head -1)
   [ -f "$DEB" ] || fail "no .deb in $BUILD"
   if [ "$(id -u)" != 0 ]; then
-    exec sudo -n ASYNCD_SYSTEMD_DEB="$DEB" ASYNCD_SYSTEMD_WORK=/var/tmp/asyncd-systemd-test \
-      ASYNCD_SYSTEMD_TEST_TIMEOUT="$TIMEOUT" "$0" "$BUILD"
+    exec "$SRC/tests/as-root.sh" env ASYNCD_SYSTEMD_DEB="$DEB" \
+      ASYNCD_SYSTEMD_WORK=/var/tmp/asyncd-systemd-test ASYNCD_SYSTEMD_TEST_TIMEOUT="$TIMEOUT" \
+      "$HERE/run.sh" "$BUILD"
   fi
 else
   DEB=$ASYNCD_SYSTEMD_DEB
-  [ "$(id -u)" = 0 ] || skip "ASYNCD_SYSTEMD_DEB is for the part that runs as root"
 fi
+[ "$(id -u)" = 0 ] ||
+  skip "needs root, or sudo without a password prompt (debootstrap, chroot, systemd-nspawn)"
 mkdir -p "$WORK"
 
 # 2. The base tree: debootstrap once, then reuse a tarball of it.
