@@ -66,6 +66,7 @@ absl::Status CheckMode(std::string_view field, uint32_t mode) {
 absl::Status ToOpRequest(const v1::Operation& op, uint32_t max_op_bytes, int64_t call_deadline_ns,
                          OpBuffers& buffers, core::OpRequest& out) {
   out = core::OpRequest{};
+  out.tag = op.tag();
   core::OpParams& p = out.params;
   if (op.deadline_ms() != 0) {
     p.deadline_ns = core::MonoNanos() + int64_t{op.deadline_ms()} * 1'000'000;

@@ -323,6 +323,8 @@ void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
     if (s.result < 0) out.set_error_number(static_cast<int32_t>(-s.result));
   }
   out.set_end_reason(ToProto(s.end_reason));
+  out.set_tag(s.tag);
+  out.set_deadline_ms(s.deadline_ms);
   if (!include_timeline) return;
   auto add = [&](v1::EventType type, int64_t mono, std::string detail = {}) {
     if (mono == 0) return;

@@ -92,7 +92,8 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   absl::StatusOr<Op*> registered =
       session.Register(request.kind,
                        stream_io ? CancelSafety::kAlways : SafetyOf(request.kind, creates),
-                       uses_handle ? request.handle : 0, target, now);
+                       uses_handle ? request.handle : 0, target, now, request.tag,
+                       request.params.deadline_ns);
   if (!registered.ok()) {
     if (uses_handle) session.handles().Release(request.handle);
     return registered.status();
@@ -231,7 +232,7 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
     if (end != OpState::kCompleted) {
       ::close(fd);  // the client asked for the open to end: it never sees this descriptor
     } else if (absl::StatusOr<uint32_t> h = session.handles().Insert(fd); h.ok()) {
-      op.result.store(*h, std::memory_order_relaxed);
+      op.result.store(static_cast<int32_t>(*h), std::memory_order_relaxed);
     } else {
       // Insert closed it: a full table, or the session ended meanwhile.
       op.result.store(absl::IsResourceExhausted(h.status()) ? -EMFILE : -ECANCELED,

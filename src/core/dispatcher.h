@@ -21,6 +21,7 @@ struct OpRequest {
   OpParams params;      // fd and dirfd are filled in by the dispatcher
   CompletionSink* sink = nullptr;
   uint64_t cookie = 0;
+  uint64_t tag = 0;  // the client's, shown when the op is listed
 };
 
 struct CancelCounts {

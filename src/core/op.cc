@@ -102,10 +102,10 @@ CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
 }
 
 OpState Op::Finish(int64_t res, int64_t now_ns) {
-  result.store(res, std::memory_order_relaxed);
+  result.store(static_cast<int32_t>(res), std::memory_order_relaxed);
   if (res > 0 && (kind.load(std::memory_order_relaxed) == OpKind::kRead ||
                   kind.load(std::memory_order_relaxed) == OpKind::kWrite)) {
-    bytes_done.store(static_cast<uint64_t>(res), std::memory_order_relaxed);
+    bytes_done.store(static_cast<uint32_t>(res), std::memory_order_relaxed);
   }
   finished_ns.store(now_ns, std::memory_order_relaxed);
   uint64_t w = word.load(std::memory_order_relaxed);

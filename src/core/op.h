@@ -117,8 +117,11 @@ struct Op {
   std::atomic<int64_t> started_ns{0};
   std::atomic<int64_t> end_requested_ns{0};
   std::atomic<int64_t> finished_ns{0};
-  std::atomic<int64_t> result{0};  // return value, or -errno
-  std::atomic<uint64_t> bytes_done{0};
+  // 32 bits suffice: a read or write moves at most max_op_bytes (64 MiB),
+  // handles are 16-bit, and Completion.result is int32.
+  std::atomic<int32_t> result{0};  // return value, or -errno
+  std::atomic<uint32_t> bytes_done{0};
+  std::atomic<uint64_t> tag{0};                    // the client's Operation.tag
   std::atomic<uint64_t> target[kTargetBytes / 8];  // path or empty, NUL padded, maybe truncated
 
   // --- execution, owned by the holder ---
@@ -127,6 +130,9 @@ struct Op {
   uint64_t cookie = 0;                 // the submitter's, e.g. its request tag
   uintptr_t backend_data[2] = {0, 0};  // private to the backend holding the op
   bool holds_handle = false;           // the op holds a reference on `handle`
+  // Listed, but placed here to fill holds_handle's padding: the deadline in
+  // force, in ms after submitted_ns (rounded up); 0 = none.
+  std::atomic<uint32_t> deadline_ms{0};
 
   uint32_t generation() const { return OpWord::Gen(word.load(std::memory_order_relaxed)); }
   OpState state() const { return OpWord::State(word.load(std::memory_order_acquire)); }

@@ -20,6 +20,12 @@ uint32_t NextGen(uint32_t gen) {
   gen = (gen + 1) & OpId::kGenMask;
   return gen == 0 ? 1 : gen;  // generation 0 is never used, so op id 0 never names an op
 }
+// Rounded up, and at least 1: a deadline already passed is still a deadline.
+uint32_t DeadlineMs(int64_t deadline_ns, int64_t now_ns) {
+  if (deadline_ns == 0) return 0;
+  const int64_t ms = (deadline_ns - now_ns + 999'999) / 1'000'000;
+  return static_cast<uint32_t>(std::clamp<int64_t>(ms, 1, UINT32_MAX));
+}
 }  // namespace
 
 Session::Session(Registry* registry, uint32_t index, uint64_t id, uint32_t gen_base,
@@ -98,7 +104,8 @@ Op* Session::PopFree() {
 }
 
 absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t handle,
-                                      std::string_view target, int64_t now_ns) {
+                                      std::string_view target, int64_t now_ns, uint64_t tag,
+                                      int64_t deadline_ns) {
   if ((state_.fetch_add(1, std::memory_order_acq_rel) & kClosing) != 0) {
     DropLive();
     return absl::FailedPreconditionError(absl::StrCat("session ", id_, " is closing"));
@@ -130,6 +137,8 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
   op->finished_ns.store(0, std::memory_order_relaxed);
   op->result.store(0, std::memory_order_relaxed);
   op->bytes_done.store(0, std::memory_order_relaxed);
+  op->tag.store(tag, std::memory_order_relaxed);
+  op->deadline_ms.store(DeadlineMs(deadline_ns, now_ns), std::memory_order_relaxed);
   op->SetTarget(target);
   op->sink = nullptr;
   op->holds_handle = false;
@@ -291,6 +300,8 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     s.finished_ns = op.finished_ns.load(std::memory_order_relaxed);
     s.result = op.result.load(std::memory_order_relaxed);
     s.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
+    s.tag = op.tag.load(std::memory_order_relaxed);
+    s.deadline_ms = op.deadline_ms.load(std::memory_order_relaxed);
     if (op.ReadTarget(s.target) == 0 && s.handle != 0) {
       s.target[0] = 'h';
       s.target[1] = ':';

@@ -44,6 +44,8 @@ struct OpSnapshot {
   int64_t finished_ns = 0;
   int64_t result = 0;
   uint64_t bytes_done = 0;
+  uint64_t tag = 0;
+  uint32_t deadline_ms = 0;  // after submitted_ns; 0 = none
   char target[Op::kTargetBytes + 1] = {};
 
   /// Would a cancel issued now take effect?
@@ -75,8 +77,10 @@ class Session : public std::enable_shared_from_this<Session> {
   /// thread. Lock-free; allocates only when every slab is full (a new slab).
   /// RESOURCE_EXHAUSTED at the session's op limit; FAILED_PRECONDITION once
   /// the session is closing.
+  /// `tag` and `deadline_ns` (MonoNanos, 0 = none) are recorded for listing.
   [[nodiscard]] absl::StatusOr<Op*> Register(OpKind kind, CancelSafety safety, uint32_t handle,
-                                             std::string_view target, int64_t now_ns);
+                                             std::string_view target, int64_t now_ns,
+                                             uint64_t tag = 0, int64_t deadline_ns = 0);
   /// Returns a finished op's slot to the free list. Called once, after its
   /// completion was delivered. Any thread. Lock-free, allocates nothing.
   void Retire(Op& op);

@@ -127,6 +127,27 @@ TEST(RegistryTest, SnapshotShowsStateTimestampsAndCancellability) {
   EXPECT_FALSE(snap->cancellable());  // a started write is not cancel-safe
 }
 
+TEST(RegistryTest, SnapshotShowsTheClientsTagAndTheDeadlineInMilliseconds) {
+  Registry registry;
+  auto s = Open(registry);
+  const int64_t now = 1'000'000'000;
+  Op& a = **s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", now, 77,
+                        now + 2'500'000'001);  // rounded up
+  Op& b = **s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", now, 0, now - 5);
+  Op& c = **s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", now);
+  EXPECT_EQ(registry.Snapshot(a.id())->tag, 77u);
+  EXPECT_EQ(registry.Snapshot(a.id())->deadline_ms, 2501u);
+  EXPECT_EQ(registry.Snapshot(b.id())->deadline_ms, 1u);  // passed already: still a deadline
+  EXPECT_EQ(registry.Snapshot(c.id())->tag, 0u);
+  EXPECT_EQ(registry.Snapshot(c.id())->deadline_ms, 0u);
+  // A reused slot does not keep its last op's tag.
+  FinishAndRetire(a);
+  Op& d = **s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", now);
+  ASSERT_EQ(&d, &a);
+  EXPECT_EQ(registry.Snapshot(d.id())->tag, 0u);
+  EXPECT_EQ(registry.Snapshot(d.id())->deadline_ms, 0u);
+}
+
 TEST(RegistryTest, ClosingSessionRefusesNewOpsAndLeavesWhenDrained) {
   Registry registry;
   auto s = Open(registry);

@@ -50,7 +50,9 @@ TEST_P(CliTest, ListsAndCancelsABlockedReadThatItsClientSeesCancelled) {
   ASSERT_EQ(mkfifo((daemon_.root() + "/fifo").c_str(), 0600), 0);
   const uint32_t h = *client_.Open(s, "fifo", v1::OPEN_MODE_READ_WRITE);
   // The victim blocks in a unary Submit on its own thread.
-  auto pending = std::async(std::launch::async, [&] { return client_.Submit(s, ReadOp(h, -1, 8)); });
+  v1::Operation read = ReadOp(h, -1, 8, /*tag=*/4242);
+  read.set_deadline_ms(600'000);
+  auto pending = std::async(std::launch::async, [&] { return client_.Submit(s, read); });
   ASSERT_TRUE(WaitFor([&] {
     auto st = client_.GetStats();
     return st.ok() && st->inflight() == 1;
@@ -69,6 +71,12 @@ TEST_P(CliTest, ListsAndCancelsABlockedReadThatItsClientSeesCancelled) {
   EXPECT_TRUE(op.cancellable());
   EXPECT_NE(op.backend(), v1::BACKEND_UNSPECIFIED);
   EXPECT_TRUE(op.state() == v1::OP_STATE_RUNNING || op.state() == v1::OP_STATE_DISPATCHED);
+  EXPECT_EQ(op.tag(), 4242u);
+  EXPECT_GT(op.deadline_ms(), 599'000u);  // in ms after submission, as sent
+  EXPECT_LE(op.deadline_ms(), 600'000u);
+  const CliRun inspect = Asyncctl(Sock() + " ops get " + std::to_string(op.op_id()));
+  EXPECT_EQ(inspect.exit_code, 0);
+  EXPECT_NE(inspect.out.find("4242"), std::string::npos) << inspect.out;
 
   const CliRun table = Asyncctl(Sock() + " ops list");
   EXPECT_EQ(table.exit_code, 0);

@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 
@@ -302,6 +303,48 @@ TEST_P(DaemonTest, DeadlinesEndOpsTimedOut) {
   EXPECT_EQ(done.outcome(), v1::OUTCOME_TIMED_OUT);
   EXPECT_EQ(done.end_reason(), v1::END_REASON_DEADLINE);
   EXPECT_TRUE((*stream)->Finish().ok());
+}
+
+TEST_P(DaemonTest, ListingShowsTheTagAndTheDeadlineInForce) {
+  const uint64_t s = NewSession("tagged");
+  const uint32_t fifo = OpenFifo(s);
+  // The op's own deadline, sooner than the call's; and the call's alone.
+  v1::Operation own = ReadOp(fifo, -1, 8, 7);
+  own.set_deadline_ms(20'000);
+  const v1::Operation by_call = ReadOp(fifo, -1, 8, 8);
+  auto submit = [&](const v1::Operation& op) {
+    return std::async(std::launch::async, [&, op] {
+      Client c(daemon_.NewChannel());
+      return c.Submit(s, op, std::chrono::system_clock::now() + seconds(30));
+    });
+  };
+  auto a = submit(own);
+  auto b = submit(by_call);
+  std::map<uint64_t, v1::OperationInfo> by_tag;
+  ASSERT_TRUE(WaitFor([&] {
+    auto listed = client_.ListAll(v1::OpSelector());
+    if (!listed.ok()) return false;
+    by_tag.clear();
+    for (const auto& o : *listed) by_tag[o.tag()] = o;
+    return by_tag.size() == 2;
+  }));
+  ASSERT_TRUE(by_tag.count(7) && by_tag.count(8));
+  EXPECT_GT(by_tag[7].deadline_ms(), 19'000u);
+  EXPECT_LE(by_tag[7].deadline_ms(), 20'000u);
+  EXPECT_GT(by_tag[8].deadline_ms(), 25'000u);
+  EXPECT_LE(by_tag[8].deadline_ms(), 31'000u);  // gRPC rounds the timeout it sends up
+  auto one = client_.GetOperation(by_tag[7].op_id());
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->tag(), 7u);
+  EXPECT_EQ(one->deadline_ms(), by_tag[7].deadline_ms());
+  for (auto& [tag, info] : by_tag) ASSERT_TRUE(client_.Cancel(info.op_id()).ok());
+  ASSERT_EQ(a.wait_for(seconds(10)), std::future_status::ready);
+  ASSERT_EQ(b.wait_for(seconds(10)), std::future_status::ready);
+  // The history keeps them.
+  auto hist = client_.GetOperation(by_tag[8].op_id());
+  ASSERT_TRUE(hist.ok());
+  EXPECT_EQ(hist->tag(), 8u);
+  EXPECT_EQ(hist->outcome(), v1::OUTCOME_CANCELLED);
 }
 
 TEST_P(DaemonTest, WatchSeesSubmittedAndCompleted) {

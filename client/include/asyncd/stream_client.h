@@ -66,7 +66,9 @@ struct StreamOptions {
 /// op's tag with its own (to match Accepted and Completion messages to
 /// callbacks) and restores the caller's tag in the Completion handed to the
 /// callback, and in AcceptedOp. Caller tags need not be unique. Likewise the
-/// library owns CancelRequest.request_tag and restores the caller's.
+/// library owns CancelRequest.request_tag and restores the caller's. So an
+/// operator listing the stream's ops (OperationInfo.tag) sees the library's
+/// tag, not the caller's; correlate by op id (AcceptedOp::op_id) instead.
 ///
 /// Flow control. At most max_outstanding operations are outstanding (sent or
 /// queued, completion not yet delivered). Submit blocks or fails (WhenFull)
