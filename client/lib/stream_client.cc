@@ -104,7 +104,7 @@ class StreamClient::Reactor final
     // read flow restarts itself from OnReadDone and needs none.
     AddHold();
     StartWrite(first);
-    StartRead(&response_);
+    StartRead(response_);
     StartCall();
 
     std::unique_lock lock(mu_);
@@ -272,7 +272,7 @@ class StreamClient::Reactor final
       if (release_hold) RemoveHold();
       return;  // no more reads; OnDone follows
     }
-    switch (response_.msg_case()) {
+    switch (response_->msg_case()) {
       case v1::StreamResponse::kOpened:
         HandleOpened();
         break;
@@ -288,7 +288,9 @@ class StreamClient::Reactor final
       default:
         break;  // a message kind from a newer daemon: ignore
     }
-    StartRead(&response_);
+    read_arena_.Reset();
+    response_ = NewResponse();
+    StartRead(response_);
   }
 
   void OnDone(const grpc::Status& status) override {
@@ -447,7 +449,7 @@ class StreamClient::Reactor final
   void HandleOpened() {
     std::lock_guard lock(mu_);
     if (phase_ != Phase::kOpening) return;
-    const v1::StreamOpened& opened = response_.opened();
+    const v1::StreamOpened& opened = response_->opened();
     session_id_ = opened.session_id();
     lease_ms_ = opened.lease_ms();
     limits_ = opened.limits();
@@ -467,7 +469,7 @@ class StreamClient::Reactor final
     accepted_scratch_.clear();
     {
       std::lock_guard lock(mu_);
-      for (const v1::AcceptedOp& a : response_.accepted().ops()) {
+      for (const v1::AcceptedOp& a : response_->accepted().ops()) {
         uint32_t i;
         Slot* slot = SlotFor(a.tag(), &i);
         if (slot == nullptr) continue;
@@ -486,7 +488,7 @@ class StreamClient::Reactor final
     deliveries_.clear();
     {
       std::lock_guard lock(mu_);
-      for (v1::Completion& c : *response_.mutable_completions()->mutable_completions()) {
+      for (v1::Completion& c : *response_->mutable_completions()->mutable_completions()) {
         uint32_t i;
         Slot* slot = SlotFor(c.tag(), &i);
         if (slot == nullptr) continue;  // not ours (stale or forged tag): drop
@@ -501,7 +503,7 @@ class StreamClient::Reactor final
   }
 
   void HandleCancelResult() {
-    v1::CancelResponse& r = *response_.mutable_cancel_result();
+    v1::CancelResponse& r = *response_->mutable_cancel_result();
     std::optional<PendingCancel> pending;
     {
       std::lock_guard lock(mu_);
@@ -518,7 +520,24 @@ class StreamClient::Reactor final
   std::unique_ptr<v1::Asyncd::Stub> stub_;
   grpc::ClientContext context_;
   // Only touched by reactions, which gRPC serializes for the read flow.
-  v1::StreamResponse response_;
+  // Each message is read onto an arena that is reset after it is handled:
+  // parsing a batch of completions then takes a few blocks, not an
+  // allocation per completion and string (reusing one message does not
+  // help: parsing clears its oneof, which frees the completions).
+  v1::StreamResponse* NewResponse() {
+    return google::protobuf::Arena::CreateMessage<v1::StreamResponse>(&read_arena_);
+  }
+  static google::protobuf::ArenaOptions ReadArenaOptions(char* first_block) {
+    google::protobuf::ArenaOptions o;
+    o.initial_block = first_block;
+    o.initial_block_size = kFirstReadBlock;
+    o.max_block_size = 256 << 10;
+    return o;
+  }
+  static constexpr size_t kFirstReadBlock = 16 << 10;
+  alignas(16) char first_read_block_[kFirstReadBlock];
+  google::protobuf::Arena read_arena_{ReadArenaOptions(first_read_block_)};
+  v1::StreamResponse* response_ = NewResponse();
   std::vector<std::pair<std::shared_ptr<Batch>, v1::Completion*>> deliveries_;
   std::vector<std::pair<Batch*, AcceptedOp>> accepted_scratch_;
   // Fixed once the stream is open.
