@@ -527,16 +527,7 @@ class StreamClient::Reactor final
   v1::StreamResponse* NewResponse() {
     return google::protobuf::Arena::CreateMessage<v1::StreamResponse>(&read_arena_);
   }
-  static google::protobuf::ArenaOptions ReadArenaOptions(char* first_block) {
-    google::protobuf::ArenaOptions o;
-    o.initial_block = first_block;
-    o.initial_block_size = kFirstReadBlock;
-    o.max_block_size = 256 << 10;
-    return o;
-  }
-  static constexpr size_t kFirstReadBlock = 16 << 10;
-  alignas(16) char first_read_block_[kFirstReadBlock];
-  google::protobuf::Arena read_arena_{ReadArenaOptions(first_read_block_)};
+  google::protobuf::Arena read_arena_;
   v1::StreamResponse* response_ = NewResponse();
   std::vector<std::pair<std::shared_ptr<Batch>, v1::Completion*>> deliveries_;
   std::vector<std::pair<Batch*, AcceptedOp>> accepted_scratch_;
