@@ -76,9 +76,7 @@ void HandleTable::Release(uint32_t handle) {
     if (e == nullptr || e->refs == 0) return;
     if (--e->refs == 0 && !e->open) {
       to_close = e->fd;
-      e->fd = -1;
-      ++e->gen;
-      free_.push_back(static_cast<uint32_t>(e - entries_.data()) + 1);
+      FreeLocked(*e);
     }
   }
   if (to_close >= 0) ::close(to_close);
@@ -95,9 +93,7 @@ absl::StatusOr<int> HandleTable::Detach(uint32_t handle) {
   if (e->refs > 0) --e->refs;
   if (e->refs > 0) return -1;
   int fd = e->fd;
-  e->fd = -1;
-  ++e->gen;
-  free_.push_back(static_cast<uint32_t>(e - entries_.data()) + 1);
+  FreeLocked(*e);
   return fd;
 }
 
@@ -113,13 +109,17 @@ void HandleTable::CloseAll() {
       --open_;
       if (e.refs == 0) {
         to_close.push_back(e.fd);
-        e.fd = -1;
-        ++e.gen;
-        free_.push_back(i + 1);
+        FreeLocked(e);
       }
     }
   }
   for (int fd : to_close) ::close(fd);
+}
+
+void HandleTable::FreeLocked(Entry& e) {
+  e.fd = -1;
+  e.gen = (e.gen + 1) & 0x7fff;  // 0 is fine: index >= 1 keeps a handle nonzero
+  free_.push_back(static_cast<uint32_t>(&e - entries_.data()) + 1);
 }
 
 uint32_t HandleTable::open_count() const {

@@ -10,8 +10,10 @@ namespace asyncd::core {
 
 /// A session's handles: what clients hold instead of raw descriptors.
 ///
-/// A handle is 32 bits, index (low 16) plus generation (high 16), so a closed
-/// handle never names a descriptor opened later. Every op using a handle
+/// A handle is 31 bits, index (low 16) plus a 15-bit generation, so a closed
+/// handle never names a descriptor opened later (until its slot is reused
+/// 32,768 times), and a handle is a valid non-negative int32: an open's
+/// Completion.result carries it. Every op using a handle
 /// holds a reference; a close while ops are in flight detaches the handle at
 /// once (new uses fail) and the descriptor is closed when the last user
 /// releases it, so a descriptor number is never reused under a running op.
@@ -53,6 +55,8 @@ class HandleTable {
     bool stream = false;
   };
   Entry* Find(uint32_t handle);
+  // Frees the entry's slot; the next handle in it gets a new generation.
+  void FreeLocked(Entry& e);
 
   mutable std::mutex mu_;
   std::vector<Entry> entries_;

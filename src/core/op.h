@@ -118,7 +118,7 @@ struct Op {
   std::atomic<int64_t> end_requested_ns{0};
   std::atomic<int64_t> finished_ns{0};
   // 32 bits suffice: a read or write moves at most max_op_bytes (64 MiB),
-  // handles are 16-bit, and Completion.result is int32.
+  // handles fit in 31 bits (HandleTable), and Completion.result is int32.
   std::atomic<int32_t> result{0};  // return value, or -errno
   std::atomic<uint32_t> bytes_done{0};
   std::atomic<uint64_t> tag{0};                    // the client's Operation.tag

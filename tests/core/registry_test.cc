@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <set>
 #include <vector>
 
@@ -146,6 +147,29 @@ TEST(RegistryTest, SnapshotShowsTheClientsTagAndTheDeadlineInMilliseconds) {
   ASSERT_EQ(&d, &a);
   EXPECT_EQ(registry.Snapshot(d.id())->tag, 0u);
   EXPECT_EQ(registry.Snapshot(d.id())->deadline_ms, 0u);
+}
+
+// An open's result is its handle, in Op::result and Completion.result
+// (both int32): a slot reused for a long time must not make it negative.
+TEST(HandleTableTest, HandlesStayPositiveInt32AsTheirSlotIsReused) {
+  HandleTable table(4);
+  std::set<uint32_t> seen;
+  uint32_t first = 0;
+  for (int i = 0; i < 40'000; ++i) {
+    const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    auto h = table.Insert(fd);
+    ASSERT_TRUE(h.ok());
+    ASSERT_LE(*h, uint32_t{INT32_MAX}) << "after " << i << " reuses";
+    ASSERT_NE(*h, 0u);
+    if (i == 0) first = *h;
+    if (i < 32'768) EXPECT_TRUE(seen.insert(*h).second) << "handle repeated after " << i;
+    if (i == 32'768) EXPECT_EQ(*h, first);  // the generation wrapped
+    auto detached = table.Detach(*h);
+    ASSERT_TRUE(detached.ok());
+    ::close(*detached);
+    EXPECT_FALSE(table.Acquire(*h).ok());  // a closed handle names nothing
+  }
 }
 
 TEST(RegistryTest, ClosingSessionRefusesNewOpsAndLeavesWhenDrained) {
