@@ -118,7 +118,7 @@ void HandleTable::CloseAll() {
 
 void HandleTable::FreeLocked(Entry& e) {
   e.fd = -1;
-  e.gen = (e.gen + 1) & 0x7fff;  // 0 is fine: index >= 1 keeps a handle nonzero
+  e.gen = (e.gen + 1) & kGenMask;  // 0 is fine: index >= 1 keeps a handle nonzero
   free_.push_back(static_cast<uint32_t>(&e - entries_.data()) + 1);
 }
 

@@ -47,6 +47,7 @@ class HandleTable {
   uint32_t open_count() const;
 
  private:
+  static constexpr uint16_t kGenMask = 0x7fff;  // 15 bits: handles stay below 2^31
   struct Entry {
     int fd = -1;
     uint32_t refs = 0;
