@@ -67,7 +67,9 @@ def run(sock, root):
     reader.start()
     op = None
     for _ in range(500):
-        ops = stub.ListOperations(pb.ListOperationsRequest()).ops
+        # The FIFO's open may still be listed (completed, not yet retired).
+        ops = [o for o in stub.ListOperations(pb.ListOperationsRequest()).ops
+               if o.kind == pb.OP_KIND_READ]
         if ops:
             op = ops[0]
             break
