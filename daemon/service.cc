@@ -302,7 +302,8 @@ grpc::ServerUnaryReactor* Service::CloseSession(grpc::CallbackServerContext* ctx
 
 // ---------------------------------------------------------------------------
 // Submit: one op, one call. The reactor is the op's sink; the reply is filled
-// on the backend thread that finishes the op.
+// on the backend thread that finishes the op, or on this gRPC thread when the
+// backend ran it inline (Dispatcher::RunOrSubmit).
 
 class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::CompletionSink {
  public:
@@ -310,13 +311,27 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
              v1::Completion* resp)
       : service_(service), ctx_(ctx), req_(req), resp_(resp) {}
 
-  void Start() {
+  // The reactor the handler returns: this one, or the context's default
+  // reactor when the op ran inline and charged no payload bytes.
+  grpc::ServerUnaryReactor* Start() {
+    start_thread_ = std::this_thread::get_id();
     absl::Status s = Run();
     if (!s.ok()) {
       service_->observer().OnRejected();
       Finish(ToGrpcStatus(s));
+    } else if (finished_inline_ && charged_bytes_ == 0) {
+      // Nothing to release once the reply is sent, so no OnDone is needed:
+      // the default reactor's runs inline, where ours would be handed to
+      // gRPC's executor thread (a wake-up per call).
+      grpc::ServerUnaryReactor* reactor = ctx_->DefaultReactor();
+      reactor->Finish(grpc::Status::OK);
+      delete this;  // gRPC never sees this reactor
+      return reactor;
+    } else if (finished_inline_) {
+      Finish(grpc::Status::OK);
     }
     Unref();
+    return this;
   }
 
   void OnComplete(const core::Op& op) noexcept override {
@@ -324,6 +339,11 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
     FillCompletion(op, buffers_);
     buffers_.completion.set_tag(req_->op().tag());
     resp_->Swap(&buffers_.completion);
+    // On the thread running Start: the op ran inline, inside RunOrSubmit.
+    if (std::this_thread::get_id() == start_thread_) {
+      finished_inline_ = true;  // Start finishes the call
+      return;
+    }
     Finish(grpc::Status::OK);
   }
 
@@ -363,7 +383,7 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
     (*meta)->lease_deadline_ns.store(core::MonoNanos() +
                                      int64_t{(*meta)->lease_ms} * 1'000'000);
     charged_bytes_ = charge;  // before Submit: the completion (and OnDone) may come at once
-    absl::StatusOr<core::OpId> id = service_->dispatcher().Submit(*session_, request);
+    absl::StatusOr<core::OpId> id = service_->dispatcher().RunOrSubmit(*session_, request);
     if (!id.ok()) {
       charged_bytes_ = 0;
       refund();
@@ -398,13 +418,14 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
   uint64_t charged_bytes_ = 0;               // released by OnDone (the reply has left)
   std::atomic<uint64_t> op_id_{0};
   std::atomic<int> refs_{2};  // Start and OnDone
+  std::thread::id start_thread_;
+  bool finished_inline_ = false;  // the start thread's only
 };
 
 grpc::ServerUnaryReactor* Service::Submit(grpc::CallbackServerContext* ctx,
                                           const v1::SubmitRequest* req, v1::Completion* resp) {
   auto* call = new SubmitCall(this, ctx, req, resp);
-  call->Start();
-  return call;
+  return call->Start();
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <future>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -72,6 +73,62 @@ __kernel_timespec ToTimespec(int64_t ns) {
   ts.tv_nsec = ns % 1'000'000'000;
   return ts;
 }
+
+// The calling thread's own ring for TryRunInline. It holds at most the one
+// op being run, which completes during submission (a NOP, or a read with
+// RWF_NOWAIT), so it is empty between calls and nothing else reaps it.
+class InlineRing {
+ public:
+  // nullptr if this thread cannot have one (it then never runs ops inline).
+  static InlineRing* ForThisThread() {
+    thread_local InlineRing ring;
+    return ring.ok_ ? &ring : nullptr;
+  }
+
+  ~InlineRing() {
+    if (ok_) io_uring_queue_exit(&ring_);
+  }
+
+  // The CQE's result, or nullopt if the op was never issued.
+  std::optional<int32_t> Run(const Op& op) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (op.kind.load(std::memory_order_relaxed) == OpKind::kNop) {
+      io_uring_prep_nop(sqe);
+    } else {
+      const core::OpParams& p = op.params;
+      io_uring_prep_read(sqe, p.fd, p.buf, p.len, static_cast<uint64_t>(p.offset));
+      sqe->rw_flags = RWF_NOWAIT;
+    }
+    if (io_uring_submit_and_get_events(&ring_) != 1) {
+      // Not consumed: take the SQE back so the next run starts clean.
+      io_uring_queue_exit(&ring_);
+      ok_ = Init();
+      return std::nullopt;
+    }
+    io_uring_cqe* cqe = nullptr;
+    int ret = io_uring_peek_cqe(&ring_, &cqe);
+    // A guard only: both kinds complete during submission.
+    while (ret == -EAGAIN || ret == -EINTR) ret = io_uring_wait_cqe(&ring_, &cqe);
+    ASYNCD_CHECK(ret == 0);
+    const int32_t res = cqe->res;
+    io_uring_cqe_seen(&ring_, cqe);
+    return res;
+  }
+
+ private:
+  InlineRing() { ok_ = Init(); }
+
+  bool Init() {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    if (io_uring_queue_init_params(2, &ring_, &p) == 0) return true;
+    p = io_uring_params{};  // before 6.1
+    return io_uring_queue_init_params(2, &ring_, &p) == 0;
+  }
+
+  io_uring ring_{};
+  bool ok_ = false;
+};
 
 uint32_t NextPow2(uint64_t v) {
   uint64_t p = 1;
@@ -181,13 +238,12 @@ UringBackend::~UringBackend() {
 
 bool UringBackend::Supports(OpKind kind) const { return on_ring_kinds_[static_cast<int>(kind)]; }
 
-size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
-  if (ops.empty()) return 0;
+size_t UringBackend::Reserve(size_t wanted) noexcept {
   uint64_t cur = outstanding_.load(std::memory_order_relaxed);
   size_t n;
   do {
     if (cur >= capacity_) return 0;
-    n = static_cast<size_t>(std::min<uint64_t>(ops.size(), capacity_ - cur));
+    n = static_cast<size_t>(std::min<uint64_t>(wanted, capacity_ - cur));
   } while (!outstanding_.compare_exchange_weak(cur, cur + n, std::memory_order_seq_cst,
                                                std::memory_order_relaxed));
   // Seq-cst against Shutdown: either we see stopping_, or the ring thread
@@ -197,17 +253,54 @@ size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
     Wake();
     return 0;
   }
+  return n;
+}
+
+void UringBackend::Push(std::span<Op* const> ops) noexcept {
   // Chain newest first (the stack is LIFO; the ring thread reverses it).
-  for (size_t i = 1; i < n; ++i) SetLink(*ops[i], ops[i - 1]);
-  Op* oldest = ops[0];
-  Op* newest = ops[n - 1];
+  for (size_t i = 1; i < ops.size(); ++i) SetLink(*ops[i], ops[i - 1]);
+  Op* oldest = ops.front();
+  Op* newest = ops.back();
   Op* head = submit_head_.load(std::memory_order_relaxed);
   do {
     SetLink(*oldest, head);
   } while (!submit_head_.compare_exchange_weak(head, newest, std::memory_order_seq_cst,
                                                std::memory_order_relaxed));
   Wake();
+}
+
+size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
+  if (ops.empty()) return 0;
+  const size_t n = Reserve(ops.size());
+  if (n > 0) Push(ops.first(n));
   return n;
+}
+
+bool UringBackend::TryRunInline(Op& op) noexcept {
+  const OpKind kind = op.kind.load(std::memory_order_relaxed);
+  const bool stream = op.may_block.load(std::memory_order_relaxed);
+  const bool eligible =
+      kind == OpKind::kNop || (kind == OpKind::kRead && (stream || op.params.offset >= 0));
+  if (!eligible || !Supports(kind)) return false;
+  InlineRing* ring = InlineRing::ForThisThread();
+  const int64_t now = core::MonoNanos();
+  // A passed deadline is the ring thread's to report.
+  if (ring == nullptr || DeadlinePassed(op, now) || Reserve(1) == 0) return false;
+  if (!op.TryStart(now)) {
+    Finish(op, -ECANCELED);
+    return true;
+  }
+  const std::optional<int32_t> res = ring->Run(op);
+  const bool would_wait =
+      !res.has_value() || *res == -EAGAIN || *res == -EOPNOTSUPP ||
+      (kind == OpKind::kRead && !stream && *res >= 0 && static_cast<uint32_t>(*res) < op.params.len);
+  if (would_wait) {
+    Op* const one[] = {&op};
+    Push(one);  // started: StartOne sees kRunning and does not start it again
+  } else {
+    Finish(op, *res);
+  }
+  return true;
 }
 
 void UringBackend::Interrupt(Op& op, uint32_t gen) noexcept {
@@ -395,7 +488,10 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
     // A non-cancel-safe op cannot be stopped once on the ring: its deadline
     // is checked here only. Cancel-safe ops get a linked timeout below.
     if (DeadlinePassed(op, now)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
-    if (!op.TryStart(now)) {
+    // Running already: TryRunInline started it and found it would wait.
+    const bool started =
+        OpWord::State(op.word.load(std::memory_order_acquire)) == core::OpState::kRunning;
+    if (started ? EndRequested(op) : !op.TryStart(now)) {
       Finish(op, -ECANCELED);
       return false;
     }

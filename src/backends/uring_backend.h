@@ -41,6 +41,15 @@ struct UringOptions {
 /// eventfd with a multishot POLL_ADD on the ring itself, so one
 /// io_uring_enter both submits a batch and waits for completions or work.
 ///
+/// Inline fast path (TryRunInline, for unary callers): a NOP, or a read of
+/// a pipe or socket, or a positional read of a file, runs on a two-entry
+/// ring owned by the calling thread (thread_local), read with RWF_NOWAIT so
+/// it completes during submission. No hand-off, no wake-up. A read that
+/// would wait (-EAGAIN; -EOPNOTSUPP where the file has no NOWAIT, as tmpfs;
+/// a short file read, which may only mean part of it is cached) has
+/// transferred nothing that cannot be read again: it goes to the ring
+/// thread already started, like any submitted op.
+///
 /// Op::backend_data while the backend holds an op: [0] is the queue link
 /// (queued) or the op's index in the on-ring table (on the ring); [1] is
 /// ring-thread state (flags, and the O_PATH descriptor of a path statx).
@@ -76,6 +85,9 @@ class UringBackend final : public core::Backend {
   /// of `ops` up to the max_ops bound (none after Shutdown began). Writes
   /// at most one eventfd for the batch, only when the ring thread sleeps.
   size_t Submit(std::span<core::Op* const> ops) noexcept override;
+  /// Any thread; allocation-free after the thread's first call. See the
+  /// class comment for what runs inline.
+  bool TryRunInline(core::Op& op) noexcept override;
   /// Any thread; never blocks (a short mutex section; allocates only when
   /// more cancels are pending than ever before). The ring thread checks
   /// `gen`, then completes a not-yet-submitted op with -ECANCELED or
@@ -108,6 +120,10 @@ class UringBackend final : public core::Backend {
   absl::Status Init();
 
   // Producer side (any thread).
+  // Reserves room for up to `n` ops; how many it got (0: full or stopping).
+  size_t Reserve(size_t n) noexcept;
+  // Hands reserved ops to the ring thread.
+  void Push(std::span<core::Op* const> ops) noexcept;
   void Wake();
 
   // Ring thread.

@@ -56,6 +56,14 @@ class Backend {
   /// their buffers and paths are borrowed until then. Never blocks; any
   /// thread. Submitting a batch lets a backend amortize its system calls.
   virtual size_t Submit(std::span<Op* const> ops) noexcept = 0;
+  /// Runs `op` (kDispatched, params filled) on the calling thread if it can
+  /// finish without blocking there, sparing it the hand-off to a backend
+  /// thread. True: the backend took the op, as Submit would have, and has
+  /// passed it to OpCompleter::Complete on this thread unless it would have
+  /// had to wait (then it runs as if submitted). False: the op is untouched
+  /// (this backend cannot run it so, or is full); Submit it. The default
+  /// never runs anything inline. Never blocks; any thread.
+  virtual bool TryRunInline(Op& op) noexcept { return false; }
 
   /// An end (cancel or deadline) was requested on `op` of generation `gen`
   /// (Op::RequestEnd answered kCancelled). Makes it end soon: a queued op

@@ -134,12 +134,24 @@ void Dispatcher::CompleteInline(Op& op, int64_t result) {
 absl::StatusOr<OpId> Dispatcher::Submit(Session& session, const OpRequest& request) {
   absl::StatusOr<OpId> out;
   SubmitBatch(session, std::span<const OpRequest>(&request, 1),
-              std::span<absl::StatusOr<OpId>>(&out, 1));
+              std::span<absl::StatusOr<OpId>>(&out, 1), false);
+  return out;
+}
+
+absl::StatusOr<OpId> Dispatcher::RunOrSubmit(Session& session, const OpRequest& request) {
+  absl::StatusOr<OpId> out;
+  SubmitBatch(session, std::span<const OpRequest>(&request, 1),
+              std::span<absl::StatusOr<OpId>>(&out, 1), true);
   return out;
 }
 
 void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> requests,
                              std::span<absl::StatusOr<OpId>> out) {
+  SubmitBatch(session, requests, out, false);
+}
+
+void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> requests,
+                             std::span<absl::StatusOr<OpId>> out, bool run_inline) {
   ASYNCD_CHECK(out.size() >= requests.size());
   constexpr size_t kChunk = 64;
   const int64_t now = MonoNanos();
@@ -176,6 +188,7 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
     Backend* backend = BackendFor(requests[i].kind);
     op->MarkDispatched(backend->kind(), now);
     if (observer_ != nullptr) observer_->OnSubmitted(*op);
+    if (run_inline && backend->TryRunInline(*op)) continue;
     Pending* p = nullptr;
     for (size_t j = 0; j < npending; ++j) {
       if (pending[j].backend == backend) p = &pending[j];

@@ -63,6 +63,12 @@ class Dispatcher final : public OpCompleter {
   /// returns. Any thread; never blocks.
   [[nodiscard]] absl::StatusOr<OpId> Submit(Session& session, const OpRequest& request);
 
+  /// Submit for one caller waiting on the result (a unary RPC): an op its
+  /// backend can finish without blocking (Backend::TryRunInline) runs on
+  /// this thread, and its sink's OnComplete is called here, before this
+  /// returns. Otherwise as Submit.
+  [[nodiscard]] absl::StatusOr<OpId> RunOrSubmit(Session& session, const OpRequest& request);
+
   /// The same for many ops, handing each backend its share in one batch.
   /// out[i] receives ops[i]'s id or why it was refused.
   void SubmitBatch(Session& session, std::span<const OpRequest> requests,
@@ -95,6 +101,8 @@ class Dispatcher final : public OpCompleter {
   void Abandon(Op& op);
   // Ends an op without a backend (a close whose descriptor is still in use).
   void CompleteInline(Op& op, int64_t result);
+  void SubmitBatch(Session& session, std::span<const OpRequest> requests,
+                   std::span<absl::StatusOr<OpId>> out, bool run_inline);
 
   Registry& registry_;
   const int root_fd_;

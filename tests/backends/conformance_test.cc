@@ -98,6 +98,7 @@ struct Completion {
   uint64_t bytes_done = 0;
   BackendKind backend = BackendKind::kNone;
   std::string data;  // read: the bytes read; statx: the struct statx
+  std::thread::id thread;  // where the sink was called
 
   bool arrived() const { return times > 0; }
   const struct statx& stx() const {
@@ -119,6 +120,7 @@ class RecordingSink final : public core::CompletionSink {
     c.result = op.result.load(std::memory_order_relaxed);
     c.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
     c.backend = op.backend.load(std::memory_order_relaxed);
+    c.thread = std::this_thread::get_id();
     if (c.kind == OpKind::kRead && op.params.buf != nullptr) {
       const uint64_t n = std::max<uint64_t>(c.result > 0 ? c.result : 0, c.bytes_done);
       c.data.assign(static_cast<const char*>(op.params.buf), std::min<uint64_t>(n, op.params.len));
@@ -481,6 +483,37 @@ class ConformanceTest : public testing::TestWithParam<Config> {
     return dispatcher_->Submit(session ? *session : *session_, r);
   }
 
+  // Start through RunOrSubmit, as a unary Submit does.
+  absl::StatusOr<OpId> StartOrRun(OpRequest r, uint64_t* cookie) {
+    *cookie = ++next_cookie_;
+    r.sink = &sink_;
+    r.cookie = *cookie;
+    return dispatcher_->RunOrSubmit(*session_, r);
+  }
+
+  // RunOrSubmit and wait; `inline_on_ring`: whether io_uring must have run
+  // it inline (completed on this thread before RunOrSubmit returned). The
+  // thread pool never runs anything inline.
+  Completion RunOrSubmit(OpRequest r, bool inline_on_ring) {
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = StartOrRun(r, &cookie);
+    if (!id.ok()) {
+      ADD_FAILURE() << core::Name(r.kind) << " refused at submit: " << id.status();
+      return Completion{};
+    }
+    const bool done_at_return = sink_.Get(cookie).has_value();
+    Completion c = Await(cookie);
+    const bool on_ring = dispatcher_->RouteFor(r.kind) == BackendKind::kIoUring;
+    EXPECT_EQ(c.backend, dispatcher_->RouteFor(r.kind));
+    if (on_ring && inline_on_ring) {
+      EXPECT_TRUE(done_at_return) << "io_uring did not run it inline";
+      EXPECT_EQ(c.thread, std::this_thread::get_id());
+    } else if (!on_ring) {
+      EXPECT_NE(c.thread, std::this_thread::get_id()) << "the thread pool ran it inline";
+    }
+    return c;
+  }
+
   Completion Await(uint64_t cookie) {
     std::optional<Completion> c = sink_.Wait(cookie);
     if (!c) {
@@ -563,6 +596,17 @@ class ConformanceTest : public testing::TestWithParam<Config> {
     owned_fds_.push_back(f.raw);
     f.handle = OpenOk(Keep(rel), session_flags);
     return f;
+  }
+
+  // The read end of a new pipe as a session handle; *writer is its write end.
+  uint32_t PipeHandle(int* writer) {
+    int fds[2];
+    EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0) << std::strerror(errno);
+    owned_fds_.push_back(fds[1]);
+    *writer = fds[1];
+    absl::StatusOr<uint32_t> h = session_->handles().Insert(fds[0]);
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.ok() ? *h : 0;
   }
 
   // Submits a read of `len` bytes at the current position of `fifo` that will
@@ -1251,6 +1295,91 @@ TEST_P(ConformanceTest, CancelBlockedFifoRead) {
   // The handle still works after the cancel.
   ASSERT_EQ(::write(f.raw, "ok", 2), 2);
   EXPECT_EQ(Run(Read(f.handle, Buffer(8), 8, -1)).data, "ok");
+}
+
+// =============================================================================
+// RunOrSubmit (a unary Submit): the same results, inline where io_uring can
+// finish an op without blocking
+// =============================================================================
+
+TEST_P(ConformanceTest, RunOrSubmitNopRunsInlineOnTheRing) {
+  Completion c = RunOrSubmit(Nop(), true);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 0);
+}
+
+// An anonymous pipe reads with RWF_NOWAIT (a FIFO does not: -EOPNOTSUPP).
+TEST_P(ConformanceTest, RunOrSubmitReadsWhatAPipeHoldsInline) {
+  int writer;
+  const uint32_t h = PipeHandle(&writer);
+  ASSERT_EQ(::write(writer, "abc", 3), 3);
+  Completion c = RunOrSubmit(Read(h, Buffer(16), 16, -1), true);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, 3);
+  EXPECT_EQ(c.data, "abc");
+}
+
+// An empty pipe: the inline attempt takes nothing (-EAGAIN) and the read
+// waits, started, for data like a submitted one.
+TEST_P(ConformanceTest, RunOrSubmitReadOfAnEmptyPipeWaitsForData) {
+  int writer;
+  const uint32_t h = PipeHandle(&writer);
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = StartOrRun(Read(h, Buffer(16), 16, -1), &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(sink_.Get(cookie).has_value()) << "completed with an empty pipe";
+  ASSERT_EQ(::write(writer, "xyz", 3), 3);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.data, "xyz");
+  EXPECT_EQ(c.backend, dispatcher_->RouteFor(OpKind::kRead));
+}
+
+TEST_P(ConformanceTest, RunOrSubmitReadOfAnEmptyPipeMeetsItsDeadline) {
+  int writer;
+  const uint32_t h = PipeHandle(&writer);
+  OpRequest r = Read(h, Buffer(16), 16, -1);
+  r.params.deadline_ns = core::MonoNanos() + 50'000'000;
+  Completion c = RunOrSubmit(r, false);
+  EXPECT_EQ(c.state, OpState::kTimedOut);
+  EXPECT_EQ(c.bytes_done, 0u);
+}
+
+// A FIFO's inline attempt fails with -EOPNOTSUPP; the read still waits and
+// cancels like a submitted one, taking nothing.
+TEST_P(ConformanceTest, RunOrSubmitReadOfAnEmptyFifoCancels) {
+  Fifo f = MakeFifo("inline-cancel");
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = StartOrRun(Read(f.handle, Buffer(16), 16, -1), &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  EXPECT_EQ(dispatcher_->Cancel(*id, EndReason::kClientRequest), CancelResult::kCancelled);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCancelled);
+  EXPECT_EQ(c.bytes_done, 0u);
+  ASSERT_EQ(::write(f.raw, "late", 4), 4);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a zombie read would take it now
+  EXPECT_EQ(BytesInPipe(f.raw), 4);
+}
+
+// File reads give what Submit gives, whichever way each is run: positional
+// ones may run inline (if the file system reads without blocking), a read
+// across end-of-file is redone on the backend, and reads at the file
+// position are never run inline (an attempt would move the position).
+TEST_P(ConformanceTest, RunOrSubmitFileReadsMatchSubmit) {
+  MakeFile("inline-ten", "0123456789");
+  const uint32_t h = OpenOk("inline-ten", O_RDONLY);
+  Completion whole = RunOrSubmit(Read(h, Buffer(4), 4, 2), false);
+  EXPECT_EQ(whole.result, 4);
+  EXPECT_EQ(whole.data, "2345");
+  Completion part = RunOrSubmit(Read(h, Buffer(100), 100, 6), false);
+  EXPECT_EQ(part.result, 4);
+  EXPECT_EQ(part.data, "6789");
+  EXPECT_EQ(RunOrSubmit(Read(h, Buffer(100), 100, 10), false).result, 0);
+  EXPECT_EQ(RunOrSubmit(Read(h, Buffer(3), 3, -1), false).data, "012");
+  EXPECT_EQ(RunOrSubmit(Read(h, Buffer(3), 3, -1), false).data, "345");
 }
 
 // Cancel after completion: from within the completion (finished, not yet

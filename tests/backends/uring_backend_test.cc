@@ -15,6 +15,7 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stddef.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -359,6 +360,60 @@ TEST_F(UringBackendTest, BulkCancelOfAThousandBlockedFifoReads) {
     ASSERT_EQ(rec.count(i), 1);
     ASSERT_EQ(rec.state(i), OpState::kCancelled) << i;
   }
+  ExpectLiveOpsReachZero();
+}
+
+// The inline attempt honours a deadline that has already passed: the read
+// does not run (the bytes stay in the pipe) and ends timed out.
+TEST_F(UringBackendTest, RunOrSubmitDoesNotRunAReadWhoseDeadlinePassed) {
+  const uint32_t h = BlockingPipeHandle();
+  ASSERT_EQ(write(pipe_writers_.back(), "abc", 3), 3);
+  Recorder rec(1);
+  char buf[16];
+  OpRequest r = ReadReq(h, rec, 0, buf, sizeof(buf));
+  r.params.deadline_ns = core::MonoNanos() - 1;
+  ASSERT_TRUE(dispatcher_->RunOrSubmit(*session_, r).ok());
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_EQ(rec.state(0), OpState::kTimedOut);
+  int queued = -1;
+  ASSERT_EQ(ioctl(pipe_writers_.back(), FIONREAD, &queued), 0);
+  EXPECT_EQ(queued, 3);
+  ExpectLiveOpsReachZero();
+}
+
+// A full backend refuses RunOrSubmit as it refuses Submit, having run
+// nothing; with room again, the NOP runs inline.
+TEST_F(UringBackendTest, RunOrSubmitIsRefusedWhenTheBackendIsFull) {
+  const uint64_t capacity = backend_->Stats().capacity;
+  const uint32_t h = BlockingPipeHandle();
+  Recorder rec(capacity + 2);
+  std::vector<char> bufs(capacity * 8);
+  std::vector<OpRequest> reqs;
+  for (uint64_t i = 0; i < capacity; ++i) reqs.push_back(ReadReq(h, rec, i, &bufs[i * 8], 8));
+  std::vector<absl::StatusOr<core::OpId>> ids(capacity);
+  dispatcher_->SubmitBatch(*session_, reqs, ids);
+  for (auto& id : ids) ASSERT_TRUE(id.ok()) << id.status();
+  OpRequest nop;
+  nop.kind = OpKind::kNop;
+  nop.sink = &rec;
+  nop.cookie = capacity;
+  auto refused = dispatcher_->RunOrSubmit(*session_, nop);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_EQ(rec.count(capacity), 0);
+  EXPECT_EQ(session_->live_ops(), capacity);
+  ASSERT_TRUE(dispatcher_->Cancel(ids[0].value(), core::EndReason::kClientRequest) ==
+              core::CancelResult::kCancelled);
+  ASSERT_TRUE(rec.WaitFor(1));
+  nop.cookie = capacity + 1;
+  for (int i = 0; i < 2000 && backend_->Stats().queued + backend_->Stats().running >= capacity;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(dispatcher_->RunOrSubmit(*session_, nop).ok());
+  EXPECT_EQ(rec.count(capacity + 1), 1) << "not run inline";
+  EXPECT_EQ(rec.state(capacity + 1), OpState::kCompleted);
+  ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
+  ASSERT_TRUE(rec.WaitFor(static_cast<int>(capacity + 1)));
   ExpectLiveOpsReachZero();
 }
 
