@@ -26,6 +26,7 @@
 # Stream targets use env overrides for their shape (defaults in brackets):
 #   NOP_QD [1024] NOP_BATCH [256] NOP_STREAMS [2]   target 2 and 5
 #   READ_BATCH [32]                                  targets 1 and 4 (QD 128)
+# and UNARY_ROUNDS [4]: rounds of target 3 (each side about 3 s a round).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,6 +58,7 @@ nop_qd="${NOP_QD:-1024}"
 nop_batch="${NOP_BATCH:-256}"
 nop_streams="${NOP_STREAMS:-2}"
 read_batch="${READ_BATCH:-32}"
+unary_rounds="${UNARY_ROUNDS:-4}"
 cores="$(nproc)"
 pool_threads=$(( 2 * cores > 4 ? 2 * cores : 4 ))  # the daemon's default, made explicit
 hold_ops=100000
@@ -172,13 +174,22 @@ bench_with_switches() {  # like bench; also writes OUTFILE.cs: switches between 
   wait "$pid"
   echo "{\"switches\": $(( c1 - c0 )), \"t0\": $t0, \"t1\": $t1}" >"$out/$file.cs"
 }
-for round in 1 2; do
-  log "3: bare Health/Check (round $round)"
-  bench_with_switches "t3-health-$round.json" --mode health --connections 1 --warmup 1s \
+# A p99 over a few seconds swings with the machine: several rounds, and the
+# order flips each round (health, unary, unary, health, ...) so that neither
+# side is always the one after the other.
+t3_health() {
+  log "3: bare Health/Check (round $1)"
+  bench_with_switches "t3-health-$1.json" --mode health --connections 1 --warmup 1s \
     --duration "${unary_d}s"
-  log "3: unary NOP (round $round)"
-  bench_with_switches "t3-unary-$round.json" --mode unary --mix nop=1 --connections 1 \
+}
+t3_unary() {
+  log "3: unary NOP (round $1)"
+  bench_with_switches "t3-unary-$1.json" --mode unary --mix nop=1 --connections 1 \
     --warmup 1s --duration "${unary_d}s"
+}
+for round in $(seq "$unary_rounds"); do
+  if (( round % 2 )); then t3_health "$round"; t3_unary "$round"
+  else t3_unary "$round"; t3_health "$round"; fi
 done
 stop_daemon
 
@@ -221,10 +232,11 @@ stop_daemon
 
 # --- report ---
 python3 - "$out" "$json" "$cores" "$pool_threads" "$duration" \
-  "$nop_qd" "$nop_batch" "$nop_streams" "$read_batch" <<'PY'
+  "$nop_qd" "$nop_batch" "$nop_streams" "$read_batch" "$unary_rounds" <<'PY'
 import json, os, subprocess, sys, time
 out, as_json, cores, pool, duration = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 nop_qd, nop_batch, nop_streams, read_batch = sys.argv[6:10]
+unary_rounds = range(1, int(sys.argv[10]) + 1)
 def load(name):
     with open(os.path.join(out, name)) as f:
         return json.load(f)
@@ -238,8 +250,8 @@ t1 = load("t1-read.json")
 t1_nop, t1_read1 = load("t1-nop.json"), load("t1-read1.json")
 t2 = [load(f"t2-nop-{r}.json") for r in (1, 2)]
 t5 = [load(f"t5-nop-list-{r}.json") for r in (1, 2)]
-health = [load(f"t3-health-{r}.json") for r in (1, 2)]
-unary = [load(f"t3-unary-{r}.json") for r in (1, 2)]
+health = [load(f"t3-health-{r}.json") for r in unary_rounds]
+unary = [load(f"t3-unary-{r}.json") for r in unary_rounds]
 t4 = load("t4-read.json")
 hold = load("t6-hold.json")
 rss = load("t6-rss.json")
@@ -254,8 +266,8 @@ u50, u99 = mean([r["latency_us"]["p50"] for r in unary]), mean([r["latency_us"][
 def switches_per_call(name):
     cs = load(name + ".cs")
     return cs["switches"] / (load(name)["ops_per_s"] * (cs["t1"] - cs["t0"]))
-h_cs = mean([switches_per_call(f"t3-health-{r}.json") for r in (1, 2)])
-u_cs = mean([switches_per_call(f"t3-unary-{r}.json") for r in (1, 2)])
+h_cs = mean([switches_per_call(f"t3-health-{r}.json") for r in unary_rounds])
+u_cs = mean([switches_per_call(f"t3-unary-{r}.json") for r in unary_rounds])
 rss_delta_b = (rss["rss_with_kib"] - rss["rss_before_kib"]) * 1024
 per_op = rss_delta_b / rss["ops"] if hold.get("accepted") == rss["ops"] else float("nan")
 
