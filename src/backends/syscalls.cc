@@ -359,4 +359,28 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
   return -EINVAL;
 }
 
+bool MayRunInline(const Op& op) {
+  switch (op.kind.load(std::memory_order_relaxed)) {
+    case OpKind::kNop:
+      return true;
+    case OpKind::kRead:
+      return op.may_block.load(std::memory_order_relaxed) || op.params.offset >= 0;
+    default:
+      return false;
+  }
+}
+
+int64_t RunNoWait(const Op& op) {
+  if (op.kind.load(std::memory_order_relaxed) == OpKind::kNop) return 0;
+  const OpParams& p = op.params;
+  iovec v{p.buf, p.len};
+  return Ret(::preadv2(p.fd, &v, 1, p.offset, RWF_NOWAIT));
+}
+
+bool InlineMustWait(const Op& op, int64_t res) {
+  if (res == -EAGAIN || res == -EOPNOTSUPP) return true;
+  return op.kind.load(std::memory_order_relaxed) == OpKind::kRead &&
+         !op.may_block.load(std::memory_order_relaxed) && res >= 0 && res < op.params.len;
+}
+
 }  // namespace asyncd::backends

@@ -64,6 +64,23 @@ inline bool EndRequested(const core::Op& op) {
   return core::OpWord::EndRequested(op.word.load(std::memory_order_acquire));
 }
 
+/// Whether a backend's TryRunInline may attempt `op` on the calling thread
+/// without blocking: a NOP; a read of a pipe, socket or other stream (no
+/// position to move; a short read is what a blocking read gives too); or a
+/// read of a file at an explicit offset (an attempt that got less can be
+/// redone). Not a read at a file's position: an attempt would move it.
+bool MayRunInline(const core::Op& op);
+
+/// Whether the result `res` of a no-wait attempt (a read with RWF_NOWAIT)
+/// means the op must wait after all: -EAGAIN, -EOPNOTSUPP (no RWF_NOWAIT
+/// for this file, as on tmpfs or a FIFO), or a file read that came back
+/// short (maybe only part of the range is cached; maybe end-of-file).
+bool InlineMustWait(const core::Op& op, int64_t res);
+
+/// Runs an op MayRunInline allows without waiting: a NOP gives 0, a read is
+/// preadv2(RWF_NOWAIT). Returns the result or -errno. Any thread.
+int64_t RunNoWait(const core::Op& op);
+
 /// How RunBlocking waits when it may block indefinitely: reads and writes
 /// of ops the dispatcher marked may_block (pipes, FIFOs, sockets, character
 /// devices, unless the fd is O_NONBLOCK), poll, timeout, and the cancel-safe

@@ -83,14 +83,8 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
         ++accepted;
         continue;
       }
-      if (queued_ == queue_capacity_) break;
-      const uint32_t idx = AllocNode(op);
-      PushBack(idx);
-      ++queued_;
-      if (nodes_[idx].deadline_ns != 0) {
-        HeapPush(idx);
-        wake_timer |= deadlines_.front() == idx;
-      }
+      if (queued_ + inline_ >= queue_capacity_) break;
+      wake_timer |= EnqueueLocked(op);
       ++accepted;
     }
   }
@@ -103,6 +97,55 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
   if (wake_timer) timer_cv_.notify_one();
   for (size_t i = 0; i < nearly; ++i) completer_.Complete(*early[i], -ECANCELED);
   return accepted;
+}
+
+bool ThreadPoolBackend::EnqueueLocked(Op* op) {
+  const uint32_t idx = AllocNode(op);
+  PushBack(idx);
+  ++queued_;
+  if (nodes_[idx].deadline_ns == 0) return false;
+  HeapPush(idx);
+  return deadlines_.front() == idx;
+}
+
+bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
+  const int64_t now = core::MonoNanos();
+  // A passed deadline is the timer's to report.
+  if (!MayRunInline(op) || (op.params.deadline_ns != 0 && now >= op.params.deadline_ns)) {
+    return false;
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ || queued_ + inline_ >= queue_capacity_) return false;
+    ++inline_;
+  }
+  int64_t result = -ECANCELED;
+  bool must_wait = false;
+  if (op.TryStart(now)) {
+    result = RunNoWait(op);
+    must_wait = InlineMustWait(op, result);
+  }
+  bool wake_timer = false;
+  if (must_wait) {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      // Shutdown has emptied the queue already: end it as Shutdown would.
+      op.RequestEnd(op.generation(), core::EndReason::kDrain, now);
+      result = -ECANCELED;
+      must_wait = false;
+    } else {
+      wake_timer = EnqueueLocked(&op);  // started: the worker does not start it again
+    }
+  }
+  if (must_wait) {
+    work_cv_.notify_one();
+    if (wake_timer) timer_cv_.notify_one();
+  } else {
+    completer_.Complete(op, result);
+  }
+  std::lock_guard lock(mu_);
+  if (--inline_ == 0 && stopping_) inline_cv_.notify_all();
+  return true;
 }
 
 void ThreadPoolBackend::Interrupt(Op& op, uint32_t gen) noexcept {
@@ -150,8 +193,10 @@ void ThreadPoolBackend::Shutdown() {
     while (head_ != kNil) {
       const uint32_t idx = head_;
       Node& n = nodes_[idx];
-      // Not yet started, so this always answers kCancelled: the op ends
-      // cancelled (or keeps the reason a cancel already gave it).
+      // Not yet started, so this answers kCancelled: the op ends cancelled
+      // (or keeps the reason a cancel already gave it). A non-cancel-safe op
+      // TryRunInline started and queued refuses, and ends all the same,
+      // having run nothing.
       n.op->RequestEnd(n.gen, core::EndReason::kDrain, now);
       cancelled.push_back(n.op);
       Unlink(idx);
@@ -169,6 +214,12 @@ void ThreadPoolBackend::Shutdown() {
   }
   work_cv_.notify_all();
   for (Op* op : cancelled) completer_.Complete(*op, -ECANCELED);
+  {
+    // Inline runs complete on their callers' threads: the completer must
+    // not be used after this returns.
+    std::unique_lock lock(mu_);
+    inline_cv_.wait(lock, [&] { return inline_ == 0; });
+  }
   for (uint32_t i = 0; i < thread_count_; ++i) workers_[i].thread.join();
   {
     std::lock_guard lock(mu_);
@@ -214,7 +265,11 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
     lock.unlock();
 
     // From here until ReleaseNode, an interrupt for this op signals us.
-    const int64_t result = op->TryStart(core::MonoNanos()) ? RunBlocking(*op, ctx) : -ECANCELED;
+    // Running already: TryRunInline started it and found it must wait.
+    const bool started =
+        core::OpWord::State(op->word.load(std::memory_order_acquire)) == core::OpState::kRunning;
+    const bool run = started ? !EndRequested(*op) : op->TryStart(core::MonoNanos());
+    const int64_t result = run ? RunBlocking(*op, ctx) : -ECANCELED;
 
     lock.lock();
     self.node = kNil;

@@ -70,6 +70,11 @@ class ThreadPoolBackend final : public core::Backend {
   /// this thread before Submit returns. Takes the queue mutex briefly; never
   /// blocks on I/O; allocates nothing.
   size_t Submit(std::span<core::Op* const> ops) noexcept override;
+  /// A NOP, or a read that MayRunInline allows, run on the calling thread
+  /// (the read with preadv2(RWF_NOWAIT)); one that must wait is queued,
+  /// started. Holds a queue place while it runs, so that queueing it never
+  /// fails; refuses (false) when the queue is full or stopping.
+  bool TryRunInline(core::Op& op) noexcept override;
 
   /// A queued op is unlinked and completed (-ECANCELED) on this thread
   /// before Interrupt returns; a running one gets its worker signalled and
@@ -117,6 +122,8 @@ class ThreadPoolBackend final : public core::Backend {
   void TimerLoop();
 
   // All of the following require mu_.
+  // Queues op; true when its deadline is now the earliest (wake the timer).
+  bool EnqueueLocked(core::Op* op);
   uint32_t AllocNode(core::Op* op);
   void ReleaseNode(uint32_t idx);
   void PushBack(uint32_t idx);
@@ -153,6 +160,8 @@ class ThreadPoolBackend final : public core::Backend {
   uint32_t tail_ = kNil;
   uint32_t queued_ = 0;
   uint32_t running_ = 0;
+  uint32_t inline_ = 0;  // TryRunInline calls under way, each holding a queue place
+  std::condition_variable inline_cv_;  // Shutdown: inline_ reached 0
   bool stopping_ = false;
   bool timer_stop_ = false;
   std::unique_ptr<Worker[]> workers_;

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
+#include "src/backends/syscalls.h"
 #include "src/core/check.h"
 #include "src/core/clock.h"
 #include "src/core/registry.h"
@@ -56,10 +57,6 @@ constexpr int64_t kPendingDeadlineTickNs = 10'000'000;
 
 Op* Link(const Op& op) { return reinterpret_cast<Op*>(op.backend_data[0]); }
 void SetLink(Op& op, Op* next) { op.backend_data[0] = reinterpret_cast<uintptr_t>(next); }
-
-bool EndRequested(const Op& op) {
-  return OpWord::EndRequested(op.word.load(std::memory_order_acquire));
-}
 
 int StageFd(const Op& op) { return static_cast<int>(op.backend_data[1] >> kFdShift); }
 
@@ -277,11 +274,7 @@ size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
 }
 
 bool UringBackend::TryRunInline(Op& op) noexcept {
-  const OpKind kind = op.kind.load(std::memory_order_relaxed);
-  const bool stream = op.may_block.load(std::memory_order_relaxed);
-  const bool eligible =
-      kind == OpKind::kNop || (kind == OpKind::kRead && (stream || op.params.offset >= 0));
-  if (!eligible || !Supports(kind)) return false;
+  if (!MayRunInline(op) || !Supports(op.kind.load(std::memory_order_relaxed))) return false;
   InlineRing* ring = InlineRing::ForThisThread();
   const int64_t now = core::MonoNanos();
   // A passed deadline is the ring thread's to report.
@@ -291,10 +284,7 @@ bool UringBackend::TryRunInline(Op& op) noexcept {
     return true;
   }
   const std::optional<int32_t> res = ring->Run(op);
-  const bool would_wait =
-      !res.has_value() || *res == -EAGAIN || *res == -EOPNOTSUPP ||
-      (kind == OpKind::kRead && !stream && *res >= 0 && static_cast<uint32_t>(*res) < op.params.len);
-  if (would_wait) {
+  if (!res.has_value() || InlineMustWait(op, *res)) {
     Op* const one[] = {&op};
     Push(one);  // started: StartOne sees kRunning and does not start it again
   } else {

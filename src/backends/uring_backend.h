@@ -41,14 +41,12 @@ struct UringOptions {
 /// eventfd with a multishot POLL_ADD on the ring itself, so one
 /// io_uring_enter both submits a batch and waits for completions or work.
 ///
-/// Inline fast path (TryRunInline, for unary callers): a NOP, or a read of
-/// a pipe or socket, or a positional read of a file, runs on a two-entry
-/// ring owned by the calling thread (thread_local), read with RWF_NOWAIT so
-/// it completes during submission. No hand-off, no wake-up. A read that
-/// would wait (-EAGAIN; -EOPNOTSUPP where the file has no NOWAIT, as tmpfs;
-/// a short file read, which may only mean part of it is cached) has
-/// transferred nothing that cannot be read again: it goes to the ring
-/// thread already started, like any submitted op.
+/// Inline fast path (TryRunInline, for unary callers): what MayRunInline
+/// allows (a NOP, a read of a stream, a positional read of a file) runs on
+/// a two-entry ring owned by the calling thread (thread_local), reads with
+/// RWF_NOWAIT, so it completes during submission: no hand-off, no wake-up.
+/// A read that must wait (InlineMustWait) has taken nothing that cannot be
+/// taken again; it goes to the ring thread already started.
 ///
 /// Op::backend_data while the backend holds an op: [0] is the queue link
 /// (queued) or the op's index in the on-ring table (on the ring); [1] is

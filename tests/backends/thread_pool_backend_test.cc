@@ -688,6 +688,90 @@ TEST_F(ThreadPoolBackendTest, ShutdownEndsBlockedAndQueuedOps) {
   EXPECT_EQ(session_->live_ops(), 0u);
 }
 
+// RunOrSubmit holds a queue place for an inline run: with the queue full it
+// is refused like Submit, having run nothing; with room it runs inline.
+TEST_F(ThreadPoolBackendTest, RunOrSubmitIsRefusedWhenTheQueueIsFull) {
+  Start({.threads = 1, .queue_capacity = 1});
+  int w;
+  char buf[1];
+  Submit(ReadReq(PipeHandle(&w), buf, 1), 1);  // occupies the only worker
+  WaitRunning(1);
+  OpRequest nop;
+  nop.kind = OpKind::kNop;
+  Submit(nop, 2);  // fills the queue
+  nop.sink = &sink_;
+  nop.cookie = 3;
+  auto refused = dispatcher_->RunOrSubmit(*session_, nop);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_FALSE(sink_.Has(3));
+  ASSERT_EQ(::write(w, "x", 1), 1);
+  ASSERT_TRUE(sink_.WaitTotal(2));
+  nop.cookie = 4;
+  ASSERT_TRUE(dispatcher_->RunOrSubmit(*session_, nop).ok());
+  EXPECT_TRUE(sink_.Has(4)) << "not run inline";
+  ExpectIdle();
+}
+
+// A RunOrSubmit read of an empty pipe is queued started: a worker runs it
+// without starting it again, and queued it cancels without running.
+TEST_F(ThreadPoolBackendTest, RunOrSubmitReadThatMustWaitIsQueuedStarted) {
+  Start({.threads = 1, .queue_capacity = 4});
+  int w0, w1, w2;
+  char b0[1], b1[4], b2[4];
+  Submit(ReadReq(PipeHandle(&w0), b0, 1), 1);  // occupies the only worker
+  WaitRunning(1);
+  const uint32_t h1 = PipeHandle(&w1);
+  const uint32_t h2 = PipeHandle(&w2);
+  OpRequest r1 = ReadReq(h1, b1, sizeof(b1));
+  r1.sink = &sink_;
+  r1.cookie = 2;
+  auto id1 = dispatcher_->RunOrSubmit(*session_, r1);
+  ASSERT_TRUE(id1.ok()) << id1.status();
+  OpRequest r2 = ReadReq(h2, b2, sizeof(b2));
+  r2.sink = &sink_;
+  r2.cookie = 3;
+  auto id2 = dispatcher_->RunOrSubmit(*session_, r2);
+  ASSERT_TRUE(id2.ok()) << id2.status();
+  EXPECT_EQ(backend_->Stats().queued, 2u);
+  EXPECT_EQ(registry_.Snapshot(*id1)->state, OpState::kRunning);
+
+  EXPECT_EQ(dispatcher_->Cancel(*id2, core::EndReason::kClientRequest),
+            core::CancelResult::kCancelled);
+  EXPECT_EQ(sink_.Wait(3).state, OpState::kCancelled);
+  ASSERT_EQ(::write(w2, "kept", 4), 4);
+
+  ASSERT_EQ(::write(w0, "x", 1), 1);  // frees the worker, which takes r1
+  EXPECT_EQ(sink_.Wait(1).state, OpState::kCompleted);
+  ASSERT_EQ(::write(w1, "late", 4), 4);
+  const Record r = sink_.Wait(2);
+  EXPECT_EQ(r.state, OpState::kCompleted);
+  EXPECT_EQ(r.result, 4);
+  EXPECT_EQ(std::string(b1, 4), "late");
+  int left = -1;
+  ASSERT_EQ(::ioctl(w2, FIONREAD, &left), 0);
+  EXPECT_EQ(left, 4) << "the cancelled read took bytes";
+  ExpectIdle();
+}
+
+TEST_F(ThreadPoolBackendTest, ShutdownEndsAQueuedStartedRead) {
+  Start({.threads = 1, .queue_capacity = 4});
+  int w0, w1;
+  char b0[1], b1[4];
+  Submit(ReadReq(PipeHandle(&w0), b0, 1), 1);  // occupies the only worker
+  WaitRunning(1);
+  OpRequest r = ReadReq(PipeHandle(&w1), b1, sizeof(b1));
+  r.sink = &sink_;
+  r.cookie = 2;
+  ASSERT_TRUE(dispatcher_->RunOrSubmit(*session_, r).ok());
+  EXPECT_EQ(backend_->Stats().queued, 1u);
+  backend_->Shutdown();
+  ASSERT_TRUE(sink_.WaitTotal(2));
+  EXPECT_EQ(sink_.Wait(1).state, OpState::kCancelled);
+  EXPECT_EQ(sink_.Wait(2).state, OpState::kCancelled);
+  EXPECT_EQ(session_->live_ops(), 0u);
+}
+
 // Closing a session ends its blocked reads through the same interrupt path.
 TEST_F(ThreadPoolBackendTest, CloseSessionEndsBlockedReads) {
   Start({.threads = 4});

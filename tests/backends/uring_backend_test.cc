@@ -154,6 +154,23 @@ class UringBackendTest : public ::testing::Test {
     return r;
   }
 
+  // Submits `n` 8-byte reads of `handle` into `bufs` (cookies 0 to n-1) in
+  // one batch, and expects every one accepted.
+  std::vector<core::OpId> SubmitReads(uint32_t handle, Recorder& rec, size_t n,
+                                      std::vector<char>& bufs) {
+    bufs.assign(n * 8, 0);
+    std::vector<OpRequest> reqs;
+    for (size_t i = 0; i < n; ++i) reqs.push_back(ReadReq(handle, rec, i, &bufs[i * 8], 8));
+    std::vector<absl::StatusOr<core::OpId>> out(n);
+    dispatcher_->SubmitBatch(*session_, reqs, out);
+    std::vector<core::OpId> ids;
+    for (auto& id : out) {
+      EXPECT_TRUE(id.ok()) << id.status();
+      ids.push_back(id.value_or(core::OpId{}));
+    }
+    return ids;
+  }
+
   // Submits in one batch, resubmitting what the backend refused as full
   // (back-pressure is part of the contract) until all are accepted.
   std::vector<core::OpId> SubmitAll(std::vector<OpRequest> reqs) {
@@ -341,12 +358,8 @@ TEST_F(UringBackendTest, BulkCancelOfAThousandBlockedFifoReads) {
   constexpr int kOps = 1000;
   const uint32_t h = BlockingPipeHandle();
   Recorder rec(kOps);
-  std::vector<char> bufs(kOps * 8);
-  std::vector<OpRequest> reqs;
-  for (int i = 0; i < kOps; ++i) reqs.push_back(ReadReq(h, rec, i, &bufs[i * 8], 8));
-  std::vector<absl::StatusOr<core::OpId>> ids(kOps);
-  dispatcher_->SubmitBatch(*session_, reqs, ids);
-  for (auto& id : ids) ASSERT_TRUE(id.ok()) << id.status();
+  std::vector<char> bufs;
+  SubmitReads(h, rec, kOps, bufs);
   for (int i = 0; i < 2000 && backend_->Stats().running < kOps; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -387,12 +400,8 @@ TEST_F(UringBackendTest, RunOrSubmitIsRefusedWhenTheBackendIsFull) {
   const uint64_t capacity = backend_->Stats().capacity;
   const uint32_t h = BlockingPipeHandle();
   Recorder rec(capacity + 2);
-  std::vector<char> bufs(capacity * 8);
-  std::vector<OpRequest> reqs;
-  for (uint64_t i = 0; i < capacity; ++i) reqs.push_back(ReadReq(h, rec, i, &bufs[i * 8], 8));
-  std::vector<absl::StatusOr<core::OpId>> ids(capacity);
-  dispatcher_->SubmitBatch(*session_, reqs, ids);
-  for (auto& id : ids) ASSERT_TRUE(id.ok()) << id.status();
+  std::vector<char> bufs;
+  const std::vector<core::OpId> ids = SubmitReads(h, rec, capacity, bufs);
   OpRequest nop;
   nop.kind = OpKind::kNop;
   nop.sink = &rec;
@@ -401,7 +410,7 @@ TEST_F(UringBackendTest, RunOrSubmitIsRefusedWhenTheBackendIsFull) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
   EXPECT_EQ(rec.count(capacity), 0);
   EXPECT_EQ(session_->live_ops(), capacity);
-  ASSERT_TRUE(dispatcher_->Cancel(ids[0].value(), core::EndReason::kClientRequest) ==
+  ASSERT_TRUE(dispatcher_->Cancel(ids[0], core::EndReason::kClientRequest) ==
               core::CancelResult::kCancelled);
   ASSERT_TRUE(rec.WaitFor(1));
   nop.cookie = capacity + 1;
@@ -545,12 +554,8 @@ TEST_F(UringBackendTest, ShutdownEndsBlockedAndQueuedOps) {
   constexpr int kOps = 300;
   const uint32_t h = BlockingPipeHandle();
   Recorder rec(kOps + 1);
-  std::vector<char> bufs(kOps * 8);
-  std::vector<OpRequest> reqs;
-  for (int i = 0; i < kOps; ++i) reqs.push_back(ReadReq(h, rec, i, &bufs[i * 8], 8));
-  std::vector<absl::StatusOr<core::OpId>> ids(kOps);
-  dispatcher_->SubmitBatch(*session_, reqs, ids);
-  for (auto& id : ids) ASSERT_TRUE(id.ok());
+  std::vector<char> bufs;
+  SubmitReads(h, rec, kOps, bufs);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   backend_->Shutdown();
   EXPECT_EQ(rec.done(), kOps);  // Shutdown returns after every completion
