@@ -359,7 +359,8 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
   return -EINVAL;
 }
 
-bool MayRunInline(const Op& op) {
+bool MayRunInline(const Op& op, int64_t now) {
+  if (op.params.deadline_ns != 0 && now >= op.params.deadline_ns) return false;
   switch (op.kind.load(std::memory_order_relaxed)) {
     case OpKind::kNop:
       return true;

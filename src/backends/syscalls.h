@@ -68,8 +68,9 @@ inline bool EndRequested(const core::Op& op) {
 /// without blocking: a NOP; a read of a pipe, socket or other stream (no
 /// position to move; a short read is what a blocking read gives too); or a
 /// read of a file at an explicit offset (an attempt that got less can be
-/// redone). Not a read at a file's position: an attempt would move it.
-bool MayRunInline(const core::Op& op);
+/// redone). Not a read at a file's position: an attempt would move it. Not
+/// an op whose deadline has passed at `now`: that is the backend's to report.
+bool MayRunInline(const core::Op& op, int64_t now);
 
 /// Whether the result `res` of a no-wait attempt (a read with RWF_NOWAIT)
 /// means the op must wait after all: -EAGAIN, -EOPNOTSUPP (no RWF_NOWAIT

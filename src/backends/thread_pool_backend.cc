@@ -110,10 +110,7 @@ bool ThreadPoolBackend::EnqueueLocked(Op* op) {
 
 bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
   const int64_t now = core::MonoNanos();
-  // A passed deadline is the timer's to report.
-  if (!MayRunInline(op) || (op.params.deadline_ns != 0 && now >= op.params.deadline_ns)) {
-    return false;
-  }
+  if (!MayRunInline(op, now)) return false;
   {
     std::lock_guard lock(mu_);
     if (stopping_ || queued_ + inline_ >= queue_capacity_) return false;
@@ -265,11 +262,8 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
     lock.unlock();
 
     // From here until ReleaseNode, an interrupt for this op signals us.
-    // Running already: TryRunInline started it and found it must wait.
-    const bool started =
-        core::OpWord::State(op->word.load(std::memory_order_acquire)) == core::OpState::kRunning;
-    const bool run = started ? !EndRequested(*op) : op->TryStart(core::MonoNanos());
-    const int64_t result = run ? RunBlocking(*op, ctx) : -ECANCELED;
+    const int64_t result =
+        op->TryStartOrResume(core::MonoNanos()) ? RunBlocking(*op, ctx) : -ECANCELED;
 
     lock.lock();
     self.node = kNil;

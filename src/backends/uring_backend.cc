@@ -274,11 +274,10 @@ size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
 }
 
 bool UringBackend::TryRunInline(Op& op) noexcept {
-  if (!MayRunInline(op) || !Supports(op.kind.load(std::memory_order_relaxed))) return false;
-  InlineRing* ring = InlineRing::ForThisThread();
   const int64_t now = core::MonoNanos();
-  // A passed deadline is the ring thread's to report.
-  if (ring == nullptr || DeadlinePassed(op, now) || Reserve(1) == 0) return false;
+  if (!MayRunInline(op, now) || !Supports(op.kind.load(std::memory_order_relaxed))) return false;
+  InlineRing* ring = InlineRing::ForThisThread();
+  if (ring == nullptr || Reserve(1) == 0) return false;
   if (!op.TryStart(now)) {
     Finish(op, -ECANCELED);
     return true;
@@ -478,10 +477,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
     // A non-cancel-safe op cannot be stopped once on the ring: its deadline
     // is checked here only. Cancel-safe ops get a linked timeout below.
     if (DeadlinePassed(op, now)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
-    // Running already: TryRunInline started it and found it would wait.
-    const bool started =
-        OpWord::State(op.word.load(std::memory_order_acquire)) == core::OpState::kRunning;
-    if (started ? EndRequested(op) : !op.TryStart(now)) {
+    if (!op.TryStartOrResume(now)) {
       Finish(op, -ECANCELED);
       return false;
     }

@@ -80,6 +80,12 @@ bool Op::TryStart(int64_t now_ns) {
   }
 }
 
+bool Op::TryStartOrResume(int64_t now_ns) {
+  const uint64_t w = word.load(std::memory_order_acquire);
+  if (OpWord::State(w) == OpState::kRunning) return !OpWord::EndRequested(w);
+  return TryStart(now_ns);
+}
+
 CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
   uint64_t w = word.load(std::memory_order_acquire);
   for (;;) {

@@ -148,6 +148,11 @@ struct Op {
   /// refused: the CAS orders TryStart and RequestEnd totally.
   [[nodiscard]] bool TryStart(int64_t now_ns);
 
+  /// TryStart for a holder that may be handed an op already running: one a
+  /// backend's TryRunInline started and found must wait. Such an op only
+  /// checks that no end was requested meanwhile.
+  [[nodiscard]] bool TryStartOrResume(int64_t now_ns);
+
   /// Requests the op end early (cancel or deadline). Any thread. Returns what
   /// will happen; on kCancelled the caller must nudge the backend holding it.
   /// `gen` guards against a stale id reaching a reused slot.
