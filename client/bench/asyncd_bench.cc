@@ -37,6 +37,7 @@
 
 #include "asyncd/client.h"
 #include "client/bench/bench_util.h"
+#include "client/bench/reference_server.h"
 
 namespace asyncd::client::bench {
 namespace {
@@ -677,6 +678,8 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
 
 int Run(Config& config) {
   if (config.mode == "hold") return RunHold(config);
+  if (config.mode == "serve") return RunReferenceServer(NormalizeTarget(config.target),
+                                                        config.block_size);
   const std::string target = NormalizeTarget(config.target);
   std::shared_ptr<grpc::Channel> setup_channel = Connect(config.target);
   Client client(setup_channel, {.default_timeout = std::chrono::seconds(30)});
@@ -783,8 +786,9 @@ int main(int argc, char** argv) {
   app.add_option("--mode", config.mode,
                  "stream (bidi Stream, batched), unary (Submit RPC), health (bare "
                  "Health/Check RPCs, the reference for unary) or hold (keep --queue-depth "
-                 "reads blocked on --file for --duration)")
-      ->check(CLI::IsMember({"stream", "unary", "health", "hold"}));
+                 "reads blocked on --file for --duration), or serve (be the reference "
+                 "server on --target: the protocol without system calls)")
+      ->check(CLI::IsMember({"stream", "unary", "health", "hold", "serve"}));
   app.add_option("--mix", config.mix_spec, "op kinds and weights, e.g. nop=1 or read=3,nop=1 "
                                            "(nop, read, write, timeout)");
   app.add_option("--queue-depth,-q", config.queue_depth, "ops outstanding per stream")

@@ -3,8 +3,9 @@
 #
 # Measures, on this machine and in this run, the daemon's figures next to
 # the reference points they are judged against -- fio (io_uring and psync
-# engines) on the same tmpfs file, and a bare unary gRPC call (Health/Check)
-# on the same server -- and prints one table: measured value, reference,
+# engines) on the same tmpfs file, a bare unary gRPC call (Health/Check) on
+# the same server, and asyncd-bench's reference server (the protocol with no
+# system calls: what gRPC alone allows target 1) -- and prints one table: measured value, reference,
 # ratio, target, PASS/MISS. --json prints the same as one JSON document
 # instead (for comparisons over time).
 #
@@ -138,6 +139,29 @@ log "fio psync x$pool_threads jobs (10 s)"
 fio --name=psync --ioengine=psync --numjobs="$pool_threads" --group_reporting \
   "${fio_common[@]}" >"$out/fio-psync.json"
 
+# --- the transport alone: the same client and messages, no system calls ---
+# asyncd-bench --mode serve answers the protocol from memory (a read with
+# 4 KiB copied from a buffer, all of a batch's completions in one message):
+# target 1's ceiling through gRPC on this machine.
+start_reference() {
+  sock="$tmp/reference.sock"
+  "$bench_bin" --mode serve --target "unix:$sock" --block-size 4096 >"$out/reference.log" 2>&1 &
+  daemon_pid=$!
+  for _ in $(seq 200); do
+    [[ -S "$sock" ]] && return 0
+    kill -0 "$daemon_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  log "reference server did not start:"; cat "$out/reference.log" >&2
+  exit 1
+}
+start_reference
+log "1, transport alone: 4 KiB reads from the reference server"
+bench ref-read.json "${stream_args[@]}" "${read_args[@]}"
+log "1, transport alone: NOP"
+bench ref-nop.json "${stream_args[@]}" --mix nop=1 "${read_shape[@]}"
+stop_daemon
+
 # --- io_uring daemon ---
 start_daemon uring "$tmp/asyncd.toml"
 log "1: stream 4 KiB random reads QD128"
@@ -248,6 +272,7 @@ fio_uring = fio_iops("fio-uring.json")
 fio_psync = fio_iops("fio-psync.json")
 t1 = load("t1-read.json")
 t1_nop, t1_read1 = load("t1-nop.json"), load("t1-read1.json")
+ref_read, ref_nop = load("ref-read.json"), load("ref-nop.json")
 t2 = [load(f"t2-nop-{r}.json") for r in (1, 2)]
 t5 = [load(f"t5-nop-list-{r}.json") for r in (1, 2)]
 health = [load(f"t3-health-{r}.json") for r in unary_rounds]
@@ -284,7 +309,10 @@ row("1", "stream 4K randread QD128 (io_uring)", t1["ops_per_s"], "IOPS", fio_uri
     "fio io_uring QD128", t1["ops_per_s"] / fio_uring, 0.5, ">=",
     f"batch {read_batch}, p50 {t1['latency_us']['p50']:.0f} us; same shape without the read (NOP) "
     f"{t1_nop['ops_per_s']:,.0f} ops/s ({t1_nop['ops_per_s'] / fio_uring:.2f} of fio), "
-    f"1-byte reads {t1_read1['ops_per_s']:,.0f} ops/s ({t1_read1['ops_per_s'] / fio_uring:.2f})")
+    f"1-byte reads {t1_read1['ops_per_s']:,.0f} ops/s ({t1_read1['ops_per_s'] / fio_uring:.2f}); "
+    f"the transport alone (reference server, no system calls): 4 KiB reads "
+    f"{ref_read['ops_per_s']:,.0f} ops/s ({ref_read['ops_per_s'] / fio_uring:.2f} of fio; the daemon "
+    f"reaches {t1['ops_per_s'] / ref_read['ops_per_s']:.2f} of it), NOP {ref_nop['ops_per_s']:,.0f} ops/s")
 row("2", "stream NOP", nop_without, "ops/s", 1e6, "1,000,000 ops/s", nop_without / 1e6, 1.0, ">=",
     f"{nop_streams} streams x QD{nop_qd} batch {nop_batch}; runs {t2[0]['ops_per_s']:.0f}, {t2[1]['ops_per_s']:.0f}")
 row("3a", "unary NOP p50", u50, "us", h50, "Health/Check p50", u50 / h50, 1.15, "<=",
@@ -303,7 +331,8 @@ row("6", "RSS per blocked FIFO read", per_op, "B/op", 1024, "1 KiB", per_op / 10
     f"{hold.get('accepted')} of {rss['ops']} accepted; RSS {rss['rss_before_kib']} -> {rss['rss_with_kib']} KiB")
 
 errors = {}
-for name, r in [("t1", t1), ("t1.nop", t1_nop), ("t1.read1", t1_read1), ("t4", t4)] + [(f"t2.{i}", r) for i, r in enumerate(t2)] + \
+for name, r in [("t1", t1), ("t1.nop", t1_nop), ("t1.read1", t1_read1), ("t4", t4),
+                ("ref.read", ref_read), ("ref.nop", ref_nop)] + [(f"t2.{i}", r) for i, r in enumerate(t2)] + \
         [(f"t5.{i}", r) for i, r in enumerate(t5)] + [(f"unary.{i}", r) for i, r in enumerate(unary)]:
     bad = r["outcomes"]["completed_errno"] + sum(v for k, v in r["outcomes"].items() if k not in ("completed_ok", "completed_errno"))
     if bad or r["rpc_errors"]:
@@ -318,6 +347,8 @@ doc = {
     "settings": {"duration_s": duration, "pool_threads": pool, "nop_qd": int(nop_qd),
                  "nop_batch": int(nop_batch), "nop_streams": int(nop_streams), "read_batch": int(read_batch)},
     "fio": {"io_uring_qd128_iops": fio_uring, "psync_iops": fio_psync, "psync_jobs": pool},
+    "transport_alone": {"read_4k_qd128_ops_per_s": ref_read["ops_per_s"],
+                        "nop_qd128_ops_per_s": ref_nop["ops_per_s"]},
     "results": rows,
     "errors": errors,
     "passed": sum(r["pass"] for r in rows),
