@@ -360,7 +360,7 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
 }
 
 bool MayRunInline(const Op& op, int64_t now) {
-  if (op.params.deadline_ns != 0 && now >= op.params.deadline_ns) return false;
+  if (DeadlinePassed(op, now)) return false;
   switch (op.kind.load(std::memory_order_relaxed)) {
     case OpKind::kNop:
       return true;

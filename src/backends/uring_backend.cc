@@ -60,10 +60,6 @@ void SetLink(Op& op, Op* next) { op.backend_data[0] = reinterpret_cast<uintptr_t
 
 int StageFd(const Op& op) { return static_cast<int>(op.backend_data[1] >> kFdShift); }
 
-bool DeadlinePassed(const Op& op, int64_t now) {
-  return op.params.deadline_ns != 0 && now >= op.params.deadline_ns;
-}
-
 __kernel_timespec ToTimespec(int64_t ns) {
   __kernel_timespec ts;
   ts.tv_sec = ns / 1'000'000'000;

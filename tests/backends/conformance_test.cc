@@ -1617,6 +1617,26 @@ TEST_P(ConformanceTest, DeadlineEndsQueuedOp) {
   EXPECT_EQ(Slurp(InRoot("never-written")), "");
 }
 
+// An op whose deadline has passed when the backend takes it ends kTimedOut
+// without running, however idle the backend (the pool's timer thread may
+// not have reached it; a pool worker may take it first).
+TEST_P(ConformanceTest, DeadlinePassedBeforeStartNeverRuns) {
+  constexpr int kOps = 100;
+  std::vector<std::string> paths(kOps);
+  std::vector<uint64_t> cookies(kOps);
+  for (int i = 0; i < kOps; ++i) {
+    paths[i] = "late" + std::to_string(i);
+    OpRequest r = Mkdir(paths[i].c_str(), 0700);
+    r.params.deadline_ns = core::MonoNanos() - 1;
+    absl::StatusOr<OpId> id = Start(r, &cookies[i]);
+    ASSERT_TRUE(id.ok()) << id.status();
+  }
+  for (int i = 0; i < kOps; ++i) {
+    EXPECT_EQ(Await(cookies[i]).state, OpState::kTimedOut) << i;
+    EXPECT_FALSE(Exists(InRoot(paths[i]))) << i;
+  }
+}
+
 // Fast ops with a far deadline complete normally.
 TEST_P(ConformanceTest, FarDeadlineDoesNotAffectFastOps) {
   MakeFile("fast", "fast");
