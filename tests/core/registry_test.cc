@@ -23,7 +23,9 @@ std::shared_ptr<Session> Open(Registry& r, const char* name = "client") {
 }
 
 void FinishAndRetire(Op& op) {
-  if (op.state() < OpState::kRunning) ASSERT_TRUE(op.TryStart(1));
+  if (op.state() < OpState::kRunning) {
+    ASSERT_TRUE(op.TryStart(1));
+  }
   op.Finish(0, 2);
   op.session->Retire(op);
 }
@@ -163,8 +165,12 @@ TEST(HandleTableTest, HandlesStayPositiveInt32AsTheirSlotIsReused) {
     ASSERT_LE(*h, uint32_t{INT32_MAX}) << "after " << i << " reuses";
     ASSERT_NE(*h, 0u);
     if (i == 0) first = *h;
-    if (i < 32'768) EXPECT_TRUE(seen.insert(*h).second) << "handle repeated after " << i;
-    if (i == 32'768) EXPECT_EQ(*h, first);  // the generation wrapped
+    if (i < 32'768) {
+      EXPECT_TRUE(seen.insert(*h).second) << "handle repeated after " << i;
+    }
+    if (i == 32'768) {
+      EXPECT_EQ(*h, first);  // the generation wrapped
+    }
     auto detached = table.Detach(*h);
     ASSERT_TRUE(detached.ok());
     ::close(*detached);

@@ -54,12 +54,6 @@ v1::Operation WriteOp(uint32_t handle, int64_t offset, std::string data) {
   return op;
 }
 
-v1::Operation CloseOp(uint32_t handle) {
-  v1::Operation op;
-  op.mutable_close()->set_handle(handle);
-  return op;
-}
-
 
 // --- EMFILE -----------------------------------------------------------------
 
