@@ -99,12 +99,16 @@ start_daemon() {
   "$daemon_bin" --config "$config" --socket "$sock" --root "$root" --log-level warn "$@" \
     >"$out/daemon-$name.log" 2>&1 &
   daemon_pid=$!
+  await_socket "daemon $name" "$out/daemon-$name.log"
+}
+
+await_socket() {  # await_socket WHAT LOG: until $daemon_pid listens on $sock, or exits
   for _ in $(seq 200); do
     [[ -S "$sock" ]] && return 0
     kill -0 "$daemon_pid" 2>/dev/null || break
     sleep 0.05
   done
-  log "daemon $name did not start:"; cat "$out/daemon-$name.log" >&2
+  log "$1 did not start:"; cat "$2" >&2
   exit 1
 }
 
@@ -147,13 +151,7 @@ start_reference() {
   sock="$tmp/reference.sock"
   "$bench_bin" --mode serve --target "unix:$sock" --block-size 4096 >"$out/reference.log" 2>&1 &
   daemon_pid=$!
-  for _ in $(seq 200); do
-    [[ -S "$sock" ]] && return 0
-    kill -0 "$daemon_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  log "reference server did not start:"; cat "$out/reference.log" >&2
-  exit 1
+  await_socket "reference server" "$out/reference.log"
 }
 start_reference
 log "1, transport alone: 4 KiB reads from the reference server"
