@@ -129,6 +129,9 @@ class ReferenceService final : public v1::Asyncd::CallbackService {
           a->set_op_id(id);
           Answer(op, id, service_->data_, *completions->add_completions());
         }
+      } else if (in_.has_cancel()) {
+        // Every op completed as it was accepted: a cancel finds none.
+        Queue().mutable_cancel_result()->set_request_tag(in_.cancel().request_tag());
       }
       WriteNextLocked();
       StartRead(&in_);

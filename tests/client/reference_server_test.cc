@@ -2,8 +2,8 @@
 // answers the client library as the daemon would, so that a load measured
 // against it differs from one against the daemon only by the daemon's work:
 // each op is accepted once and completes once, a read carries the bytes it
-// asked for (up to the block size), and the unary calls a bench setup makes
-// succeed without writing the bench file.
+// asked for (up to the block size), a cancel is answered, and the unary
+// calls a bench setup makes succeed without writing the bench file.
 #include "client/bench/reference_server.h"
 
 #include <gtest/gtest.h>
@@ -85,6 +85,14 @@ TEST_F(ReferenceServerTest, StreamAcceptsAndCompletesEachOpOnceWithItsBytes) {
                       })
                   .ok());
   ASSERT_EQ(all_done.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  // A cancel is answered (finding nothing: every op is over) rather than left hanging.
+  v1::CancelRequest cancel;
+  cancel.set_op_id(accepted_ids.begin()->second);
+  std::future<absl::StatusOr<v1::CancelResponse>> cancelled = (*stream)->Cancel(cancel);
+  ASSERT_EQ(cancelled.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  absl::StatusOr<v1::CancelResponse> cancel_response = cancelled.get();
+  ASSERT_TRUE(cancel_response.ok()) << cancel_response.status();
+  EXPECT_EQ(cancel_response->outcomes_size(), 0);
   ASSERT_TRUE((*stream)->Finish().ok());
 
   std::lock_guard lock(mu);
