@@ -261,14 +261,11 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
     Op* op = nodes_[idx].op;
     lock.unlock();
 
-    // The timer thread ends a queued op at its deadline, but we may have
-    // taken it first: end it here, before it has any effect.
-    const int64_t now = core::MonoNanos();
-    if (DeadlinePassed(*op, now)) {
-      (void)op->RequestEnd(op->generation(), core::EndReason::kDeadline, now);
-    }
-    // From here until ReleaseNode, an interrupt for this op signals us.
-    const int64_t result = op->TryStartOrResume(now) ? RunBlocking(*op, ctx) : -ECANCELED;
+    // From here until ReleaseNode, an interrupt for this op signals us. An
+    // op whose deadline passed before the timer thread reached it is
+    // refused here, before it has any effect.
+    const int64_t result =
+        op->TryStartOrResume(core::MonoNanos()) ? RunBlocking(*op, ctx) : -ECANCELED;
 
     lock.lock();
     self.node = kNil;

@@ -471,8 +471,8 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
   const bool stage2 = (flags & kStage2) != 0;
   if (!stage2) {
     // A non-cancel-safe op cannot be stopped once on the ring: its deadline
-    // is checked here only. Cancel-safe ops get a linked timeout below.
-    if (DeadlinePassed(op, now)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
+    // is checked here only (by TryStartOrResume). Cancel-safe ops get a
+    // linked timeout below.
     if (!op.TryStartOrResume(now)) {
       Finish(op, -ECANCELED);
       return false;

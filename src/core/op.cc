@@ -81,6 +81,9 @@ bool Op::TryStart(int64_t now_ns) {
 }
 
 bool Op::TryStartOrResume(int64_t now_ns) {
+  if (params.deadline_ns != 0 && now_ns >= params.deadline_ns) {
+    (void)RequestEnd(generation(), EndReason::kDeadline, now_ns);
+  }
   const uint64_t w = word.load(std::memory_order_acquire);
   if (OpWord::State(w) == OpState::kRunning) return !OpWord::EndRequested(w);
   return TryStart(now_ns);

@@ -148,9 +148,11 @@ struct Op {
   /// refused: the CAS orders TryStart and RequestEnd totally.
   [[nodiscard]] bool TryStart(int64_t now_ns);
 
-  /// TryStart for a holder that may be handed an op already running: one a
-  /// backend's TryRunInline started and found must wait. Such an op only
-  /// checks that no end was requested meanwhile.
+  /// TryStart for a backend taking an op from its queue, which may be one
+  /// already running (TryRunInline started it and found it must wait): such
+  /// an op only checks that no end was requested meanwhile. An op whose
+  /// deadline has passed at `now_ns` is refused, its end (kDeadline)
+  /// requested first, whether or not a timer got to it yet.
   [[nodiscard]] bool TryStartOrResume(int64_t now_ns);
 
   /// Requests the op end early (cancel or deadline). Any thread. Returns what

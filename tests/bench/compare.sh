@@ -5,9 +5,9 @@
 # the reference points they are judged against -- fio (io_uring and psync
 # engines) on the same tmpfs file, a bare unary gRPC call (Health/Check) on
 # the same server, and asyncd-bench's reference server (the protocol with no
-# system calls: what gRPC alone allows target 1) -- and prints one table: measured value, reference,
-# ratio, target, PASS/MISS. --json prints the same as one JSON document
-# instead (for comparisons over time).
+# system calls: what gRPC alone allows target 1) -- and prints one table:
+# measured value, reference, ratio, target, PASS/MISS. --json prints the
+# same as one JSON document instead (for comparisons over time).
 #
 #   tests/bench/compare.sh [--build DIR] [--duration SECONDS] [--json] [--keep-logs]
 #
