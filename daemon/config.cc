@@ -4,6 +4,7 @@
 
 #include <grp.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "src/core/runtime_paths.h"
 
 namespace asyncd::daemon {
@@ -152,20 +154,15 @@ Setter HostPort(std::string Config::*field) {
   };
 }
 
-Setter LogLevel() {
-  return [](const toml::node& n, Config& c) -> absl::Status {
+// A string that must be one of `values`.
+Setter OneOf(std::string Config::*field, std::vector<std::string> values) {
+  return [=](const toml::node& n, Config& c) -> absl::Status {
     auto v = n.value<std::string>();
-    static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-    if (v) {
-      for (const char* l : kLevels) {
-        if (*v == l) {
-          c.log_level = *v;
-          return absl::OkStatus();
-        }
-      }
+    if (v && std::find(values.begin(), values.end(), *v) != values.end()) {
+      c.*field = *v;
+      return absl::OkStatus();
     }
-    return absl::InvalidArgumentError(
-        "must be one of trace, debug, info, warn, error, critical, off");
+    return absl::InvalidArgumentError(absl::StrCat("must be one of ", absl::StrJoin(values, ", ")));
   };
 }
 
@@ -181,7 +178,7 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
         {"tls_client_ca", Str(&Config::tls_client_ca)},
         {"socket_group", SocketGroup()},
         {"metrics", HostPort(&Config::metrics)},
-        {"log_level", LogLevel()},
+        {"log_level", OneOf(&Config::log_level, {"trace", "debug", "info", "warn", "error", "critical", "off"})},
         {"state_dir", Str(&Config::state_dir)},
         {"socket_mode", U32(&Config::socket_mode, 0, 0777)},
         {"drain_grace_ms", U32(&Config::drain_grace_ms, 0, 3600000)}}},
@@ -189,7 +186,8 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
        {{"io_uring", Bool(&Config::io_uring)},
         {"uring_entries", U32(&Config::uring_entries, 8, 32768)},
         {"thread_pool_threads", U32(&Config::thread_pool_threads, 0, 4096)},
-        {"thread_pool_queue", U32(&Config::thread_pool_queue, 1, 1 << 24)}}},
+        {"thread_pool_queue", U32(&Config::thread_pool_queue, 1, 1 << 24)},
+        {"path_resolver", OneOf(&Config::path_resolver, {"auto", "openat2", "userspace"})}}},
       {"limits",
        {{"max_sessions", U32(&Config::max_sessions, 1, 65535)},
         {"max_inflight_per_session", U32(&Config::max_inflight_per_session, 1, (1 << 20) - 1)},

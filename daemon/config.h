@@ -33,6 +33,7 @@ struct Config {
   uint32_t uring_entries = 4096;
   uint32_t thread_pool_threads = 0;  // 0 = max(4, 2 x cores)
   uint32_t thread_pool_queue = 8192;
+  std::string path_resolver = "auto";  // auto | openat2 | userspace
 
   // [limits]
   uint32_t max_sessions = 1024;

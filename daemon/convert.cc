@@ -56,8 +56,13 @@ absl::Status CheckOffset(std::string_view field, int64_t offset) {
   return absl::OkStatus();
 }
 
+// Only permission bits: the daemon never creates set-id or sticky files,
+// as its unit's RestrictSUIDSGID= promises (seccomp cannot see io_uring).
 absl::Status CheckMode(std::string_view field, uint32_t mode) {
   if (mode > 07777) return Invalid(field, "has bits beyond 07777");
+  if ((mode & 07000) != 0) {
+    return Invalid(field, "setuid, setgid and sticky bits (07000) are refused; use 0..0777");
+  }
   return absl::OkStatus();
 }
 

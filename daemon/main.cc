@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   app.footer(
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.");
-  std::string config_path, socket, root, tcp, metrics, log_level;
+  std::string config_path, socket, root, tcp, metrics, log_level, path_resolver;
   std::string tls_cert, tls_key, tls_client_ca, tcp_port_file;
   bool no_uring = false;
   bool tcp_insecure = false;
@@ -46,6 +46,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off (default info)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   app.add_flag("--no-io-uring", no_uring, "serve everything from the thread pool");
+  app.add_option("--path-resolver", path_resolver,
+                 "how paths are confined beneath the root: auto (default), openat2 or userspace "
+                 "(config key backends.path_resolver)")
+      ->check(CLI::IsMember({"auto", "openat2", "userspace"}));
   CLI11_PARSE(app, argc, argv);
 
   auto load = [&]() -> absl::StatusOr<Config> {
@@ -65,6 +69,7 @@ int main(int argc, char** argv) {
     if (!metrics.empty()) config.metrics = metrics;
     if (!log_level.empty()) config.log_level = log_level;
     if (no_uring) config.io_uring = false;
+    if (!path_resolver.empty()) config.path_resolver = path_resolver;
     asyncd::daemon::ApplyDefaults(config);
     if (absl::Status s = asyncd::daemon::ValidateConfig(config); !s.ok()) return s;
     return config;

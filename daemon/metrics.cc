@@ -85,6 +85,7 @@ MetricsSnapshot GatherMetrics(const v1::Stats& stats, const Observer& observer,
     m.queue_depth.emplace_back(std::string(core::Name(b->kind())), b->Stats().queued);
   }
   m.io_uring_enabled = stats.io_uring_enabled();
+  m.path_resolver = stats.path_resolver();
   m.draining = stats.draining();
   m.thread_pool_threads = stats.thread_pool_size();
   m.uptime_seconds = uptime_seconds;
@@ -146,6 +147,9 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
   Header(out, "asyncd_io_uring_enabled", "gauge",
          "1 when io_uring serves operations, 0 when everything runs on the thread-pool fallback.");
   absl::StrAppend(&out, "asyncd_io_uring_enabled ", m.io_uring_enabled ? 1 : 0, "\n");
+  Header(out, "asyncd_path_resolver", "gauge",
+         "1 for the resolver confining client paths beneath the root (openat2 or userspace).");
+  absl::StrAppend(&out, "asyncd_path_resolver{resolver=\"", Escape(m.path_resolver), "\"} 1\n");
   Header(out, "asyncd_rejected_total", "counter",
          "Submissions refused before they were accepted (bad input, limits, draining).");
   absl::StrAppend(&out, "asyncd_rejected_total ", m.rejected, "\n");

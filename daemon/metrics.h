@@ -31,6 +31,7 @@ struct MetricsSnapshot {
   uint64_t cancels[4] = {};  // cancelled, not_cancellable, already_done, not_found
   std::vector<std::pair<std::string, uint64_t>> queue_depth;  // backend -> queued ops
   bool io_uring_enabled = false;
+  std::string path_resolver;
   bool draining = false;
   uint32_t thread_pool_threads = 0;
   double uptime_seconds = 0;
@@ -46,7 +47,7 @@ MetricsSnapshot GatherMetrics(const v1::Stats& stats, const Observer& observer,
 /// asyncd_ops_total{kind,backend,outcome}, asyncd_op_duration_seconds
 /// histogram{kind,backend} (le = the log2 microsecond buckets' upper bounds),
 /// asyncd_inflight_ops, asyncd_cancels_total{result}, asyncd_queue_depth{backend},
-/// asyncd_sessions, asyncd_io_uring_enabled, asyncd_rejected_total,
+/// asyncd_sessions, asyncd_io_uring_enabled, asyncd_path_resolver, asyncd_rejected_total,
 /// asyncd_draining, asyncd_thread_pool_threads, asyncd_uptime_seconds.
 std::string RenderPrometheus(const MetricsSnapshot& m);
 

@@ -144,9 +144,26 @@ absl::Status Server::Init() {
   dispatcher_->SetObserver(observer_.get());
 
   BackendInfo info;
+  const backends::ResolverProbe resolver = backends::ProbeResolver(root_fd_);
+  info.path_resolver = resolver.resolver;
+  if (config_.path_resolver == "userspace") {
+    info.path_resolver = backends::PathResolver::kUserspace;
+  } else if (config_.path_resolver == "openat2" && !resolver.reason.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backends.path_resolver = \"openat2\", but ", resolver.reason,
+        "; use \"auto\" or \"userspace\""));
+  }
+  if (info.path_resolver == backends::PathResolver::kOpenat2) {
+    spdlog::info("paths resolve beneath {} with openat2 (RESOLVE_IN_ROOT)", config_.root);
+  } else {
+    spdlog::info("paths resolve beneath {} in user space ({})", config_.root,
+                 resolver.reason.empty() ? "backends.path_resolver = \"userspace\""
+                                         : resolver.reason);
+  }
   pool_ = std::make_unique<backends::ThreadPoolBackend>(
       *dispatcher_, backends::ThreadPoolOptions{.threads = config_.thread_pool_threads,
-                                                .queue_capacity = config_.thread_pool_queue});
+                                                .queue_capacity = config_.thread_pool_queue,
+                                                .resolver = info.path_resolver});
   info.thread_pool_size = pool_->Stats().threads;
   std::vector<core::Backend*> order;
   if (!config_.io_uring) {
@@ -387,6 +404,7 @@ std::string Server::Reload(const Config& config) {
   differs("backends.thread_pool_threads",
           config.thread_pool_threads != config_.thread_pool_threads);
   differs("backends.thread_pool_queue", config.thread_pool_queue != config_.thread_pool_queue);
+  differs("backends.path_resolver", config.path_resolver != config_.path_resolver);
   differs("limits.max_sessions", config.max_sessions != config_.max_sessions);
   differs("limits.max_inflight_per_session",
           config.max_inflight_per_session != config_.max_inflight_per_session);

@@ -1265,6 +1265,7 @@ void Service::FillStats(v1::Stats* resp) const {
   resp->set_io_uring_unavailable_reason(backends_.io_uring_unavailable_reason);
   for (core::OpKind k : backends_.uring_kinds) resp->add_supported_uring_ops(ToProto(k));
   resp->set_thread_pool_size(backends_.thread_pool_size);
+  resp->set_path_resolver(std::string(backends::Name(backends_.path_resolver)));
   resp->set_draining(draining());
   *resp->mutable_limits() = LimitsProto();
   resp->set_buffered_bytes(budget_.bytes());

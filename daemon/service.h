@@ -17,6 +17,7 @@
 #include "daemon/config.h"
 #include "daemon/listener.h"
 #include "daemon/observer.h"
+#include "src/backends/resolve.h"
 #include "src/core/dispatcher.h"
 
 namespace asyncd::daemon {
@@ -40,6 +41,7 @@ struct BackendInfo {
   std::string io_uring_unavailable_reason;
   std::vector<core::OpKind> uring_kinds;
   uint32_t thread_pool_size = 0;
+  backends::PathResolver path_resolver = backends::PathResolver::kOpenat2;
   std::vector<core::Backend*> backends;
   uint32_t internal_sessions = 0;  // the daemon's own (watchdog probe); not counted in Stats
 };

@@ -498,6 +498,7 @@ class TablePrinter final : public Printer {
       kv.Add("io_uring", "disabled: " + OrDash(s.io_uring_unavailable_reason()));
     }
     kv.Add("thread_pool", std::to_string(s.thread_pool_size()) + " threads");
+    kv.Add("paths", "resolved by " + OrDash(s.path_resolver()));
     kv.Add("cancels", "cancelled " + std::to_string(s.cancels_cancelled()) + ", not_cancellable " +
                           std::to_string(s.cancels_not_cancellable()) + ", already_done " +
                           std::to_string(s.cancels_already_done()) + ", not_found " +

@@ -375,6 +375,39 @@ void AddSubmitCommand(CLI::App& app, Action* action) {
             };
           });
 
+  AddKind(submit, action, common, "fallocate",
+          "Allocate (default), --punch-hole or --zero-range a byte range of a handle",
+          [](CLI::App* cmd) -> Builder {
+            struct F {
+              std::string handle, offset = "0", len;
+              bool keep_size = false, punch_hole = false, zero_range = false;
+            };
+            auto f = std::make_shared<F>();
+            cmd->add_option("--handle", f->handle, "Handle")->required();
+            cmd->add_option("--offset", f->offset, "Start of the range in bytes")->default_str("0");
+            cmd->add_option("--len", f->len, "Length of the range in bytes")->required();
+            cmd->add_flag("--keep-size", f->keep_size, "Do not change the file size");
+            cmd->add_flag("--punch-hole", f->punch_hole, "Deallocate the range (with --keep-size)");
+            cmd->add_flag("--zero-range", f->zero_range, "Zero the range");
+            return [f](Built* b) {
+              uint32_t h = 0;
+              uint64_t len = 0;
+              if (absl::Status s = CheckHandle(f->handle, &h); !s.ok()) return s;
+              if (absl::Status s = CheckLength(f->len, INT64_MAX, &len); !s.ok()) return s;
+              absl::StatusOr<uint64_t> offset = ParseUint(f->offset, "--offset");
+              if (!offset.ok()) return offset.status();
+              if (*offset > INT64_MAX) return absl::InvalidArgumentError("--offset too large");
+              v1::Fallocate* fa = b->op.mutable_fallocate();
+              fa->set_handle(h);
+              fa->set_offset(static_cast<int64_t>(*offset));
+              fa->set_length(static_cast<int64_t>(len));
+              fa->set_mode((f->keep_size ? v1::FALLOCATE_MODE_KEEP_SIZE : 0) |
+                           (f->punch_hole ? v1::FALLOCATE_MODE_PUNCH_HOLE : 0) |
+                           (f->zero_range ? v1::FALLOCATE_MODE_ZERO_RANGE : 0));
+              return absl::OkStatus();
+            };
+          });
+
   AddKind(submit, action, common, "stat", "File metadata of PATH or --handle (statx)",
           [](CLI::App* cmd) -> Builder {
             struct F {

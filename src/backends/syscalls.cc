@@ -204,18 +204,18 @@ int64_t Open(const Op& op, const BlockingContext& ctx) {
       ctx.wait_mask == nullptr) {
     // An open that may create or truncate (O_CREAT, O_TRUNC) is not
     // cancel-safe once started, so nobody will try to interrupt it.
-    return OpenBeneath(p.dirfd, p.path, p.flags, p.mode);
+    return OpenBeneath(ctx.resolver, p.dirfd, p.path, p.flags, p.mode);
   }
   // The open of a FIFO blocks until a peer opens the other end, and no call
   // can wait for that atomically with unblocking the signal.
   for (;;) {
     const int64_t r =
-        CallUnmasked(op, ctx, [&] { return OpenBeneath(p.dirfd, p.path, p.flags, p.mode); });
+        CallUnmasked(op, ctx, [&] { return OpenBeneath(ctx.resolver, p.dirfd, p.path, p.flags, p.mode); });
     if (r != -EINTR || EndRequested(op)) return r;
   }
 }
 
-int64_t Statx(const Op& op) {
+int64_t Statx(const Op& op, PathResolver resolver) {
   const OpParams& p = op.params;
   if (p.buf == nullptr) return -EFAULT;
   const unsigned mask = p.mode != 0 ? p.mode : (STATX_BASIC_STATS | STATX_BTIME);
@@ -225,11 +225,11 @@ int64_t Statx(const Op& op) {
   }
   // Unlike unlink or mkdir, statx follows a final symlink unless told not
   // to, and a link's target must resolve inside the root too. So resolve
-  // the whole path with openat2 (O_PATH: no access needed, nothing opened
-  // for I/O) and stat the result.
+  // the whole path (O_PATH: no access needed, nothing opened for I/O) and
+  // stat the result.
   const uint64_t open_flags =
       O_PATH | ((p.flags & AT_SYMLINK_NOFOLLOW) != 0 ? static_cast<uint64_t>(O_NOFOLLOW) : 0);
-  const int fd = OpenBeneath(p.dirfd, p.path, open_flags, 0);
+  const int fd = OpenBeneath(resolver, p.dirfd, p.path, open_flags, 0);
   if (fd < 0) return fd;
   const int stat_flags =
       (static_cast<int>(p.flags) & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)) | AT_EMPTY_PATH;
@@ -238,91 +238,26 @@ int64_t Statx(const Op& op) {
   return r;
 }
 
-int64_t Unlink(const Op& op) {
+int64_t Unlink(const Op& op, PathResolver resolver) {
   ParentDir parent;
-  if (const int r = OpenParentBeneath(op.params.dirfd, op.params.path, parent); r < 0) return r;
+  if (const int r = OpenParentBeneath(resolver, op.params.dirfd, op.params.path, parent); r < 0) return r;
   return Ret(::unlinkat(parent.fd(), parent.name(), static_cast<int>(op.params.flags & AT_REMOVEDIR)));
 }
 
-int64_t Mkdir(const Op& op) {
+int64_t Mkdir(const Op& op, PathResolver resolver) {
   ParentDir parent;
-  if (const int r = OpenParentBeneath(op.params.dirfd, op.params.path, parent); r < 0) return r;
+  if (const int r = OpenParentBeneath(resolver, op.params.dirfd, op.params.path, parent); r < 0) return r;
   return Ret(::mkdirat(parent.fd(), parent.name(), op.params.mode));
 }
 
-int64_t Rename(const Op& op) {
+int64_t Rename(const Op& op, PathResolver resolver) {
   ParentDir from, to;
-  if (const int r = OpenParentBeneath(op.params.dirfd, op.params.path, from); r < 0) return r;
-  if (const int r = OpenParentBeneath(op.params.dirfd, op.params.path2, to); r < 0) return r;
+  if (const int r = OpenParentBeneath(resolver, op.params.dirfd, op.params.path, from); r < 0) return r;
+  if (const int r = OpenParentBeneath(resolver, op.params.dirfd, op.params.path2, to); r < 0) return r;
   return Ret(::renameat2(from.fd(), from.name(), to.fd(), to.name(), op.params.flags));
 }
 
 }  // namespace
-
-ParentDir::~ParentDir() { Reset(); }
-
-ParentDir::ParentDir(ParentDir&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {
-  std::memcpy(name_, other.name_, sizeof(name_));
-}
-
-ParentDir& ParentDir::operator=(ParentDir&& other) noexcept {
-  if (this != &other) {
-    Reset();
-    fd_ = std::exchange(other.fd_, -1);
-    std::memcpy(name_, other.name_, sizeof(name_));
-  }
-  return *this;
-}
-
-void ParentDir::Reset() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-  name_[0] = '\0';
-}
-
-int OpenBeneath(int root_fd, const char* path, uint64_t flags, uint64_t mode) {
-  if (path == nullptr) return -EINVAL;
-  open_how how{};
-  how.flags = flags | O_CLOEXEC;
-  // openat2 rejects a mode without a flag that creates a file.
-  how.mode = (flags & (O_CREAT | __O_TMPFILE)) != 0 ? mode : 0;
-  how.resolve = kConfinedResolve;
-  return static_cast<int>(Ret(::syscall(SYS_openat2, root_fd, path, &how, sizeof(how))));
-}
-
-int OpenParentBeneath(int root_fd, const char* path, ParentDir& out) {
-  out.Reset();
-  if (path == nullptr) return -EINVAL;
-  size_t len = std::strlen(path);
-  if (len == 0) return -ENOENT;
-  if (len >= PATH_MAX) return -ENAMETOOLONG;
-  while (len > 1 && path[len - 1] == '/') --len;  // "a/b/" names b
-  size_t name_start = len;
-  while (name_start > 0 && path[name_start - 1] != '/') --name_start;
-  const size_t name_len = len - name_start;
-  // "/" alone, "." and ".." name the root or a directory relative to the
-  // parent, never an entry in it: nothing to unlink, create or rename there.
-  if (name_len == 0 || (name_len == 1 && path[name_start] == '.') ||
-      (name_len == 2 && path[name_start] == '.' && path[name_start + 1] == '.')) {
-    return -EINVAL;
-  }
-  if (name_len > NAME_MAX) return -ENAMETOOLONG;
-
-  char dir[PATH_MAX];
-  if (name_start == 0) {
-    dir[0] = '.';
-    dir[1] = '\0';
-  } else {
-    std::memcpy(dir, path, name_start);  // keeps the trailing '/': "/" for "/x"
-    dir[name_start] = '\0';
-  }
-  const int fd = OpenBeneath(root_fd, dir, O_PATH | O_DIRECTORY, 0);
-  if (fd < 0) return fd;
-  out.fd_ = fd;
-  std::memcpy(out.name_, path + name_start, name_len);
-  out.name_[name_len] = '\0';
-  return 0;
-}
 
 int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
   const OpParams& p = op.params;
@@ -344,13 +279,13 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
     case OpKind::kFtruncate:
       return Ret(::ftruncate(p.fd, p.length));
     case OpKind::kStatx:
-      return Statx(op);
+      return Statx(op, ctx.resolver);
     case OpKind::kUnlink:
-      return Unlink(op);
+      return Unlink(op, ctx.resolver);
     case OpKind::kRename:
-      return Rename(op);
+      return Rename(op, ctx.resolver);
     case OpKind::kMkdir:
-      return Mkdir(op);
+      return Mkdir(op, ctx.resolver);
     case OpKind::kPoll:
       return WaitReady(op, p.fd, static_cast<short>(p.flags), ctx);
     case OpKind::kTimeout:

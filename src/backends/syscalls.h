@@ -1,63 +1,14 @@
 #pragma once
 
-#include <limits.h>
-#include <linux/openat2.h>
 #include <signal.h>
 
 #include <atomic>
 #include <cstdint>
 
+#include "src/backends/resolve.h"
 #include "src/core/op.h"
 
 namespace asyncd::backends {
-
-/// Resolution flags for every path an op names: `..`, absolute paths and
-/// symlinks all stay beneath the root directory, and /proc magic links
-/// (which could reach anything) are refused.
-inline constexpr uint64_t kConfinedResolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-
-/// An open O_PATH directory confined beneath a root, plus the last component
-/// of the path that named it. Owns the descriptor. Move-only.
-///
-/// The io_uring backend keeps one alive until the completion of the
-/// unlinkat/renameat/mkdirat it submitted relative to `fd()` arrives.
-class ParentDir {
- public:
-  ParentDir() = default;
-  ~ParentDir();
-  ParentDir(ParentDir&& other) noexcept;
-  ParentDir& operator=(ParentDir&& other) noexcept;
-  ParentDir(const ParentDir&) = delete;
-  ParentDir& operator=(const ParentDir&) = delete;
-
-  int fd() const { return fd_; }
-  /// The last path component, NUL-terminated; never empty, "." or "..".
-  const char* name() const { return name_; }
-
- private:
-  friend int OpenParentBeneath(int root_fd, const char* path, ParentDir& out);
-  void Reset();
-
-  int fd_ = -1;
-  char name_[NAME_MAX + 1] = {};
-};
-
-/// Opens the directory that contains `path`, resolved beneath `root_fd`
-/// (RESOLVE_IN_ROOT: a leading '/' means the root, `..` cannot climb out,
-/// symlinks in the directory part are followed inside the root), and stores
-/// its last component in `out`. The caller then operates on `out.name()`
-/// relative to `out.fd()` with a call that does not follow the last
-/// component (unlinkat, renameat2, mkdirat), so nothing escapes the root.
-///
-/// Returns 0 or -errno: -EINVAL when the last component is "." or ".." (or
-/// path is null), -ENOENT for an empty path, -ENAMETOOLONG, or what openat2
-/// reported. Trailing slashes are ignored ("a/b/" names "b" in "a"). Blocks
-/// (path lookup); any thread. Allocates nothing.
-[[nodiscard]] int OpenParentBeneath(int root_fd, const char* path, ParentDir& out);
-
-/// Opens `path` beneath `root_fd` with openat2(flags | O_CLOEXEC, mode,
-/// kConfinedResolve). Returns the new descriptor or -errno. Blocks.
-[[nodiscard]] int OpenBeneath(int root_fd, const char* path, uint64_t flags, uint64_t mode);
 
 /// Whether an end (cancel, deadline) was requested on `op`. Any thread.
 inline bool EndRequested(const core::Op& op) {
@@ -110,13 +61,15 @@ struct BlockingContext {
   /// the kernel is lost, so whoever interrupts must re-send the signal while
   /// this reads true. May be null.
   std::atomic<bool>* in_unmasked_call = nullptr;
+  /// How open, statx, unlink, rename and mkdir confine their paths.
+  PathResolver resolver = PathResolver::kOpenat2;
 };
 
 /// Runs op.params as op.kind describes with plain system calls and returns
 /// the result or -errno. Kinds and the params they read:
 ///
 ///   nop        0
-///   open       openat2(dirfd, path, flags|O_CLOEXEC, mode, confined); the fd
+///   open       OpenBeneath(ctx.resolver, dirfd, path, flags, mode); the fd
 ///   close      close(fd)
 ///   read       pread(fd, buf, len, offset), or read() when offset < 0
 ///   write      pwrite / write likewise; like write(2) on a blocking fd, all
@@ -125,8 +78,9 @@ struct BlockingContext {
 ///   fallocate  fallocate(fd, mode, offset, length)
 ///   ftruncate  ftruncate(fd, length)
 ///   statx      path == nullptr: statx(fd, "", AT_EMPTY_PATH|flags); else
-///              the path resolved beneath dirfd (the last component followed
-///              inside the root unless flags has AT_SYMLINK_NOFOLLOW). Mask:
+///              the path resolved beneath dirfd by ctx.resolver (the last
+///              component followed inside the root unless flags has
+///              AT_SYMLINK_NOFOLLOW). Mask:
 ///              mode if non-zero, else STATX_BASIC_STATS|STATX_BTIME. Writes
 ///              a struct statx into buf.
 ///   unlink     unlinkat(parent, name, flags & AT_REMOVEDIR)

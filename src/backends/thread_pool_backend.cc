@@ -46,7 +46,8 @@ ThreadPoolBackend::ThreadPoolBackend(core::OpCompleter& completer, ThreadPoolOpt
       thread_count_(options.threads != 0
                         ? options.threads
                         : std::max(4u, 2 * std::thread::hardware_concurrency())),
-      signal_(InterruptSignal()) {
+      signal_(InterruptSignal()),
+      resolver_(options.resolver) {
   // A node per queued op plus one per worker for the op it runs.
   const uint32_t node_count = queue_capacity_ + thread_count_;
   nodes_.resize(node_count);
@@ -244,7 +245,7 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
   sigaddset(&block, signal_);
   ::pthread_sigmask(SIG_BLOCK, &block, &wait_mask);
   sigdelset(&wait_mask, signal_);
-  const BlockingContext ctx{&wait_mask, &self.in_unmasked_call};
+  const BlockingContext ctx{&wait_mask, &self.in_unmasked_call, resolver_};
 
   std::unique_lock lock(mu_);
   for (;;) {

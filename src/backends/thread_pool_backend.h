@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "src/backends/resolve.h"
 #include "src/core/backend.h"
 
 namespace asyncd::backends {
@@ -18,6 +19,7 @@ namespace asyncd::backends {
 struct ThreadPoolOptions {
   uint32_t threads = 0;  // 0 = max(4, 2 * hardware_concurrency)
   uint32_t queue_capacity = 4096;  // ops accepted but not yet picked by a worker
+  PathResolver resolver = PathResolver::kOpenat2;  // how path ops confine their paths
 };
 
 /// The fallback that runs every op kind anywhere: worker threads run the
@@ -147,6 +149,7 @@ class ThreadPoolBackend final : public core::Backend {
   const uint32_t queue_capacity_;
   const uint32_t thread_count_;
   const int signal_;
+  const PathResolver resolver_;
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_;   // workers: the queue has ops, or stopping

@@ -45,9 +45,10 @@ constexpr uintptr_t kPending = 1;     // in the ring thread's pending list
 constexpr uintptr_t kOnRing = 2;      // SQE prepared; its CQE not reaped yet
 constexpr uintptr_t kCancelSent = 4;  // an ASYNC_CANCEL for it was prepared
 constexpr uintptr_t kStage2 = 8;      // a path statx whose O_PATH open is done
+constexpr int kAttemptShift = 4;      // bits 4-7: lookups tried again after EAGAIN
+constexpr uintptr_t kAttemptMask = uintptr_t{0xf} << kAttemptShift;
 constexpr int kFdShift = 32;          // the O_PATH descriptor of a kStage2 statx
 
-constexpr uint64_t kRingResolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
 constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
 constexpr uint32_t kMaxCqEntries = 65536;  // the kernel's IORING_MAX_CQ_ENTRIES
 constexpr unsigned kReapBatch = 256;
@@ -497,7 +498,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
       how.flags = uint64_t{p.flags} | O_CLOEXEC;
       // openat2 refuses a mode without O_CREAT / O_TMPFILE.
       if ((p.flags & O_CREAT) != 0 || (p.flags & O_TMPFILE) == O_TMPFILE) how.mode = p.mode;
-      how.resolve = kRingResolve;  // a leading '/' then means the root too
+      how.resolve = kConfinedResolve;  // a leading '/' then means the root too
       io_uring_prep_openat2(sqe, p.dirfd, p.path, &how);
       break;
     }
@@ -527,7 +528,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
         open_how& how = hows_[slot];
         how = open_how{};
         how.flags = O_PATH | O_CLOEXEC | ((p.flags & AT_SYMLINK_NOFOLLOW) != 0 ? O_NOFOLLOW : 0);
-        how.resolve = kRingResolve;
+        how.resolve = kConfinedResolve;
         io_uring_prep_openat2(sqe, p.dirfd, p.path, &how);
       } else {
         const int at_flags = (static_cast<int>(p.flags) & ~AT_SYMLINK_NOFOLLOW) | AT_EMPTY_PATH;
@@ -709,6 +710,15 @@ void UringBackend::OnOpCqe(Op& op, int32_t cqe_res) {
   int64_t res = cqe_res;
   const uintptr_t flags = op.backend_data[1];
   const OpKind kind = op.kind.load(std::memory_order_relaxed);
+  const bool lookup = kind == OpKind::kOpen ||
+                      (kind == OpKind::kStatx && op.params.path != nullptr && (flags & kStage2) == 0);
+  const uintptr_t attempts = (flags & kAttemptMask) >> kAttemptShift;
+  if (lookup && res == -EAGAIN && attempts + 1 < kLookupAttempts) {
+    // A rename raced with the lookup (see kLookupAttempts): look again.
+    op.backend_data[1] = (flags & ~kAttemptMask) | ((attempts + 1) << kAttemptShift);
+    PendingPushBack(op);
+    return;
+  }
   if (kind == OpKind::kStatx && op.params.path != nullptr) {
     if ((flags & kStage2) == 0) {
       if (res >= 0) {

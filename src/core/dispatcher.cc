@@ -101,6 +101,9 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   Op* op = *registered;
   if (stream_io) op->may_block.store(true, std::memory_order_relaxed);
   op->params = request.params;
+  // Set-id and sticky bits are never created, whoever calls core: seccomp
+  // (systemd's RestrictSUIDSGID=) does not see io_uring's openat2.
+  if (request.kind == OpKind::kOpen || request.kind == OpKind::kMkdir) op->params.mode &= 0777;
   op->params.fd = fd;
   op->params.dirfd = root_fd_;
   op->sink = request.sink;

@@ -9,6 +9,9 @@
 //                                forced off (ASYNCD_DISABLE_IO_URING=1), so
 //                                every kind lands on the thread pool.
 // When io_uring cannot be used here, IoUring skips with the probe's reason.
+// Each configuration runs twice: with paths confined by openat2, and by the
+// userspace resolver that replaces it where a seccomp filter refuses it
+// (on io_uring the resolver serves the kinds the ring leaves to the pool).
 //
 // Nothing asserts on timing: every wait is for a condition, with a generous
 // timeout that fails the test instead of hanging it.
@@ -75,17 +78,35 @@ constexpr int kRaceIterations = 400;
 
 enum class Config { kIoUring, kThreadPool, kIoUringBuildForcedThreadPool };
 
-std::string ConfigName(const testing::TestParamInfo<Config>& info) {
-  switch (info.param) {
+struct Setup {
+  Config config;
+  backends::PathResolver resolver;
+};
+
+std::string SetupName(const testing::TestParamInfo<Setup>& info) {
+  std::string name;
+  switch (info.param.config) {
     case Config::kIoUring:
-      return "IoUring";
+      name = "IoUring";
+      break;
     case Config::kThreadPool:
-      return "ThreadPool";
+      name = "ThreadPool";
+      break;
     case Config::kIoUringBuildForcedThreadPool:
-      return "IoUringBuildForcedThreadPool";
+      name = "IoUringBuildForcedThreadPool";
+      break;
   }
-  return "Unknown";
+  return name + (info.param.resolver == backends::PathResolver::kOpenat2 ? "" : "_Userspace");
 }
+
+// Every backend configuration with each resolver.
+const auto kSetups = testing::Values(
+    Setup{Config::kIoUring, backends::PathResolver::kOpenat2},
+    Setup{Config::kThreadPool, backends::PathResolver::kOpenat2},
+    Setup{Config::kIoUringBuildForcedThreadPool, backends::PathResolver::kOpenat2},
+    Setup{Config::kIoUring, backends::PathResolver::kUserspace},
+    Setup{Config::kThreadPool, backends::PathResolver::kUserspace},
+    Setup{Config::kIoUringBuildForcedThreadPool, backends::PathResolver::kUserspace});
 
 // What the sink saw of one op's completion.
 struct Completion {
@@ -362,7 +383,7 @@ struct Fifo {
 
 // --- the fixture -------------------------------------------------------------
 
-class ConformanceTest : public testing::TestWithParam<Config> {
+class ConformanceTest : public testing::TestWithParam<Setup> {
  protected:
   void SetUp() override {
     ::signal(SIGPIPE, SIG_IGN);
@@ -391,7 +412,7 @@ class ConformanceTest : public testing::TestWithParam<Config> {
   // The construction path the daemon takes: io_uring first when it can be
   // used, the thread pool last (it runs every kind).
   void BuildBackends() {
-    const Config config = GetParam();
+    const Config config = GetParam().config;
     std::vector<core::Backend*> chain;
     if (config != Config::kThreadPool) {
       const bool force_off = config == Config::kIoUringBuildForcedThreadPool;
@@ -419,7 +440,9 @@ class ConformanceTest : public testing::TestWithParam<Config> {
       }
     }
     pool_ = std::make_unique<backends::ThreadPoolBackend>(
-        *dispatcher_, backends::ThreadPoolOptions{kPoolThreads, kPoolQueue});
+        *dispatcher_, backends::ThreadPoolOptions{.threads = kPoolThreads,
+                                                  .queue_capacity = kPoolQueue,
+                                                  .resolver = GetParam().resolver});
     chain.push_back(pool_.get());
     dispatcher_->SetBackends(chain);
 
@@ -632,10 +655,7 @@ class ConformanceTest : public testing::TestWithParam<Config> {
   std::vector<std::unique_ptr<char[]>> buffers_;
 };
 
-INSTANTIATE_TEST_SUITE_P(Backends, ConformanceTest,
-                         testing::Values(Config::kIoUring, Config::kThreadPool,
-                                         Config::kIoUringBuildForcedThreadPool),
-                         ConfigName);
+INSTANTIATE_TEST_SUITE_P(Backends, ConformanceTest, kSetups, SetupName);
 
 // =============================================================================
 // Success paths, one per kind
@@ -866,6 +886,21 @@ TEST_P(ConformanceTest, MkdirWithMode) {
   EXPECT_EQ(st.st_mode & 07777, 0710u);
 }
 
+// Set-id and sticky bits are never created, whatever mode a caller asks
+// for: the unit's seccomp filter (RestrictSUIDSGID=) cannot see io_uring's
+// openat2, so the daemon holds the line itself on every backend.
+TEST_P(ConformanceTest, CreateNeverMakesSetIdOrStickyBits) {
+  const uint32_t h = OpenOk("setid-file", O_WRONLY | O_CREAT | O_EXCL, 07755);
+  ASSERT_NE(h, 0u);
+  Completion d = Run(Mkdir("setid-dir", 07755));
+  EXPECT_EQ(d.result, 0);
+  for (const char* name : {"setid-file", "setid-dir"}) {
+    struct stat st;
+    ASSERT_EQ(::stat(InRoot(name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_mode & 07777, 0755u) << name;
+  }
+}
+
 // poll on a FIFO holding data reports POLLIN as its result (revents).
 TEST_P(ConformanceTest, PollReportsReadable) {
   Fifo f = MakeFifo("pollfifo");
@@ -1052,10 +1087,7 @@ class ConfinementTest : public ConformanceTest {
   ino_t sentinel_ino_ = 0;
 };
 
-INSTANTIATE_TEST_SUITE_P(Backends, ConfinementTest,
-                         testing::Values(Config::kIoUring, Config::kThreadPool,
-                                         Config::kIoUringBuildForcedThreadPool),
-                         ConfigName);
+INSTANTIATE_TEST_SUITE_P(Backends, ConfinementTest, kSetups, SetupName);
 
 // No open for reading, through "..", absolute paths or symlinks (to "/", to
 // ".." chains, to an absolute path outside), ever yields the sentinel's bytes.
@@ -1147,6 +1179,129 @@ TEST_P(ConfinementTest, MkdirCannotCreateOutside) {
   ExpectOutsideUntouched();
   EXPECT_FALSE(Exists(base_ + "/evil"));
   EXPECT_FALSE(Exists("/evil"));
+}
+
+// The kernel fails a lookup through ".." with EAGAIN when any rename in the
+// system races with it (a few percent of lookups under a busy renamer):
+// every backend looks again, so an unrelated rename never fails an op.
+TEST_P(ConformanceTest, LookupThroughDotDotSurvivesUnrelatedRenames) {
+  ASSERT_EQ(::mkdir(InRoot("a").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(InRoot("busy").c_str(), 0755), 0);
+  MakeFile("f", "f");
+  MakeFile("busy/x", "x");
+  std::atomic<bool> stop{false};
+  std::thread renamer([&] {
+    const std::string x = InRoot("busy/x"), y = InRoot("busy/y");
+    while (!stop.load()) {
+      ::rename(x.c_str(), y.c_str());
+      ::rename(y.c_str(), x.c_str());
+    }
+  });
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  int failed = 0;
+  for (int i = 0; i < 5 * kRaceIterations; ++i) {
+    Completion c = Run(Open("a/../f", O_RDONLY));
+    if (c.result > 0) {
+      Run(Close(static_cast<uint32_t>(c.result)));
+    } else {
+      ++failed;
+    }
+    if (Run(StatxPath("a/../f", stx)).result != 0) ++failed;
+  }
+  stop = true;
+  renamer.join();
+  EXPECT_EQ(failed, 0);
+}
+
+// A directory swapped for a symlink to the outside (renameat2
+// RENAME_EXCHANGE, over and over) while ops walk through it: every op sees
+// the directory or the link resolved inside the root, never the outside.
+TEST_P(ConfinementTest, DirectorySwappedForASymlinkMidWalkNeverEscapes) {
+  ASSERT_EQ(::mkdir(InRoot("d").c_str(), 0755), 0);
+  MakeFile("d/sentinel", "decoy\n");
+  ASSERT_EQ(::symlink(outside_.c_str(), InRoot("l_abs").c_str()), 0);
+  ASSERT_EQ(::symlink("../outside", InRoot("l_rel").c_str()), 0);
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  for (const char* link : {"l_abs", "l_rel"}) {
+    std::atomic<bool> stop{false};
+    std::thread swapper([&] {
+      while (!stop.load()) {
+        ::renameat2(AT_FDCWD, InRoot("d").c_str(), AT_FDCWD, InRoot(link).c_str(),
+                    RENAME_EXCHANGE);
+      }
+    });
+    int opened = 0;
+    for (int i = 0; i < kRaceIterations; ++i) {
+      Completion c = Run(Open("d/sentinel", O_RDONLY));
+      if (c.result > 0) {
+        ++opened;
+        Completion r = Run(Read(static_cast<uint32_t>(c.result), Buffer(64), 64, 0));
+        EXPECT_NE(r.data, kSentinelContent) << "read the sentinel outside the root";
+        Run(Close(static_cast<uint32_t>(c.result)));
+      }
+      Completion st = Run(StatxPath("d/sentinel", stx));
+      if (st.result == 0) {
+        EXPECT_NE(st.stx().stx_ino, sentinel_ino_) << "statx saw the sentinel";
+      }
+      Run(Mkdir("d/evil", 0755));
+      Run(Unlink("d/evil", AT_REMOVEDIR));
+    }
+    stop = true;
+    swapper.join();
+    // Put the directory back where it started (an odd number of swaps).
+    struct stat st;
+    if (::lstat(InRoot("d").c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+      ASSERT_EQ(::renameat2(AT_FDCWD, InRoot("d").c_str(), AT_FDCWD, InRoot(link).c_str(),
+                            RENAME_EXCHANGE),
+                0);
+    }
+    EXPECT_GT(opened, 0) << "the race never let an open through: the test saw nothing";
+    ExpectOutsideUntouched();
+  }
+}
+
+// A directory moved out of the root and back (rename, over and over) while
+// ops walk "a/b/../sentinel": ".." must never lead to where b went.
+TEST_P(ConfinementTest, DotDotNeverFollowsADirectoryMovedOutOfTheRoot) {
+  ASSERT_EQ(::mkdir(InRoot("a").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(InRoot("a/b").c_str(), 0755), 0);
+  const std::string inside = InRoot("a/b");
+  const std::string away = base_ + "/away";
+  ASSERT_EQ(::mkdir(away.c_str(), 0755), 0);
+  // Where ".." of the moved b leads: a sentinel that must stay unseen.
+  ASSERT_TRUE(Spit(away + "/sentinel", kSentinelContent));
+  struct stat away_st;
+  ASSERT_EQ(::stat((away + "/sentinel").c_str(), &away_st), 0);
+  std::atomic<bool> stop{false};
+  std::thread mover([&] {
+    while (!stop.load()) {
+      ::rename(inside.c_str(), (away + "/b").c_str());
+      ::rename((away + "/b").c_str(), inside.c_str());
+    }
+  });
+  auto* stx = reinterpret_cast<struct statx*>(Buffer(sizeof(struct statx)));
+  for (int i = 0; i < kRaceIterations; ++i) {
+    Completion c = Run(Open("a/b/../sentinel", O_RDONLY));
+    if (c.result > 0) {
+      Completion r = Run(Read(static_cast<uint32_t>(c.result), Buffer(64), 64, 0));
+      EXPECT_NE(r.data, kSentinelContent) << "\"..\" followed the moved directory out";
+      Run(Close(static_cast<uint32_t>(c.result)));
+    }
+    Completion st = Run(StatxPath("a/b/../sentinel", stx));
+    if (st.result == 0) {
+      EXPECT_NE(st.stx().stx_ino, away_st.st_ino) << "statx saw outside";
+    }
+    Run(Mkdir("a/b/../evil", 0755));
+  }
+  stop = true;
+  mover.join();
+  if (!Exists(inside)) {
+    ASSERT_EQ(::rename((away + "/b").c_str(), inside.c_str()), 0);
+  }
+  EXPECT_EQ(ListDir(away), std::set<std::string>{"sentinel"});
+  ASSERT_EQ(::unlink((away + "/sentinel").c_str()), 0);
+  ASSERT_EQ(::rmdir(away.c_str()), 0);
+  ExpectOutsideUntouched();
 }
 
 // =============================================================================

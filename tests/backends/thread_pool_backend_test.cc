@@ -2,8 +2,7 @@
 // Dispatcher: back-pressure, cancelling queued ops without running them,
 // interrupting blocked ops (race-free against completion and slot reuse),
 // deadlines, the timeout kind and shutdown. The per-kind success/errno matrix
-// lives in conformance_test.cc; the path confinement of syscalls.cc is
-// checked here because the io_uring backend reuses OpenParentBeneath.
+// lives in conformance_test.cc, path confinement in resolve_test.cc.
 #include "src/backends/thread_pool_backend.h"
 
 #include <fcntl.h>
@@ -786,102 +785,6 @@ TEST_F(ThreadPoolBackendTest, CloseSessionEndsBlockedReads) {
   for (int i = 0; i < 6; ++i) EXPECT_EQ(sink_.Wait(i).state, OpState::kCancelled);
   // The sink runs just before the slot retires: wait for the count to catch up.
   EXPECT_TRUE(Eventually([&] { return session_->live_ops() == 0; }));
-}
-
-// --- syscalls.cc: confinement beneath the root ---------------------------
-
-class ThreadPoolSyscallsTest : public ThreadPoolBackendTest {
- protected:
-  int64_t Run(OpKind kind, core::OpParams p) {
-    core::Op op;
-    op.kind.store(kind, std::memory_order_relaxed);
-    p.dirfd = root_fd_;
-    op.params = p;
-    return RunBlocking(op);
-  }
-  bool ExistsInRoot(const char* path) {
-    struct stat st;
-    return ::fstatat(root_fd_, path, &st, AT_SYMLINK_NOFOLLOW) == 0;
-  }
-};
-
-TEST_F(ThreadPoolSyscallsTest, OpenParentBeneathSplitsAndRejects) {
-  ASSERT_EQ(::mkdirat(root_fd_, "a", 0700), 0);
-  ParentDir p;
-  ASSERT_EQ(OpenParentBeneath(root_fd_, "a/b/", p), 0);
-  EXPECT_STREQ(p.name(), "b");
-  EXPECT_GE(p.fd(), 0);
-  ASSERT_EQ(OpenParentBeneath(root_fd_, "/top", p), 0);
-  EXPECT_STREQ(p.name(), "top");
-  ASSERT_EQ(OpenParentBeneath(root_fd_, "plain", p), 0);
-  EXPECT_STREQ(p.name(), "plain");
-  EXPECT_EQ(OpenParentBeneath(root_fd_, "a/..", p), -EINVAL);
-  EXPECT_EQ(OpenParentBeneath(root_fd_, "..", p), -EINVAL);
-  EXPECT_EQ(OpenParentBeneath(root_fd_, ".", p), -EINVAL);
-  EXPECT_EQ(OpenParentBeneath(root_fd_, "/", p), -EINVAL);
-  EXPECT_EQ(OpenParentBeneath(root_fd_, "", p), -ENOENT);
-  EXPECT_EQ(OpenParentBeneath(root_fd_, nullptr, p), -EINVAL);
-  EXPECT_EQ(OpenParentBeneath(root_fd_, "missing/x", p), -ENOENT);
-  EXPECT_EQ(p.fd(), -1);
-  ParentDir moved;
-  ASSERT_EQ(OpenParentBeneath(root_fd_, "a/c", moved), 0);
-  ParentDir q(std::move(moved));
-  EXPECT_EQ(moved.fd(), -1);
-  EXPECT_STREQ(q.name(), "c");
-}
-
-TEST_F(ThreadPoolSyscallsTest, DotDotAndAbsolutePathsStayInside) {
-  core::OpParams p;
-  p.path = "../../escaped";
-  p.mode = 0700;
-  ASSERT_EQ(Run(OpKind::kMkdir, p), 0);
-  EXPECT_TRUE(ExistsInRoot("escaped"));
-  p.path = "/abs";
-  ASSERT_EQ(Run(OpKind::kMkdir, p), 0);
-  EXPECT_TRUE(ExistsInRoot("abs"));
-  p.path = "../abs";
-  p.path2 = "/../renamed";
-  ASSERT_EQ(Run(OpKind::kRename, p), 0);
-  EXPECT_TRUE(ExistsInRoot("renamed"));
-  p.path = "renamed";
-  p.flags = AT_REMOVEDIR;
-  ASSERT_EQ(Run(OpKind::kUnlink, p), 0);
-  EXPECT_FALSE(ExistsInRoot("renamed"));
-}
-
-TEST_F(ThreadPoolSyscallsTest, SymlinksResolveInsideTheRoot) {
-  // "out" points at the real /tmp; inside the root it means <root>/tmp.
-  ASSERT_EQ(::symlinkat("/tmp", root_fd_, "out"), 0);
-  ASSERT_EQ(::symlinkat("/etc/passwd", root_fd_, "pw"), 0);
-  struct statx sx;
-  core::OpParams p;
-  p.buf = &sx;
-  p.path = "pw";
-  EXPECT_EQ(Run(OpKind::kStatx, p), -ENOENT);  // would be the host's /etc/passwd
-  p.flags = AT_SYMLINK_NOFOLLOW;
-  ASSERT_EQ(Run(OpKind::kStatx, p), 0);
-  EXPECT_TRUE(S_ISLNK(sx.stx_mode));
-
-  core::OpParams m;
-  m.path = "out/created-through-link";
-  m.mode = 0700;
-  EXPECT_EQ(Run(OpKind::kMkdir, m), -ENOENT);  // <root>/tmp does not exist
-  ASSERT_EQ(::mkdirat(root_fd_, "tmp", 0700), 0);
-  ASSERT_EQ(Run(OpKind::kMkdir, m), 0);
-  EXPECT_TRUE(ExistsInRoot("tmp/created-through-link"));
-
-  core::OpParams o;
-  o.path = "pw";
-  o.flags = O_RDONLY;
-  EXPECT_EQ(Run(OpKind::kOpen, o), -ENOENT);
-  o.path = "/proc/self/root/etc/passwd";
-  EXPECT_LT(Run(OpKind::kOpen, o), 0);
-
-  core::OpParams u;
-  u.path = "out/../../pw";  // the link itself, inside the root
-  ASSERT_EQ(Run(OpKind::kUnlink, u), 0);
-  EXPECT_FALSE(ExistsInRoot("pw"));
-  EXPECT_EQ(::access("/etc/passwd", F_OK), 0);
 }
 
 }  // namespace

@@ -50,6 +50,7 @@ MetricsSnapshot Sample() {
   m.cancels[3] = 2;
   m.queue_depth = {{"io_uring", 0}, {"thread_pool", 5}};
   m.io_uring_enabled = true;
+  m.path_resolver = "userspace";
   m.thread_pool_threads = 4;
   m.uptime_seconds = 12.5;
   return m;
@@ -137,6 +138,8 @@ TEST(MetricsTest, ExpositionIsValidTextFormat) {
   EXPECT_EQ(value("asyncd_cancels_total", {{"result", "not_found"}}), 2);
   EXPECT_EQ(value("asyncd_queue_depth", {{"backend", "thread_pool"}}), 5);
   EXPECT_EQ(value("asyncd_io_uring_enabled", {}), 1);
+  EXPECT_EQ(types["asyncd_path_resolver"], "gauge");
+  EXPECT_EQ(value("asyncd_path_resolver", {{"resolver", "userspace"}}), 1);
   EXPECT_EQ(value("asyncd_draining", {}), 0);
   EXPECT_EQ(types["asyncd_buffered_bytes"], "gauge");
   EXPECT_EQ(value("asyncd_buffered_bytes", {}), 65536);
@@ -215,7 +218,7 @@ TEST(MetricsTest, DeployFilesNameOnlyExportedMetrics) {
 TEST(MetricsTest, EmptyDaemonStillExposesGauges) {
   std::map<std::string, std::string> types;
   const std::vector<Sample_> samples = Parse(RenderPrometheus(MetricsSnapshot{}), &types);
-  EXPECT_EQ(types.size(), 13u);
+  EXPECT_EQ(types.size(), 14u);
   EXPECT_FALSE(samples.empty());
 }
 

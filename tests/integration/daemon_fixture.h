@@ -4,7 +4,13 @@
 // gRPC to it through the client library.
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -12,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -40,6 +47,44 @@ inline std::string Name(BackendMode m) {
   return m == BackendMode::kIoUring ? "IoUring" : "ThreadPoolOnly";
 }
 
+/// A system call a seccomp filter answers with an errno instead of running
+/// it, as systemd's SystemCallFilter= and container runtimes' profiles do.
+struct SyscallRefusal {
+  long nr;
+  int error;
+};
+
+/// A seccomp program that refuses `refusals` and allows everything else.
+inline std::vector<sock_filter> RefusalFilter(const std::vector<SyscallRefusal>& refusals) {
+#if defined(__x86_64__)
+  constexpr uint32_t kArch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+  constexpr uint32_t kArch = AUDIT_ARCH_AARCH64;
+#else
+#error "add this architecture's AUDIT_ARCH_*"
+#endif
+  std::vector<sock_filter> prog = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kArch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr))};
+  for (const SyscallRefusal& r : refusals) {
+    prog.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(r.nr), 0, 1));
+    prog.push_back(BPF_STMT(BPF_RET | BPF_K,
+                            SECCOMP_RET_ERRNO | (static_cast<uint32_t>(r.error) & SECCOMP_RET_DATA)));
+  }
+  prog.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  return prog;
+}
+
+/// Installs `prog` on the calling thread (in a child before exec: it is
+/// inherited). Allocates nothing. False if the kernel refused it.
+inline bool InstallFilter(std::vector<sock_filter>& prog) {
+  sock_fprog fprog{static_cast<unsigned short>(prog.size()), prog.data()};
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog) == 0;
+}
+
 /// How to start a Daemon beyond the backend mode (all optional).
 struct DaemonOptions {
   std::vector<std::string> extra_args;
@@ -59,6 +104,9 @@ struct DaemonOptions {
   /// Run the daemon as this uid and gid (no supplementary groups); the
   /// directory is given to them. Needs root.
   std::optional<std::pair<uid_t, gid_t>> run_as;
+  /// System calls a seccomp filter refuses the daemon, from its first
+  /// instruction (no_new_privs is set, as under systemd's filters).
+  std::vector<SyscallRefusal> refuse;
 };
 
 /// A daemon process of our own, killed at the end of the test.
@@ -86,11 +134,16 @@ class Daemon {
     }
     const std::string socket_arg =
         options.configured_socket.empty() ? socket_ : options.configured_socket;
-    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", socket_arg, "--root", root_,
-                                     "--log-level", "warn"};
+    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", socket_arg, "--root", root_};
+    if (std::find(options.extra_args.begin(), options.extra_args.end(), "--log-level") ==
+        options.extra_args.end()) {
+      args.insert(args.end(), {"--log-level", "warn"});
+    }
     if (mode == BackendMode::kThreadPoolOnly) args.push_back("--no-io-uring");
     args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
     log_ = dir_ + "/daemon.log";
+    std::vector<sock_filter> filter;  // built before fork: the child must not allocate
+    if (!options.refuse.empty()) filter = RefusalFilter(options.refuse);
     pid_ = fork();
     if (pid_ == 0) {
       const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -119,6 +172,7 @@ class Daemon {
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
+      if (!filter.empty() && !InstallFilter(filter)) _exit(123);
       execv(argv[0], argv.data());
       _exit(127);
     }
@@ -232,6 +286,95 @@ inline v1::Operation TimeoutOp(std::chrono::microseconds d, uint64_t tag = 0) {
   op.set_tag(tag);
   op.mutable_timeout()->set_duration_us(d.count());
   return op;
+}
+
+/// Runs every op kind once through unary Submit in `session`, in a directory
+/// `dir` beneath the root (on disk at `root`/`dir`), and checks each result
+/// and its effect on disk. Returns the backend each kind ran on.
+inline std::map<v1::OpKind, v1::Backend> ExpectEveryOpKindWorks(client::Client& client,
+                                                                uint64_t session,
+                                                                const std::string& root,
+                                                                const std::string& dir = "every") {
+  std::map<v1::OpKind, v1::Backend> ran_on;
+  auto run = [&](v1::OpKind kind, v1::Operation op) {
+    auto c = client.Submit(session, op);
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return v1::Completion();
+    EXPECT_EQ(c->outcome(), v1::OUTCOME_COMPLETED) << v1::OpKind_Name(kind);
+    EXPECT_EQ(c->error_number(), 0) << v1::OpKind_Name(kind) << ": " << c->error_name();
+    ran_on[kind] = c->backend();
+    return *c;
+  };
+  const std::string file = dir + "/f.txt";
+  v1::Operation op;
+  run(v1::OP_KIND_NOP, NopOp());
+  op.mutable_mkdir()->set_path(dir);
+  run(v1::OP_KIND_MKDIR, op);
+  EXPECT_TRUE(std::filesystem::is_directory(root + "/" + dir));
+  op.Clear();
+  op.mutable_open()->set_path(file);
+  op.mutable_open()->set_access(v1::OPEN_MODE_READ_WRITE);
+  op.mutable_open()->set_create(true);
+  op.mutable_open()->set_mode(0640);
+  const uint32_t h = run(v1::OP_KIND_OPEN, op).handle();
+  EXPECT_NE(h, 0u);
+  op.Clear();
+  op.mutable_write()->set_handle(h);
+  op.mutable_write()->set_offset(0);
+  op.mutable_write()->set_data("hello, asyncd");
+  EXPECT_EQ(run(v1::OP_KIND_WRITE, op).result(), 13);
+  op.Clear();
+  op.mutable_read()->set_handle(h);
+  op.mutable_read()->set_offset(7);
+  op.mutable_read()->set_length(100);
+  EXPECT_EQ(run(v1::OP_KIND_READ, op).data(), "asyncd");  // short at the end of the file
+  op.Clear();
+  op.mutable_fsync()->set_handle(h);
+  op.mutable_fsync()->set_datasync(true);
+  run(v1::OP_KIND_FSYNC, op);
+  op.Clear();
+  op.mutable_fallocate()->set_handle(h);
+  op.mutable_fallocate()->set_length(8192);
+  run(v1::OP_KIND_FALLOCATE, op);
+  EXPECT_EQ(std::filesystem::file_size(root + "/" + file), 8192u);
+  op.Clear();
+  op.mutable_statx()->set_handle(h);
+  EXPECT_EQ(run(v1::OP_KIND_STATX, op).stat().size_bytes(), 8192u);
+  op.Clear();
+  op.mutable_ftruncate()->set_handle(h);
+  op.mutable_ftruncate()->set_length(5);
+  run(v1::OP_KIND_FTRUNCATE, op);
+  EXPECT_EQ(std::filesystem::file_size(root + "/" + file), 5u);
+  op.Clear();
+  op.mutable_statx()->set_path(file);
+  const v1::Stat st = run(v1::OP_KIND_STATX, op).stat();
+  EXPECT_EQ(st.size_bytes(), 5u);
+  EXPECT_EQ(st.file_type(), v1::FILE_TYPE_REGULAR);
+  EXPECT_EQ(st.mode() & 0700, 0600u);  // 0640 less the daemon's umask, at most
+  op.Clear();
+  op.mutable_poll()->set_handle(h);
+  op.mutable_poll()->set_events(v1::POLL_EVENTS_READABLE);
+  EXPECT_EQ(run(v1::OP_KIND_POLL, op).revents() & v1::POLL_EVENTS_READABLE,
+            uint32_t{v1::POLL_EVENTS_READABLE});
+  op.Clear();
+  op.mutable_close()->set_handle(h);
+  run(v1::OP_KIND_CLOSE, op);
+  op.Clear();
+  op.mutable_rename()->set_old_path(file);
+  op.mutable_rename()->set_new_path(dir + "/g.txt");
+  run(v1::OP_KIND_RENAME, op);
+  EXPECT_FALSE(std::filesystem::exists(root + "/" + file));
+  std::ifstream renamed(root + "/" + dir + "/g.txt");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(renamed), {}), "hello");
+  op.Clear();
+  op.mutable_unlink()->set_path(dir + "/g.txt");
+  run(v1::OP_KIND_UNLINK, op);
+  op.mutable_unlink()->set_path(dir);
+  op.mutable_unlink()->set_directory(true);
+  run(v1::OP_KIND_UNLINK, op);
+  EXPECT_FALSE(std::filesystem::exists(root + "/" + dir));
+  EXPECT_EQ(run(v1::OP_KIND_TIMEOUT, TimeoutOp(std::chrono::milliseconds(5))).result(), 0);
+  return ran_on;
 }
 
 /// Collects stream completions by tag.
