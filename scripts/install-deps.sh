@@ -12,11 +12,12 @@ packages=(
   libsystemd-dev libtomlplusplus-dev
 )
 # Test-only tools: the Python interop client, fio for the comparison bench,
-# openssl for TLS test certificates, debootstrap + nspawn for the real-systemd test,
-# clang for libFuzzer.
+# openssl for TLS test certificates; for the real-systemd test, cpack's DEB
+# generator (dpkg-shlibdeps from dpkg-dev, which runs file) and debootstrap +
+# nspawn; clang for libFuzzer.
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3 python3-grpcio python3-protobuf protobuf-compiler-grpc fio clang openssl
-             debootstrap systemd-container
+             file dpkg-dev debootstrap systemd-container
              libclang-rt-14-dev systemd)
 fi
 

@@ -15,13 +15,25 @@ if ((EUID != 0)); then
 fi
 
 jobs=$(nproc)
+# Each test the last ctest run in build dir $1 skipped, with its reason.
+report_skips() {
+  local log=$1/Testing/Temporary/LastTest.log
+  [ -f "$log" ] || return 0
+  awk '/^[0-9]+\/[0-9]+ Test: / { name = $0; sub(/^[0-9]+\/[0-9]+ Test: /, "", name);
+                                   sub(/  #.*/, "", name) }
+       /^SKIP: / { print "   SKIPPED " name ": " substr($0, 7) }
+       /: Skipped$/ { getline why; print "   SKIPPED " name ": " why }' "$log" >&2
+}
 run_preset() {
   local preset=$1; shift
   echo "== ${preset}: configure and build" >&2
   cmake --preset "$preset" >/dev/null
   cmake --build --preset "$preset" -j "$jobs"
   echo "== ${preset}: test" >&2
-  ctest --preset "$preset" -j "$jobs" --timeout 300 "$@"
+  local rc=0
+  ctest --preset "$preset" -j "$jobs" --timeout 300 "$@" || rc=$?
+  report_skips "build/$preset"
+  return "$rc"
 }
 
 # Everything, including the soak test (label soak, ~90 s; ASYNCD_SOAK_SECONDS)

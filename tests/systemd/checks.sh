@@ -27,6 +27,65 @@ wait_active() {  # up to $1 s for asyncd.service to be active with a new pid != 
 }
 journal_has() { journalctl -b -u asyncd.service -o cat --no-pager | grep -q "$1"; }
 nop_ok() { $CTL submit nop | grep -q 'outcome: *completed'; }
+FILES=/var/lib/asyncd/files  # the daemon's root under the unit ($STATE_DIRECTORY/files)
+
+# sub ARGS...: one op in session $S, its output in $LAST (and the log);
+# true if it completed without an errno.
+sub() {
+  LAST=$($CTL submit --session "$S" "$@" 2>&1)
+  echo "$LAST"
+  echo "$LAST" | grep -q '^outcome: *completed' && echo "$LAST" | grep -q '^result: *[0-9]'
+}
+sub_on() { local b=$1; shift; sub "$@" && has backend "$b"; }  # sub_on BACKEND ARGS...
+has() { [ "$(echo "$LAST" | awk -v k="$1:" '$1 == k { print $2; exit }')" = "$2" ]; }
+size_is() { [ "$(stat -c %s "$FILES/$1")" = "$2" ]; }
+
+# every_op VARIANT OPEN_BACKEND: every op kind through the socket, each
+# checked on disk. open and statx by path run on OPEN_BACKEND; mkdir,
+# rename and unlink (which the ring never takes) on the thread pool, whose
+# paths walk in user space: every variant's filter refuses openat2.
+every_op() {
+  local v=$1 ob=$2 d="every-$1" h
+  S=$($CTL sessions open --lease 5m) || { bad "$v: open a session"; return; }
+  check "$v: mkdir on thread_pool" sub_on thread_pool mkdir "$d"
+  check "$v: mkdir made the directory" test -d "$FILES/$d"
+  check "$v: open --create on $ob" sub_on "$ob" open "$d/f" --access rw --create --mode 0640
+  h=$(echo "$LAST" | awk '$1 == "handle:" { print $2 }')
+  check "$v: the file has mode 0600 (0640 under UMask=0077)" \
+    bash -c "[ \"\$(stat -c %a $FILES/$d/f)\" = 600 ]"
+  check "$v: write" sub write --handle "$h" --data hello --offset 0
+  check "$v: the write reached the disk" grep -qx hello "$FILES/$d/f"
+  check "$v: read" sub read --handle "$h" --len 5 --offset 0
+  check "$v: read returned the data" has data '"hello"'
+  check "$v: fsync" sub fsync --handle "$h"
+  check "$v: fallocate" sub fallocate --handle "$h" --len 8192
+  check "$v: fallocate grew the file" size_is "$d/f" 8192
+  check "$v: statx by handle" sub stat --handle "$h"
+  check "$v: statx by handle saw the size" has size 8192
+  check "$v: ftruncate" sub truncate --handle "$h" --len 5
+  check "$v: ftruncate shrank the file" size_is "$d/f" 5
+  check "$v: statx by path on $ob" sub_on "$ob" stat "$d/f"
+  check "$v: statx by path saw the size" has size 5
+  check "$v: poll" sub poll --handle "$h" --events in
+  check "$v: poll said readable" has revents in
+  check "$v: close" sub close --handle "$h"
+  check "$v: rename on thread_pool" sub_on thread_pool rename "$d/f" "$d/g"
+  check "$v: rename moved the file" bash -c "[ ! -e $FILES/$d/f ] && grep -qx hello $FILES/$d/g"
+  check "$v: unlink" sub unlink "$d/g"
+  check "$v: rmdir" sub unlink "$d" --dir
+  check "$v: unlink and rmdir removed them" test ! -e "$FILES/$d"
+  check "$v: timeout" sub timeout 20ms
+  # A symlink to the host's /etc resolves inside the root.
+  ln -sfn /etc "$FILES/etc-link"
+  check "$v: a symlink out of the root stays inside" \
+    bash -c "$CTL submit --session $S stat etc-link/passwd 2>&1 | grep -q ENOENT"
+  rm -f "$FILES/etc-link"
+  check "$v: a setuid create mode is INVALID_ARGUMENT" \
+    bash -c "$CTL submit --session $S open suid --access w --create --mode 4755 2>&1 | grep -q INVALID_ARGUMENT && [ ! -e $FILES/suid ]"
+  check "$v: stats: paths resolved in user space" \
+    bash -c "$CTL stats -o json | grep -q '\"path_resolver\": \"userspace\"'"
+  $CTL sessions close "$S" >/dev/null 2>&1
+}
 
 log "asyncd under $(systemctl --version | head -1)"
 
@@ -41,6 +100,9 @@ check "asyncctl health through the socket" bash -c "$CTL health | grep -q SERVIN
 check "asyncctl stats: io_uring enabled under @system-service" \
   bash -c "$CTL stats -o json | grep -q '\"io_uring_enabled\": true'"
 check "a NOP completes" nop_ok
+check "log: openat2 refused by the unit's filter, paths walk in user space" \
+  journal_has "paths resolve beneath .* in user space (openat2: ENOSYS"
+every_op shipped io_uring
 check "asyncd-bench through the socket" \
   asyncd-bench --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
 check "logs go to the journal (SYSLOG_IDENTIFIER=asyncd)" \
@@ -118,7 +180,20 @@ check "no-io_uring: a NOP completes on the thread pool" \
   bash -c "$CTL submit nop | grep -q 'backend: *thread_pool'"
 check "no-io_uring: asyncd-bench" \
   asyncd-bench --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+every_op no-io-uring thread_pool
 rm -f /run/systemd/system/asyncd.service.d/asyncd-no-io-uring.conf
+
+# --- A container runtime's default profile: io_uring and openat2 refused (EPERM).
+printf '[Service]\nSystemCallFilter=~io_uring_setup io_uring_enter io_uring_register openat2\nSystemCallErrorNumber=EPERM\n' \
+  >/run/systemd/system/asyncd.service.d/container-profile.conf
+systemctl daemon-reload
+systemctl restart asyncd.service
+check "container profile: service active" wait_active 10
+check "container profile: io_uring disabled (EPERM)" \
+  bash -c "$CTL stats -o json | grep '\"io_uring_unavailable_reason\"' | grep -q EPERM"
+check "container profile: log says openat2 EPERM" journal_has "in user space (openat2: EPERM"
+every_op container thread_pool
+rm -f /run/systemd/system/asyncd.service.d/container-profile.conf
 systemctl daemon-reload
 
 systemctl status asyncd.service --no-pager >>/tmp/check.log 2>&1
