@@ -1928,8 +1928,11 @@ TEST_P(ConformanceTest, NothingEndsEarlyWithoutACancelOrItsDeadline) {
       has_deadline.push_back(read);
       waiting.push_back(cookie);
     }
-    const std::string data(rng() % 31, 'x');
-    if (!data.empty()) ASSERT_EQ(::write(f.raw, data.data(), data.size()), ssize_t(data.size()));
+    // Fewer bytes than reads: about half the reads meet their deadline.
+    const std::string data(rng() % 13, 'x');
+    if (!data.empty()) {
+      ASSERT_EQ(::write(f.raw, data.data(), data.size()), ssize_t(data.size()));
+    }
     while (waiting.size() > kInFlight) {
       ASSERT_TRUE(sink_.Wait(waiting.front()).has_value());
       waiting.pop_front();
@@ -1940,12 +1943,17 @@ TEST_P(ConformanceTest, NothingEndsEarlyWithoutACancelOrItsDeadline) {
   for (size_t i = 0; i < cookies.size(); ++i) {
     const Completion c = *sink_.Get(cookies[i]);
     EXPECT_NE(c.state, OpState::kCancelled) << "op " << i << " was never cancelled";
-    EXPECT_NE(c.result, -ECANCELED) << "op " << i << " " << core::Name(c.kind) << " "
-                                    << core::Name(c.state);
+    if (c.state == OpState::kCompleted) {
+      EXPECT_NE(c.result, -ECANCELED) << "op " << i << " " << core::Name(c.kind);
+    }
     if (has_deadline[i]) {
       EXPECT_TRUE(c.state == OpState::kTimedOut || (c.state == OpState::kCompleted && c.result == 1))
           << "read " << i << ": " << core::Name(c.state) << " " << c.result;
-      (c.state == OpState::kTimedOut ? timed_out : read_data) += 1;
+      if (c.state == OpState::kTimedOut) {
+        ++timed_out;
+      } else {
+        ++read_data;
+      }
     } else {
       EXPECT_EQ(c.state, OpState::kCompleted) << "timeout " << i;
       EXPECT_EQ(c.result, 0) << "timeout " << i;
@@ -1988,9 +1996,10 @@ TEST_P(ConformanceTest, CancelNearTheDeadlineAgreesWithTheOutcome) {
   EXPECT_GT(cancelled + timed_out, 0);
 }
 
-// A blocking write-only open of a FIFO waits for a reader, on every backend
-// (the ring's inline attempt would answer ENXIO at once), and a cancel ends
-// the wait.
+// A blocking open of a FIFO waits for its peer, on every backend (the
+// ring's inline attempt would answer ENXIO to a writer at once, and let a
+// reader through), completes when the peer arrives, and a cancel ends the
+// wait.
 TEST_P(ConformanceTest, BlockingOpenOfAFifoWaitsForItsPeer) {
   const std::string path = InRoot("lonely");
   ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
@@ -2000,22 +2009,24 @@ TEST_P(ConformanceTest, BlockingOpenOfAFifoWaitsForItsPeer) {
     ASSERT_TRUE(id.ok());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_FALSE(sink_.Get(cookie).has_value()) << "opened without a peer";
-    // The peer arrives: the open completes with a handle.
+    // The peer arrives (without waiting itself: ours is there already).
     const int peer = ::open(path.c_str(), (access == O_WRONLY ? O_RDONLY : O_WRONLY) | O_NONBLOCK |
                                               O_CLOEXEC);
-    if (access == O_RDONLY) {
-      // A writer cannot open O_NONBLOCK before a reader: wait for ours instead.
-      ASSERT_EQ(peer, -1);
-      const Completion c = RunCancelled(*id, cookie);
-      EXPECT_EQ(c.state, OpState::kCancelled);
-      continue;
-    }
     ASSERT_GE(peer, 0) << std::strerror(errno);
     owned_fds_.push_back(peer);
     const Completion c = Await(cookie);
     EXPECT_EQ(c.state, OpState::kCompleted);
     EXPECT_GT(c.result, 0) << std::strerror(static_cast<int>(-c.result));
+    if (c.result > 0) Run(Close(static_cast<uint32_t>(c.result)));
+    ::close(owned_fds_.back());
+    owned_fds_.pop_back();
   }
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Open("lonely", O_WRONLY), &cookie);
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(RunCancelled(*id, cookie).state, OpState::kCancelled);
 }
 
 // A 1 MiB write to a blocking pipe returns once all of it is written (the
@@ -2031,16 +2042,19 @@ TEST_P(ConformanceTest, WriteToABlockingPipeWritesEverything) {
   std::memset(data, 'w', kLen);
   uint64_t cookie;
   ASSERT_TRUE(Start(Write(*h, data, kLen, -1), &cookie).ok());
-  size_t drained = 0;
+  std::atomic<size_t> drained{0};
+  std::atomic<bool> done{false};
   std::thread reader([&] {
     char buf[65536];
-    while (drained < kLen) {
+    pollfd p{fds[0], POLLIN, 0};
+    while (!done.load() || ::poll(&p, 1, 0) > 0) {
+      if (::poll(&p, 1, 10) <= 0) continue;
       const ssize_t n = ::read(fds[0], buf, sizeof(buf));
-      if (n <= 0) break;
-      drained += static_cast<size_t>(n);
+      if (n > 0) drained += static_cast<size_t>(n);
     }
   });
   const Completion c = Await(cookie);
+  done = true;
   reader.join();
   EXPECT_EQ(c.state, OpState::kCompleted);
   EXPECT_EQ(c.result, kLen);
