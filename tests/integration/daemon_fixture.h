@@ -144,6 +144,9 @@ class Daemon {
     log_ = dir_ + "/daemon.log";
     std::vector<sock_filter> filter;  // built before fork: the child must not allocate
     if (!options.refuse.empty()) filter = RefusalFilter(options.refuse);
+    // Another user may not reach the binary by its path (a clone under
+    // /root is 0700): it runs from a descriptor opened now.
+    const int exe = options.run_as ? open(ASYNCD_BINARY, O_PATH | O_CLOEXEC) : -1;
     pid_ = fork();
     if (pid_ == 0) {
       const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -173,9 +176,11 @@ class Daemon {
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
       if (!filter.empty() && !InstallFilter(filter)) _exit(123);
+      if (exe >= 0) syscall(SYS_execveat, exe, "", argv.data(), environ, AT_EMPTY_PATH);
       execv(argv[0], argv.data());
       _exit(127);
     }
+    if (exe >= 0) close(exe);
     // Wait for the socket to accept before creating the channel: a channel
     // that fails its first connect backs off for seconds.
     for (int i = 0; i < 2000 && !Accepting(); ++i) {
