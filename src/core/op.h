@@ -109,19 +109,19 @@ struct OpWord {
 struct Op {
   static constexpr size_t kTargetBytes = 40;
 
-  // --- control ---
+  // --- control, and what a walk's brief reads: the first 32 bytes ---
   std::atomic<uint64_t> word{0};
   std::atomic<uint32_t> next_free{0};  // free-list link + 1 (0 = end), valid while free
   uint32_t slot_index = 0;
-  Session* session = nullptr;
-
-  // --- description, read by listing ---
   std::atomic<OpKind> kind{OpKind::kNop};
   std::atomic<BackendKind> backend{BackendKind::kNone};
   std::atomic<CancelSafety> safety{CancelSafety::kAlways};
   std::atomic<bool> may_block{false};  // may wait forever (pipe, socket, poll, timeout)
   std::atomic<uint32_t> handle{0};
   std::atomic<int64_t> submitted_ns{0};
+  Session* session = nullptr;
+
+  // --- the rest of the description, read by listing ---
   std::atomic<int64_t> dispatched_ns{0};
   std::atomic<int64_t> started_ns{0};
   std::atomic<int64_t> cancel_requested_ns{0};  // the first cancel, granted or refused

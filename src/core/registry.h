@@ -57,6 +57,17 @@ struct OpSnapshot {
   }
 };
 
+/// What a filter needs of one op: read as consistently as an OpSnapshot, at
+/// a fraction of its bytes, so a walk over many ops copies little.
+struct OpBrief {
+  OpId id;
+  OpState state = OpState::kFree;
+  OpKind kind = OpKind::kNop;
+  BackendKind backend = BackendKind::kNone;
+  uint32_t handle = 0;
+  int64_t submitted_ns = 0;
+};
+
 /// A session: the analogue of the kernel's kioctx. Owns an arena of op slots
 /// (fixed-size, in lazily allocated slabs, never moved) and a handle table.
 /// Ending it requests the end of every op it owns; its memory goes when the
@@ -94,6 +105,11 @@ class Session : public std::enable_shared_from_this<Session> {
   /// Calls fn for every slot currently holding an op (any state). The
   /// callback may see ops finish under it; use Registry::Snapshot for a copy.
   void ForEachSlot(const std::function<void(Op&)>& fn);
+  /// Calls fn, in slot order from `first`, for every slot holding an op,
+  /// until fn returns false. Returns false if fn stopped it. Inline: a walk
+  /// over a million ops must not pay an indirect call per slot.
+  template <typename Fn>
+  bool ForEachSlotFrom(uint32_t first, Fn&& fn);
 
   uint64_t id() const { return id_; }
   uint32_t index() const { return index_; }
@@ -107,7 +123,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   friend class Registry;
-  struct Slab;
+  struct Slab {
+    Op slots[kSlabSlots];
+  };
 
   Op& SlotAt(uint32_t slot) const;
   bool Grow();  // adds a slab; false at the limit
@@ -186,6 +204,19 @@ class Registry {
   void ForEach(
       const std::function<bool(const OpSnapshot&, const std::shared_ptr<Session>&)>& fn) const;
 
+  /// A brief of the op, or nullopt if the slot is free or changing too fast.
+  static std::optional<OpBrief> Brief(const Op& op, uint32_t session_index);
+
+  /// Visits the live ops in op-id order (session index, then slot: a slot
+  /// holds one generation at a time), starting after `after` (OpId{} = from
+  /// the first), with a brief and the owning session; fn returns false to
+  /// stop. Take a full Snapshot of the ops that matter. Cost: the ops
+  /// visited, not the registry: a page walk stops at its page. Never blocks
+  /// submission or completion; takes the table lock briefly per session.
+  /// fn(const Op&, const OpBrief&, const std::shared_ptr<Session>&) -> bool.
+  template <typename Fn>
+  void Walk(OpId after, Fn&& fn) const;
+
   uint64_t live_ops() const;
   uint32_t session_count() const;
   const Options& options() const { return options_; }
@@ -194,6 +225,8 @@ class Registry {
   friend class Session;
   // Idempotent: a session no longer in its table entry is left alone.
   void Remove(Session& session);
+  // The session at table index `index`, or nullptr; false past the table.
+  bool SessionAt(uint32_t index, std::shared_ptr<Session>* out) const;
 
   struct Entry {
     std::shared_ptr<Session> session;
@@ -206,5 +239,36 @@ class Registry {
   std::vector<uint32_t> free_;
   uint32_t open_ = 0;
 };
+
+template <typename Fn>
+bool Session::ForEachSlotFrom(uint32_t first, Fn&& fn) {
+  const uint32_t n = slab_count_.load(std::memory_order_acquire);
+  for (uint32_t s = first / kSlabSlots; s < n; ++s) {
+    Slab* slab = slabs_[s].load(std::memory_order_acquire);
+    for (uint32_t i = s == first / kSlabSlots ? first % kSlabSlots : 0; i < kSlabSlots; ++i) {
+      Op& op = slab->slots[i];
+      if (op.session == nullptr) return true;  // tail of a partial last slab
+      if (OpWord::State(op.word.load(std::memory_order_acquire)) == OpState::kFree) continue;
+      if (!fn(op)) return false;
+    }
+  }
+  return true;
+}
+
+template <typename Fn>
+void Registry::Walk(OpId after, Fn&& fn) const {
+  const bool from_start = after.value == 0;
+  std::shared_ptr<Session> session;
+  for (uint32_t index = from_start ? 0 : after.session_index(); SessionAt(index, &session);
+       ++index) {
+    if (session == nullptr) continue;
+    const uint32_t first = !from_start && index == after.session_index() ? after.slot() + 1 : 0;
+    const bool go_on = session->ForEachSlotFrom(first, [&](Op& op) {
+      const std::optional<OpBrief> brief = Brief(op, index);
+      return !brief || fn(static_cast<const Op&>(op), *brief, session);
+    });
+    if (!go_on) return;
+  }
+}
 
 }  // namespace asyncd::core

@@ -392,5 +392,61 @@ TEST_F(DispatcherTest, OpenFinishingAfterItsSessionEndedClosesItsDescriptor) {
   EXPECT_EQ(session_->handles().open_count(), 0u);
 }
 
+// A walk visits live ops in op-id order and resumes after any id: pages
+// taken one after another see every op exactly once.
+TEST(RegistryWalkTest, PagesInIdOrderSeeEveryOpOnce) {
+  Registry registry;
+  std::vector<std::shared_ptr<Session>> sessions;
+  std::set<uint64_t> live;
+  for (int s = 0; s < 3; ++s) {
+    sessions.push_back(*registry.OpenSession({"w", 1, 1, 1}));
+    for (int i = 0; i < 700; ++i) {  // crosses slab boundaries
+      live.insert((*sessions.back()->Register(OpKind::kRead, CancelSafety::kAlways, 0, "", 1))
+                      ->id()
+                      .value);
+    }
+  }
+  // Retire every third op: the walk must skip free slots.
+  std::vector<uint64_t> retired;
+  for (uint64_t id : live) {
+    if (id % 3 != 0) continue;
+    Registry::Found f = registry.Find(OpId{id});
+    ASSERT_TRUE(f);
+    ASSERT_TRUE(f.op->TryStart(1));
+    f.op->Finish(0, 2);
+    f.session->Retire(*f.op);
+    retired.push_back(id);
+  }
+  for (uint64_t id : retired) live.erase(id);
+  std::vector<uint64_t> seen;
+  OpId after{};
+  for (;;) {
+    int rows = 0;
+    registry.Walk(after, [&](const Op&, const OpBrief& b, const std::shared_ptr<Session>&) {
+      EXPECT_TRUE(seen.empty() || b.id.value > seen.back()) << "out of order";
+      seen.push_back(b.id.value);
+      after = b.id;
+      return ++rows < 128;
+    });
+    if (rows < 128) break;
+  }
+  EXPECT_EQ(std::set<uint64_t>(seen.begin(), seen.end()), live);
+  EXPECT_EQ(seen.size(), live.size());
+}
+
+// A walk that stops early visits no more than it must.
+TEST(RegistryWalkTest, StopsWhenTold) {
+  Registry registry;
+  auto s = *registry.OpenSession({"w", 1, 1, 1});
+  for (int i = 0; i < 1000; ++i) {
+    (void)s->Register(OpKind::kRead, CancelSafety::kAlways, 0, "", 1);
+  }
+  int visits = 0;
+  registry.Walk(OpId{}, [&](const Op&, const OpBrief&, const std::shared_ptr<Session>&) {
+    return ++visits < 10;
+  });
+  EXPECT_EQ(visits, 10);
+}
+
 }  // namespace
 }  // namespace asyncd::core
