@@ -230,6 +230,14 @@ std::shared_ptr<Session> Registry::FindSession(uint64_t session_id) const {
   return e.session;
 }
 
+bool Registry::Issued(uint64_t session_id) const {
+  const uint32_t index = static_cast<uint32_t>(session_id & (OpId::kMaxSessions - 1));
+  const uint64_t serial = session_id >> OpId::kSessionBits;
+  std::shared_lock lock(mu_);
+  // Serials count up per index from 1: every one up to the current was issued.
+  return index < table_.size() && serial != 0 && serial <= table_[index].serial;
+}
+
 std::shared_ptr<Session> Registry::BeginClose(uint64_t session_id) {
   std::shared_ptr<Session> session = FindSession(session_id);
   if (session == nullptr) return nullptr;

@@ -182,6 +182,10 @@ class Registry {
   /// (Dispatcher::CloseSession does). Returns nullptr if it was not open.
   std::shared_ptr<Session> BeginClose(uint64_t session_id);
   std::shared_ptr<Session> FindSession(uint64_t session_id) const;
+  /// Whether `session_id` was ever opened here: live, closing or ended. An
+  /// id is never reused, so an ended session is told apart from an unknown
+  /// one forever, at no cost.
+  bool Issued(uint64_t session_id) const;
   std::vector<std::shared_ptr<Session>> Sessions() const;
 
   /// The live op named by id, with the session that keeps its memory valid.

@@ -448,5 +448,25 @@ TEST(RegistryWalkTest, StopsWhenTold) {
   EXPECT_EQ(visits, 10);
 }
 
+// An ended session's id is told apart from one never issued, forever: ids
+// are never reused.
+TEST(RegistrySessionTest, IssuedIdsStayKnownAfterTheyEnd) {
+  Registry registry(Registry::Options{.max_sessions = 2});
+  auto a = *registry.OpenSession({"a", 1, 1, 1});
+  const uint64_t first = a->id();
+  EXPECT_TRUE(registry.Issued(first));
+  ASSERT_NE(registry.BeginClose(first), nullptr);
+  a.reset();
+  EXPECT_EQ(registry.FindSession(first), nullptr);
+  EXPECT_TRUE(registry.Issued(first));
+  auto b = *registry.OpenSession({"b", 1, 1, 1});  // may take the same table index
+  EXPECT_NE(b->id(), first);
+  EXPECT_TRUE(registry.Issued(first));
+  EXPECT_TRUE(registry.Issued(b->id()));
+  EXPECT_FALSE(registry.Issued(b->id() + (uint64_t{1} << OpId::kSessionBits)));  // a later serial
+  EXPECT_FALSE(registry.Issued(0));
+  EXPECT_FALSE(registry.Issued(5));  // index 5 is past a table of 2
+}
+
 }  // namespace
 }  // namespace asyncd::core
