@@ -45,7 +45,7 @@ ASYNCD_SOAK_SECONDS=45 run_preset asan -LE systemd
 # Debian's gRPC is not built with TSan: this preset builds core and backends only.
 run_preset tsan
 
-# libFuzzer (issue 7, "Bad input"): the request fuzzer in a clang tree of its
+# libFuzzer: the request fuzzer in a clang tree of its
 # own (ASYNCD_FUZZ=ON builds nothing else), run briefly over its seed corpus.
 # ASYNCD_FUZZ_SECONDS (default 30) sets the run's budget.
 fuzz_probe='extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long) { return 0; }'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compare.sh: asyncd against the machine, in one run (issue 8).
+# compare.sh: asyncd against the machine, in one run.
 #
 # Measures, on this machine and in this run, the daemon's figures next to
 # the reference points they are judged against -- fio (io_uring and psync
