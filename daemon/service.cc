@@ -317,7 +317,7 @@ class Service::SubmitCall final : public grpc::ServerUnaryReactor, public core::
     start_thread_ = std::this_thread::get_id();
     absl::Status s = Run();
     if (!s.ok()) {
-      service_->observer().OnRejected();
+      service_->observer().counters().OnRejected();
       Finish(ToGrpcStatus(s));
     } else if (finished_inline_ && charged_bytes_ == 0) {
       // Nothing to release once the reply is sent, so no OnDone is needed:
@@ -772,7 +772,7 @@ class Service::StreamCall final
     accepted_slot->ready = true;
     for (int i = 0; i < n; ++i) {
       if (rejected[i].ok()) continue;
-      service_->observer().OnRejected();
+      service_->observer().counters().OnRejected();
       if (ctxs[i]->linked) {  // was submitted, then refused
         Unlink(ctxs[i]);
         --inflight_;
@@ -1045,11 +1045,11 @@ v1::CancelResponse Service::DoCancel(const Caller& caller, const v1::CancelReque
         owner.uid == caller.uid ? core::EndReason::kClientRequest : default_reason;
     const core::CancelResult r = dispatcher_.Cancel(*found.op, gen, reason);
     counts.Add(r);
-    observer_.OnCancelAnswered(r);
+    observer_.counters().OnCancelAnswered(r);
     const core::OpId id = core::OpId::Make(found.session->index(), found.op->slot_index, gen);
     if (r == core::CancelResult::kCancelled) {
       if (auto snap = core::Registry::Snapshot(*found.op, found.session->id(), gen)) {
-        observer_.OnCancelRequested(*snap, owner);
+        observer_.watch_hub().PublishCancelRequested(*snap, owner);
       }
     }
     if (resp.outcomes_size() < static_cast<int>(kMaxCancelOutcomes)) {
@@ -1070,7 +1070,7 @@ v1::CancelResponse Service::DoCancel(const Caller& caller, const v1::CancelReque
     core::Registry::Found found = registry_.Find(id);
     if (!found) {
       counts.Add(core::CancelResult::kNotFound);
-      observer_.OnCancelAnswered(core::CancelResult::kNotFound);
+      observer_.counters().OnCancelAnswered(core::CancelResult::kNotFound);
       v1::CancelOutcome* o = resp.add_outcomes();
       o->set_op_id(id.value);
       o->set_result(v1::CANCEL_RESULT_NOT_FOUND);
@@ -1184,7 +1184,7 @@ grpc::ServerUnaryReactor* Service::GetOperation(grpc::CallbackServerContext* ctx
       return Done(ctx, absl::OkStatus());
     }
   }
-  if (std::optional<FinishedOp> f = observer_.FindFinished(id.value)) {
+  if (std::optional<FinishedOp> f = observer_.history().FindFinished(id.value)) {
     if (f->uid != caller.uid && !caller.admin) {
       return Done(ctx, Deny(caller, absl::StrCat("get operation ", id.value,
                                                  ": it belongs to another user")));
@@ -1205,7 +1205,8 @@ grpc::ServerUnaryReactor* Service::ListHistory(grpc::CallbackServerContext* ctx,
   const uint32_t limit =
       req->limit() == 0 ? kDefaultPageSize : std::min(req->limit(), kMaxPageSize);
   const std::vector<FinishedOp> ops =
-      req->slowest() ? observer_.Slowest(*filter, limit) : observer_.Recent(*filter, limit);
+      req->slowest() ? observer_.history().Slowest(*filter, limit)
+                     : observer_.history().Recent(*filter, limit);
   const int64_t now = core::MonoNanos();
   for (const FinishedOp& f : ops) {
     ToOperationInfo(f.snap, f.uid, f.pid, f.client, req->include_timeline(), now,
@@ -1269,7 +1270,7 @@ void Service::FillStats(v1::Stats* resp) const {
   resp->set_draining(draining());
   *resp->mutable_limits() = LimitsProto();
   resp->set_buffered_bytes(budget_.bytes());
-  observer_.FillStats(*resp);
+  observer_.counters().FillStats(*resp);
 }
 
 // ---------------------------------------------------------------------------
@@ -1300,7 +1301,7 @@ class Service::WatchCall final : public grpc::ServerWriteReactor<v1::WatchEvent>
       Finish(ToGrpcStatus(Draining()));
       return;
     }
-    if (!service->observer().AddWatcher(watcher_, service->config().max_watchers)) {
+    if (!service->observer().watch_hub().Add(watcher_, service->config().max_watchers)) {
       watcher_.reset();
       Finish(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
           "the daemon serves the maximum of ", service->config().max_watchers, " watchers"))));
@@ -1335,7 +1336,7 @@ class Service::WatchCall final : public grpc::ServerWriteReactor<v1::WatchEvent>
 
   void OnDone() override {
     if (watcher_ != nullptr) {
-      service_->observer().RemoveWatcher(watcher_.get());
+      service_->observer().watch_hub().Remove(watcher_.get());
       std::lock_guard lock(service_->watch_calls_mu_);
       std::erase(service_->watch_calls_, this);
     }
