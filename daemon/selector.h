@@ -5,7 +5,9 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
 #include "asyncd/v1/asyncd.pb.h"
+#include "daemon/caller.h"
 #include "src/core/registry.h"
 
 namespace asyncd::daemon {
@@ -27,5 +29,17 @@ struct Filter {
   bool Matches(const core::OpSnapshot& s, uint32_t uid, std::string_view client,
                int64_t now_ns) const;
 };
+
+/// Whether a selector must name something.
+enum class Criteria {
+  kOptional,  // an empty selector selects every op (listing, watching)
+  kRequired,  // an empty selector is refused unless all=true (bulk cancel)
+};
+
+/// The filter `sel` asks for, as `caller` may see it: a non-admin's filter
+/// keeps to the caller's own ops. INVALID_ARGUMENT names the bad field.
+/// Pure; any thread.
+[[nodiscard]] absl::StatusOr<Filter> ToFilter(const Caller& caller, const v1::OpSelector& sel,
+                                              Criteria criteria);
 
 }  // namespace asyncd::daemon
