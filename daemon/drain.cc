@@ -16,10 +16,49 @@
 
 namespace asyncd::daemon {
 
+Drainer::~Drainer() { Join(); }
+
+void Drainer::Start(uint32_t grace_ms, Done done) {
+  std::unique_lock lock(mu_);
+  if (state_ == State::kDone) {
+    const v1::DrainResponse result = *result_;
+    lock.unlock();
+    done(result);
+    return;
+  }
+  waiting_.push_back(std::move(done));
+  if (state_ == State::kIdle && !thread_.joinable()) {
+    thread_ = std::thread([this, grace_ms] { DrainAndWait(grace_ms); });
+  }
+}
+
 v1::DrainResponse Drainer::DrainAndWait(uint32_t grace_ms) {
-  std::lock_guard lock(mu_);
-  if (!result_) result_ = Run(grace_ms);
-  return *result_;
+  std::unique_lock lock(mu_);
+  if (state_ != State::kIdle) {
+    cv_.wait(lock, [this] { return state_ == State::kDone; });
+    return *result_;
+  }
+  state_ = State::kRunning;
+  lock.unlock();
+  const v1::DrainResponse result = Run(grace_ms);
+  lock.lock();
+  result_ = result;
+  state_ = State::kDone;
+  std::vector<Done> waiting = std::move(waiting_);
+  waiting_.clear();
+  lock.unlock();
+  cv_.notify_all();
+  for (Done& done : waiting) done(result);
+  return result;
+}
+
+void Drainer::Join() {
+  std::thread thread;
+  {
+    std::lock_guard lock(mu_);
+    thread = std::move(thread_);
+  }
+  if (thread.joinable()) thread.join();
 }
 
 v1::DrainResponse Drainer::Run(uint32_t grace_ms) {

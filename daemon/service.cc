@@ -2,8 +2,6 @@
 
 #include <unistd.h>
 
-#include <thread>
-
 #include "daemon/convert.h"
 #include "daemon/stream_call.h"
 #include "daemon/submit_call.h"
@@ -196,16 +194,18 @@ grpc::ServerUnaryReactor* Service::Drain(grpc::CallbackServerContext* ctx,
   }
   const uint32_t grace = req->grace_ms() == 0 ? live_.drain_grace_ms() : req->grace_ms();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  // Draining waits; a reactor must not, so it runs on its own thread.
-  std::thread([this, reactor, resp, grace] {
-    *resp = drainer_.DrainAndWait(grace);
+  // Draining waits; a reactor must not: it runs on the drainer's thread.
+  drainer_.Start(grace, [reactor, resp](const v1::DrainResponse& result) {
+    *resp = result;
     reactor->Finish(grpc::Status::OK);
-  }).detach();
+  });
   return reactor;
 }
 
 v1::DrainResponse Service::DrainAndWait(uint32_t grace_ms) {
-  return drainer_.DrainAndWait(grace_ms);
+  v1::DrainResponse result = drainer_.DrainAndWait(grace_ms);
+  drainer_.Join();
+  return result;
 }
 
 }  // namespace asyncd::daemon

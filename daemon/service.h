@@ -88,8 +88,10 @@ class Service final : public v1::Asyncd::CallbackService {
   /// Ends sessions whose lease ran out. Called periodically by the server's
   /// housekeeping thread.
   void ExpireLeases();
-  /// Drains (see the Drain RPC); blocks up to the grace period plus the time
-  /// non-cancellable ops need. Idempotent: later callers get the first result.
+  /// Drains at shutdown (see Drainer::DrainAndWait), then joins the thread a
+  /// Drain RPC started, so that its reply has been handed to gRPC. Blocks up
+  /// to the grace period plus the time non-cancellable ops need.
+  /// Idempotent: later callers get the first result.
   v1::DrainResponse DrainAndWait(uint32_t grace_ms);
   bool draining() const { return drainer_.draining(); }
   /// The gRPC health service to turn NOT_SERVING when draining starts, so
