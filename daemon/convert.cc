@@ -20,6 +20,8 @@ namespace {
 constexpr size_t kMaxPath = 4095;
 constexpr uint64_t kMaxTimeoutUs = 24ull * 3600 * 1'000'000;
 
+const int64_t kMonoToUnix = core::UnixNanos() - core::MonoNanos();
+
 absl::Status Invalid(std::string_view field, std::string_view why) {
   return absl::InvalidArgumentError(std::string(field) + ": " + std::string(why));
 }
@@ -396,6 +398,70 @@ v1::Outcome OutcomeOf(core::OpState terminal) {
 std::string ErrnoName(int error) {
   const char* name = strerrorname_np(error);
   return name != nullptr ? std::string(name) : absl::StrCat("E", error);
+}
+
+v1::EventType TerminalEvent(core::OpState s) {
+  switch (s) {
+    case core::OpState::kCompleted: return v1::EVENT_TYPE_COMPLETED;
+    case core::OpState::kCancelled: return v1::EVENT_TYPE_CANCELLED;
+    case core::OpState::kTimedOut: return v1::EVENT_TYPE_TIMED_OUT;
+    default: return v1::EVENT_TYPE_FAILED;
+  }
+}
+
+int64_t ToUnixNanos(int64_t mono_ns) { return mono_ns == 0 ? 0 : mono_ns + kMonoToUnix; }
+
+void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
+                     std::string_view client, bool include_timeline, int64_t now_mono_ns,
+                     v1::OperationInfo& out) {
+  out.set_op_id(s.id.value);
+  out.set_session_id(s.session_id);
+  out.set_client(std::string(client));
+  out.set_uid(uid);
+  out.set_pid(pid);
+  out.set_kind(ToProto(s.kind));
+  out.set_target(s.target);
+  out.set_handle(s.handle);
+  out.set_backend(ToProto(s.backend));
+  out.set_state(ToProto(s.state));
+  out.set_cancel_requested(s.end_requested);
+  out.set_cancellable(s.cancellable());
+  out.set_cancel_safety(s.safety == core::CancelSafety::kAlways
+                            ? v1::CANCEL_SAFETY_ALWAYS
+                            : v1::CANCEL_SAFETY_ONLY_BEFORE_START);
+  const int64_t end = core::IsTerminal(s.state) && s.finished_ns != 0 ? s.finished_ns : now_mono_ns;
+  out.set_age_us(end > s.submitted_ns ? (end - s.submitted_ns) / 1000 : 0);
+  out.set_submitted_unix_nanos(ToUnixNanos(s.submitted_ns));
+  out.set_finished_unix_nanos(core::IsTerminal(s.state) ? ToUnixNanos(s.finished_ns) : 0);
+  out.set_bytes_done(s.bytes_done);
+  out.set_result(static_cast<int32_t>(s.result));
+  if (core::IsTerminal(s.state)) {
+    out.set_outcome(OutcomeOf(s.state));
+    if (s.result < 0) out.set_error_number(static_cast<int32_t>(-s.result));
+  }
+  out.set_end_reason(ToProto(s.end_reason));
+  out.set_tag(s.tag);
+  out.set_deadline_ms(s.deadline_ms);
+  if (!include_timeline) return;
+  auto add = [&](v1::EventType type, int64_t mono, std::string detail = {}) {
+    if (mono == 0) return;
+    v1::Event* e = out.add_timeline();
+    e->set_type(type);
+    e->set_unix_nanos(ToUnixNanos(mono));
+    e->set_detail(std::move(detail));
+  };
+  add(v1::EVENT_TYPE_SUBMITTED, s.submitted_ns);
+  add(v1::EVENT_TYPE_DISPATCHED, s.dispatched_ns, std::string(core::Name(s.backend)));
+  add(v1::EVENT_TYPE_STARTED, s.started_ns);
+  if (s.end_requested) {
+    add(s.end_reason == core::EndReason::kDeadline ? v1::EVENT_TYPE_DEADLINE_EXPIRED
+                                                   : v1::EVENT_TYPE_CANCEL_REQUESTED,
+        s.end_requested_ns, std::string(core::Name(s.end_reason)));
+  }
+  if (core::IsTerminal(s.state)) {
+    add(TerminalEvent(s.state), s.finished_ns,
+        s.result < 0 ? ErrnoName(static_cast<int>(-s.result)) : std::string());
+  }
 }
 
 }  // namespace asyncd::daemon

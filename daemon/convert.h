@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "asyncd/v1/asyncd.pb.h"
@@ -44,5 +45,18 @@ core::OpState FromProto(v1::OpState state);
 
 /// The errno's symbolic name ("ENOENT"), or "E<n>".
 std::string ErrnoName(int error);
+
+/// The event that ends an op in terminal state `s` (completed, cancelled,
+/// timed out, failed).
+v1::EventType TerminalEvent(core::OpState s);
+
+/// MonoNanos() to Unix nanoseconds; 0 stays 0 (never happened).
+int64_t ToUnixNanos(int64_t mono_ns);
+
+/// The snapshot of a live or finished op as the API shows it; its age counts
+/// up to `now_mono_ns` while it runs. The timeline only on request.
+void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
+                     std::string_view client, bool include_timeline, int64_t now_mono_ns,
+                     v1::OperationInfo& out);
 
 }  // namespace asyncd::daemon

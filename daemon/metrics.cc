@@ -65,7 +65,7 @@ MetricsSnapshot GatherMetrics(const v1::Stats& stats, const Observer& observer,
   for (int k = 1; k <= core::kOpKindCount; ++k) {
     for (core::BackendKind b : {core::BackendKind::kIoUring, core::BackendKind::kThreadPool,
                                 core::BackendKind::kInline}) {
-      Observer::KindCounters c = observer.Counters(static_cast<core::OpKind>(k), b);
+      KindCounters c = observer.counters().Get(static_cast<core::OpKind>(k), b);
       uint64_t total = 0;
       for (uint64_t n : c.by_outcome) total += n;
       if (total == 0) continue;

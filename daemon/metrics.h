@@ -20,7 +20,7 @@ struct MetricsSnapshot {
   struct Series {
     std::string kind;     // core::Name(OpKind)
     std::string backend;  // core::Name(BackendKind)
-    Observer::KindCounters counters;
+    KindCounters counters;
   };
   std::vector<Series> series;  // (kind, backend) pairs that finished at least one op
   uint64_t inflight = 0;

@@ -37,6 +37,7 @@
 #include "src/core/clock.h"
 #include "src/core/dispatcher.h"
 #include "src/core/registry.h"
+#include "tests/mocks/fake_backend.h"
 
 namespace asyncd::backends {
 namespace {
@@ -44,26 +45,6 @@ namespace {
 using core::OpKind;
 using core::OpRequest;
 using core::OpState;
-
-/// Runs every kind by failing it with -ENOSYS: stands in for the thread
-/// pool so these tests do not depend on it (the dispatcher needs a last
-/// backend that supports every kind).
-class FakeFallback final : public core::Backend {
- public:
-  explicit FakeFallback(core::OpCompleter& completer) : completer_(completer) {}
-  core::BackendKind kind() const override { return core::BackendKind::kThreadPool; }
-  bool Supports(OpKind) const override { return true; }
-  size_t Submit(std::span<core::Op* const> ops) noexcept override {
-    for (core::Op* op : ops) completer_.Complete(*op, op->TryStart(core::MonoNanos()) ? -ENOSYS : -ECANCELED);
-    return ops.size();
-  }
-  void Interrupt(core::Op&, uint32_t) noexcept override {}
-  void Shutdown() override {}
-  core::BackendStats Stats() const override { return {}; }
-
- private:
-  core::OpCompleter& completer_;
-};
 
 /// Records each op's outcome by cookie (the op's index in the test).
 class Recorder final : public core::CompletionSink {
@@ -109,7 +90,11 @@ class UringBackendTest : public ::testing::Test {
     ropts.max_ops_per_session = 1 << 16;
     registry_ = std::make_unique<core::Registry>(ropts);
     dispatcher_ = std::make_unique<core::Dispatcher>(*registry_, root_fd_);
-    fallback_ = std::make_unique<FakeFallback>(*dispatcher_);
+    // Runs every kind by failing it with -ENOSYS: stands in for the thread
+    // pool so these tests do not depend on it (the dispatcher needs a last
+    // backend that supports every kind).
+    fallback_ = std::make_unique<mocks::FakeBackend>(
+        *dispatcher_, mocks::FakeBackend::Options{.result = -ENOSYS});
     auto backend = UringBackend::Create(*dispatcher_, UringOptions{.entries = 256});
     if (!backend.ok()) {
       GTEST_SKIP() << "io_uring unavailable: " << backend.status().message();
@@ -212,7 +197,7 @@ class UringBackendTest : public ::testing::Test {
   int root_fd_ = -1;
   std::unique_ptr<core::Registry> registry_;
   std::unique_ptr<core::Dispatcher> dispatcher_;
-  std::unique_ptr<FakeFallback> fallback_;
+  std::unique_ptr<mocks::FakeBackend> fallback_;
   std::unique_ptr<UringBackend> backend_;
   std::shared_ptr<core::Session> session_;
   std::vector<int> pipe_writers_;

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "src/core/dispatcher.h"
+#include "tests/mocks/fake_backend.h"
 
 namespace {
 std::atomic<bool> counting{false};
@@ -31,24 +32,6 @@ void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 namespace asyncd::core {
 namespace {
-
-// Completes ops at once, on the submitting thread.
-class InlineBackend : public Backend {
- public:
-  explicit InlineBackend(OpCompleter& c) : completer_(c) {}
-  BackendKind kind() const override { return BackendKind::kThreadPool; }
-  bool Supports(OpKind) const override { return true; }
-  size_t Submit(std::span<Op* const> ops) noexcept override {
-    for (Op* op : ops) completer_.Complete(*op, op->TryStart(1) ? 0 : -ECANCELED);
-    return ops.size();
-  }
-  void Interrupt(Op&, uint32_t) noexcept override {}
-  void Shutdown() override {}
-  BackendStats Stats() const override { return {}; }
-
- private:
-  OpCompleter& completer_;
-};
 
 class NullSink : public CompletionSink {
  public:
@@ -80,7 +63,8 @@ TEST(RegistryAllocTest, RegisterAndRetireAllocateNothingInSteadyState) {
 TEST(RegistryAllocTest, DispatcherSubmitAndCompleteAllocateNothingInSteadyState) {
   Registry registry;
   Dispatcher dispatcher(registry, AT_FDCWD);
-  InlineBackend backend(dispatcher);
+  // Completes ops at once, on the submitting thread.
+  mocks::FakeBackend backend(dispatcher);
   dispatcher.SetBackends({&backend});
   auto session = *registry.OpenSession({"alloc", 0, 0, 0});
   NullSink sink;

@@ -5,8 +5,6 @@
 #include <fcntl.h>
 
 #include <atomic>
-#include <deque>
-#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -14,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "src/core/dispatcher.h"
+#include "tests/mocks/fake_backend.h"
 
 namespace asyncd::core {
 namespace {
@@ -21,59 +20,6 @@ namespace {
 constexpr int kSubmitters = 3;
 constexpr int kOpsPerSubmitter = 40000;
 constexpr int kCookies = kSubmitters * kOpsPerSubmitter;
-
-// Completes ops on its own threads, in a shuffled order.
-class ShufflingBackend : public Backend {
- public:
-  ShufflingBackend(OpCompleter& c, int threads) : completer_(c) {
-    for (int i = 0; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
-  }
-  ~ShufflingBackend() override { Shutdown(); }
-  BackendKind kind() const override { return BackendKind::kThreadPool; }
-  bool Supports(OpKind) const override { return true; }
-  size_t Submit(std::span<Op* const> ops) noexcept override {
-    std::lock_guard lock(mu_);
-    for (Op* op : ops) queue_.push_back(op);
-    return ops.size();
-  }
-  void Interrupt(Op&, uint32_t) noexcept override { interrupts_.fetch_add(1); }
-  void Shutdown() override {
-    stop_ = true;
-    for (auto& t : workers_) {
-      if (t.joinable()) t.join();
-    }
-  }
-  BackendStats Stats() const override { return {}; }
-  std::atomic<uint64_t> interrupts_{0};
-
- private:
-  void Work(int seed) {
-    std::minstd_rand rng(seed);
-    for (;;) {
-      Op* op = nullptr;
-      {
-        std::lock_guard lock(mu_);
-        if (!queue_.empty()) {
-          const size_t i = rng() % std::min<size_t>(queue_.size(), 16);
-          op = queue_[i];
-          queue_.erase(queue_.begin() + i);
-        }
-      }
-      if (op == nullptr) {
-        if (stop_) return;
-        std::this_thread::yield();
-        continue;
-      }
-      completer_.Complete(*op, op->TryStart(MonoNanosForTest()) ? 1 : -ECANCELED);
-    }
-  }
-  static int64_t MonoNanosForTest() { return 1; }
-  OpCompleter& completer_;
-  std::mutex mu_;
-  std::deque<Op*> queue_;
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> workers_;
-};
 
 class CountingSink : public CompletionSink {
  public:
@@ -89,7 +35,10 @@ class CountingSink : public CompletionSink {
 TEST(RegistryStressTest, EveryOpEndsExactlyOnceAndNothingLeaks) {
   Registry registry(Registry::Options{.max_sessions = 64, .max_ops_per_session = 4096});
   Dispatcher dispatcher(registry, AT_FDCWD);
-  ShufflingBackend backend(dispatcher, 2);
+  // Completes ops on its own threads, in a shuffled order.
+  mocks::FakeBackend backend(
+      dispatcher, {.completion = mocks::FakeBackend::Completion::kOnWorkers, .result = 1,
+                   .workers = 2});
   dispatcher.SetBackends({&backend});
   CountingSink sink;
   std::vector<std::atomic<bool>> accepted(kCookies);

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "src/core/dispatcher.h"
+#include "tests/mocks/fake_backend.h"
 
 namespace asyncd::core {
 namespace {
@@ -244,37 +245,14 @@ class Sink : public CompletionSink {
   std::vector<int64_t> results;
 };
 
-// A backend that holds ops until told to finish them: lets tests decide order.
-class HoldingBackend : public Backend {
- public:
-  explicit HoldingBackend(OpCompleter& c) : completer_(c) {}
-  BackendKind kind() const override { return BackendKind::kThreadPool; }
-  bool Supports(OpKind) const override { return true; }
-  size_t Submit(std::span<Op* const> ops) noexcept override {
-    size_t n = std::min(ops.size(), capacity - held.size());
-    held.insert(held.end(), ops.begin(), ops.begin() + n);
-    return n;
-  }
-  void Interrupt(Op& op, uint32_t gen) noexcept override { interrupted.push_back(&op); }
-  void Shutdown() override {}
-  BackendStats Stats() const override { return {}; }
-  void RunAll(int64_t result) {
-    auto ops = std::move(held);
-    held.clear();
-    for (Op* op : ops) completer_.Complete(*op, op->TryStart(1) ? result : -ECANCELED);
-  }
-  OpCompleter& completer_;
-  size_t capacity = 1000;
-  std::vector<Op*> held;
-  std::vector<Op*> interrupted;
-};
-
 class DispatcherTest : public ::testing::Test {
  protected:
-  DispatcherTest() : backend_(dispatcher_) { dispatcher_.SetBackends({&backend_}); }
+  DispatcherTest() { dispatcher_.SetBackends({&backend_}); }
   Registry registry_;
   Dispatcher dispatcher_{registry_, AT_FDCWD};
-  HoldingBackend backend_;
+  // Holds ops until told to finish them: lets tests decide order.
+  mocks::FakeBackend backend_{
+      dispatcher_, {.completion = mocks::FakeBackend::Completion::kHeld, .capacity = 1000}};
   std::shared_ptr<Session> session_ = Open(registry_);
   Sink sink_;
 };
@@ -285,12 +263,12 @@ TEST_F(DispatcherTest, UnknownHandleIsRefusedAndChangesNothing) {
   ASSERT_FALSE(id.ok());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(session_->live_ops(), 0u);
-  EXPECT_TRUE(backend_.held.empty());
+  EXPECT_TRUE(backend_.held().empty());
   EXPECT_TRUE(sink_.states.empty());
 }
 
 TEST_F(DispatcherTest, FullBackendIsResourceExhaustedAndLeaksNothing) {
-  backend_.capacity = 2;
+  backend_.set_capacity(2);
   std::vector<OpRequest> reqs(5, OpRequest{.kind = OpKind::kNop, .sink = &sink_});
   std::vector<absl::StatusOr<OpId>> out(5);
   dispatcher_.SubmitBatch(*session_, reqs, out);
@@ -302,7 +280,7 @@ TEST_F(DispatcherTest, FullBackendIsResourceExhaustedAndLeaksNothing) {
   }
   EXPECT_EQ(session_->live_ops(), 2u);
   EXPECT_TRUE(sink_.states.empty());  // refused ops report nothing
-  backend_.RunAll(0);
+  backend_.CompleteAll(0);
   EXPECT_EQ(sink_.states.size(), 2u);
   EXPECT_EQ(session_->live_ops(), 0u);
 }
@@ -321,7 +299,7 @@ TEST_F(DispatcherTest, OpenYieldsAHandleAndCloseOfAnInUseHandleIsDeferred) {
   EXPECT_GE(fcntl(fd, F_GETFD), 0) << "fd closed under a running read";
   auto again = dispatcher_.Submit(*session_, {.kind = OpKind::kRead, .handle = handle});
   EXPECT_EQ(again.status().code(), absl::StatusCode::kNotFound);
-  backend_.RunAll(0);
+  backend_.CompleteAll(0);
   EXPECT_EQ(fcntl(fd, F_GETFD), -1);  // the last user closed it
   EXPECT_EQ(errno, EBADF);
 }
@@ -330,8 +308,8 @@ TEST_F(DispatcherTest, CancelInterruptsTheHoldingBackendOnce) {
   auto nop = dispatcher_.Submit(*session_, {.kind = OpKind::kTimeout, .sink = &sink_});
   ASSERT_TRUE(nop.ok());
   EXPECT_EQ(dispatcher_.Cancel(*nop, EndReason::kClientRequest), CancelResult::kCancelled);
-  EXPECT_EQ(backend_.interrupted.size(), 1u);
-  backend_.RunAll(0);
+  EXPECT_EQ(backend_.interrupted().size(), 1u);
+  backend_.CompleteAll(0);
   ASSERT_FALSE(sink_.states.empty());
   EXPECT_EQ(sink_.states.back(), OpState::kCancelled);
   EXPECT_EQ(dispatcher_.Cancel(*nop, EndReason::kClientRequest), CancelResult::kNotFound);
@@ -349,7 +327,7 @@ TEST_F(DispatcherTest, CloseSessionCancelsEverythingItOwns) {
   EXPECT_EQ(counts->cancelled, reqs.size());  // none had started
   EXPECT_EQ(dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed).status().code(),
             absl::StatusCode::kNotFound);
-  backend_.RunAll(0);
+  backend_.CompleteAll(0);
   ASSERT_EQ(sink_.states.size(), reqs.size());
   for (OpState s : sink_.states) EXPECT_EQ(s, OpState::kCancelled);
   EXPECT_EQ(registry_.session_count(), 0u);
@@ -365,7 +343,7 @@ TEST_F(DispatcherTest, CloseCancelledBeforeItRanStillClosesTheDescriptor) {
   ASSERT_TRUE(dispatcher_.Submit(*session_, {.kind = OpKind::kClose, .handle = handle,
                                              .sink = &sink_}).ok());
   ASSERT_TRUE(dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed).ok());
-  backend_.RunAll(0);  // TryStart refuses: it completes cancelled
+  backend_.CompleteAll(0);  // TryStart refuses: it completes cancelled
   ASSERT_EQ(sink_.states.size(), 1u);
   EXPECT_EQ(sink_.states[0], OpState::kCancelled);
   EXPECT_EQ(fcntl(fd, F_GETFD), -1) << "a cancelled close leaked its descriptor";
@@ -378,13 +356,13 @@ TEST_F(DispatcherTest, OpenFinishingAfterItsSessionEndedClosesItsDescriptor) {
   ASSERT_TRUE(dispatcher_.Submit(*session_, {.kind = OpKind::kOpen,
                                              .params = {.flags = O_CREAT | O_RDWR},
                                              .sink = &sink_}).ok());
-  ASSERT_TRUE(backend_.held.front()->TryStart(1));  // running: no longer cancellable
+  ASSERT_TRUE(backend_.held().front()->TryStart(1));  // running: no longer cancellable
   auto counts = dispatcher_.CloseSession(session_->id(), EndReason::kSessionClosed);
   ASSERT_TRUE(counts.ok());
   EXPECT_EQ(counts->not_cancellable, 1u);
   const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0);
-  std::vector<Op*> held = std::move(backend_.held);
+  std::vector<Op*> held = backend_.TakeHeld();
   dispatcher_.Complete(*held.front(), fd);  // the open returns its descriptor
   ASSERT_EQ(sink_.results.size(), 1u);
   EXPECT_EQ(sink_.results[0], -ECANCELED);

@@ -36,6 +36,7 @@
 #include "src/core/clock.h"
 #include "src/core/dispatcher.h"
 #include "src/core/registry.h"
+#include "tests/mocks/fake_backend.h"
 
 namespace asyncd::fuzz {
 namespace {
@@ -51,27 +52,6 @@ constexpr size_t kMaxOpsPerInput = 4096;
   std::fprintf(stderr, "request_fuzzer: invariant broken: %s\n", what);
   std::abort();
 }
-
-// Completes what it takes at once, inline (BackendKind::kInline). Takes only
-// fallocate: a fuzzed length must not allocate real disk space.
-class InlineFake final : public core::Backend {
- public:
-  explicit InlineFake(core::OpCompleter& completer) : completer_(completer) {}
-  core::BackendKind kind() const override { return core::BackendKind::kInline; }
-  bool Supports(core::OpKind kind) const override { return kind == core::OpKind::kFallocate; }
-  size_t Submit(std::span<core::Op* const> ops) noexcept override {
-    for (core::Op* op : ops) {
-      completer_.Complete(*op, op->TryStart(core::MonoNanos()) ? 0 : -ECANCELED);
-    }
-    return ops.size();
-  }
-  void Interrupt(core::Op&, uint32_t) noexcept override {}  // nothing it holds is ever running
-  void Shutdown() override {}
-  core::BackendStats Stats() const override { return {}; }
-
- private:
-  core::OpCompleter& completer_;
-};
 
 // Descriptors of ours that point beneath the temporary dir, besides the
 // root itself (libFuzzer and the sanitizers open pipes of their own).
@@ -100,7 +80,7 @@ struct World {
   std::unique_ptr<core::Dispatcher> dispatcher;
   std::unique_ptr<daemon::Observer> observer;
   std::unique_ptr<backends::ThreadPoolBackend> pool;
-  std::unique_ptr<InlineFake> fake;
+  std::unique_ptr<mocks::FakeBackend> fake;
 
   World() {
     char tmpl[] = "/tmp/asyncd-fuzz.XXXXXX";
@@ -117,7 +97,11 @@ struct World {
     dispatcher->SetObserver(observer.get());
     pool = std::make_unique<backends::ThreadPoolBackend>(
         *dispatcher, backends::ThreadPoolOptions{.threads = 2, .queue_capacity = 4096});
-    fake = std::make_unique<InlineFake>(*dispatcher);
+    // Completes what it takes at once, inline (BackendKind::kInline). Takes
+    // only fallocate: a fuzzed length must not allocate real disk space.
+    fake = std::make_unique<mocks::FakeBackend>(
+        *dispatcher, mocks::FakeBackend::Options{.kind = core::BackendKind::kInline,
+                                                 .kinds = {core::OpKind::kFallocate}});
     dispatcher->SetBackends({fake.get(), pool.get()});
   }
 

@@ -1,0 +1,95 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+
+#include "absl/status/statusor.h"
+#include "asyncd/v1/asyncd.pb.h"
+#include "daemon/caller.h"
+#include "daemon/config.h"
+#include "src/core/dispatcher.h"
+
+namespace asyncd::daemon {
+
+namespace v1 = ::asyncd::v1;
+
+/// The daemon's view of a session: the core session plus its owner and lease.
+struct SessionMeta {
+  std::shared_ptr<core::Session> session;
+  uint32_t uid = 0;
+  uint32_t lease_ms = 0;  // 0 = bound to a stream, no lease
+  std::atomic<int64_t> lease_deadline_ns{0};
+  std::atomic<int> streams{0};  // attached streams pause the lease
+  bool stream_owned = false;    // ends with the stream that created it
+
+  /// The lease runs lease_ms from `now_ns` (MonoNanos). Any thread.
+  void RenewLease(int64_t now_ns) {
+    lease_deadline_ns.store(now_ns + int64_t{lease_ms} * 1'000'000);
+  }
+};
+
+/// What ends a session.
+enum class SessionLifetime {
+  kLeased,         // its lease runs out (KeepAlive and use renew it), or CloseSession
+  kBoundToStream,  // the stream that opened it ends; no lease
+};
+
+/// The sessions clients opened, by id, with their owners and leases. Core
+/// owns the sessions themselves; the table shares them until they end.
+/// Lookups take a shared lock, open and end an exclusive one, never across
+/// a call into core that may complete ops. Any thread; never blocks beyond
+/// that lock.
+class SessionTable {
+ public:
+  /// `registry`, `dispatcher` and `live` must outlive the table.
+  SessionTable(core::Registry& registry, core::Dispatcher& dispatcher, const LiveLimits& live,
+               uint32_t max_lease_ms)
+      : registry_(registry), dispatcher_(dispatcher), live_(live), max_lease_ms_(max_lease_ms) {}
+
+  /// Opens a session for `caller`. A leased one gets `lease_ms` (0 = the
+  /// default), which must be in [100, max_lease_ms]. INVALID_ARGUMENT (name
+  /// over 256 bytes, lease out of range); RESOURCE_EXHAUSTED naming
+  /// limits.max_sessions. Refusing while draining is the caller's part.
+  [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Open(const Caller& caller,
+                                                                  const std::string& name,
+                                                                  uint32_t lease_ms,
+                                                                  SessionLifetime lifetime);
+  /// The caller's own open session `session_id`. INVALID_ARGUMENT (0),
+  /// NOT_FOUND, PERMISSION_DENIED (another uid's; admins too),
+  /// FAILED_PRECONDITION (it is ending).
+  [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Own(const Caller& caller,
+                                                                 uint64_t session_id) const;
+  /// KeepAlive: renews the caller's own session's lease from `now_ns` and
+  /// returns its lease_ms. Errors as Own.
+  [[nodiscard]] absl::StatusOr<uint32_t> KeepAlive(const Caller& caller, uint64_t session_id,
+                                                   int64_t now_ns);
+  /// CloseSession: ends a session of the caller's, or any session for an
+  /// admin, cancelling its ops. INVALID_ARGUMENT (0), NOT_FOUND,
+  /// PERMISSION_DENIED, FAILED_PRECONDITION (it has already ended).
+  [[nodiscard]] absl::StatusOr<core::CancelCounts> Close(const Caller& caller, uint64_t session_id);
+  /// Forgets the session and ends it in core (its ops are cancelled with
+  /// `reason`). NOT_FOUND when core has no such open session.
+  absl::StatusOr<core::CancelCounts> End(uint64_t session_id, core::EndReason reason);
+  /// Ends every leased session with no stream attached whose lease ran out
+  /// before `now_ns`. Called by the housekeeping thread.
+  void ExpireLeases(int64_t now_ns);
+  /// ListSessions: the sessions `caller` may see (its own; every one for an
+  /// admin), by id, as of `now_ns`.
+  void List(const Caller& caller, int64_t now_ns, v1::ListSessionsResponse* out) const;
+
+ private:
+  std::shared_ptr<SessionMeta> Find(uint64_t session_id) const;
+
+  core::Registry& registry_;
+  core::Dispatcher& dispatcher_;
+  const LiveLimits& live_;
+  const uint32_t max_lease_ms_;
+  mutable std::shared_mutex mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;
+};
+
+}  // namespace asyncd::daemon

@@ -1,0 +1,22 @@
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+
+namespace asyncd::daemon {
+
+/// The one adapter from absl::Status to grpc::Status: the codes are the same
+/// numbers, the message is kept. Any thread.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+/// Core's RESOURCE_EXHAUSTED messages say what is full; this appends the
+/// config key an operator would raise ("(limits.max_sessions)"), so every
+/// over-limit message names its limit. Other statuses pass unchanged.
+[[nodiscard]] absl::Status NameLimit(absl::Status status);
+
+/// What every call that would add work answers while the daemon drains:
+/// UNAVAILABLE, so clients retry elsewhere.
+[[nodiscard]] absl::Status Draining();
+
+}  // namespace asyncd::daemon

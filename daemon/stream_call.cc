@@ -1,0 +1,476 @@
+#include "daemon/stream_call.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/budget.h"
+#include "daemon/service.h"
+#include "daemon/status.h"
+#include "src/core/clock.h"
+
+namespace asyncd::daemon {
+
+StreamCall::StreamCall(Service* service, grpc::CallbackServerContext* ctx)
+    : service_(service), ctx_(ctx), caller_(service->Identify(ctx)), in_(new Batch) {
+  StartRead(in_->request);
+}
+
+void StreamCall::OnReadDone(bool ok) {
+  if (!ok) {  // the client half-closed, or the stream broke
+    std::lock_guard lock(mu_);
+    reading_ = false;
+    half_closed_ = true;
+    MaybeFinishLocked();
+    return;
+  }
+  const Batch* handled = in_;
+  absl::Status s = Handle();
+  // Open and cancel messages are done with; a submit took its batch along.
+  if (in_ == handled) in_->Reset();
+  std::vector<uint64_t> to_cancel;
+  core::Dispatcher& dispatcher = service_->dispatcher();
+  {
+    std::lock_guard lock(mu_);
+    reading_ = false;
+    if (s.ok()) {
+      MaybeReadLocked();
+      // A cancel that came while this read was being handled could not
+      // finish the stream then (a read was outstanding): finish it now.
+      MaybeFinishLocked();
+      return;
+    }
+    end_status_ = ToGrpcStatus(s);
+    half_closed_ = true;
+    to_cancel = LiveIdsLocked();
+    MaybeFinishLocked();
+  }
+  CancelIds(dispatcher, to_cancel);
+}
+
+void StreamCall::OnWriteDone(bool ok) {
+  std::vector<uint64_t> to_cancel;
+  core::Dispatcher& dispatcher = service_->dispatcher();
+  {
+    std::lock_guard lock(mu_);
+    writing_ = false;
+    service_->budget().ReleaseBytes(current_charged_);  // written, or never will be
+    current_charged_ = 0;
+    RecycleMessageLocked(std::move(current_), current_data_bytes_);
+    if (!ok) {
+      // The client is gone: nothing more can be delivered.
+      broken_ = true;  // the outbox is dropped with the reactor
+      to_cancel = LiveIdsLocked();
+    }
+    WriteNextLocked();
+    MaybeReadLocked();
+    MaybeFinishLocked();
+  }
+  CancelIds(dispatcher, to_cancel);
+}
+
+void StreamCall::OnCancel() {
+  std::vector<uint64_t> to_cancel;
+  core::Dispatcher& dispatcher = service_->dispatcher();
+  {
+    std::lock_guard lock(mu_);
+    broken_ = true;
+    to_cancel = LiveIdsLocked();
+    MaybeFinishLocked();  // nothing may be outstanding to finish it otherwise
+  }
+  CancelIds(dispatcher, to_cancel);
+}
+
+void StreamCall::OnComplete(const core::Op& op) noexcept {
+  refs_.fetch_add(1, std::memory_order_relaxed);
+  auto* ctx = reinterpret_cast<OpCtx*>(op.cookie);
+  service_->budget().ReleaseOps(1);
+  FillCompletion(op, ctx->buffers);
+  ctx->buffers.completion.set_tag(ctx->tag);
+  // In a backend's batch, take mu_ once for all of this stream's ops.
+  if (core::CompletionBatch::Defer(this, op.cookie)) return;  // keeps the ref
+  OnDeferred(std::span<const uint64_t>(&op.cookie, 1));
+}
+
+void StreamCall::OnDeferred(std::span<const uint64_t> cookies) noexcept {
+  {
+    std::lock_guard lock(mu_);
+    for (uint64_t cookie : cookies) DeliverLocked(reinterpret_cast<OpCtx*>(cookie));
+    WriteNextLocked();
+    MaybeReadLocked();
+    MaybeFinishLocked();
+  }
+  Unref(static_cast<int>(cookies.size()));
+}
+
+void StreamCall::OnDone() {
+  if (meta_ != nullptr) {
+    meta_->streams.fetch_sub(1);
+    if (meta_->stream_owned) {
+      (void)service_->sessions().End(meta_->session->id(), core::EndReason::kRpcCancelled);
+    }
+  }
+  Unref();
+}
+
+StreamCall::~StreamCall() {
+  for (OpCtx* c : free_ctx_) delete c;
+  for (Batch* b : spare_batches_) delete b;
+  delete in_;
+  uint64_t charged = current_charged_;
+  for (const Outgoing& o : outbox_) charged += o.charged;
+  service_->budget().ReleaseBytes(charged);
+}
+
+void StreamCall::Unref(int n) {
+  if (refs_.fetch_sub(n, std::memory_order_acq_rel) == n) delete this;
+}
+
+// A completed op's result goes out (or is dropped if nobody can take it).
+void StreamCall::DeliverLocked(OpCtx* ctx) {
+  Unlink(ctx);
+  --inflight_;
+  if (!broken_) {
+    AppendCompletionLocked(ctx->buffers.completion, ctx->charged);
+  } else {
+    service_->budget().ReleaseBytes(ctx->charged);  // dropped: nobody to deliver to
+  }
+  ctx->charged = 0;
+  FreeCtxLocked(ctx);
+}
+
+absl::Status StreamCall::Handle() {
+  const v1::StreamRequest& in = *in_->request;
+  switch (in.msg_case()) {
+    case v1::StreamRequest::kOpen:
+      return HandleOpen(in.open());
+    case v1::StreamRequest::kSubmit:
+      if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
+      return HandleSubmit();
+    case v1::StreamRequest::kCancel: {
+      if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
+      absl::Status status;
+      v1::CancelResponse resp = service_->canceller().Cancel(caller_, in.cancel(), &status);
+      // A refused cancel is answered in-band, not by ending the stream.
+      resp.set_request_tag(in.cancel().request_tag());
+      Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
+      *out.msg->mutable_cancel_result() = std::move(resp);
+      std::lock_guard lock(mu_);
+      outbox_.push_back(std::move(out));
+      WriteNextLocked();
+      return absl::OkStatus();
+    }
+    default:
+      return absl::InvalidArgumentError("empty stream message");
+  }
+}
+
+absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
+  if (meta_ != nullptr) return absl::InvalidArgumentError("open: sent twice");
+  if (service_->draining()) return Draining();
+  if (open.session_id() == 0) {
+    auto meta =
+        service_->sessions().Open(caller_, open.client_name(), 0, SessionLifetime::kBoundToStream);
+    if (!meta.ok()) return meta.status();
+    meta_ = *meta;
+  } else {
+    auto meta = service_->sessions().Own(caller_, open.session_id());
+    if (!meta.ok()) return meta.status();
+    meta_ = *meta;
+  }
+  meta_->streams.fetch_add(1);
+  Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
+  v1::StreamOpened* opened = out.msg->mutable_opened();
+  opened->set_session_id(meta_->session->id());
+  opened->set_lease_ms(meta_->lease_ms);
+  *opened->mutable_limits() = service_->LimitsProto();
+  std::lock_guard lock(mu_);
+  outbox_.push_back(std::move(out));
+  WriteNextLocked();
+  return absl::OkStatus();
+}
+
+absl::Status StreamCall::HandleSubmit() {
+  // The batch stays with its ops; the next read gets another.
+  Batch* batch = in_;
+  const v1::SubmitBatch& sb = batch->request->submit();
+  const int n = sb.ops_size();
+  // Reserve the Accepted message's place before any op can complete.
+  Outgoing* accepted_slot;
+  std::vector<OpCtx*>& ctxs = scratch_ctxs_;
+  ctxs.assign(n, nullptr);
+  {
+    std::lock_guard lock(mu_);
+    in_ = TakeBatchLocked();
+    batch->users = 1;
+    submitting_ = true;
+    outbox_.push_back(Outgoing{.msg = TakeMessageLocked(kAcceptedKind), .ready = false});
+    accepted_slot = &outbox_.back();
+    for (int i = 0; i < n; ++i) {
+      if (free_ctx_.empty()) {
+        ctxs[i] = new OpCtx;
+      } else {
+        ctxs[i] = free_ctx_.back();
+        free_ctx_.pop_back();
+      }
+      ctxs[i]->op_id = 0;
+    }
+    batch->users += n;
+  }
+  std::vector<core::OpRequest>& requests = scratch_requests_;
+  std::vector<int>& index = scratch_index_;  // request -> op position
+  requests.clear();
+  index.clear();
+  std::vector<absl::Status>& rejected = scratch_rejected_;
+  rejected.assign(n, absl::OkStatus());
+  const int64_t no_deadline = 0;
+  const uint32_t max_batch_ops = service_->live().max_batch_ops();
+  const uint32_t max_op_bytes = service_->live().max_op_bytes();
+  const bool over_batch = static_cast<uint32_t>(n) > max_batch_ops;
+  for (int i = 0; i < n; ++i) {
+    OpCtx* c = ctxs[i];
+    c->tag = sb.ops(i).tag();
+    c->batch = batch;
+    if (service_->draining()) {
+      rejected[i] = Draining();
+      continue;
+    }
+    if (over_batch) {
+      rejected[i] = absl::ResourceExhaustedError(
+          absl::StrCat("batch of ", n, " ops is over max_batch_ops ", max_batch_ops));
+      continue;
+    }
+    // Charge the daemon-wide budgets before the read buffer is allocated.
+    const uint64_t bytes = PayloadBytes(sb.ops(i));
+    const uint64_t charge = bytes <= max_op_bytes ? bytes : 0;  // else ToOpRequest refuses
+    rejected[i] = service_->budget().Reserve(1, charge);
+    if (!rejected[i].ok()) continue;
+    c->charged = charge;
+    core::OpRequest r;
+    rejected[i] = ToOpRequest(sb.ops(i), max_op_bytes, no_deadline, c->buffers, r);
+    if (!rejected[i].ok()) {
+      service_->budget().ReleaseOps(1);
+      service_->budget().ReleaseBytes(c->charged);
+      c->charged = 0;
+      continue;
+    }
+    r.sink = this;
+    r.cookie = reinterpret_cast<uint64_t>(c);
+    requests.push_back(r);
+    index.push_back(i);
+  }
+  std::vector<absl::StatusOr<core::OpId>>& ids = scratch_ids_;
+  ids.assign(requests.size(), absl::StatusOr<core::OpId>());
+  {
+    // Count them in flight first: completions may arrive during SubmitBatch.
+    std::lock_guard lock(mu_);
+    inflight_ += requests.size();
+    for (size_t j = 0; j < requests.size(); ++j) Link(ctxs[index[j]]);
+  }
+  if (!requests.empty()) service_->dispatcher().SubmitBatch(*meta_->session, requests, ids);
+  std::vector<uint64_t> to_cancel;
+  std::unique_lock lock(mu_);
+  v1::Accepted& accepted = *accepted_slot->msg->mutable_accepted();
+  accepted.set_batch_tag(sb.batch_tag());
+  // An op may have completed already (its ctx is back in the pool, kept
+  // there while submitting_): ids are read from `ids`, not from ctxs.
+  std::vector<uint64_t>& op_ids = scratch_op_ids_;
+  op_ids.assign(n, 0);
+  for (size_t j = 0; j < requests.size(); ++j) {
+    if (ids[j].ok()) {
+      op_ids[index[j]] = ids[j]->value;
+      if (ctxs[index[j]]->linked) ctxs[index[j]]->op_id = ids[j]->value;
+    } else {
+      rejected[index[j]] = NameLimit(ids[j].status());
+      service_->budget().ReleaseOps(1);
+      service_->budget().ReleaseBytes(ctxs[index[j]]->charged);
+      ctxs[index[j]]->charged = 0;
+    }
+  }
+  if (broken_) to_cancel = LiveIdsLocked();  // broke during the submit
+  for (int i = 0; i < n; ++i) {
+    v1::AcceptedOp* a = accepted.add_ops();
+    a->set_tag(sb.ops(i).tag());
+    a->set_op_id(op_ids[i]);
+  }
+  accepted_slot->ready = true;
+  for (int i = 0; i < n; ++i) {
+    if (rejected[i].ok()) continue;
+    service_->observer().counters().OnRejected();
+    if (ctxs[i]->linked) {  // was submitted, then refused
+      Unlink(ctxs[i]);
+      --inflight_;
+    }
+    FillRejected(rejected[i], sb.ops(i).tag(), ctxs[i]->buffers.completion);
+    AppendCompletionLocked(ctxs[i]->buffers.completion, 0);
+    FreeCtxLocked(ctxs[i]);
+  }
+  ReleaseBatchLocked(batch);  // HandleSubmit's use
+  submitting_ = false;
+  while (free_ctx_.size() > kSpareCtxs) {
+    delete free_ctx_.back();
+    free_ctx_.pop_back();
+  }
+  if (meta_->lease_ms != 0) {
+    meta_->RenewLease(core::MonoNanos());
+  }
+  WriteNextLocked();
+  lock.unlock();
+  CancelIds(service_->dispatcher(), to_cancel);
+  return absl::OkStatus();
+}
+
+void StreamCall::Link(OpCtx* c) {
+  c->linked = true;
+  c->prev = nullptr;
+  c->next = live_;
+  if (live_ != nullptr) live_->prev = c;
+  live_ = c;
+}
+
+void StreamCall::Unlink(OpCtx* c) {
+  if (c->prev != nullptr) c->prev->next = c->next;
+  if (c->next != nullptr) c->next->prev = c->prev;
+  if (live_ == c) live_ = c->next;
+  c->prev = c->next = nullptr;
+  c->linked = false;
+}
+
+// Moves `c` (by swap: no copy, and `c` gets a cleared spare) into the
+// last unsent batch: fewer, larger messages, each well under
+// max_message_bytes (read data counted; the rest is small).
+void StreamCall::AppendCompletionLocked(v1::Completion& c, uint64_t charged) {
+  const uint64_t data = c.data().size();
+  const uint64_t cap = std::min<uint64_t>(4 << 20, service_->config().max_message_bytes / 2);
+  if (outbox_.empty() || !outbox_.back().msg->has_completions() ||
+      outbox_.back().completions >= 1024 ||
+      (outbox_.back().completions > 0 && outbox_.back().data_bytes + data > cap)) {
+    outbox_.push_back(Outgoing{.msg = TakeMessageLocked(kCompletionsKind)});
+  }
+  Outgoing& out = outbox_.back();
+  out.msg->mutable_completions()->add_completions()->Swap(&c);
+  ++out.completions;
+  out.data_bytes += data;
+  out.charged += charged;
+  ++undelivered_;
+}
+
+void StreamCall::WriteNextLocked() {
+  if (writing_ || broken_ || outbox_.empty() || !outbox_.front().ready) return;
+  current_ = std::move(outbox_.front().msg);
+  current_charged_ = outbox_.front().charged;
+  current_data_bytes_ = outbox_.front().data_bytes;
+  undelivered_ -= outbox_.front().completions;
+  outbox_.pop_front();
+  writing_ = true;
+  StartWrite(current_.get());
+}
+
+std::unique_ptr<v1::StreamResponse> StreamCall::TakeMessageLocked(MessageKind kind) {
+  auto& spare = spare_messages_[kind];
+  if (!spare.empty()) {
+    auto msg = std::move(spare.back());
+    spare.pop_back();
+    return msg;
+  }
+  auto msg = std::make_unique<v1::StreamResponse>();
+  if (kind == kCompletionsKind) {
+    msg->mutable_completions();
+  } else {
+    msg->mutable_accepted();
+  }
+  return msg;
+}
+
+void StreamCall::RecycleMessageLocked(std::unique_ptr<v1::StreamResponse> msg,
+                                      uint64_t data_bytes) {
+  if (msg == nullptr || data_bytes > kRecycledMessageData) return;
+  MessageKind kind;
+  if (msg->has_completions()) {
+    msg->mutable_completions()->Clear();
+    kind = kCompletionsKind;
+  } else if (msg->has_accepted()) {
+    msg->mutable_accepted()->Clear();
+    kind = kAcceptedKind;
+  } else {
+    return;
+  }
+  if (spare_messages_[kind].size() < kSpareMessages) {
+    spare_messages_[kind].push_back(std::move(msg));
+  }
+}
+
+StreamCall::Batch* StreamCall::TakeBatchLocked() {
+  if (spare_batches_.empty()) return new Batch;
+  Batch* b = spare_batches_.back();
+  spare_batches_.pop_back();
+  return b;
+}
+
+void StreamCall::ReleaseBatchLocked(Batch* b) {
+  if (--b->users > 0) return;
+  if (spare_batches_.size() >= kSpareBatches) {
+    delete b;
+    return;
+  }
+  b->Reset();
+  spare_batches_.push_back(b);
+}
+
+// The ctx's op is over: its batch use ends, and it is kept for the next op
+// with its Completion cleared (a small read buffer stays allocated).
+void StreamCall::FreeCtxLocked(OpCtx* ctx) {
+  if (ctx->batch != nullptr) {
+    ReleaseBatchLocked(ctx->batch);
+    ctx->batch = nullptr;
+  }
+  // HandleSubmit may still hold it (it trims the pool when it is done).
+  if (!submitting_ && free_ctx_.size() >= kSpareCtxs) {
+    delete ctx;
+    return;
+  }
+  v1::Completion& c = ctx->buffers.completion;
+  if (c.data().capacity() > kKeptReadBuffer) {
+    c = v1::Completion();
+  } else {
+    c.Clear();
+  }
+  free_ctx_.push_back(ctx);
+}
+
+void StreamCall::MaybeReadLocked() {
+  if (reading_ || half_closed_ || broken_ || finished_) return;
+  // Flow control: stop taking work while the client is not taking results.
+  // Completions count one by one (a coalesced message holds up to 1024),
+  // so a client that never reads makes us hold at most about
+  // max_inflight_per_session results plus the message gRPC is writing.
+  if (inflight_ + undelivered_ + outbox_.size() >= service_->config().max_inflight_per_session) {
+    return;
+  }
+  reading_ = true;
+  StartRead(in_->request);
+}
+
+// Cancels run without mu_: a backend may complete a cancelled op on the
+// cancelling thread, and OnComplete takes mu_.
+std::vector<uint64_t> StreamCall::LiveIdsLocked() const {
+  std::vector<uint64_t> ids;
+  for (const OpCtx* c = live_; c != nullptr; c = c->next) {
+    if (c->op_id != 0) ids.push_back(c->op_id);
+  }
+  return ids;
+}
+
+// Static: the reactor may be gone once the lock is released.
+void StreamCall::CancelIds(core::Dispatcher& dispatcher, const std::vector<uint64_t>& ids) {
+  for (uint64_t id : ids) dispatcher.Cancel(core::OpId{id}, core::EndReason::kRpcCancelled);
+}
+
+void StreamCall::MaybeFinishLocked() {
+  if (finished_ || reading_ || !(half_closed_ || broken_) || inflight_ > 0) return;
+  if (!broken_ && (writing_ || !outbox_.empty())) return;  // deliver everything first
+  if (writing_) return;  // a failed write still owes us OnWriteDone
+  finished_ = true;
+  Finish(end_status_);
+}
+}  // namespace asyncd::daemon
