@@ -1,6 +1,7 @@
 #include "daemon/cancel.h"
 
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -16,21 +17,8 @@ v1::CancelResponse Canceller::Cancel(const Caller& caller, const v1::CancelReque
   v1::CancelResponse resp;
   resp.set_request_tag(req.request_tag());
   core::CancelCounts counts;
-  const core::EndReason default_reason =
-      caller.admin ? core::EndReason::kOperatorRequest : core::EndReason::kClientRequest;
-  auto cancel_one = [&](core::Registry::Found& found, uint32_t gen) {
-    const core::ClientInfo& owner = found.session->client();
-    const core::EndReason reason =
-        owner.uid == caller.uid ? core::EndReason::kClientRequest : default_reason;
-    const core::CancelResult r = dispatcher_.Cancel(*found.op, gen, reason);
+  auto answer = [&](core::OpId id, core::CancelResult r) {
     counts.Add(r);
-    counters_.OnCancelAnswered(r);
-    const core::OpId id = core::OpId::Make(found.session->index(), found.op->slot_index, gen);
-    if (r == core::CancelResult::kCancelled) {
-      if (auto snap = core::Registry::Snapshot(*found.op, found.session->id(), gen)) {
-        watch_hub_.PublishCancelRequested(*snap, owner);
-      }
-    }
     if (resp.outcomes_size() < static_cast<int>(kMaxOutcomes)) {
       v1::CancelOutcome* o = resp.add_outcomes();
       o->set_op_id(id.value);
@@ -39,6 +27,13 @@ v1::CancelResponse Canceller::Cancel(const Caller& caller, const v1::CancelReque
       resp.set_outcomes_truncated(true);
     }
   };
+  auto cancel_one = [&](core::Op& op, const core::Session& session, uint32_t gen) {
+    const core::EndReason reason = session.client().uid == caller.uid
+                                       ? core::EndReason::kClientRequest
+                                       : core::EndReason::kOperatorRequest;
+    answer(core::OpId::Make(session.index(), op.slot_index, gen),
+           dispatcher_.Cancel(op, gen, reason));
+  };
   *status = absl::OkStatus();
   if (req.target_case() == v1::CancelRequest::kOpId) {
     const core::OpId id{req.op_id()};
@@ -46,19 +41,26 @@ v1::CancelResponse Canceller::Cancel(const Caller& caller, const v1::CancelReque
       *status = absl::InvalidArgumentError("op_id: 0 is not an operation");
       return resp;
     }
+    uint32_t owner = 0;
     core::Registry::Found found = registry_.Find(id);
-    if (!found) {
-      counts.Add(core::CancelResult::kNotFound);
-      counters_.OnCancelAnswered(core::CancelResult::kNotFound);
-      v1::CancelOutcome* o = resp.add_outcomes();
-      o->set_op_id(id.value);
-      o->set_result(v1::CANCEL_RESULT_NOT_FOUND);
-    } else if (found.session->client().uid != caller.uid && !caller.admin) {
+    std::optional<FinishedOp> finished;
+    if (found) {
+      owner = found.session->client().uid;
+    } else if ((finished = history_.FindFinished(id.value))) {
+      owner = finished->uid;
+    }
+    if ((found || finished) && owner != caller.uid && !caller.admin) {
       *status =
           Deny(caller, absl::StrCat("cancel operation ", id.value, ": it belongs to another user"));
       return resp;
+    }
+    if (found) {
+      cancel_one(*found.op, *found.session, id.generation());
     } else {
-      cancel_one(found, id.generation());
+      const core::CancelResult r =
+          finished ? core::CancelResult::kAlreadyDone : core::CancelResult::kNotFound;
+      counters_.OnCancelAnswered(r);
+      answer(id, r);
     }
   } else if (req.target_case() == v1::CancelRequest::kSelector) {
     absl::StatusOr<Filter> filter = ToFilter(caller, req.selector(), Criteria::kRequired);
@@ -66,25 +68,23 @@ v1::CancelResponse Canceller::Cancel(const Caller& caller, const v1::CancelReque
       *status = filter.status();
       return resp;
     }
-    // Collect first: cancelling while iterating would see ops change under us.
-    std::vector<std::pair<core::OpId, std::shared_ptr<core::Session>>> targets;
+    // Collect first: cancelling while walking would see ops change under us.
+    struct Target {
+      core::Op* op;
+      uint32_t gen;
+      std::shared_ptr<core::Session> session;  // keeps the op's memory
+    };
+    std::vector<Target> targets;
     const int64_t now = core::MonoNanos();
-    registry_.ForEach(
-        [&](const core::OpSnapshot& snap, const std::shared_ptr<core::Session>& session) {
-          if (!core::IsTerminal(snap.state) &&
-              filter->Matches(snap, session->client().uid, session->client().name, now)) {
-            targets.emplace_back(snap.id, session);
-          }
-          return true;
-        });
-    for (auto& [id, session] : targets) {
-      core::Registry::Found found{session, session->Find(id.slot(), id.generation())};
-      if (!found) {
-        counts.Add(core::CancelResult::kAlreadyDone);  // finished since we looked
-        continue;
+    registry_.Walk(core::OpId{}, [&](core::Op& op, const core::OpBrief& brief,
+                                     const std::shared_ptr<core::Session>& session) {
+      if (!core::IsTerminal(brief.state) && filter->Matches(brief, *session, now)) {
+        targets.push_back({&op, brief.id.generation(), session});
       }
-      cancel_one(found, id.generation());
-    }
+      return true;
+    });
+    // An op that finished since is answered ALREADY_DONE by core itself.
+    for (const Target& t : targets) cancel_one(*t.op, *t.session, t.gen);
   } else {
     *status = absl::InvalidArgumentError("target: set op_id or selector");
     return resp;

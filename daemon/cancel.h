@@ -6,7 +6,7 @@
 #include "asyncd/v1/asyncd.pb.h"
 #include "daemon/caller.h"
 #include "daemon/counters.h"
-#include "daemon/watch_hub.h"
+#include "daemon/history.h"
 #include "src/core/dispatcher.h"
 
 namespace asyncd::daemon {
@@ -16,8 +16,10 @@ namespace v1 = ::asyncd::v1;
 /// Cancel, for the Cancel RPC and a stream's cancel messages: one op by id,
 /// or every in-flight op a selector matches. Answers per op in the spirit of
 /// aio_cancel (cancelled, not cancellable, already done, not found), with
-/// counts. Each answer is counted (Counters) and each op cancelled is told
-/// to watchers (CANCEL_REQUESTED).
+/// counts. A finished op's id answers ALREADY_DONE while it is in the
+/// history. Requests that reach core are counted and told to watchers by the
+/// observer (as every end request is); the answers given here from the
+/// history or for a missing id are counted here.
 class Canceller {
  public:
   /// At most this many per-op outcomes in a response; the counts cover all.
@@ -25,12 +27,13 @@ class Canceller {
 
   /// Every reference must outlive the canceller.
   Canceller(core::Registry& registry, core::Dispatcher& dispatcher, Counters& counters,
-            WatchHub& watch_hub)
-      : registry_(registry), dispatcher_(dispatcher), counters_(counters), watch_hub_(watch_hub) {}
+            const History& history)
+      : registry_(registry), dispatcher_(dispatcher), counters_(counters), history_(history) {}
 
   /// Requests the end of what `req` names, as `caller` may: a non-admin
   /// cancels only its own uid's ops (by id, another uid's op is
-  /// PERMISSION_DENIED; a selector keeps to its own). The end reason is
+  /// PERMISSION_DENIED, also while it is in the history; a selector keeps to
+  /// its own). The end reason is
   /// CLIENT_REQUEST for the op's owner, else OPERATOR_REQUEST. Sets
   /// `*status` (INVALID_ARGUMENT: op_id 0, bad or empty selector, no
   /// target; PERMISSION_DENIED) and returns the answer, which on error
@@ -43,7 +46,7 @@ class Canceller {
   core::Registry& registry_;
   core::Dispatcher& dispatcher_;
   Counters& counters_;
-  WatchHub& watch_hub_;
+  const History& history_;
 };
 
 }  // namespace asyncd::daemon

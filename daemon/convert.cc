@@ -100,6 +100,9 @@ absl::Status ToOpRequest(const v1::Operation& op, uint32_t max_op_bytes, int64_t
       if (o.truncate() && o.access() == v1::OPEN_MODE_READ_ONLY) {
         return Invalid("open.truncate", "requires WRITE_ONLY or READ_WRITE");
       }
+      if (o.directory() && (o.access() != v1::OPEN_MODE_READ_ONLY || o.create() || o.truncate())) {
+        return Invalid("open.directory", "requires READ_ONLY, without create or truncate");
+      }
       if (o.create()) flags |= O_CREAT;
       if (o.exclusive()) flags |= O_EXCL;
       if (o.truncate()) flags |= O_TRUNC;
@@ -166,6 +169,14 @@ absl::Status ToOpRequest(const v1::Operation& op, uint32_t max_op_bytes, int64_t
       if (auto s = CheckHandle("fallocate.handle", out.handle); !s.ok()) return s;
       constexpr uint32_t kKnown = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
       if ((f.mode() & ~kKnown) != 0) return Invalid("fallocate.mode", "unknown mode bits");
+      if ((f.mode() & FALLOC_FL_PUNCH_HOLE) != 0) {
+        if ((f.mode() & FALLOC_FL_KEEP_SIZE) == 0) {
+          return Invalid("fallocate.mode", "PUNCH_HOLE requires KEEP_SIZE");
+        }
+        if ((f.mode() & FALLOC_FL_ZERO_RANGE) != 0) {
+          return Invalid("fallocate.mode", "PUNCH_HOLE excludes ZERO_RANGE");
+        }
+      }
       if (f.offset() < 0) return Invalid("fallocate.offset", "must be >= 0");
       if (f.length() <= 0) return Invalid("fallocate.length", "must be > 0");
       p.mode = f.mode();
@@ -247,6 +258,13 @@ absl::Status ToOpRequest(const v1::Operation& op, uint32_t max_op_bytes, int64_t
 
 namespace {
 
+// The errno a finished op reports: ECANCELED, ETIMEDOUT, or its own.
+int ErrorOf(core::OpState state, int64_t result) {
+  if (state == core::OpState::kCancelled) return ECANCELED;
+  if (state == core::OpState::kTimedOut) return ETIMEDOUT;
+  return result < 0 ? static_cast<int>(-result) : 0;
+}
+
 v1::FileType FileTypeOf(uint16_t mode) {
   switch (mode & S_IFMT) {
     case S_IFREG: return v1::FILE_TYPE_REGULAR;
@@ -291,15 +309,8 @@ void FillCompletion(const core::Op& op, OpBuffers& buffers) {
   c.set_duration_us(finished > submitted ? (finished - submitted) / 1000 : 0);
   const uint64_t bytes = op.bytes_done.load(std::memory_order_relaxed);
   c.set_bytes_done(bytes);
-  int error = 0;
-  if (state == core::OpState::kCancelled) {
-    error = ECANCELED;
-  } else if (state == core::OpState::kTimedOut) {
-    error = ETIMEDOUT;
-  } else if (result < 0) {
-    error = static_cast<int>(-result);
-  }
-  c.set_result(error != 0 && result >= 0 ? -error : static_cast<int32_t>(result));
+  const int error = ErrorOf(state, result);
+  c.set_result(error != 0 ? -error : static_cast<int32_t>(result));
   c.set_error_number(error);
   if (error != 0) c.set_error_name(ErrnoName(error));
   if (kind == core::OpKind::kRead) {
@@ -356,9 +367,21 @@ core::OpKind FromProto(v1::OpKind kind) {
   return (kind >= 1 && kind <= core::kOpKindCount) ? static_cast<core::OpKind>(kind)
                                                    : core::OpKind::kNop;
 }
-v1::OpState ToProto(core::OpState state) {
-  return state == core::OpState::kFree ? v1::OP_STATE_UNSPECIFIED
-                                       : static_cast<v1::OpState>(state);
+v1::OpState ToProto(core::OpState state, core::BackendKind backend) {
+  switch (state) {
+    case core::OpState::kFree:
+      return v1::OP_STATE_UNSPECIFIED;
+    case core::OpState::kQueued:
+    case core::OpState::kDispatched:
+      return v1::OP_STATE_QUEUED;  // waiting for its backend to take it
+    case core::OpState::kRunning:
+      // The ring takes an op by submitting it to the kernel, which does not
+      // say when it starts it.
+      return backend == core::BackendKind::kIoUring ? v1::OP_STATE_DISPATCHED
+                                                    : v1::OP_STATE_RUNNING;
+    default:
+      return static_cast<v1::OpState>(state);  // terminal states share their values
+  }
 }
 core::OpState FromProto(v1::OpState state) {
   return (state >= 1 && state <= 7) ? static_cast<core::OpState>(state) : core::OpState::kFree;
@@ -423,23 +446,25 @@ void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
   out.set_target(s.target);
   out.set_handle(s.handle);
   out.set_backend(ToProto(s.backend));
-  out.set_state(ToProto(s.state));
-  out.set_cancel_requested(s.end_requested);
+  out.set_state(ToProto(s.state, s.backend));
+  out.set_cancel_requested(s.cancel_requested);
   out.set_cancellable(s.cancellable());
   out.set_cancel_safety(s.safety == core::CancelSafety::kAlways
                             ? v1::CANCEL_SAFETY_ALWAYS
                             : v1::CANCEL_SAFETY_ONLY_BEFORE_START);
-  const int64_t end = core::IsTerminal(s.state) && s.finished_ns != 0 ? s.finished_ns : now_mono_ns;
+  const bool finished = core::IsTerminal(s.state);
+  const int64_t end = finished && s.finished_ns != 0 ? s.finished_ns : now_mono_ns;
   out.set_age_us(end > s.submitted_ns ? (end - s.submitted_ns) / 1000 : 0);
   out.set_submitted_unix_nanos(ToUnixNanos(s.submitted_ns));
-  out.set_finished_unix_nanos(core::IsTerminal(s.state) ? ToUnixNanos(s.finished_ns) : 0);
+  out.set_finished_unix_nanos(finished ? ToUnixNanos(s.finished_ns) : 0);
   out.set_bytes_done(s.bytes_done);
-  out.set_result(static_cast<int32_t>(s.result));
-  if (core::IsTerminal(s.state)) {
+  if (finished) {
+    const int error = ErrorOf(s.state, s.result);
     out.set_outcome(OutcomeOf(s.state));
-    if (s.result < 0) out.set_error_number(static_cast<int32_t>(-s.result));
+    out.set_result(error != 0 ? -error : static_cast<int32_t>(s.result));
+    out.set_error_number(error);
   }
-  out.set_end_reason(ToProto(s.end_reason));
+  if (s.end_requested) out.set_end_reason(ToProto(s.end_reason));
   out.set_tag(s.tag);
   out.set_deadline_ms(s.deadline_ms);
   if (!include_timeline) return;
@@ -453,14 +478,24 @@ void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
   add(v1::EVENT_TYPE_SUBMITTED, s.submitted_ns);
   add(v1::EVENT_TYPE_DISPATCHED, s.dispatched_ns, std::string(core::Name(s.backend)));
   add(v1::EVENT_TYPE_STARTED, s.started_ns);
-  if (s.end_requested) {
-    add(s.end_reason == core::EndReason::kDeadline ? v1::EVENT_TYPE_DEADLINE_EXPIRED
-                                                   : v1::EVENT_TYPE_CANCEL_REQUESTED,
-        s.end_requested_ns, std::string(core::Name(s.end_reason)));
+  // A cancel and a deadline, granted or refused, in the order they came.
+  const int64_t deadline_at =
+      s.deadline_passed ? s.submitted_ns + int64_t{s.deadline_ms} * 1'000'000 : 0;
+  const bool cancel_ended_it = s.end_requested && s.end_reason != core::EndReason::kDeadline;
+  const std::string cancel_detail =
+      cancel_ended_it ? std::string(core::Name(s.end_reason)) : "refused: past its cancel point";
+  const bool deadline_ended_it = s.end_requested && s.end_reason == core::EndReason::kDeadline;
+  const std::string deadline_detail = deadline_ended_it ? "ended it" : "too late: it went on";
+  if (s.cancel_requested && (deadline_at == 0 || s.cancel_requested_ns <= deadline_at)) {
+    add(v1::EVENT_TYPE_CANCEL_REQUESTED, s.cancel_requested_ns, cancel_detail);
+    add(v1::EVENT_TYPE_DEADLINE_EXPIRED, deadline_at, deadline_detail);
+  } else {
+    add(v1::EVENT_TYPE_DEADLINE_EXPIRED, deadline_at, deadline_detail);
+    if (s.cancel_requested) add(v1::EVENT_TYPE_CANCEL_REQUESTED, s.cancel_requested_ns, cancel_detail);
   }
-  if (core::IsTerminal(s.state)) {
-    add(TerminalEvent(s.state), s.finished_ns,
-        s.result < 0 ? ErrnoName(static_cast<int>(-s.result)) : std::string());
+  if (finished) {
+    const int error = ErrorOf(s.state, s.result);
+    add(TerminalEvent(s.state), s.finished_ns, error != 0 ? ErrnoName(error) : std::string());
   }
 }
 

@@ -35,7 +35,10 @@ void FillCompletion(const core::Op& op, OpBuffers& buffers);
 void FillRejected(const absl::Status& status, uint64_t tag, v1::Completion& out);
 
 v1::OpKind ToProto(core::OpKind kind);
-v1::OpState ToProto(core::OpState state);
+/// The state the API shows for an op in core `state` on `backend`: waiting
+/// in a backend's queue is QUEUED; taken by io_uring is DISPATCHED (the
+/// kernel does not say when it starts an op); taken by a thread is RUNNING.
+v1::OpState ToProto(core::OpState state, core::BackendKind backend);
 v1::Backend ToProto(core::BackendKind backend);
 v1::EndReason ToProto(core::EndReason reason);
 v1::CancelResult ToProto(core::CancelResult result);

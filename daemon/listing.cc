@@ -5,7 +5,11 @@
 #include <optional>
 #include <vector>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/convert.h"
 #include "daemon/selector.h"
@@ -13,41 +17,88 @@
 
 namespace asyncd::daemon {
 
+namespace {
+
+// A page token is the last op id returned and a fingerprint of the filter
+// it was returned for: a token reused with another filter is refused.
+uint64_t Fingerprint(const v1::OpSelector& selector) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  selector.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return std::hash<std::string>{}(bytes);
+}
+
+}  // namespace
+
 absl::Status Listing::ListOperations(const Caller& caller, const v1::ListOperationsRequest& req,
                                      v1::ListOperationsResponse* resp) const {
   absl::StatusOr<Filter> filter = ToFilter(caller, req.filter(), Criteria::kOptional);
   if (!filter.ok()) return filter.status();
-  uint64_t after = 0;
-  if (!req.page_token().empty() && !absl::SimpleAtoi(req.page_token(), &after)) {
-    return absl::InvalidArgumentError("page_token: not a token from this daemon");
+  const uint64_t fingerprint = Fingerprint(req.filter());
+  // The token carries the last id returned, what the pages before matched
+  // and walked (for total_matched), and the filter's fingerprint.
+  uint64_t after = 0, prior_matched = 0, prior_visited = 0;
+  if (!req.page_token().empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(req.page_token(), '.');
+    uint64_t issued_for = 0;
+    if (parts.size() != 4 || !absl::SimpleAtoi(parts[0], &after) ||
+        !absl::SimpleAtoi(parts[1], &prior_matched) ||
+        !absl::SimpleAtoi(parts[2], &prior_visited) ||
+        !absl::SimpleHexAtoi(parts[3], &issued_for)) {
+      return absl::InvalidArgumentError("page_token: not a token from this daemon");
+    }
+    if (issued_for != fingerprint) {
+      return absl::InvalidArgumentError(
+          "page_token: issued for another filter; list again from the first page");
+    }
   }
   const uint32_t page =
       req.page_size() == 0 ? kDefaultPageSize : std::min(req.page_size(), kMaxPageSize);
-  struct Row {
-    core::OpSnapshot snap;
-    std::shared_ptr<core::Session> session;
-  };
-  std::vector<Row> rows;
   const int64_t now = core::MonoNanos();
-  uint64_t matched = 0;
-  registry_.ForEach(
-      [&](const core::OpSnapshot& snap, const std::shared_ptr<core::Session>& session) {
-        if (!filter->Matches(snap, session->client().uid, session->client().name, now)) return true;
-        ++matched;
-        if (snap.id.value > after) rows.push_back({snap, session});
-        return true;
-      });
-  // Pages are ordered by op id, so a token is just the last id returned.
-  const size_t n = std::min<size_t>(rows.size(), page);
-  std::partial_sort(rows.begin(), rows.begin() + n, rows.end(),
-                    [](const Row& a, const Row& b) { return a.snap.id.value < b.snap.id.value; });
-  for (size_t i = 0; i < n; ++i) {
-    const core::ClientInfo& client = rows[i].session->client();
-    ToOperationInfo(rows[i].snap, client.uid, client.pid, client.name, req.include_timeline(), now,
+  uint64_t visited = 0, matched = 0, last = 0;
+  bool more = false;
+  // In op id order from the token, stopping at the page: a page costs what
+  // it holds, not the registry's size.
+  registry_.Walk(core::OpId{after}, [&](const core::Op& op, const core::OpBrief& brief,
+                                        const std::shared_ptr<core::Session>& session) {
+    if (core::IsTerminal(brief.state) || !filter->Matches(brief, *session, now)) {
+      ++visited;
+      return true;
+    }
+    std::optional<core::OpSnapshot> snap =
+        core::Registry::Snapshot(op, session->id(), brief.id.generation());
+    if (!snap || core::IsTerminal(snap->state)) {  // finished meanwhile
+      ++visited;
+      return true;
+    }
+    if (matched == page) {
+      more = true;  // the next page starts here
+      return false;
+    }
+    ++visited;
+    ++matched;
+    last = snap->id.value;
+    const core::ClientInfo& client = session->client();
+    ToOperationInfo(*snap, client.uid, client.pid, client.name, req.include_timeline(), now,
                     *resp->add_ops());
+    return true;
+  });
+  const uint64_t total_matched = prior_matched + matched;
+  const uint64_t total_visited = prior_visited + visited;
+  if (!more) {
+    resp->set_total_matched(total_matched);
+    return absl::OkStatus();
   }
-  if (rows.size() > n) resp->set_next_page_token(absl::StrCat(rows[n - 1].snap.id.value));
-  resp->set_total_matched(matched);
+  resp->set_next_page_token(
+      absl::StrCat(last, ".", total_matched, ".", total_visited, ".", absl::Hex(fingerprint)));
+  // What is left to walk, at the share that has matched so far.
+  const uint64_t live = registry_.live_ops();
+  const uint64_t left = live > total_visited ? live - total_visited : 0;
+  resp->set_total_matched(std::max(
+      total_matched + 1, total_matched + left * total_matched / std::max<uint64_t>(1, total_visited)));
   return absl::OkStatus();
 }
 

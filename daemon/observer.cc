@@ -27,4 +27,15 @@ void Observer::OnSubmitted(const core::Op& op) noexcept {
   watch_hub_.PublishSubmitted(*snap, op.session->client().uid, op.session->client().name);
 }
 
+void Observer::OnEndRequested(const core::Op& op, uint32_t gen, core::EndReason reason,
+                              core::CancelResult result) noexcept {
+  const core::Session& session = *op.session;  // the requester holds a reference
+  if (session.id() == ignored_session_.load(std::memory_order_relaxed)) return;
+  counters_.OnCancelAnswered(result);
+  if (!watch_hub_.active()) return;
+  std::optional<core::OpSnapshot> snap = core::Registry::Snapshot(op, session.id(), gen);
+  if (!snap) return;  // finished and retired meanwhile: its end says the rest
+  watch_hub_.PublishEndRequested(*snap, reason, session.client().uid, session.client().name);
+}
+
 }  // namespace asyncd::daemon

@@ -27,6 +27,11 @@ class Observer final : public core::CompletionObserver {
   void OnFinished(const core::Op& op) noexcept override;
   /// Tells watchers (nothing to do when nobody watches). Submitting thread.
   void OnSubmitted(const core::Op& op) noexcept override;
+  /// Counts the answer and tells watchers of every end request: cancels from
+  /// any source, and deadlines. The requesting thread; never blocks beyond
+  /// the watchers' short locks.
+  void OnEndRequested(const core::Op& op, uint32_t gen, core::EndReason reason,
+                      core::CancelResult result) noexcept override;
   /// Ops of this session (the daemon's own watchdog probe) are not counted,
   /// kept in history or watched. Set before its first op.
   void IgnoreSession(uint64_t session_id) {

@@ -20,7 +20,7 @@ struct Filter {
   std::string client;
   uint32_t handle = 0;
   uint32_t kinds = 0;   // bit per core::OpKind; 0 = any
-  uint32_t states = 0;  // bit per core::OpState; 0 = any
+  uint32_t states = 0;  // bit per v1::OpState, as listed (ToProto(state, backend)); 0 = any
   core::BackendKind backend = core::BackendKind::kNone;
   int64_t older_than_ns = 0;
   std::optional<uint32_t> uid;  // set for non-admin callers: only their own ops
@@ -28,6 +28,13 @@ struct Filter {
   /// `now_ns` (MonoNanos). Pure; any thread.
   bool Matches(const core::OpSnapshot& s, uint32_t uid, std::string_view client,
                int64_t now_ns) const;
+  /// The same for a brief (a walk's view) of an op of `session`.
+  bool Matches(const core::OpBrief& b, const core::Session& session, int64_t now_ns) const;
+
+ private:
+  bool Matches(uint64_t op_session, core::OpKind kind, core::OpState state,
+               core::BackendKind op_backend, uint32_t op_handle, int64_t submitted_ns,
+               uint32_t op_uid, std::string_view op_client, int64_t now_ns) const;
 };
 
 /// Whether a selector must name something.

@@ -36,7 +36,7 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
       started_ns_(core::MonoNanos()),
       identifier_(AdminRules::FromConfig(config_, ::geteuid()), listener),
       sessions_(registry, dispatcher, live_, config_.max_lease_ms),
-      canceller_(registry, dispatcher, observer.counters(), observer.watch_hub()),
+      canceller_(registry, dispatcher, observer.counters(), observer.history()),
       listing_(registry, observer.history()),
       drainer_(registry, dispatcher, config_.state_dir) {}
 

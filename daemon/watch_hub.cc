@@ -61,15 +61,15 @@ void WatchHub::PublishFinished(const core::OpSnapshot& snap, uint32_t uid,
   Publish(e, snap, uid, client);
 }
 
-void WatchHub::PublishCancelRequested(const core::OpSnapshot& snap,
-                                      const core::ClientInfo& client) {
+void WatchHub::PublishEndRequested(const core::OpSnapshot& snap, core::EndReason reason,
+                                   uint32_t uid, std::string_view client) {
   if (!active()) return;
   v1::WatchEvent e;
-  e.set_type(snap.end_reason == core::EndReason::kDeadline ? v1::EVENT_TYPE_DEADLINE_EXPIRED
-                                                           : v1::EVENT_TYPE_CANCEL_REQUESTED);
-  e.set_end_reason(ToProto(snap.end_reason));
+  e.set_type(reason == core::EndReason::kDeadline ? v1::EVENT_TYPE_DEADLINE_EXPIRED
+                                                  : v1::EVENT_TYPE_CANCEL_REQUESTED);
+  e.set_end_reason(ToProto(reason));
   e.set_unix_nanos(core::UnixNanos());
-  Publish(e, snap, client.uid, client.name);
+  Publish(e, snap, uid, client);
 }
 
 void WatchHub::Publish(const v1::WatchEvent& base, const core::OpSnapshot& snap, uint32_t uid,

@@ -63,9 +63,11 @@ class WatchHub {
   /// An op ended (COMPLETED, CANCELLED, TIMED_OUT or FAILED, with its
   /// outcome and end reason). Completing thread.
   void PublishFinished(const core::OpSnapshot& snap, uint32_t uid, std::string_view client);
-  /// An end was requested on an op (CANCEL_REQUESTED, or DEADLINE_EXPIRED).
-  /// The cancelling thread.
-  void PublishCancelRequested(const core::OpSnapshot& snap, const core::ClientInfo& client);
+  /// An end was requested on an op, by a cancel from any source
+  /// (CANCEL_REQUESTED, with the request's end reason) or by its deadline
+  /// (DEADLINE_EXPIRED), granted or not. The requesting thread.
+  void PublishEndRequested(const core::OpSnapshot& snap, core::EndReason reason, uint32_t uid,
+                           std::string_view client);
 
   /// `event` with the op's fields (id, session, kind, target) filled from
   /// `snap`, to every matching watcher. Never blocks beyond the hub's lock

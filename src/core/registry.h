@@ -217,7 +217,7 @@ class Registry {
   /// stop. Take a full Snapshot of the ops that matter. Cost: the ops
   /// visited, not the registry: a page walk stops at its page. Never blocks
   /// submission or completion; takes the table lock briefly per session.
-  /// fn(const Op&, const OpBrief&, const std::shared_ptr<Session>&) -> bool.
+  /// fn(Op&, const OpBrief&, const std::shared_ptr<Session>&) -> bool.
   template <typename Fn>
   void Walk(OpId after, Fn&& fn) const;
 
@@ -269,7 +269,7 @@ void Registry::Walk(OpId after, Fn&& fn) const {
     const uint32_t first = !from_start && index == after.session_index() ? after.slot() + 1 : 0;
     const bool go_on = session->ForEachSlotFrom(first, [&](Op& op) {
       const std::optional<OpBrief> brief = Brief(op, index);
-      return !brief || fn(static_cast<const Op&>(op), *brief, session);
+      return !brief || fn(op, *brief, session);
     });
     if (!go_on) return;
   }

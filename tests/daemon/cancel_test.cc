@@ -5,6 +5,8 @@
 // end reason, the outcome list cap, and what is counted and told to watchers.
 #include "daemon/cancel.h"
 
+#include "daemon/observer.h"
+
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -22,6 +24,7 @@ class CancelTest : public ::testing::Test {
  protected:
   CancelTest() {
     dispatcher_.SetBackends({&backend_});
+    dispatcher_.SetObserver(&observer_);
     db_ = *registry_.OpenSession({"db", 1000, 1000, 1});
     web_ = *registry_.OpenSession({"web", 1001, 1001, 2});
   }
@@ -60,9 +63,10 @@ class CancelTest : public ::testing::Test {
   core::Registry registry_{core::Registry::Options{.max_ops_per_session = 2048}};
   core::Dispatcher dispatcher_{registry_, -1};
   FakeBackend backend_{dispatcher_, {.completion = FakeBackend::Completion::kHeld}};
-  Counters counters_;
-  WatchHub hub_;
-  Canceller canceller_{registry_, dispatcher_, counters_, hub_};
+  Observer observer_{16, 0};  // no slowest set: the recent ring alone holds finished ops
+  Counters& counters_ = observer_.counters();
+  WatchHub& hub_ = observer_.watch_hub();
+  Canceller canceller_{registry_, dispatcher_, counters_, observer_.history()};
   std::shared_ptr<core::Session> db_;   // uid 1000
   std::shared_ptr<core::Session> web_;  // uid 1001
 };
@@ -102,7 +106,9 @@ TEST_F(CancelTest, StartedNonCancelSafeOpIsNotCancellable) {
   EXPECT_EQ(Stats().cancels_not_cancellable(), 1u);
 }
 
-TEST_F(CancelTest, StaleIdIsNotFoundEvenWhenItsSlotIsReused) {
+// A finished op's id, its slot reused by a new op, answers ALREADY_DONE
+// while the op is in the history, and never touches the new op.
+TEST_F(CancelTest, FinishedIdIsAlreadyDoneWhileInTheHistoryEvenWhenItsSlotIsReused) {
   const core::OpId old_id = Submit(*db_, core::OpKind::kTimeout);
   backend_.CompleteAll(0);
   const core::OpId new_id = Submit(*db_, core::OpKind::kTimeout);
@@ -112,11 +118,32 @@ TEST_F(CancelTest, StaleIdIsNotFoundEvenWhenItsSlotIsReused) {
   ASSERT_TRUE(status.ok());
   ASSERT_EQ(resp.outcomes_size(), 1);
   EXPECT_EQ(resp.outcomes(0).op_id(), old_id.value);
-  EXPECT_EQ(resp.outcomes(0).result(), v1::CANCEL_RESULT_NOT_FOUND);
-  EXPECT_EQ(resp.counts().not_found(), 1u);
+  EXPECT_EQ(resp.outcomes(0).result(), v1::CANCEL_RESULT_ALREADY_DONE);
+  EXPECT_EQ(resp.counts().already_done(), 1u);
   EXPECT_EQ(backend_.interrupts(), 0u);
   EXPECT_FALSE(registry_.Snapshot(new_id)->end_requested);
+  EXPECT_EQ(Stats().cancels_already_done(), 1u);
+  // Another user's finished op is still refused.
+  CancelId(User(1001), old_id, &status);
+  EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied);
+}
+
+// Once the history has forgotten it (or it never was), an id is NOT_FOUND.
+TEST_F(CancelTest, IdGoneFromTheHistoryIsNotFound) {
+  const core::OpId old_id = Submit(*db_, core::OpKind::kTimeout);
+  backend_.CompleteAll(0);
+  for (int i = 0; i < 40; ++i) {  // more than the history (16) holds
+    Submit(*db_, core::OpKind::kNop);
+    backend_.CompleteAll(0);
+  }
+  absl::Status status;
+  v1::CancelResponse resp = CancelId(User(1000), old_id, &status);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(resp.outcomes(0).result(), v1::CANCEL_RESULT_NOT_FOUND);
+  EXPECT_EQ(resp.counts().not_found(), 1u);
   EXPECT_EQ(Stats().cancels_not_found(), 1u);
+  resp = CancelId(User(1000), core::OpId{0xdead0000beefull}, &status);
+  EXPECT_EQ(resp.outcomes(0).result(), v1::CANCEL_RESULT_NOT_FOUND);
 }
 
 TEST_F(CancelTest, OpIdZeroIsInvalidAndAnswersNothing) {
@@ -227,6 +254,9 @@ TEST_F(CancelTest, CancelledOpIsToldToWatchers) {
   absl::Status status;
   CancelId(User(1000), id, &status);
   std::optional<v1::WatchEvent> e = watcher->Pop();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->type(), v1::EVENT_TYPE_SUBMITTED);
+  e = watcher->Pop();
   ASSERT_TRUE(e.has_value());
   EXPECT_EQ(e->type(), v1::EVENT_TYPE_CANCEL_REQUESTED);
   EXPECT_EQ(e->op_id(), id.value);

@@ -136,7 +136,7 @@ TEST(SelectorTest, MatchesByKindStateAndBackend) {
   v1::OpSelector sel;
   sel.add_kinds(v1::OP_KIND_READ);
   sel.add_kinds(v1::OP_KIND_WRITE);
-  sel.add_states(v1::OP_STATE_RUNNING);
+  sel.add_states(v1::OP_STATE_DISPATCHED);
   sel.set_backend(v1::BACKEND_IO_URING);
   absl::StatusOr<Filter> f = ToFilter(Admin(), sel, Criteria::kRequired);
   ASSERT_TRUE(f.ok()) << f.status();
@@ -151,6 +151,45 @@ TEST(SelectorTest, MatchesByKindStateAndBackend) {
   EXPECT_FALSE(f->Matches(snap(K::kFsync, S::kRunning, B::kIoUring), 0, "", 0));
   EXPECT_FALSE(f->Matches(snap(K::kRead, S::kQueued, B::kIoUring), 0, "", 0));
   EXPECT_FALSE(f->Matches(snap(K::kRead, S::kRunning, B::kThreadPool), 0, "", 0));
+}
+
+// States select as they are listed: waiting in a backend's queue is QUEUED
+// on every backend, taken by io_uring DISPATCHED, run by a thread RUNNING.
+TEST(SelectorTest, StatesSelectAsListed) {
+  auto only = [](v1::OpState state) {
+    v1::OpSelector sel;
+    sel.add_states(state);
+    return *ToFilter(Admin(), sel, Criteria::kRequired);
+  };
+  using S = core::OpState;
+  using B = core::BackendKind;
+  auto matches = [](const Filter& f, S s, B b) {
+    return f.Matches(Snap(1, core::OpKind::kRead, s, b, 0), 0, "", 0);
+  };
+  const Filter queued = only(v1::OP_STATE_QUEUED);
+  const Filter dispatched = only(v1::OP_STATE_DISPATCHED);
+  const Filter running = only(v1::OP_STATE_RUNNING);
+  for (B b : {B::kIoUring, B::kThreadPool}) {
+    EXPECT_TRUE(matches(queued, S::kDispatched, b));
+    EXPECT_FALSE(matches(dispatched, S::kDispatched, b));
+    EXPECT_FALSE(matches(running, S::kDispatched, b));
+  }
+  EXPECT_TRUE(matches(dispatched, S::kRunning, B::kIoUring));
+  EXPECT_FALSE(matches(running, S::kRunning, B::kIoUring));
+  EXPECT_TRUE(matches(running, S::kRunning, B::kThreadPool));
+  EXPECT_FALSE(matches(dispatched, S::kRunning, B::kThreadPool));
+}
+
+// all=true selects everything; with another criterion it is refused.
+TEST(SelectorTest, AllWithAnotherCriterionIsInvalid) {
+  v1::OpSelector sel;
+  sel.set_all(true);
+  EXPECT_TRUE(ToFilter(Admin(), sel, Criteria::kRequired).ok());
+  sel.add_kinds(v1::OP_KIND_READ);
+  absl::StatusOr<Filter> f = ToFilter(Admin(), sel, Criteria::kRequired);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.status().message(),
+            "selector.all: selects every operation; it cannot be combined with other criteria");
 }
 
 TEST(SelectorTest, OlderThanSelectsOpsAtLeastThatOld) {

@@ -99,14 +99,12 @@ TEST(WatchHubTest, CancelRequestedOrDeadlineExpired) {
   WatchHub hub;
   auto w = NewWatcher();
   ASSERT_TRUE(hub.Add(w, 4));
-  core::OpSnapshot cancelled = Snap(1);
-  cancelled.end_reason = core::EndReason::kClientRequest;
-  core::OpSnapshot expired = Snap(2);
-  expired.end_reason = core::EndReason::kDeadline;
-  const core::ClientInfo client{.name = "db", .uid = 1000};
-  hub.PublishCancelRequested(cancelled, client);
-  hub.PublishCancelRequested(expired, client);
-  EXPECT_EQ(w->Pop()->type(), v1::EVENT_TYPE_CANCEL_REQUESTED);
+  hub.PublishEndRequested(Snap(1), core::EndReason::kSessionClosed, 1000, "db");
+  hub.PublishEndRequested(Snap(2), core::EndReason::kDeadline, 1000, "db");
+  std::optional<v1::WatchEvent> cancel = w->Pop();
+  ASSERT_TRUE(cancel.has_value());
+  EXPECT_EQ(cancel->type(), v1::EVENT_TYPE_CANCEL_REQUESTED);
+  EXPECT_EQ(cancel->end_reason(), v1::END_REASON_SESSION_CLOSED);
   EXPECT_EQ(w->Pop()->type(), v1::EVENT_TYPE_DEADLINE_EXPIRED);
 }
 
