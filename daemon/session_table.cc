@@ -12,6 +12,40 @@
 
 namespace asyncd::daemon {
 
+void SessionMeta::Attach(SessionListener* listener) {
+  std::lock_guard lock(listeners_mu_);
+  listeners_.push_back(listener);
+  streams.fetch_add(1);
+}
+
+void SessionMeta::Detach(SessionListener* listener, int64_t now_ns) {
+  std::lock_guard lock(listeners_mu_);
+  std::erase(listeners_, listener);
+  if (streams.fetch_sub(1) == 1) RenewLease(now_ns);
+}
+
+void SessionMeta::NotifyEnded() {
+  std::lock_guard lock(listeners_mu_);
+  for (SessionListener* l : listeners_) l->OnSessionEnded();
+}
+
+absl::Status SessionTable::Missing(uint64_t session_id) const {
+  if (registry_.Issued(session_id)) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " has ended"));
+  }
+  return absl::NotFoundError(absl::StrCat("no session ", session_id));
+}
+
+absl::StatusOr<uint32_t> SessionTable::LeaseMs(uint32_t asked, uint32_t zero_means,
+                                               std::string_view field) const {
+  if (asked == 0) return zero_means;
+  if (asked < 100 || asked > max_lease_ms_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": must be 0 or in [100, ", max_lease_ms_, "]"));
+  }
+  return asked;
+}
+
 std::shared_ptr<SessionMeta> SessionTable::Find(uint64_t session_id) const {
   std::shared_lock lock(mu_);
   auto it = sessions_.find(session_id);
@@ -23,13 +57,11 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> SessionTable::Open(const Caller& ca
                                                                 uint32_t lease_ms,
                                                                 SessionLifetime lifetime) {
   const bool stream_owned = lifetime == SessionLifetime::kBoundToStream;
-  if (name.size() > 256) return absl::InvalidArgumentError("client_name: longer than 256 bytes");
+  if (name.size() > 128) return absl::InvalidArgumentError("client_name: longer than 128 bytes");
   if (!stream_owned) {
-    if (lease_ms == 0) lease_ms = live_.default_lease_ms();
-    if (lease_ms < 100 || lease_ms > max_lease_ms_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("lease_ms: must be in [100, ", max_lease_ms_, "]"));
-    }
+    absl::StatusOr<uint32_t> lease = LeaseMs(lease_ms, live_.default_lease_ms(), "lease_ms");
+    if (!lease.ok()) return lease.status();
+    lease_ms = *lease;
   }
   absl::StatusOr<std::shared_ptr<core::Session>> session =
       registry_.OpenSession({name, caller.uid, caller.gid, caller.pid});
@@ -38,7 +70,7 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> SessionTable::Open(const Caller& ca
   meta->session = *session;
   meta->uid = caller.uid;
   meta->stream_owned = stream_owned;
-  meta->lease_ms = stream_owned ? 0 : lease_ms;
+  meta->lease_ms.store(stream_owned ? 0 : lease_ms);
   meta->lease_deadline_ns.store(core::MonoNanos() + int64_t{lease_ms} * 1'000'000);
   std::unique_lock lock(mu_);
   sessions_[meta->session->id()] = meta;
@@ -49,9 +81,7 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> SessionTable::Own(const Caller& cal
                                                                uint64_t session_id) const {
   if (session_id == 0) return absl::InvalidArgumentError("session_id: 0 is not a session");
   std::shared_ptr<SessionMeta> meta = Find(session_id);
-  if (meta == nullptr) {
-    return absl::NotFoundError(absl::StrCat("no session ", session_id));
-  }
+  if (meta == nullptr) return Missing(session_id);
   if (meta->uid != caller.uid) {
     return Deny(caller, absl::StrCat("session ", session_id, " belongs to another user (uid ",
                                      caller.uid, " may use only its own sessions)"));
@@ -66,14 +96,15 @@ absl::StatusOr<uint32_t> SessionTable::KeepAlive(const Caller& caller, uint64_t 
                                                  int64_t now_ns) {
   absl::StatusOr<std::shared_ptr<SessionMeta>> meta = Own(caller, session_id);
   if (!meta.ok()) return meta.status();
+  if ((*meta)->streams.load() > 0) return 0u;  // no lease runs while a stream holds it
   (*meta)->RenewLease(now_ns);
-  return (*meta)->lease_ms;
+  return (*meta)->lease_ms.load();
 }
 
 absl::StatusOr<core::CancelCounts> SessionTable::Close(const Caller& caller, uint64_t session_id) {
   if (session_id == 0) return absl::InvalidArgumentError("session_id: 0 is not a session");
   std::shared_ptr<SessionMeta> meta = Find(session_id);
-  if (meta == nullptr) return absl::NotFoundError(absl::StrCat("no session ", session_id));
+  if (meta == nullptr) return Missing(session_id);
   if (meta->uid != caller.uid && !caller.admin) {
     return Deny(caller, absl::StrCat("close session ", session_id,
                                      ": it belongs to another user and the caller is "
@@ -88,11 +119,18 @@ absl::StatusOr<core::CancelCounts> SessionTable::Close(const Caller& caller, uin
 }
 
 absl::StatusOr<core::CancelCounts> SessionTable::End(uint64_t session_id, core::EndReason reason) {
+  std::shared_ptr<SessionMeta> meta;
   {
     std::unique_lock lock(mu_);
-    sessions_.erase(session_id);
+    auto it = sessions_.find(session_id);
+    if (it != sessions_.end()) {
+      meta = std::move(it->second);
+      sessions_.erase(it);
+    }
   }
-  return dispatcher_.CloseSession(session_id, reason);
+  absl::StatusOr<core::CancelCounts> counts = dispatcher_.CloseSession(session_id, reason);
+  if (meta != nullptr) meta->NotifyEnded();
+  return counts;
 }
 
 void SessionTable::ExpireLeases(int64_t now_ns) {
@@ -100,7 +138,7 @@ void SessionTable::ExpireLeases(int64_t now_ns) {
   {
     std::shared_lock lock(mu_);
     for (const auto& [id, meta] : sessions_) {
-      if (meta->lease_ms != 0 && meta->streams.load() == 0 &&
+      if (meta->lease_ms.load() != 0 && meta->streams.load() == 0 &&
           meta->lease_deadline_ns.load(std::memory_order_relaxed) < now_ns) {
         expired.push_back(id);
       }
@@ -126,11 +164,12 @@ void SessionTable::List(const Caller& caller, int64_t now_ns, v1::ListSessionsRe
     info->set_inflight(s.live_ops());
     info->set_handles(meta->session->handles().open_count());
     info->set_age_us((now_ns - s.created_ns()) / 1000);
-    if (meta->lease_ms != 0) {
+    // No lease runs while a stream holds the session.
+    if (meta->lease_ms.load() != 0 && meta->streams.load() == 0) {
       const int64_t left = meta->lease_deadline_ns.load() - now_ns;
       info->set_lease_remaining_ms(left > 0 ? static_cast<uint32_t>(left / 1'000'000) : 0);
     }
-    info->set_bound_to_stream(meta->streams.load() > 0);
+    info->set_bound_to_stream(meta->stream_owned);
   }
   lock.unlock();
   std::sort(out->mutable_sessions()->begin(), out->mutable_sessions()->end(),

@@ -3,9 +3,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "asyncd/v1/asyncd.pb.h"
@@ -18,18 +20,39 @@ namespace asyncd::daemon {
 namespace v1 = ::asyncd::v1;
 
 /// The daemon's view of a session: the core session plus its owner and lease.
+/// A stream attached to a session, told when the session ends under it.
+class SessionListener {
+ public:
+  virtual ~SessionListener() = default;
+  /// The session ended (CloseSession, or an admin's): the stream delivers
+  /// what its ops owe and ends FAILED_PRECONDITION. Called with the
+  /// session's listener lock held; must not block.
+  virtual void OnSessionEnded() noexcept = 0;
+};
+
+/// The daemon's view of a session: the core session plus its owner and lease.
 struct SessionMeta {
   std::shared_ptr<core::Session> session;
   uint32_t uid = 0;
-  uint32_t lease_ms = 0;  // 0 = bound to a stream, no lease
+  std::atomic<uint32_t> lease_ms{0};  // 0 = bound to a stream, no lease
   std::atomic<int64_t> lease_deadline_ns{0};
   std::atomic<int> streams{0};  // attached streams pause the lease
   bool stream_owned = false;    // ends with the stream that created it
 
   /// The lease runs lease_ms from `now_ns` (MonoNanos). Any thread.
   void RenewLease(int64_t now_ns) {
-    lease_deadline_ns.store(now_ns + int64_t{lease_ms} * 1'000'000);
+    lease_deadline_ns.store(now_ns + int64_t{lease_ms.load()} * 1'000'000);
   }
+  /// A stream attaches: its lease pauses, and it hears of the session's end.
+  void Attach(SessionListener* listener);
+  /// It detaches; the last one to go restarts the lease at full length.
+  void Detach(SessionListener* listener, int64_t now_ns);
+  /// Tells every attached stream the session ended. Any thread.
+  void NotifyEnded();
+
+ private:
+  std::mutex listeners_mu_;
+  std::vector<SessionListener*> listeners_;
 };
 
 /// What ends a session.
@@ -52,24 +75,27 @@ class SessionTable {
 
   /// Opens a session for `caller`. A leased one gets `lease_ms` (0 = the
   /// default), which must be in [100, max_lease_ms]. INVALID_ARGUMENT (name
-  /// over 256 bytes, lease out of range); RESOURCE_EXHAUSTED naming
+  /// over 128 bytes, lease out of range); RESOURCE_EXHAUSTED naming
   /// limits.max_sessions. Refusing while draining is the caller's part.
   [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Open(const Caller& caller,
                                                                   const std::string& name,
                                                                   uint32_t lease_ms,
                                                                   SessionLifetime lifetime);
   /// The caller's own open session `session_id`. INVALID_ARGUMENT (0),
-  /// NOT_FOUND, PERMISSION_DENIED (another uid's; admins too),
-  /// FAILED_PRECONDITION (it is ending).
+  /// NOT_FOUND (never issued), PERMISSION_DENIED (another uid's; admins
+  /// too), FAILED_PRECONDITION (it is ending or has ended: ids are never
+  /// reused, so that holds forever).
   [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Own(const Caller& caller,
                                                                  uint64_t session_id) const;
   /// KeepAlive: renews the caller's own session's lease from `now_ns` and
-  /// returns its lease_ms. Errors as Own.
+  /// returns its lease_ms; 0 while a stream is attached (no lease runs).
+  /// Errors as Own.
   [[nodiscard]] absl::StatusOr<uint32_t> KeepAlive(const Caller& caller, uint64_t session_id,
                                                    int64_t now_ns);
   /// CloseSession: ends a session of the caller's, or any session for an
-  /// admin, cancelling its ops. INVALID_ARGUMENT (0), NOT_FOUND,
-  /// PERMISSION_DENIED, FAILED_PRECONDITION (it has already ended).
+  /// admin, cancelling its ops; its attached streams end. INVALID_ARGUMENT
+  /// (0), NOT_FOUND (never issued), PERMISSION_DENIED,
+  /// FAILED_PRECONDITION (it has already ended).
   [[nodiscard]] absl::StatusOr<core::CancelCounts> Close(const Caller& caller, uint64_t session_id);
   /// Forgets the session and ends it in core (its ops are cancelled with
   /// `reason`). NOT_FOUND when core has no such open session.
@@ -80,9 +106,16 @@ class SessionTable {
   /// ListSessions: the sessions `caller` may see (its own; every one for an
   /// admin), by id, as of `now_ns`.
   void List(const Caller& caller, int64_t now_ns, v1::ListSessionsResponse* out) const;
+  /// Validates a lease length asked for (OpenSessionRequest.lease_ms,
+  /// StreamOpen.lease_ms): 0 = `zero_means`, else [100, max_lease_ms].
+  /// INVALID_ARGUMENT naming `field`.
+  [[nodiscard]] absl::StatusOr<uint32_t> LeaseMs(uint32_t asked, uint32_t zero_means,
+                                                 std::string_view field) const;
 
  private:
   std::shared_ptr<SessionMeta> Find(uint64_t session_id) const;
+  // NOT_FOUND for an id never issued, FAILED_PRECONDITION for an ended one.
+  absl::Status Missing(uint64_t session_id) const;
 
   core::Registry& registry_;
   core::Dispatcher& dispatcher_;

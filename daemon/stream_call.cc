@@ -103,9 +103,19 @@ void StreamCall::OnDeferred(std::span<const uint64_t> cookies) noexcept {
   Unref(static_cast<int>(cookies.size()));
 }
 
+void StreamCall::OnSessionEnded() noexcept {
+  std::lock_guard lock(mu_);
+  session_ended_ = true;
+  half_closed_ = true;  // read no more
+  end_status_ = grpc::Status(
+      grpc::StatusCode::FAILED_PRECONDITION,
+      absl::StrCat("session ", meta_->session->id(), " was closed; open a new one"));
+  MaybeFinishLocked();
+}
+
 void StreamCall::OnDone() {
   if (meta_ != nullptr) {
-    meta_->streams.fetch_sub(1);
+    meta_->Detach(this, core::MonoNanos());
     if (meta_->stream_owned) {
       (void)service_->sessions().End(meta_->session->id(), core::EndReason::kRpcCancelled);
     }
@@ -151,8 +161,12 @@ absl::Status StreamCall::Handle() {
       if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
       absl::Status status;
       v1::CancelResponse resp = service_->canceller().Cancel(caller_, in.cancel(), &status);
-      // A refused cancel is answered in-band, not by ending the stream.
+      // A refused cancel is answered in-band, with why, not by ending the stream.
       resp.set_request_tag(in.cancel().request_tag());
+      if (!status.ok()) {
+        resp.set_status_code(static_cast<int32_t>(status.code()));
+        resp.set_message(std::string(status.message()));
+      }
       Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
       *out.msg->mutable_cancel_result() = std::move(resp);
       std::lock_guard lock(mu_);
@@ -161,7 +175,7 @@ absl::Status StreamCall::Handle() {
       return absl::OkStatus();
     }
     default:
-      return absl::InvalidArgumentError("empty stream message");
+      return absl::InvalidArgumentError("StreamRequest: none of open, submit or cancel is set");
   }
 }
 
@@ -176,13 +190,17 @@ absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
   } else {
     auto meta = service_->sessions().Own(caller_, open.session_id());
     if (!meta.ok()) return meta.status();
+    absl::StatusOr<uint32_t> lease =
+        service_->sessions().LeaseMs(open.lease_ms(), (*meta)->lease_ms.load(), "open.lease_ms");
+    if (!lease.ok()) return lease.status();
     meta_ = *meta;
+    meta_->lease_ms.store(*lease);
   }
-  meta_->streams.fetch_add(1);
+  meta_->Attach(this);
   Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
   v1::StreamOpened* opened = out.msg->mutable_opened();
   opened->set_session_id(meta_->session->id());
-  opened->set_lease_ms(meta_->lease_ms);
+  opened->set_lease_ms(meta_->lease_ms.load());
   *opened->mutable_limits() = service_->LimitsProto();
   std::lock_guard lock(mu_);
   outbox_.push_back(std::move(out));
@@ -311,7 +329,7 @@ absl::Status StreamCall::HandleSubmit() {
     delete free_ctx_.back();
     free_ctx_.pop_back();
   }
-  if (meta_->lease_ms != 0) {
+  if (meta_->lease_ms.load() != 0) {
     meta_->RenewLease(core::MonoNanos());
   }
   WriteNextLocked();
@@ -356,7 +374,7 @@ void StreamCall::AppendCompletionLocked(v1::Completion& c, uint64_t charged) {
 }
 
 void StreamCall::WriteNextLocked() {
-  if (writing_ || broken_ || outbox_.empty() || !outbox_.front().ready) return;
+  if (writing_ || broken_ || finished_ || outbox_.empty() || !outbox_.front().ready) return;
   current_ = std::move(outbox_.front().msg);
   current_charged_ = outbox_.front().charged;
   current_data_bytes_ = outbox_.front().data_bytes;
@@ -467,7 +485,11 @@ void StreamCall::CancelIds(core::Dispatcher& dispatcher, const std::vector<uint6
 }
 
 void StreamCall::MaybeFinishLocked() {
-  if (finished_ || reading_ || !(half_closed_ || broken_) || inflight_ > 0) return;
+  // A read may stay outstanding once the session ended: gRPC fails it when
+  // the call finishes.
+  if (finished_ || (reading_ && !session_ended_) || !(half_closed_ || broken_) || inflight_ > 0) {
+    return;
+  }
   if (!broken_ && (writing_ || !outbox_.empty())) return;  // deliver everything first
   if (writing_) return;  // a failed write still owes us OnWriteDone
   finished_ = true;

@@ -34,7 +34,8 @@ class Service;
 /// complete a cancelled op on the cancelling thread). Deletes itself after
 /// OnDone once no completion is being delivered.
 class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::StreamResponse>,
-                         public core::CompletionSink {
+                         public core::CompletionSink,
+                         public SessionListener {
  public:
   /// Identifies the caller and starts the first read. `service` outlives
   /// every call; `ctx` is gRPC's, valid until OnDone. gRPC thread.
@@ -57,6 +58,10 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   /// gRPC is done with the call: detaches from the session (ending it if the
   /// stream opened it). gRPC thread.
   void OnDone() override;
+  /// The session was closed under the stream: it takes no more work, and
+  /// ends FAILED_PRECONDITION once its ops' completions are delivered (a
+  /// pending read does not hold it). Closing thread.
+  void OnSessionEnded() noexcept override;
 
  private:
   // A received message, parsed onto an arena (one allocation per block, not
@@ -162,6 +167,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   bool half_closed_ = false;
   bool broken_ = false;
   bool finished_ = false;
+  bool session_ended_ = false;  // closed under us: finish without waiting for a read
   grpc::Status end_status_ = grpc::Status::OK;
   std::atomic<int> refs_{1};  // OnDone's; each OnComplete holds one more until delivered
 };

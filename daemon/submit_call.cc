@@ -17,28 +17,35 @@ int64_t CallDeadline(grpc::CallbackServerContext* ctx) {
   if (deadline == std::chrono::system_clock::time_point::max()) return 0;
   const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
       deadline - std::chrono::system_clock::now());
-  return core::MonoNanos() + std::max<int64_t>(left.count(), 1);
+  return core::MonoNanos() + left.count();  // passed already if <= now
 }
 
 }  // namespace
 
 grpc::ServerUnaryReactor* SubmitCall::Start() {
-  start_thread_ = std::this_thread::get_id();
   absl::Status s = Run();
   if (!s.ok()) {
     service_->observer().counters().OnRejected();
     Finish(ToGrpcStatus(s));
-  } else if (finished_inline_ && charged_bytes_ == 0) {
+    Unref();
+    return this;
+  }
+  int phase = kStarting;
+  if (phase_.compare_exchange_strong(phase, kStarted, std::memory_order_acq_rel)) {
+    Unref();  // OnComplete finishes the call
+    return this;
+  }
+  // The op ended before we got here (inline, or on a fast backend thread).
+  if (charged_bytes_ == 0) {
     // Nothing to release once the reply is sent, so no OnDone is needed:
     // the default reactor's runs inline, where ours would be handed to
     // gRPC's executor thread (a wake-up per call).
     grpc::ServerUnaryReactor* reactor = ctx_->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(EndStatus());
     delete this;  // gRPC never sees this reactor
     return reactor;
-  } else if (finished_inline_) {
-    Finish(grpc::Status::OK);
   }
+  Finish(EndStatus());
   Unref();
   return this;
 }
@@ -48,12 +55,19 @@ void SubmitCall::OnComplete(const core::Op& op) noexcept {
   FillCompletion(op, buffers_);
   buffers_.completion.set_tag(req_->op().tag());
   resp_->Swap(&buffers_.completion);
-  // On the thread running Start: the op ran inline, inside RunOrSubmit.
-  if (std::this_thread::get_id() == start_thread_) {
-    finished_inline_ = true;  // Start finishes the call
-    return;
+  int phase = kStarting;
+  if (phase_.compare_exchange_strong(phase, kCompletedWhileStarting, std::memory_order_acq_rel)) {
+    return;  // Start finishes the call
   }
-  Finish(grpc::Status::OK);
+  Finish(EndStatus());
+}
+
+grpc::Status SubmitCall::EndStatus() const {
+  if (call_deadline_ns_ != 0 && core::MonoNanos() >= call_deadline_ns_) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "the call's deadline passed; its operation's outcome is in the history");
+  }
+  return grpc::Status::OK;
 }
 
 void SubmitCall::OnCancel() {
@@ -68,6 +82,10 @@ void SubmitCall::OnDone() {
 
 absl::Status SubmitCall::Run() {
   if (service_->draining()) return Draining();
+  call_deadline_ns_ = CallDeadline(ctx_);
+  if (call_deadline_ns_ != 0 && core::MonoNanos() >= call_deadline_ns_) {
+    return absl::DeadlineExceededError("the call's deadline passed before it arrived; nothing ran");
+  }
   auto meta = service_->sessions().Own(service_->Identify(ctx_), req_->session_id());
   if (!meta.ok()) return meta.status();
   // Charge the daemon-wide budgets before the read buffer is allocated.
@@ -80,7 +98,7 @@ absl::Status SubmitCall::Run() {
     service_->budget().ReleaseBytes(charge);
   };
   core::OpRequest request;
-  absl::Status s = ToOpRequest(req_->op(), max_op_bytes, CallDeadline(ctx_), buffers_, request);
+  absl::Status s = ToOpRequest(req_->op(), max_op_bytes, call_deadline_ns_, buffers_, request);
   if (!s.ok()) {
     refund();
     return s;
@@ -106,11 +124,11 @@ void SubmitCall::Unref() {
 }
 
 // A call that ended because its deadline passed times the op out; the
-// op's own deadline timer may lose that race to gRPC's.
-// gRPC's timer may fire a little before the wall-clock deadline: allow slack.
+// op's own deadline timer may lose that race to gRPC's, whose timer may
+// fire a little before the deadline: allow slack.
 core::EndReason SubmitCall::CancelReason() const {
-  const auto slack = std::chrono::milliseconds(50);
-  return ctx_->deadline() <= std::chrono::system_clock::now() + slack
+  constexpr int64_t kSlackNs = 50'000'000;
+  return call_deadline_ns_ != 0 && core::MonoNanos() + kSlackNs >= call_deadline_ns_
              ? core::EndReason::kDeadline
              : core::EndReason::kRpcCancelled;
 }

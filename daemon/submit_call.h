@@ -5,7 +5,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "asyncd/v1/asyncd.grpc.pb.h"
@@ -19,9 +18,13 @@ namespace v1 = ::asyncd::v1;
 class Service;
 
 /// Submit: one op, one call. The reactor is the op's sink; the reply is
-/// filled on the backend thread that finishes the op, or on the gRPC thread
-/// when the backend ran it inline (Dispatcher::RunOrSubmit). Deletes itself
-/// once both Start and gRPC (OnDone) are done with it.
+/// filled on the thread that finishes the op: a backend's, or the gRPC
+/// thread when the backend ran it inline (Dispatcher::RunOrSubmit), or any
+/// thread that completes it later (a cancel of a queued op). Whoever comes
+/// second of Start and OnComplete finishes the call: a handshake on phase_,
+/// never a guess from thread ids. The call ends DEADLINE_EXCEEDED whenever
+/// its deadline has passed by the time the op ends. Deletes itself once both
+/// Start and gRPC (OnDone) are done with it.
 class SubmitCall final : public grpc::ServerUnaryReactor, public core::CompletionSink {
  public:
   /// `service` outlives every call; `ctx`, `req` and `resp` are gRPC's,
@@ -36,8 +39,9 @@ class SubmitCall final : public grpc::ServerUnaryReactor, public core::Completio
   /// already deleted). The gRPC thread of the handler; never blocks.
   grpc::ServerUnaryReactor* Start();
 
-  /// The op ended: fills the reply and finishes the call (or leaves that to
-  /// Start when it runs inline). Backend thread, or Start's. Never blocks.
+  /// The op ended: fills the reply and finishes the call, or leaves that to
+  /// Start when Start has not returned from the submission yet. Any thread.
+  /// Never blocks.
   void OnComplete(const core::Op& op) noexcept override;
   /// The client cancelled, or the deadline passed: cancels the op (timed
   /// out for a deadline). gRPC thread.
@@ -49,6 +53,10 @@ class SubmitCall final : public grpc::ServerUnaryReactor, public core::Completio
   absl::Status Run();
   void Unref();
   core::EndReason CancelReason() const;
+  // The status the call ends with now that its op has ended.
+  grpc::Status EndStatus() const;
+
+  enum Phase : int { kStarting, kStarted, kCompletedWhileStarting };
 
   Service* const service_;
   grpc::CallbackServerContext* const ctx_;
@@ -59,8 +67,8 @@ class SubmitCall final : public grpc::ServerUnaryReactor, public core::Completio
   uint64_t charged_bytes_ = 0;              // released by OnDone (the reply has left)
   std::atomic<uint64_t> op_id_{0};
   std::atomic<int> refs_{2};  // Start and OnDone
-  std::thread::id start_thread_;
-  bool finished_inline_ = false;  // the start thread's only
+  std::atomic<int> phase_{kStarting};
+  int64_t call_deadline_ns_ = 0;  // MonoNanos; 0 = none
 };
 
 }  // namespace asyncd::daemon

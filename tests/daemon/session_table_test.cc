@@ -74,15 +74,17 @@ TEST_F(SessionTableTest, LeaseOutOfRangeIsInvalid) {
     auto meta = table_.Open(User(1000), "c", lease, SessionLifetime::kLeased);
     ASSERT_FALSE(meta.ok());
     EXPECT_EQ(meta.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(meta.status().message(), "lease_ms: must be in [100, 60000]");
+    EXPECT_EQ(meta.status().message(), "lease_ms: must be 0 or in [100, 60000]");
   }
   EXPECT_EQ(registry_.session_count(), 0u);
 }
 
 TEST_F(SessionTableTest, LongNameIsInvalid) {
-  auto meta = table_.Open(User(1000), std::string(257, 'x'), 0, SessionLifetime::kLeased);
+  EXPECT_TRUE(table_.Open(User(1000), std::string(128, 'x'), 0, SessionLifetime::kLeased).ok());
+  auto meta = table_.Open(User(1000), std::string(129, 'x'), 0, SessionLifetime::kLeased);
   ASSERT_FALSE(meta.ok());
-  EXPECT_EQ(meta.status().message(), "client_name: longer than 256 bytes");
+  EXPECT_EQ(meta.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(meta.status().message(), "client_name: longer than 128 bytes");
 }
 
 TEST_F(SessionTableTest, SessionLimitNamesItsConfigKey) {
@@ -191,7 +193,43 @@ TEST_F(SessionTableTest, OwnerClosesItsSessionWithCounts) {
   auto counts = table_.Close(User(1000), id);
   ASSERT_TRUE(counts.ok()) << counts.status();
   EXPECT_EQ(counts->cancelled, 2u);
-  EXPECT_EQ(table_.Close(User(1000), id).status().code(), absl::StatusCode::kNotFound);
+  // Ended: FAILED_PRECONDITION, forever (ids are never reused); NOT_FOUND is
+  // for an id never issued.
+  EXPECT_EQ(table_.Close(User(1000), id).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(table_.KeepAlive(User(1000), id, 1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(table_.Own(User(1000), id).status().code(), absl::StatusCode::kFailedPrecondition);
+  const uint64_t never = id + (uint64_t{1} << 40);
+  EXPECT_EQ(table_.Close(User(1000), never).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(table_.Own(User(1000), never).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A stream attached to a leased session pauses its lease: KeepAlive answers
+// 0 and the listing shows no lease running; when the last stream detaches
+// the lease restarts at full length. The stream hears when the session is
+// closed under it.
+TEST_F(SessionTableTest, AttachedStreamPausesTheLeaseAndHearsTheEnd) {
+  struct Listener : SessionListener {
+    void OnSessionEnded() noexcept override { ++ended; }
+    int ended = 0;
+  } stream;
+  auto meta = Open(User(1000));
+  const uint64_t id = meta->session->id();
+  meta->Attach(&stream);
+  EXPECT_EQ(*table_.KeepAlive(User(1000), id, 1), 0u);
+  v1::ListSessionsResponse listed;
+  table_.List(User(1000), core::MonoNanos(), &listed);
+  ASSERT_EQ(listed.sessions_size(), 1);
+  EXPECT_EQ(listed.sessions(0).lease_remaining_ms(), 0u);
+  EXPECT_FALSE(listed.sessions(0).bound_to_stream());  // attached, not created by it
+  table_.ExpireLeases(meta->lease_deadline_ns.load() + int64_t{3600} * 1'000'000'000);
+  EXPECT_TRUE(Exists(id)) << "a paused lease expired";
+  meta->Detach(&stream, 1000);
+  EXPECT_EQ(meta->lease_deadline_ns.load(), 1000 + int64_t{meta->lease_ms.load()} * 1'000'000);
+  meta->Attach(&stream);
+  ASSERT_TRUE(table_.Close(User(1000), id).ok());
+  EXPECT_EQ(stream.ended, 1);
+  meta->Detach(&stream, 2000);
 }
 
 TEST_F(SessionTableTest, AnotherUidCannotCloseItButAnAdminCan) {

@@ -230,8 +230,8 @@ TEST_P(DaemonTest, EndingASessionCancelsEverythingAndClosesHandles) {
     EXPECT_EQ(done.Wait(i + 1)->outcome(), v1::OUTCOME_CANCELLED);
     EXPECT_EQ(done.Wait(i + 1)->end_reason(), v1::END_REASON_SESSION_CLOSED);
   }
-  // The session and its handles are gone.
-  EXPECT_EQ(client_.Read(s, fifo, -1, 1).status().code(), absl::StatusCode::kNotFound);
+  // The session and its handles are gone; its id answers FAILED_PRECONDITION.
+  EXPECT_EQ(client_.Read(s, fifo, -1, 1).status().code(), absl::StatusCode::kFailedPrecondition);
   auto sessions = client_.ListSessions();
   ASSERT_TRUE(sessions.ok());
   for (const auto& info : *sessions) EXPECT_NE(info.session_id(), s);
