@@ -339,7 +339,7 @@ void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
   if (s.end_requested) {
     add(s.end_reason == core::EndReason::kDeadline ? v1::EVENT_TYPE_DEADLINE_EXPIRED
                                                    : v1::EVENT_TYPE_CANCEL_REQUESTED,
-        s.end_requested_ns, std::string(core::Name(s.end_reason)));
+        s.cancel_requested_ns, std::string(core::Name(s.end_reason)));
   }
   if (core::IsTerminal(s.state)) {
     add(TerminalEvent(s.state), s.finished_ns,

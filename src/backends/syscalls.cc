@@ -74,19 +74,11 @@ int64_t CallUnmasked(const Op& op, const BlockingContext& ctx, F call) {
   return r;
 }
 
-bool IsNonBlocking(int fd) {
-  const int fl = ::fcntl(fd, F_GETFL);
-  return fl >= 0 && (fl & O_NONBLOCK) != 0;
-}
-
-// Only I/O that can wait for a peer takes the interruptible path. The
-// dispatcher classifies the descriptor once, when the handle is created
-// (HandleTable: pipe, FIFO, socket, character device), and marks such ops
-// may_block and cancel-safe; a regular file or block device always finishes
-// on its own. An fd the client set O_NONBLOCK keeps its EAGAIN semantics.
-bool Interruptible(const Op& op) {
-  return op.may_block.load(std::memory_order_relaxed) && !IsNonBlocking(op.params.fd);
-}
+// Only I/O that can wait for a peer takes the interruptible path: the
+// dispatcher marks it may_block (a pipe, FIFO, socket or character device
+// opened without O_NONBLOCK, which keeps its EAGAIN semantics); a regular
+// file or block device always finishes on its own.
+bool Interruptible(const Op& op) { return op.may_block.load(std::memory_order_relaxed); }
 
 int64_t PlainIo(const Op& op, bool write) {
   const OpParams& p = op.params;
@@ -295,12 +287,12 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
 }
 
 bool MayRunInline(const Op& op, int64_t now) {
-  if (DeadlinePassed(op, now)) return false;
+  if (op.DeadlinePassed(now)) return false;
   switch (op.kind.load(std::memory_order_relaxed)) {
     case OpKind::kNop:
       return true;
     case OpKind::kRead:
-      return op.may_block.load(std::memory_order_relaxed) || op.params.offset >= 0;
+      return op.params.stream || op.params.offset >= 0;
     default:
       return false;
   }
@@ -315,8 +307,8 @@ int64_t RunNoWait(const Op& op) {
 
 bool InlineMustWait(const Op& op, int64_t res) {
   if (res == -EAGAIN || res == -EOPNOTSUPP) return true;
-  return op.kind.load(std::memory_order_relaxed) == OpKind::kRead &&
-         !op.may_block.load(std::memory_order_relaxed) && res >= 0 && res < op.params.len;
+  return op.kind.load(std::memory_order_relaxed) == OpKind::kRead && !op.params.stream &&
+         res >= 0 && res < op.params.len;
 }
 
 }  // namespace asyncd::backends

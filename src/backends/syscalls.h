@@ -15,11 +15,6 @@ inline bool EndRequested(const core::Op& op) {
   return core::OpWord::EndRequested(op.word.load(std::memory_order_acquire));
 }
 
-/// Whether `op` has a deadline and it has passed at `now`.
-inline bool DeadlinePassed(const core::Op& op, int64_t now) {
-  return op.params.deadline_ns != 0 && now >= op.params.deadline_ns;
-}
-
 /// Whether a backend's TryRunInline may attempt `op` on the calling thread
 /// without blocking: a NOP; a read of a pipe, socket or other stream (no
 /// position to move; a short read is what a blocking read gives too); or a

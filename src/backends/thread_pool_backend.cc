@@ -266,7 +266,7 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
     // op whose deadline passed before the timer thread reached it is
     // refused here, before it has any effect.
     const int64_t result =
-        op->TryStartOrResume(core::MonoNanos()) ? RunBlocking(*op, ctx) : -ECANCELED;
+        completer_.Start(*op, core::MonoNanos()) ? RunBlocking(*op, ctx) : -ECANCELED;
 
     lock.lock();
     self.node = kNil;
@@ -290,8 +290,7 @@ void ThreadPoolBackend::TimerLoop() {
       const uint32_t idx = deadlines_.front();
       HeapErase(idx);
       Node& n = nodes_[idx];
-      if (n.op->RequestEnd(n.gen, core::EndReason::kDeadline, now) ==
-          core::CancelResult::kCancelled) {
+      if (completer_.Expire(*n.op, n.gen, now) == core::CancelResult::kCancelled) {
         if (Op* op = InterruptLocked(idx)) {
           lock.unlock();
           completer_.Complete(*op, -ECANCELED);

@@ -31,15 +31,43 @@ using core::Op;
 using core::OpKind;
 using core::OpWord;
 
-// user_data is an Op pointer (Op is 64-byte aligned) with a tag in the low
-// bits saying which SQE of the op produced the CQE.
-static_assert(alignof(Op) >= 8);
+// user_data names the op's ring entry and that entry's sequence number, with
+// a tag in the low bits saying which SQE of the op produced the CQE:
+//   63    32 31           3 2   0
+//   |  seq  |  entry index | tag |
+// The kernel cancels by user_data (our ASYNC_CANCEL, and a link timeout
+// whose deadline fires as its op completes: its cancel runs later, as task
+// work), so user_data must never name a later op: an Op address would, as
+// soon as the slot is reused; the sequence number changes on every reuse.
 constexpr uint64_t kTagMask = 7;
+constexpr int kIndexShift = 3;
+constexpr uint64_t kIndexMask = (uint64_t{1} << 29) - 1;
 constexpr uint64_t kTagOp = 0;
 constexpr uint64_t kTagCancel = 1;
 constexpr uint64_t kTagLinkTimeout = 2;
 constexpr uint64_t kTagWake = 3;  // the eventfd poll; no op
 
+uint64_t UserData(uint32_t index, uint32_t seq, uint64_t tag) {
+  return (uint64_t{seq} << 32) | (uint64_t{index} << kIndexShift) | tag;
+}
+
+// -ERESTARTSYS: what an open cancelled in io_uring's worker pool reports.
+constexpr int32_t kRestartSys = 512;
+
+// A cancel-safe op with a deadline gets a linked timeout on the ring.
+bool HasLinkedDeadline(const Op& op) {
+  return op.params.deadline_ns != 0 &&
+         op.safety.load(std::memory_order_relaxed) == CancelSafety::kAlways;
+}
+
+// Whether an open of these flags waits when the path is a FIFO without a
+// peer: read-only or write-only, blocking, and not certain to make a new
+// regular file (O_CREAT|O_EXCL) or to want a directory.
+bool OpenMayWaitForPeer(uint32_t flags) {
+  if ((flags & (O_NONBLOCK | O_DIRECTORY | O_PATH)) != 0) return false;
+  if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) return false;
+  return (flags & O_ACCMODE) != O_RDWR;
+}
 // Op::backend_data[1], owned by the ring thread once it took the op.
 constexpr uintptr_t kPending = 1;     // in the ring thread's pending list
 constexpr uintptr_t kOnRing = 2;      // SQE prepared; its CQE not reaped yet
@@ -211,7 +239,9 @@ absl::Status UringBackend::Init() {
     const unsigned sq = ring_->sq.ring_entries;
     hows_ = std::make_unique<open_how[]>(sq);
     timespecs_ = std::make_unique<__kernel_timespec[]>(sq);
-    on_ring_.reserve(capacity_);
+    ring_entries_.resize(ring_limit_);
+    ring_free_.reserve(ring_limit_);
+    for (uint32_t i = ring_limit_; i-- > 0;) ring_free_.push_back(i);
     started.set_value(absl::OkStatus());
     Run();
     io_uring_queue_exit(ring_.get());
@@ -339,7 +369,7 @@ void UringBackend::Run() {
     const bool stopping = stopping_.load(std::memory_order_seq_cst);
     if (!wake_armed_) ArmWakePoll();
     size_t work = 0;
-    const size_t before = pending_count_ + on_ring_.size();
+    const size_t before = pending_count_ + on_ring_;
     // Cancels first: any op submitted before a cancel request for it is then
     // already in the stack, so it is taken below and the cancel finds it.
     TakeCancels();
@@ -350,7 +380,7 @@ void UringBackend::Run() {
     StartPending(now);
     work += ProcessCancels() ? 1 : 0;
     work += Reap();
-    work += (before != pending_count_ + on_ring_.size()) ? 1 : 0;
+    work += (before != pending_count_ + on_ring_) ? 1 : 0;
     if (stopping && outstanding_.load(std::memory_order_seq_cst) == 0) break;
     if (work > 0) {
       SubmitAndWait(false, 0);
@@ -454,11 +484,9 @@ void UringBackend::PendingPushFront(Op& op) {
 }
 
 void UringBackend::StartPending(int64_t now) {
-  while (pending_head_ != nullptr && on_ring_.size() < ring_limit_) {
+  while (pending_head_ != nullptr && on_ring_ < ring_limit_) {
     Op& op = *pending_head_;
-    const bool linked_deadline = op.params.deadline_ns != 0 &&
-                                 op.safety.load(std::memory_order_relaxed) == CancelSafety::kAlways;
-    if (!EnsureSqes(linked_deadline ? 2 : 1)) break;  // the kernel refused a submit: retry later
+    if (!EnsureSqes(HasLinkedDeadline(op) ? 2 : 1)) break;  // the kernel refused a submit: retry later
     pending_head_ = Link(op);
     if (pending_head_ == nullptr) pending_tail_ = nullptr;
     --pending_count_;
@@ -472,18 +500,21 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
   const bool stage2 = (flags & kStage2) != 0;
   if (!stage2) {
     // A non-cancel-safe op cannot be stopped once on the ring: its deadline
-    // is checked here only (by TryStartOrResume). Cancel-safe ops get a
-    // linked timeout below.
-    if (!op.TryStartOrResume(now)) {
+    // is checked here only (by Start). Cancel-safe ops get a linked timeout
+    // below.
+    if (!completer_.Start(op, now)) {
       Finish(op, -ECANCELED);
       return false;
     }
-  } else if (EndRequested(op) || DeadlinePassed(op, now)) {
-    if (!EndRequested(op)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
-    ::close(StageFd(op));
-    Finish(op, -ECANCELED);
-    return false;
+  } else {
+    if (op.DeadlinePassed(now) && !EndRequested(op)) completer_.Expire(op, op.generation(), now);
+    if (EndRequested(op)) {
+      ::close(StageFd(op));
+      Finish(op, -ECANCELED);
+      return false;
+    }
   }
+  const uint64_t user_data = AddOnRing(op);
   io_uring* ring = ring_.get();
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
   const size_t slot = sqe - ring->sq.sqes;
@@ -500,6 +531,10 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
       if ((p.flags & O_CREAT) != 0 || (p.flags & O_TMPFILE) == O_TMPFILE) how.mode = p.mode;
       how.resolve = kConfinedResolve;  // a leading '/' then means the root too
       io_uring_prep_openat2(sqe, p.dirfd, p.path, &how);
+      // The kernel's inline attempt forces O_NONBLOCK, so a FIFO's open
+      // would not wait for its peer (ENXIO for a writer, an early return for
+      // a reader): an open that may wait runs in io_uring's workers instead.
+      if (OpenMayWaitForPeer(p.flags)) sqe->flags |= IOSQE_ASYNC;
       break;
     }
     case OpKind::kClose:
@@ -548,8 +583,8 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
     default:
       ASYNCD_CHECK(false);  // Supports() said no; the dispatcher never sends it here
   }
-  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(&op) | kTagOp);
-  if (p.deadline_ns != 0 && op.safety.load(std::memory_order_relaxed) == CancelSafety::kAlways) {
+  io_uring_sqe_set_data64(sqe, user_data | kTagOp);
+  if (HasLinkedDeadline(op)) {
     sqe->flags |= IOSQE_IO_LINK;
     io_uring_sqe* lt = io_uring_get_sqe(ring);  // EnsureSqes(2) made room
     __kernel_timespec& ts = timespecs_[lt - ring->sq.sqes];
@@ -557,27 +592,30 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
     // now and the moment the kernel arms it.
     ts = ToTimespec(p.deadline_ns);
     io_uring_prep_link_timeout(lt, &ts, IORING_TIMEOUT_ABS);
-    io_uring_sqe_set_data64(lt, reinterpret_cast<uint64_t>(&op) | kTagLinkTimeout);
+    io_uring_sqe_set_data64(lt, user_data | kTagLinkTimeout);
   }
   op.backend_data[1] = (flags & ~(kPending | kCancelSent)) | kOnRing;
-  AddOnRing(op);
   return true;
 }
 
-void UringBackend::AddOnRing(Op& op) {
-  op.backend_data[0] = on_ring_.size();
-  on_ring_.push_back(&op);  // reserved to capacity_: never allocates
-  on_ring_count_.store(on_ring_.size(), std::memory_order_relaxed);
+uint64_t UringBackend::AddOnRing(Op& op) {
+  ASYNCD_CHECK(!ring_free_.empty());  // StartPending keeps on_ring_ below ring_limit_
+  const uint32_t index = ring_free_.back();
+  ring_free_.pop_back();
+  RingEntry& e = ring_entries_[index];
+  e.op = &op;
+  if (++e.seq == 0) e.seq = 1;  // 0 stays free for the wake poll's user_data
+  op.backend_data[0] = index;
+  on_ring_count_.store(++on_ring_, std::memory_order_relaxed);
+  return UserData(index, e.seq, 0);
 }
 
 void UringBackend::RemoveOnRing(Op& op) {
-  const size_t i = op.backend_data[0];
-  ASYNCD_CHECK(i < on_ring_.size() && on_ring_[i] == &op);
-  Op* last = on_ring_.back();
-  on_ring_[i] = last;
-  last->backend_data[0] = i;
-  on_ring_.pop_back();
-  on_ring_count_.store(on_ring_.size(), std::memory_order_relaxed);
+  const uintptr_t index = op.backend_data[0];
+  ASYNCD_CHECK(index < ring_entries_.size() && ring_entries_[index].op == &op);
+  ring_entries_[index].op = nullptr;
+  ring_free_.push_back(static_cast<uint32_t>(index));
+  on_ring_count_.store(--on_ring_, std::memory_order_relaxed);
   op.backend_data[1] &= ~(kOnRing | kCancelSent);
 }
 
@@ -628,8 +666,10 @@ bool UringBackend::ProcessCancels() {
 // (they leave the hash only when task work runs), which is quadratic.
 void UringBackend::SendCancel(Op& op) {
   io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
-  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(&op) | kTagOp, 0);
-  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(&op) | kTagCancel);
+  const uint32_t index = static_cast<uint32_t>(op.backend_data[0]);
+  const uint64_t user_data = UserData(index, ring_entries_[index].seq, 0);
+  io_uring_prep_cancel64(sqe, user_data | kTagOp, 0);
+  io_uring_sqe_set_data64(sqe, user_data | kTagCancel);
   // Only failures (-ENOENT: already done, -EALREADY: running) post a CQE.
   if (skip_cancel_cqe_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
@@ -642,8 +682,8 @@ void UringBackend::SweepPending(int64_t now) {
   while (op != nullptr) {
     Op* next = Link(*op);
     op->backend_data[1] &= ~kPending;
-    if (!EndRequested(*op) && DeadlinePassed(*op, now)) {
-      op->RequestEnd(op->generation(), EndReason::kDeadline, now);
+    if (!EndRequested(*op) && op->DeadlinePassed(now)) {
+      completer_.Expire(*op, op->generation(), now);
     }
     if (EndRequested(*op)) {
       if ((op->backend_data[1] & kStage2) != 0) ::close(StageFd(*op));
@@ -669,10 +709,11 @@ void UringBackend::DrainForShutdown() {
   if (drained_) return;
   // Once: after stopping_ nothing new reaches the ring.
   drained_ = true;
-  for (Op* op : on_ring_) {
-    op->RequestEnd(op->generation(), EndReason::kDrain, now);
+  for (const RingEntry& e : ring_entries_) {
+    if (e.op == nullptr) continue;
+    e.op->RequestEnd(e.op->generation(), EndReason::kDrain, now);
     // Still on the ring, so its session is alive now; the pin keeps it so.
-    cancel_work_.push_back({op, op->generation(), op->session->shared_from_this()});
+    cancel_work_.push_back({e.op, e.op->generation(), e.op->session->shared_from_this()});
   }
 }
 
@@ -687,9 +728,13 @@ unsigned UringBackend::Reap() {
       const uint64_t data = cqes[i]->user_data;
       const int32_t res = cqes[i]->res;
       switch (data & kTagMask) {
-        case kTagOp:
-          OnOpCqe(*reinterpret_cast<Op*>(data), res);
+        case kTagOp: {
+          const RingEntry& e = ring_entries_[(data >> kIndexShift) & kIndexMask];
+          // An op's own CQE always finds it: its entry is freed only here.
+          ASYNCD_CHECK(e.op != nullptr && e.seq == static_cast<uint32_t>(data >> 32));
+          OnOpCqe(*e.op, res);
           break;
+        }
         case kTagWake:
           if ((cqes[i]->flags & IORING_CQE_F_MORE) == 0) wake_armed_ = false;
           break;
@@ -732,11 +777,29 @@ void UringBackend::OnOpCqe(Op& op, int32_t cqe_res) {
     }
   }
   if (kind == OpKind::kTimeout && res == -ETIME) res = 0;  // it elapsed: that is success
-  if (res == -ECANCELED || res == -EINTR) {
-    // The linked timeout fired (or a cancel raced it): if the deadline has
-    // passed, say so before Finish so the op ends timed out, not cancelled.
-    const int64_t now = core::MonoNanos();
-    if (DeadlinePassed(op, now)) op.RequestEnd(op.generation(), EndReason::kDeadline, now);
+  if (res == -kRestartSys) res = -EINTR;  // an open interrupted in io_uring's workers
+  if ((res == -ECANCELED || res == -EINTR) && !EndRequested(op) && HasLinkedDeadline(op)) {
+    // Nobody asked it to end, so its linked timeout fired: the kernel's
+    // clock says the deadline passed, whatever ours read a moment ago.
+    completer_.Expire(op, op.generation(), core::MonoNanos());
+  }
+  if (kind == OpKind::kWrite && op.may_block.load(std::memory_order_relaxed)) {
+    // A blocking stream write returns when all of it is written, as write(2)
+    // does and the thread pool's does; the ring returns what fit.
+    const uint32_t done = op.bytes_done.load(std::memory_order_relaxed);
+    if (res > 0 && res < op.params.len && !EndRequested(op)) {
+      op.bytes_done.store(done + static_cast<uint32_t>(res), std::memory_order_relaxed);
+      op.params.buf = static_cast<char*>(op.params.buf) + res;
+      op.params.len -= static_cast<uint32_t>(res);
+      if (op.params.offset >= 0) op.params.offset += res;
+      PendingPushBack(op);
+      return;
+    }
+    if (res >= 0) {
+      res += done;
+    } else if (done > 0) {
+      res = done;  // stopped early: report what was written, like a short write
+    }
   }
   Finish(op, res);
 }

@@ -49,8 +49,16 @@ struct UringOptions {
 /// taken again; it goes to the ring thread already started.
 ///
 /// Op::backend_data while the backend holds an op: [0] is the queue link
-/// (queued) or the op's index in the on-ring table (on the ring); [1] is
-/// ring-thread state (flags, and the O_PATH descriptor of a path statx).
+/// (queued) or its ring entry (on the ring); [1] is ring-thread state
+/// (flags, lookup attempts, and the O_PATH descriptor of a path statx).
+///
+/// Every SQE's user_data names a ring entry and the entry's sequence
+/// number, never an Op address: the kernel cancels by user_data (our
+/// ASYNC_CANCEL, and a link timeout that fires as its op completes), and
+/// such a cancel must never reach the op that reuses the slot. Opens that
+/// may wait for a FIFO's peer run in io_uring's workers (IOSQE_ASYNC); a
+/// write to a blocking pipe, FIFO or socket is resubmitted until all of it
+/// is written, as on the thread pool.
 ///
 /// Kinds on the ring: nop, open (openat2 RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS
 /// beneath params.dirfd), close, read, write, fsync, fallocate, poll, timeout
@@ -137,7 +145,8 @@ class UringBackend final : public core::Backend {
   unsigned Reap();
   void OnOpCqe(core::Op& op, int32_t res);
   void Finish(core::Op& op, int64_t result);
-  void AddOnRing(core::Op& op);
+  // Puts `op` in a free ring entry; returns its user_data (tag 0).
+  uint64_t AddOnRing(core::Op& op);
   void RemoveOnRing(core::Op& op);
   void PendingPushBack(core::Op& op);
   void PendingPushFront(core::Op& op);
@@ -161,7 +170,15 @@ class UringBackend final : public core::Backend {
   core::Op* pending_head_ = nullptr;  // taken from the stack, not yet on the ring
   core::Op* pending_tail_ = nullptr;
   size_t pending_count_ = 0;
-  std::vector<core::Op*> on_ring_;    // index kept in backend_data[0]
+  // The ops on the ring. An entry's sequence number is part of its SQEs'
+  // user_data and changes on every reuse (see UserData in the .cc).
+  struct RingEntry {
+    core::Op* op = nullptr;
+    uint32_t seq = 0;
+  };
+  std::vector<RingEntry> ring_entries_;  // ring_limit_ of them; op's index in backend_data[0]
+  std::vector<uint32_t> ring_free_;      // indices of free entries
+  size_t on_ring_ = 0;
   std::vector<CancelRequest> cancel_work_;
   size_t cancel_done_ = 0;  // prefix of cancel_work_ already handled
   bool sweep_pending_ = false;

@@ -20,6 +20,21 @@ class OpCompleter {
   /// The backend must not touch the op afterwards: it may be reused at once.
   /// Does not block.
   virtual void Complete(Op& op, int64_t result) noexcept = 0;
+
+  /// The deadline of `op` (generation `gen`) passed: requests its end with
+  /// EndReason::kDeadline (Op::RequestEnd) and tells whoever watches. On
+  /// kCancelled the backend ends it as for a cancel (it ends TIMED_OUT); a
+  /// started non-cancel-safe op runs on. Any thread; never blocks.
+  virtual CancelResult Expire(Op& op, uint32_t gen, int64_t now_ns) noexcept = 0;
+
+  /// A backend takes `op` to run it now (Op::TryStartOrResume), expiring a
+  /// passed deadline first. False: it must not run (an end was requested);
+  /// the backend completes it with -ECANCELED. The one place where a
+  /// deadline is checked before a start, for every backend.
+  [[nodiscard]] bool Start(Op& op, int64_t now_ns) noexcept {
+    if (op.DeadlinePassed(now_ns)) (void)Expire(op, op.generation(), now_ns);
+    return op.TryStartOrResume(now_ns);
+  }
 };
 
 struct BackendStats {
@@ -45,9 +60,9 @@ class Backend {
 
   /// Deadlines: an accepted op whose params.deadline_ns (MonoNanos) passes
   /// before it finishes is ended by the backend itself: it calls
-  /// op.RequestEnd(gen, EndReason::kDeadline, now) and, when that answers
-  /// kCancelled, interrupts it as for a cancel (the op then ends kTimedOut).
-  /// A started non-cancel-safe op runs to completion.
+  /// OpCompleter::Expire and, when that answers kCancelled, interrupts it as
+  /// for a cancel (the op then ends kTimedOut). A started non-cancel-safe op
+  /// runs to completion. Backends take ops to run through OpCompleter::Start.
   ///
   /// Takes the ops (each already kDispatched, with params filled) and starts
   /// them. Returns how many it accepted: always a prefix of `ops`; the rest

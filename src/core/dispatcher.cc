@@ -72,26 +72,20 @@ Backend* Dispatcher::BackendOf(BackendKind kind) const {
 
 absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& request, int64_t now) {
   const bool uses_handle = UsesHandle(request);
-  int fd = -1;
-  bool stream = false;
+  HandleTable::Use use;
   if (uses_handle) {
-    absl::StatusOr<int> acquired = session.handles().Acquire(request.handle, &stream);
+    absl::StatusOr<HandleTable::Use> acquired = session.handles().Acquire(request.handle);
     if (!acquired.ok()) return acquired.status();
-    fd = *acquired;
+    use = *acquired;
   }
-  // Handle ops show their handle; Snapshot renders it, so nothing is formatted here.
-  std::string_view target;
+  // A handle op shows the path its handle was opened with (Snapshot falls
+  // back to "h:<handle>"); a path op its path.
+  std::string_view target = use.path;
   if (!uses_handle && request.params.path != nullptr) target = request.params.path;
   const bool creates =
       request.kind == OpKind::kOpen && (request.params.flags & (O_CREAT | O_TRUNC)) != 0;
-  // I/O on a pipe or socket may wait forever, and interrupting it leaves
-  // nothing half-done beyond the bytes reported: it is always cancel-safe.
-  const bool stream_io = stream && (request.kind == OpKind::kRead ||
-                                    request.kind == OpKind::kWrite ||
-                                    request.kind == OpKind::kPoll);
   absl::StatusOr<Op*> registered =
-      session.Register(request.kind,
-                       stream_io ? CancelSafety::kAlways : SafetyOf(request.kind, creates),
+      session.Register(request.kind, SafetyOf(request.kind, creates, use.stream),
                        uses_handle ? request.handle : 0, target, now, request.tag,
                        request.params.deadline_ns);
   if (!registered.ok()) {
@@ -99,12 +93,14 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
     return registered.status();
   }
   Op* op = *registered;
-  if (stream_io) op->may_block.store(true, std::memory_order_relaxed);
+  op->may_block.store(MayBlock(request.kind, use.stream && !use.nonblock),
+                      std::memory_order_relaxed);
   op->params = request.params;
   // Set-id and sticky bits are never created, whoever calls core: seccomp
   // (systemd's RestrictSUIDSGID=) does not see io_uring's openat2.
   if (request.kind == OpKind::kOpen || request.kind == OpKind::kMkdir) op->params.mode &= 0777;
-  op->params.fd = fd;
+  op->params.fd = use.fd;
+  op->params.stream = use.stream;
   op->params.dirfd = root_fd_;
   op->sink = request.sink;
   op->cookie = request.cookie;
@@ -127,7 +123,7 @@ void Dispatcher::Abandon(Op& op) {
 
 void Dispatcher::CompleteInline(Op& op, int64_t result) {
   op.MarkDispatched(BackendKind::kInline, MonoNanos());
-  if (op.TryStart(MonoNanos())) {
+  if (Start(op, MonoNanos())) {
     Complete(op, result);
   } else {
     Complete(op, -ECANCELED);
@@ -218,10 +214,17 @@ CancelResult Dispatcher::Cancel(OpId id, EndReason reason) {
 
 CancelResult Dispatcher::Cancel(Op& op, uint32_t gen, EndReason reason) {
   const CancelResult r = op.RequestEnd(gen, reason, MonoNanos());
+  if (observer_ != nullptr) observer_->OnEndRequested(op, gen, reason, r);
   if (r == CancelResult::kCancelled) {
     // Before dispatch the backend is unknown and TryStart will refuse to run it.
     if (Backend* b = BackendOf(op.backend.load(std::memory_order_relaxed))) b->Interrupt(op, gen);
   }
+  return r;
+}
+
+CancelResult Dispatcher::Expire(Op& op, uint32_t gen, int64_t now_ns) noexcept {
+  const CancelResult r = op.RequestEnd(gen, EndReason::kDeadline, now_ns);
+  if (observer_ != nullptr) observer_->OnEndRequested(op, gen, EndReason::kDeadline, r);
   return r;
 }
 
@@ -247,7 +250,9 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
     const int fd = static_cast<int>(result);
     if (end != OpState::kCompleted) {
       ::close(fd);  // the client asked for the open to end: it never sees this descriptor
-    } else if (absl::StatusOr<uint32_t> h = session.handles().Insert(fd); h.ok()) {
+    } else if (absl::StatusOr<uint32_t> h = session.handles().Insert(
+                   fd, op.params.path != nullptr ? op.params.path : "");
+               h.ok()) {
       op.result.store(static_cast<int32_t>(*h), std::memory_order_relaxed);
     } else {
       // Insert closed it: a full table, or the session ended meanwhile.

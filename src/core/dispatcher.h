@@ -41,6 +41,11 @@ class CompletionObserver {
   virtual void OnFinished(const Op& op) noexcept = 0;
   /// The op was accepted and is about to reach its backend (submitting thread).
   virtual void OnSubmitted(const Op& op) noexcept {}
+  /// An end was requested on `op` of generation `gen` (a cancel from any
+  /// source, or its deadline) and answered `result`. Any thread; the op may
+  /// finish, or its slot be reused, meanwhile: check `gen`.
+  virtual void OnEndRequested(const Op& op, uint32_t gen, EndReason reason,
+                              CancelResult result) noexcept {}
 };
 
 /// Routes each op to the first backend that supports its kind, resolves
@@ -84,6 +89,7 @@ class Dispatcher final : public OpCompleter {
   [[nodiscard]] absl::StatusOr<CancelCounts> CloseSession(uint64_t session_id, EndReason reason);
 
   void Complete(Op& op, int64_t result) noexcept override;
+  CancelResult Expire(Op& op, uint32_t gen, int64_t now_ns) noexcept override;
 
   /// Set before the first Submit; not owned.
   void SetObserver(CompletionObserver* observer) { observer_ = observer; }

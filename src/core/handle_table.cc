@@ -1,5 +1,6 @@
 #include "src/core/handle_table.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,10 +26,14 @@ HandleTable::Entry* HandleTable::Find(uint32_t handle) {
   return &e;
 }
 
-absl::StatusOr<uint32_t> HandleTable::Insert(int fd) {
+absl::StatusOr<uint32_t> HandleTable::Insert(int fd, std::string_view path) {
   struct stat st;
   const bool stream = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) &&
                       !S_ISBLK(st.st_mode);
+  // Clients cannot change a handle's flags, so this holds for its life.
+  const int fl = fcntl(fd, F_GETFL);
+  const bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
+  auto owned_path = std::make_unique<const std::string>(path);
   std::lock_guard lock(mu_);
   if (closed_) {
     // An open that finished after its session ended: the descriptor goes now,
@@ -53,19 +58,20 @@ absl::StatusOr<uint32_t> HandleTable::Insert(int fd) {
   e.refs = 0;
   e.open = true;
   e.stream = stream;
+  e.nonblock = nonblock;
+  e.path = std::move(owned_path);
   ++open_;
   return (uint32_t{e.gen} << 16) | index;
 }
 
-absl::StatusOr<int> HandleTable::Acquire(uint32_t handle, bool* stream) {
+absl::StatusOr<HandleTable::Use> HandleTable::Acquire(uint32_t handle) {
   std::lock_guard lock(mu_);
   Entry* e = Find(handle);
   if (e == nullptr || !e->open) {
     return absl::NotFoundError(absl::StrCat("unknown handle ", handle));
   }
-  if (stream != nullptr) *stream = e->stream;
   ++e->refs;
-  return e->fd;
+  return Use{e->fd, e->stream, e->nonblock, *e->path};
 }
 
 void HandleTable::Release(uint32_t handle) {
@@ -118,6 +124,7 @@ void HandleTable::CloseAll() {
 
 void HandleTable::FreeLocked(Entry& e) {
   e.fd = -1;
+  e.path.reset();
   e.gen = (e.gen + 1) & kGenMask;  // 0 is fine: index >= 1 keeps a handle nonzero
   free_.push_back(static_cast<uint32_t>(&e - entries_.data()) + 1);
 }

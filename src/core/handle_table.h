@@ -1,7 +1,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -27,13 +30,25 @@ class HandleTable {
   HandleTable(const HandleTable&) = delete;
   HandleTable& operator=(const HandleTable&) = delete;
 
-  /// Takes ownership of `fd`. RESOURCE_EXHAUSTED when the table is full,
-  /// FAILED_PRECONDITION after CloseAll (fd is closed in both cases).
-  [[nodiscard]] absl::StatusOr<uint32_t> Insert(int fd);
-  /// Returns the descriptor and takes a reference. NOT_FOUND for an unknown,
-  /// stale or closed handle. `stream`, if given, is set when the descriptor
-  /// is a pipe, FIFO, socket or character device: I/O on it may block forever.
-  [[nodiscard]] absl::StatusOr<int> Acquire(uint32_t handle, bool* stream = nullptr);
+  /// Takes ownership of `fd`, opened as `path` (shown as the target of the
+  /// ops that use it; may be empty). RESOURCE_EXHAUSTED when the table is
+  /// full, FAILED_PRECONDITION after CloseAll (fd is closed in both cases).
+  [[nodiscard]] absl::StatusOr<uint32_t> Insert(int fd, std::string_view path = {});
+
+  /// What an op needs of the handle it uses.
+  struct Use {
+    int fd = -1;
+    /// A pipe, FIFO, socket or character device: no file position, and I/O
+    /// may wait for a peer.
+    bool stream = false;
+    /// Opened O_NONBLOCK: I/O answers EAGAIN rather than waiting.
+    bool nonblock = false;
+    /// The path it was opened with; valid while the reference is held.
+    std::string_view path;
+  };
+  /// Takes a reference and returns the handle's use. NOT_FOUND for an
+  /// unknown, stale or closed handle.
+  [[nodiscard]] absl::StatusOr<Use> Acquire(uint32_t handle);
   /// Drops a reference taken by Acquire; closes a detached descriptor at zero.
   void Release(uint32_t handle);
   /// Detaches the handle. Returns the descriptor for the caller to close when
@@ -54,6 +69,9 @@ class HandleTable {
     uint16_t gen = 1;
     bool open = false;
     bool stream = false;
+    bool nonblock = false;
+    // Heap-held so Use::path survives the table growing.
+    std::unique_ptr<const std::string> path;
   };
   Entry* Find(uint32_t handle);
   // Frees the entry's slot; the next handle in it gets a new generation.

@@ -81,31 +81,40 @@ bool Op::TryStart(int64_t now_ns) {
 }
 
 bool Op::TryStartOrResume(int64_t now_ns) {
-  if (params.deadline_ns != 0 && now_ns >= params.deadline_ns) {
-    (void)RequestEnd(generation(), EndReason::kDeadline, now_ns);
-  }
   const uint64_t w = word.load(std::memory_order_acquire);
   if (OpWord::State(w) == OpState::kRunning) return !OpWord::EndRequested(w);
   return TryStart(now_ns);
 }
 
 CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
+  const bool deadline = reason == EndReason::kDeadline;
+  const uint64_t asked = deadline ? OpWord::kDeadlinePassed : OpWord::kCancelAsked;
   uint64_t w = word.load(std::memory_order_acquire);
   for (;;) {
     const OpState s = OpWord::State(w);
     if (OpWord::Gen(w) != gen || s == OpState::kFree) return CancelResult::kNotFound;
     if (IsTerminal(s)) return CancelResult::kAlreadyDone;
-    if (OpWord::EndRequested(w)) return CancelResult::kCancelled;  // already ending
-    if (s == OpState::kRunning &&
-        safety.load(std::memory_order_relaxed) == CancelSafety::kOnlyBeforeStart) {
-      return CancelResult::kNotCancellable;
+    uint64_t desired = w | asked;
+    CancelResult answer;
+    if (OpWord::EndRequested(w)) {
+      // Already ending: as cancelled, unless its deadline got there first.
+      answer = OpWord::Reason(w) == EndReason::kDeadline && !deadline ? CancelResult::kAlreadyDone
+                                                                       : CancelResult::kCancelled;
+    } else if (s == OpState::kRunning &&
+               safety.load(std::memory_order_relaxed) == CancelSafety::kOnlyBeforeStart) {
+      answer = CancelResult::kNotCancellable;
+    } else {
+      desired = (desired & ~OpWord::kReasonMask) | OpWord::kEndRequested |
+                (static_cast<uint64_t>(reason) << OpWord::kReasonShift);
+      answer = CancelResult::kCancelled;
     }
-    const uint64_t desired = (w & ~OpWord::kReasonMask) | OpWord::kEndRequested |
-                             (static_cast<uint64_t>(reason) << OpWord::kReasonShift);
+    if (desired == w) return answer;
     if (word.compare_exchange_weak(w, desired, std::memory_order_acq_rel,
                                    std::memory_order_acquire)) {
-      end_requested_ns.store(now_ns, std::memory_order_relaxed);
-      return CancelResult::kCancelled;
+      if (!deadline && !OpWord::CancelAsked(w)) {
+        cancel_requested_ns.store(now_ns, std::memory_order_relaxed);
+      }
+      return answer;
     }
   }
 }

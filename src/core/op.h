@@ -52,6 +52,7 @@ struct OpParams {
   uint32_t len = 0;
   uint32_t flags = 0;  // open(2) flags, RENAME_*, POLL* events, AT_* for statx, datasync bit
   uint32_t mode = 0;   // open/mkdir mode, fallocate mode
+  bool stream = false;  // fd is a pipe, FIFO, socket or character device (no file position)
   int64_t offset = -1;  // -1 = current position (pipes, sockets)
   int64_t length = 0;   // fallocate/ftruncate length
   void* buf = nullptr;  // read destination, write source, struct statx for statx
@@ -64,13 +65,19 @@ struct OpParams {
 /// The state word, changed only by compare-and-swap so that exactly one
 /// terminal transition can ever happen to one generation of a slot:
 ///
-///   63         36 35    8  7     5  4            3      0
-///   | generation |  -    | reason | end-requested | state |
+///   63         36 35   10     9          8         7     5  4            3      0
+///   | generation |  -  | deadline | cancel-asked | reason | end-requested | state |
+///
+/// cancel-asked and deadline record that a cancel was requested or the
+/// deadline passed, even when the op was past its cancel point and went on:
+/// the timeline shows them.
 struct OpWord {
   static constexpr uint64_t kStateMask = 0xf;
   static constexpr uint64_t kEndRequested = 1u << 4;
   static constexpr int kReasonShift = 5;
   static constexpr uint64_t kReasonMask = uint64_t{0x7} << kReasonShift;
+  static constexpr uint64_t kCancelAsked = 1u << 8;
+  static constexpr uint64_t kDeadlinePassed = 1u << 9;
   static constexpr int kGenShift = 36;
 
   static constexpr uint64_t Make(uint32_t gen, OpState state) {
@@ -79,6 +86,8 @@ struct OpWord {
   static constexpr OpState State(uint64_t w) { return static_cast<OpState>(w & kStateMask); }
   static constexpr uint32_t Gen(uint64_t w) { return static_cast<uint32_t>(w >> kGenShift); }
   static constexpr bool EndRequested(uint64_t w) { return (w & kEndRequested) != 0; }
+  static constexpr bool CancelAsked(uint64_t w) { return (w & kCancelAsked) != 0; }
+  static constexpr bool DeadlineWasPassed(uint64_t w) { return (w & kDeadlinePassed) != 0; }
   static constexpr EndReason Reason(uint64_t w) {
     return static_cast<EndReason>((w & kReasonMask) >> kReasonShift);
   }
@@ -115,7 +124,7 @@ struct Op {
   std::atomic<int64_t> submitted_ns{0};
   std::atomic<int64_t> dispatched_ns{0};
   std::atomic<int64_t> started_ns{0};
-  std::atomic<int64_t> end_requested_ns{0};
+  std::atomic<int64_t> cancel_requested_ns{0};  // the first cancel, granted or refused
   std::atomic<int64_t> finished_ns{0};
   // 32 bits suffice: a read or write moves at most max_op_bytes (64 MiB),
   // handles fit in 31 bits (HandleTable), and Completion.result is int32.
@@ -149,15 +158,29 @@ struct Op {
   [[nodiscard]] bool TryStart(int64_t now_ns);
 
   /// TryStart for a backend taking an op from its queue, which may be one
-  /// already running (TryRunInline started it and found it must wait): such
-  /// an op only checks that no end was requested meanwhile. An op whose
-  /// deadline has passed at `now_ns` is refused, its end (kDeadline)
-  /// requested first, whether or not a timer got to it yet.
+  /// already running (TryRunInline started it and found it must wait, or a
+  /// backend runs it again): such an op only checks that no end was
+  /// requested meanwhile. Backends call OpCompleter::Start, which expires a
+  /// passed deadline first.
   [[nodiscard]] bool TryStartOrResume(int64_t now_ns);
 
-  /// Requests the op end early (cancel or deadline). Any thread. Returns what
-  /// will happen; on kCancelled the caller must nudge the backend holding it.
-  /// `gen` guards against a stale id reaching a reused slot.
+  /// Whether the op has a deadline and it has passed at `now_ns`.
+  bool DeadlinePassed(int64_t now_ns) const {
+    return params.deadline_ns != 0 && now_ns >= params.deadline_ns;
+  }
+
+  /// Requests the op end early (cancel, or kDeadline when its deadline
+  /// passed). Any thread. Returns what will happen, in the spirit of
+  /// aio_cancel:
+  ///  - kCancelled: it ends CANCELLED (TIMED_OUT for kDeadline) with what it
+  ///    did so far; the caller must nudge the backend holding it. Also the
+  ///    answer to a cancel of an op already ending cancelled.
+  ///  - kNotCancellable: it started a call that is not cancel-safe and will
+  ///    complete normally.
+  ///  - kAlreadyDone: it had finished, or its deadline had already ended
+  ///    it (it ends TIMED_OUT, not CANCELLED).
+  ///  - kNotFound: `gen` is not this slot's generation (a stale id).
+  /// Every request is recorded, granted or not (cancel-asked / deadline).
   CancelResult RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns);
 
   /// The single terminal transition. Called exactly once, by the holder.

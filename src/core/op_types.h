@@ -68,9 +68,13 @@ enum class CancelResult : uint8_t {
   kNotFound,
 };
 
-/// `creates` is true for an open that may create or truncate a file (O_CREAT,
-/// O_TRUNC): interrupting it could leave that done, so it is not cancel-safe once started.
-constexpr CancelSafety SafetyOf(OpKind kind, bool creates = false) {
+/// Whether a cancel may interrupt `kind` once started: the one place that
+/// decides it. `creates`: an open that may create or truncate a file
+/// (O_CREAT, O_TRUNC), which could leave that done. `stream`: the op uses a
+/// pipe, FIFO, socket or character device, where a read, write or poll may
+/// wait forever and interrupting it leaves nothing half-done beyond the
+/// bytes it reports.
+constexpr CancelSafety SafetyOf(OpKind kind, bool creates = false, bool stream = false) {
   switch (kind) {
     case OpKind::kNop:
     case OpKind::kRead:
@@ -78,10 +82,28 @@ constexpr CancelSafety SafetyOf(OpKind kind, bool creates = false) {
     case OpKind::kTimeout:
     case OpKind::kStatx:
       return CancelSafety::kAlways;
+    case OpKind::kWrite:
+      return stream ? CancelSafety::kAlways : CancelSafety::kOnlyBeforeStart;
     case OpKind::kOpen:  // a FIFO open blocks until a peer arrives; cancelling it is harmless
       return creates ? CancelSafety::kOnlyBeforeStart : CancelSafety::kAlways;
     default:
       return CancelSafety::kOnlyBeforeStart;
+  }
+}
+
+/// Whether `kind` may wait forever, so that drain cancels it at once rather
+/// than granting it time: the other half of the classification. `blocking_stream`:
+/// on a pipe, FIFO, socket or character device opened without O_NONBLOCK.
+constexpr bool MayBlock(OpKind kind, bool blocking_stream) {
+  switch (kind) {
+    case OpKind::kPoll:
+    case OpKind::kTimeout:
+      return true;
+    case OpKind::kRead:
+    case OpKind::kWrite:
+      return blocking_stream;
+    default:
+      return false;
   }
 }
 

@@ -127,13 +127,12 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
   op->kind.store(kind, std::memory_order_relaxed);
   op->backend.store(BackendKind::kNone, std::memory_order_relaxed);
   op->safety.store(safety, std::memory_order_relaxed);
-  op->may_block.store(kind == OpKind::kPoll || kind == OpKind::kTimeout,
-                      std::memory_order_relaxed);
+  op->may_block.store(MayBlock(kind, /*blocking_stream=*/false), std::memory_order_relaxed);
   op->handle.store(handle, std::memory_order_relaxed);
   op->submitted_ns.store(now_ns, std::memory_order_relaxed);
   op->dispatched_ns.store(0, std::memory_order_relaxed);
   op->started_ns.store(0, std::memory_order_relaxed);
-  op->end_requested_ns.store(0, std::memory_order_relaxed);
+  op->cancel_requested_ns.store(0, std::memory_order_relaxed);
   op->finished_ns.store(0, std::memory_order_relaxed);
   op->result.store(0, std::memory_order_relaxed);
   op->bytes_done.store(0, std::memory_order_relaxed);
@@ -296,7 +295,7 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     s.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
     s.dispatched_ns = op.dispatched_ns.load(std::memory_order_relaxed);
     s.started_ns = op.started_ns.load(std::memory_order_relaxed);
-    s.end_requested_ns = op.end_requested_ns.load(std::memory_order_relaxed);
+    s.cancel_requested_ns = op.cancel_requested_ns.load(std::memory_order_relaxed);
     s.finished_ns = op.finished_ns.load(std::memory_order_relaxed);
     s.result = op.result.load(std::memory_order_relaxed);
     s.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
@@ -316,6 +315,8 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     s.session_id = session_id;
     s.state = OpWord::State(w1);
     s.end_requested = OpWord::EndRequested(w1);
+    s.cancel_requested = OpWord::CancelAsked(w1);
+    s.deadline_passed = OpWord::DeadlineWasPassed(w1);
     s.end_reason = OpWord::Reason(w1);
     return s;
   }

@@ -33,14 +33,16 @@ struct OpSnapshot {
   OpState state = OpState::kFree;
   BackendKind backend = BackendKind::kNone;
   CancelSafety safety = CancelSafety::kAlways;
-  bool end_requested = false;
+  bool end_requested = false;     // it is ending early (cancelled or timed out)
+  bool cancel_requested = false;  // a cancel was asked for, granted or refused
+  bool deadline_passed = false;   // its deadline passed while it was in flight
   bool may_block = false;
   EndReason end_reason = EndReason::kNone;
   uint32_t handle = 0;
   int64_t submitted_ns = 0;  // MonoNanos
   int64_t dispatched_ns = 0;
   int64_t started_ns = 0;
-  int64_t end_requested_ns = 0;
+  int64_t cancel_requested_ns = 0;  // the first cancel request; 0 = none
   int64_t finished_ns = 0;
   int64_t result = 0;
   uint64_t bytes_done = 0;

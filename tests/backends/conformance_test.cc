@@ -39,6 +39,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -531,6 +532,12 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
       EXPECT_EQ(c.thread, std::this_thread::get_id());
     }
     return c;
+  }
+
+  // Cancels op `id` and returns its completion.
+  Completion RunCancelled(OpId id, uint64_t cookie) {
+    EXPECT_EQ(dispatcher_->Cancel(id, EndReason::kClientRequest), CancelResult::kCancelled);
+    return Await(cookie);
   }
 
   Completion Await(uint64_t cookie) {
@@ -1889,6 +1896,172 @@ TEST_P(ConformanceTest, SessionGoneWhileItsCancelsAreQueuedIsSafe) {
 // cancel. Each op completes exactly once, either kCompleted with the byte or
 // kCancelled with 0 or 1 byte done; no byte is lost or duplicated (the byte is
 // in the op or still in the FIFO); no slot leaks.
+// Ops that nobody cancels end only as their kind and deadline allow: a
+// read with a deadline completes with its data or ends TIMED_OUT; a timeout
+// without one completes. Never CANCELLED, and never COMPLETED with
+// ECANCELED. On io_uring a link timeout that fires as its read completes
+// cancels by user_data, later, as task work: it once reached the op that
+// reused the read's slot (a timeout came back COMPLETED with -ECANCELED).
+TEST_P(ConformanceTest, NothingEndsEarlyWithoutACancelOrItsDeadline) {
+  Fifo f = MakeFifo("storm");
+  std::mt19937 rng(1204);
+  constexpr int kOps = 4000;
+  constexpr int kBatch = 25;
+  constexpr size_t kInFlight = 400;
+  std::vector<uint64_t> cookies;
+  std::vector<bool> has_deadline;
+  std::deque<uint64_t> waiting;
+  char* bufs = Buffer(kOps);
+  for (int i = 0; i < kOps;) {
+    for (int b = 0; b < kBatch && i < kOps; ++b, ++i) {
+      OpRequest r;
+      const bool read = rng() % 2 == 0;
+      if (read) {
+        r = Read(f.handle, bufs + i, 1, -1);
+        r.params.deadline_ns = core::MonoNanos() + (1 + rng() % 10) * 1'000'000;
+      } else {
+        r = Timeout(static_cast<int64_t>(rng() % 3'000'000));
+      }
+      uint64_t cookie;
+      ASSERT_TRUE(Start(r, &cookie).ok());
+      cookies.push_back(cookie);
+      has_deadline.push_back(read);
+      waiting.push_back(cookie);
+    }
+    // Fewer bytes than reads: about half the reads meet their deadline.
+    const std::string data(rng() % 13, 'x');
+    if (!data.empty()) {
+      ASSERT_EQ(::write(f.raw, data.data(), data.size()), ssize_t(data.size()));
+    }
+    while (waiting.size() > kInFlight) {
+      ASSERT_TRUE(sink_.Wait(waiting.front()).has_value());
+      waiting.pop_front();
+    }
+  }
+  ASSERT_TRUE(sink_.WaitAll(cookies));
+  int timed_out = 0, read_data = 0;
+  for (size_t i = 0; i < cookies.size(); ++i) {
+    const Completion c = *sink_.Get(cookies[i]);
+    EXPECT_NE(c.state, OpState::kCancelled) << "op " << i << " was never cancelled";
+    if (c.state == OpState::kCompleted) {
+      EXPECT_NE(c.result, -ECANCELED) << "op " << i << " " << core::Name(c.kind);
+    }
+    if (has_deadline[i]) {
+      EXPECT_TRUE(c.state == OpState::kTimedOut || (c.state == OpState::kCompleted && c.result == 1))
+          << "read " << i << ": " << core::Name(c.state) << " " << c.result;
+      if (c.state == OpState::kTimedOut) {
+        ++timed_out;
+      } else {
+        ++read_data;
+      }
+    } else {
+      EXPECT_EQ(c.state, OpState::kCompleted) << "timeout " << i;
+      EXPECT_EQ(c.result, 0) << "timeout " << i;
+    }
+  }
+  EXPECT_GT(timed_out, 0);
+  EXPECT_GT(read_data, 0);
+}
+
+// A cancel that comes after the deadline ended the op is answered
+// ALREADY_DONE, and one that comes first is answered CANCELLED: the answer
+// agrees with the outcome every time, around the deadline.
+TEST_P(ConformanceTest, CancelNearTheDeadlineAgreesWithTheOutcome) {
+  Fifo f = MakeFifo("neardeadline");
+  constexpr int kOps = 300;
+  int cancelled = 0, timed_out = 0;
+  for (int i = 0; i < kOps; ++i) {
+    OpRequest r = Read(f.handle, Buffer(1), 1, -1);
+    const int64_t deadline = core::MonoNanos() + 2'000'000;
+    r.params.deadline_ns = deadline;
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = Start(r, &cookie);
+    ASSERT_TRUE(id.ok());
+    // Land the cancel within +-150 us of the deadline.
+    const int64_t at = deadline - 150'000 + (i * 7919) % 300'000;
+    while (core::MonoNanos() < at) {
+    }
+    const CancelResult answer = dispatcher_->Cancel(*id, EndReason::kClientRequest);
+    Completion c = Await(cookie);
+    if (c.state == OpState::kCancelled) {
+      ++cancelled;
+      EXPECT_EQ(answer, CancelResult::kCancelled) << "op " << i;
+    } else {
+      ++timed_out;
+      EXPECT_EQ(c.state, OpState::kTimedOut) << "op " << i;
+      EXPECT_TRUE(answer == CancelResult::kAlreadyDone || answer == CancelResult::kNotFound)
+          << "op " << i << " answered " << core::Name(answer) << " but timed out";
+    }
+  }
+  EXPECT_GT(cancelled + timed_out, 0);
+}
+
+// A blocking open of a FIFO waits for its peer, on every backend (the
+// ring's inline attempt would answer ENXIO to a writer at once, and let a
+// reader through), completes when the peer arrives, and a cancel ends the
+// wait.
+TEST_P(ConformanceTest, BlockingOpenOfAFifoWaitsForItsPeer) {
+  const std::string path = InRoot("lonely");
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  for (uint32_t access : {uint32_t{O_WRONLY}, uint32_t{O_RDONLY}}) {
+    uint64_t cookie;
+    absl::StatusOr<OpId> id = Start(Open("lonely", access), &cookie);
+    ASSERT_TRUE(id.ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(sink_.Get(cookie).has_value()) << "opened without a peer";
+    // The peer arrives (without waiting itself: ours is there already).
+    const int peer = ::open(path.c_str(), (access == O_WRONLY ? O_RDONLY : O_WRONLY) | O_NONBLOCK |
+                                              O_CLOEXEC);
+    ASSERT_GE(peer, 0) << std::strerror(errno);
+    owned_fds_.push_back(peer);
+    const Completion c = Await(cookie);
+    EXPECT_EQ(c.state, OpState::kCompleted);
+    EXPECT_GT(c.result, 0) << std::strerror(static_cast<int>(-c.result));
+    if (c.result > 0) Run(Close(static_cast<uint32_t>(c.result)));
+    ::close(owned_fds_.back());
+    owned_fds_.pop_back();
+  }
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Open("lonely", O_WRONLY), &cookie);
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(RunCancelled(*id, cookie).state, OpState::kCancelled);
+}
+
+// A 1 MiB write to a blocking pipe returns once all of it is written (the
+// reader drains it meanwhile), as write(2) does, on every backend.
+TEST_P(ConformanceTest, WriteToABlockingPipeWritesEverything) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  owned_fds_.push_back(fds[0]);
+  absl::StatusOr<uint32_t> h = session_->handles().Insert(fds[1]);
+  ASSERT_TRUE(h.ok());
+  constexpr uint32_t kLen = 1 << 20;
+  char* data = Buffer(kLen);
+  std::memset(data, 'w', kLen);
+  uint64_t cookie;
+  ASSERT_TRUE(Start(Write(*h, data, kLen, -1), &cookie).ok());
+  std::atomic<size_t> drained{0};
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    char buf[65536];
+    pollfd p{fds[0], POLLIN, 0};
+    while (!done.load() || ::poll(&p, 1, 0) > 0) {
+      if (::poll(&p, 1, 10) <= 0) continue;
+      const ssize_t n = ::read(fds[0], buf, sizeof(buf));
+      if (n > 0) drained += static_cast<size_t>(n);
+    }
+  });
+  const Completion c = Await(cookie);
+  done = true;
+  reader.join();
+  EXPECT_EQ(c.state, OpState::kCompleted);
+  EXPECT_EQ(c.result, kLen);
+  EXPECT_EQ(c.bytes_done, kLen);
+  EXPECT_EQ(drained, kLen);
+}
+
 TEST_P(ConformanceTest, CancelCompleteRaceIsExactlyOnce) {
   Fifo f = MakeFifo("race");
   // One writer thread for the whole run, released by `round`, so the write and

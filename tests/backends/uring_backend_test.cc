@@ -603,6 +603,9 @@ int InstallIoUringSetupEperm() {
 class NullCompleter final : public core::OpCompleter {
  public:
   void Complete(core::Op&, int64_t) noexcept override {}
+  core::CancelResult Expire(core::Op&, uint32_t, int64_t) noexcept override {
+    return core::CancelResult::kNotFound;
+  }
 };
 
 TEST(UringProbeTest, SeccompEpermMakesIoUringUnavailable) {

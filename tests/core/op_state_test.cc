@@ -63,7 +63,7 @@ TEST_F(OpStateTest, CancelBeforeStartPreventsTheStart) {
             CancelResult::kCancelled);
   EXPECT_FALSE(op.TryStart(4));
   EXPECT_EQ(op.Finish(-ECANCELED, 5), OpState::kCancelled);
-  EXPECT_EQ(op.end_requested_ns.load(), 3);
+  EXPECT_EQ(op.cancel_requested_ns.load(), 3);
 }
 
 TEST_F(OpStateTest, RunningUnsafeOpRefusesCancel) {
@@ -92,6 +92,47 @@ TEST_F(OpStateTest, DeadlineEndsTimedOut) {
   ASSERT_TRUE(op.TryStart(1));
   EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kDeadline, 2), CancelResult::kCancelled);
   EXPECT_EQ(op.Finish(-ECANCELED, 3), OpState::kTimedOut);
+}
+
+// A cancel that comes after the deadline asked for the end is told
+// ALREADY_DONE: the op ends TIMED_OUT, not CANCELLED. The cancel is still
+// recorded, for the timeline.
+TEST_F(OpStateTest, CancelAfterTheDeadlineEndedItIsAlreadyDone) {
+  Op& op = NewOp(OpKind::kRead);
+  ASSERT_TRUE(op.TryStart(1));
+  EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kDeadline, 2), CancelResult::kCancelled);
+  EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kClientRequest, 3),
+            CancelResult::kAlreadyDone);
+  EXPECT_TRUE(OpWord::CancelAsked(op.word.load()));
+  EXPECT_EQ(op.cancel_requested_ns.load(), 3);
+  EXPECT_EQ(op.Finish(-ECANCELED, 4), OpState::kTimedOut);
+}
+
+// The other way round the cancel wins: the deadline changes nothing.
+TEST_F(OpStateTest, DeadlineAfterACancelKeepsItCancelled) {
+  Op& op = NewOp(OpKind::kRead);
+  ASSERT_TRUE(op.TryStart(1));
+  EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kClientRequest, 2),
+            CancelResult::kCancelled);
+  op.RequestEnd(op.generation(), EndReason::kDeadline, 3);
+  EXPECT_TRUE(OpWord::DeadlineWasPassed(op.word.load()));
+  EXPECT_EQ(op.Finish(-ECANCELED, 4), OpState::kCancelled);
+}
+
+// A refused cancel and a deadline that came too late are both recorded.
+TEST_F(OpStateTest, RefusedCancelAndLateDeadlineAreRecorded) {
+  Op& op = NewOp(OpKind::kWrite, CancelSafety::kOnlyBeforeStart);
+  ASSERT_TRUE(op.TryStart(1));
+  EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kOperatorRequest, 2),
+            CancelResult::kNotCancellable);
+  EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kDeadline, 3),
+            CancelResult::kNotCancellable);
+  const uint64_t w = op.word.load();
+  EXPECT_TRUE(OpWord::CancelAsked(w));
+  EXPECT_TRUE(OpWord::DeadlineWasPassed(w));
+  EXPECT_FALSE(OpWord::EndRequested(w));
+  EXPECT_EQ(op.cancel_requested_ns.load(), 2);
+  EXPECT_EQ(op.Finish(4096, 4), OpState::kCompleted);
 }
 
 TEST_F(OpStateTest, FailIsTerminal) {
@@ -125,9 +166,23 @@ TEST_F(OpStateTest, SafetyFollowsTheSeed) {
   EXPECT_EQ(SafetyOf(OpKind::kOpen), CancelSafety::kAlways);
   EXPECT_EQ(SafetyOf(OpKind::kOpen, /*creates=*/true), CancelSafety::kOnlyBeforeStart);
   for (OpKind k : {OpKind::kWrite, OpKind::kFsync, OpKind::kFallocate, OpKind::kFtruncate,
-                   OpKind::kRename, OpKind::kUnlink, OpKind::kMkdir}) {
+                   OpKind::kRename, OpKind::kUnlink, OpKind::kMkdir, OpKind::kClose}) {
     EXPECT_EQ(SafetyOf(k), CancelSafety::kOnlyBeforeStart) << Name(k);
   }
+  // On a pipe, FIFO, socket or character device a write may wait forever and
+  // interrupting it leaves only the bytes it reports written.
+  EXPECT_EQ(SafetyOf(OpKind::kWrite, false, /*stream=*/true), CancelSafety::kAlways);
+  EXPECT_EQ(SafetyOf(OpKind::kFsync, false, /*stream=*/true), CancelSafety::kOnlyBeforeStart);
+}
+
+TEST_F(OpStateTest, MayBlockIsWaitsAndBlockingStreamIo) {
+  EXPECT_TRUE(MayBlock(OpKind::kPoll, false));
+  EXPECT_TRUE(MayBlock(OpKind::kTimeout, false));
+  EXPECT_TRUE(MayBlock(OpKind::kRead, /*blocking_stream=*/true));
+  EXPECT_TRUE(MayBlock(OpKind::kWrite, /*blocking_stream=*/true));
+  EXPECT_FALSE(MayBlock(OpKind::kRead, false));  // a file, or a stream opened O_NONBLOCK
+  EXPECT_FALSE(MayBlock(OpKind::kFsync, true));
+  EXPECT_FALSE(MayBlock(OpKind::kOpen, false));
 }
 
 TEST_F(OpStateTest, LongTargetKeepsItsTail) {

@@ -138,7 +138,8 @@ TEST_P(DaemonTest, BlockedFifoReadIsListedElsewhereAndCancelled) {
   EXPECT_TRUE(info->cancellable());
   EXPECT_EQ(info->cancel_safety(), v1::CANCEL_SAFETY_ALWAYS);
   EXPECT_GT(info->age_us(), 0u);
-  EXPECT_EQ(info->target(), absl::StrCat("h:", fifo));
+  EXPECT_EQ(info->target(), "fifo");  // the path its handle was opened with
+  EXPECT_EQ(info->handle(), fifo);
   auto one = op.GetOperation(op_id);
   ASSERT_TRUE(one.ok());
   EXPECT_GE(one->timeline_size(), 2);  // submitted, dispatched (started on the thread pool)
