@@ -83,6 +83,10 @@ constexpr unsigned kReapBatch = 256;
 // While ops wait in the pending list (ring at its limit), the ring thread
 // wakes at least this often to end those whose deadline passed.
 constexpr int64_t kPendingDeadlineTickNs = 10'000'000;
+// How long a missed cancel waits before it is sent again: long enough for
+// the ring thread to have entered the kernel, where deferred task work puts
+// a request that was between two attempts back where a cancel finds it.
+constexpr int64_t kRecancelDelayNs = 1'000'000;
 
 Op* Link(const Op& op) { return reinterpret_cast<Op*>(op.backend_data[0]); }
 void SetLink(Op& op, Op* next) { op.backend_data[0] = reinterpret_cast<uintptr_t>(next); }
@@ -380,6 +384,7 @@ void UringBackend::Run() {
     StartPending(now);
     work += ProcessCancels() ? 1 : 0;
     work += Reap();
+    work += ResendCancels(now) ? 1 : 0;
     work += (before != pending_count_ + on_ring_) ? 1 : 0;
     if (stopping && outstanding_.load(std::memory_order_seq_cst) == 0) break;
     if (work > 0) {
@@ -394,7 +399,9 @@ void UringBackend::Run() {
       SubmitAndWait(false, 0);
       continue;
     }
-    SubmitAndWait(true, pending_count_ > 0 ? kPendingDeadlineTickNs : 0);
+    int64_t wait_ns = pending_count_ > 0 ? kPendingDeadlineTickNs : 0;
+    if (!recancel_.empty()) wait_ns = std::max<int64_t>(recancel_at_ - now, 1);
+    SubmitAndWait(true, wait_ns);
     sleeping_.store(false, std::memory_order_relaxed);
     if (pending_count_ > 0) sweep_pending_ = true;
   }
@@ -674,6 +681,41 @@ void UringBackend::SendCancel(Op& op) {
   if (skip_cancel_cqe_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
+// A cancel by user_data misses a request that is between two attempts
+// (a FIFO read woken by data another reader took, on its way back to
+// waiting), and says -ENOENT; one in io_uring's workers says -EALREADY and
+// may go on. Either way the op stays on the ring with nothing to end it,
+// however many deadlines pass: so it is cancelled again until its own CQE
+// comes. Each miss names the entry's sequence number, so a later op in the
+// same entry is never touched.
+void UringBackend::OnCancelMissed(uint64_t data) {
+  const uint32_t index = static_cast<uint32_t>((data >> kIndexShift) & kIndexMask);
+  const uint32_t seq = static_cast<uint32_t>(data >> 32);
+  const RingEntry& e = ring_entries_[index];
+  // Not expired here: the op may have finished as the timer fired, its CQE
+  // still on its way. A -ECANCELED from the cancel sent again is the
+  // deadline's for OnOpCqe, as the link timeout's own would have been.
+  if (e.op == nullptr || e.seq != seq) return;  // its own CQE came first
+  if (recancel_.empty()) recancel_at_ = core::MonoNanos() + kRecancelDelayNs;
+  recancel_.emplace_back(index, seq);
+}
+
+bool UringBackend::ResendCancels(int64_t now) {
+  if (recancel_.empty() || now < recancel_at_) return false;
+  size_t sent = 0;
+  for (; sent < recancel_.size(); ++sent) {
+    const auto [index, seq] = recancel_[sent];
+    RingEntry& e = ring_entries_[index];
+    if (e.op == nullptr || e.seq != seq) continue;  // ended meanwhile
+    if (!EnsureSqes(1)) break;                      // the rest next round
+    e.op->backend_data[1] |= kCancelSent;
+    SendCancel(*e.op);
+  }
+  recancel_.erase(recancel_.begin(), recancel_.begin() + static_cast<ptrdiff_t>(sent));
+  recancel_at_ = now + kRecancelDelayNs;
+  return sent > 0;
+}
+
 void UringBackend::SweepPending(int64_t now) {
   sweep_pending_ = false;
   Op* op = pending_head_;
@@ -738,10 +780,12 @@ unsigned UringBackend::Reap() {
         case kTagWake:
           if ((cqes[i]->flags & IORING_CQE_F_MORE) == 0) wake_armed_ = false;
           break;
-        case kTagCancel:       // -ENOENT / -EALREADY: the op's own CQE decides
-        case kTagLinkTimeout:  // -ETIME fired / -ECANCELED op done first: likewise
+        case kTagCancel:       // only failures: -ENOENT, -EALREADY
+        case kTagLinkTimeout:  // -ETIME fired and cancelled, -ECANCELED op done first
+          if (res == -ENOENT || res == -EALREADY) OnCancelMissed(data);
+          break;
         default:
-          break;  // the op may be gone already: never dereference these
+          break;
       }
     }
     io_uring_cq_advance(ring_.get(), n);

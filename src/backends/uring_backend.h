@@ -140,6 +140,10 @@ class UringBackend final : public core::Backend {
   bool StartOne(core::Op& op, int64_t now);
   bool ProcessCancels();
   void SendCancel(core::Op& op);
+  // A cancel that missed its op (our ASYNC_CANCEL's or a fired link
+  // timeout's): `data` is the missed CQE's user_data.
+  void OnCancelMissed(uint64_t data);
+  bool ResendCancels(int64_t now);
   void SweepPending(int64_t now);
   void DrainForShutdown();
   unsigned Reap();
@@ -182,6 +186,10 @@ class UringBackend final : public core::Backend {
   std::vector<CancelRequest> cancel_work_;
   size_t cancel_done_ = 0;  // prefix of cancel_work_ already handled
   bool sweep_pending_ = false;
+  // Ring entries (index, seq) whose cancel missed while the op stayed on
+  // the ring; cancelled again at recancel_at_.
+  std::vector<std::pair<uint32_t, uint32_t>> recancel_;
+  int64_t recancel_at_ = 0;
   bool drained_ = false;
   // Per-SQE side storage: an SQE's slot is not reused before the kernel
   // consumed it (and copied these), so indexing by SQE slot keeps each

@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
 #include "tests/stress/storm_journal.h"
 
 namespace asyncd::testing {
@@ -130,7 +131,9 @@ class WireStream {
 
   /// Half-closes, reads until the daemon ends the stream (cancelling it
   /// after kStreamEndTimeout) and records how it ended.
-  absl::Status Finish() {
+  /// `describe_stuck`, when set, reports what is still in flight before a
+  /// stuck stream is cancelled (cancelling ends it).
+  absl::Status Finish(const std::function<std::string()>& describe_stuck = {}) {
     {
       std::lock_guard write(write_mu_);
       writes_done_ = true;
@@ -141,13 +144,15 @@ class WireStream {
       std::unique_lock lock(mu_);
       timed_out = !room_.wait_for(lock, kStreamEndTimeout, [&] { return reader_done_; });
     }
+    std::string stuck;
+    if (timed_out && describe_stuck) stuck = describe_stuck();
     if (timed_out) context_.TryCancel();
     reader_.join();
     absl::Status status = client::ToAbslStatus(stream_->Finish());
     if (timed_out) {
       status = absl::DeadlineExceededError(
           absl::StrCat("the stream did not end within ", kStreamEndTimeout.count(),
-                       " s of the half-close; cancelled (", status.ToString(), ")"));
+                       " s of the half-close; cancelled (", status.ToString(), ")", stuck));
     }
     journal_.StreamEnded(status);
     return status;
@@ -234,7 +239,12 @@ class StormTest : public ::testing::TestWithParam<BackendMode> {
   void SetUp() override {
     seed_ = StormSeed();
     RecordProperty("seed", std::to_string(seed_));
-    daemon_ = std::make_unique<Daemon>(GetParam());
+    // A finished op answers ALREADY_DONE while it is in the history: keep
+    // every op of a scenario there, so that a NOT_FOUND for an op whose
+    // completion is still on its way is the daemon's fault, not the
+    // history's bound.
+    config_ = std::make_unique<ConfigFile>("[limits]\nhistory_capacity = 200000\n");
+    daemon_ = std::make_unique<Daemon>(GetParam(), config_->Args());
     client_ = std::make_unique<Client>(daemon_->channel());
     absl::StatusOr<v1::Stats> stats = client_->GetStats();
     ASSERT_TRUE(stats.ok()) << stats.status() << "\n" << daemon_->Log();
@@ -267,10 +277,25 @@ class StormTest : public ::testing::TestWithParam<BackendMode> {
     if (s.ok()) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << "stream open: " << s << "\n" << daemon_->Log();
   }
-  static ::testing::AssertionResult Ended(WireStream& stream) {
-    const absl::Status s = stream.Finish();
+  ::testing::AssertionResult Ended(WireStream& stream) {
+    const absl::Status s = stream.Finish([&] { return DescribeInFlight(); });
     if (s.ok()) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure() << "the stream ended " << s;
+  }
+
+  /// The session's ops still in flight, each with its timeline.
+  std::string DescribeInFlight() {
+    v1::OpSelector mine;
+    mine.set_session_id(session_);
+    absl::StatusOr<v1::ListOperationsResponse> l = client_->ListOperations(mine, 10);
+    if (!l.ok()) return absl::StrCat("; listing failed: ", l.status().ToString());
+    std::string out = absl::StrCat("; in flight: ", l->total_matched());
+    for (const v1::OperationInfo& op : l->ops()) {
+      absl::StrAppend(&out, "\n  ", op.ShortDebugString());
+      absl::StatusOr<v1::OperationInfo> full = client_->GetOperation(op.op_id());
+      if (full.ok()) absl::StrAppend(&out, "\n    ", full->ShortDebugString());
+    }
+    return out;
   }
 
   bool KeepGoing() const { return Clock::now() < until_ && journal_.op_count() < kMaxOps; }
@@ -352,6 +377,7 @@ class StormTest : public ::testing::TestWithParam<BackendMode> {
   }
 
   uint64_t seed_ = 0;
+  std::unique_ptr<ConfigFile> config_;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<Client> client_;
   uint64_t session_ = 0;
