@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <thread>
 
 #include "src/core/clock.h"
 
@@ -16,8 +15,7 @@ History::History(size_t capacity, size_t slow_capacity)
 void History::Record(const FinishedOp& f) noexcept {
   const int64_t duration = f.duration_ns();
   if (shard_capacity_ > 0) {
-    // Shards keep completing threads off each other's lock.
-    Shard& shard = shards_[std::hash<std::thread::id>{}(std::this_thread::get_id()) % kShards];
+    Shard& shard = ShardOf(f.snap.id.value);
     std::lock_guard lock(shard.mu);
     shard.ring[shard.next] = f;
     shard.next = (shard.next + 1) % shard_capacity_;
@@ -78,7 +76,8 @@ std::vector<FinishedOp> History::Slowest(const Filter& filter, size_t limit) con
 
 std::optional<FinishedOp> History::FindFinished(uint64_t op_id) const {
   std::optional<FinishedOp> best;
-  for (const Shard& shard : shards_) {
+  {
+    const Shard& shard = ShardOf(op_id);
     std::lock_guard lock(shard.mu);
     const size_t n = std::min<uint64_t>(shard.count, shard_capacity_);
     for (size_t i = 0; i < n; ++i) {

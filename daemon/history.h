@@ -23,9 +23,10 @@ struct FinishedOp {
 };
 
 /// The finished ops operators can still look at: a ring of the most recent
-/// and the set of the slowest. The ring is sharded by the recording thread,
-/// so completing threads stay off each other's lock: each shard keeps the
-/// last capacity/8 ops its threads recorded. Off the registry's hot path.
+/// and the set of the slowest. The ring is sharded by op slot, so that
+/// completing threads seldom meet on a lock and a lookup by id reads one
+/// shard; each shard keeps the last capacity/8 ops of its slots, whichever
+/// thread finished them. Off the registry's hot path.
 class History {
  public:
   /// Keeps up to `capacity` recent ops (in 8 shards) and the
@@ -57,6 +58,13 @@ class History {
     size_t next = 0;
     uint64_t count = 0;
   };
+
+  // By slot (the id's middle bits), not generation: reuses of a slot meet
+  // in one shard, and the others spread evenly.
+  Shard& ShardOf(uint64_t op_id) { return shards_[core::OpId{op_id}.slot() % kShards]; }
+  const Shard& ShardOf(uint64_t op_id) const {
+    return shards_[core::OpId{op_id}.slot() % kShards];
+  }
 
   const size_t shard_capacity_;
   std::array<Shard, kShards> shards_;

@@ -245,7 +245,17 @@ absl::StatusOr<CancelCounts> Dispatcher::CloseSession(uint64_t session_id, EndRe
 void Dispatcher::Complete(Op& op, int64_t result) noexcept {
   Session& session = *op.session;
   const OpKind kind = op.kind.load(std::memory_order_relaxed);
-  const OpState end = op.Finish(result, MonoNanos());
+  const int64_t now = MonoNanos();
+  // A deadline that passed while the op ran on (past its cancel point, or
+  // with no backend timer to see it) is recorded, as a refused end.
+  if (op.DeadlinePassed(now) && !OpWord::DeadlineWasPassed(op.word.load(std::memory_order_relaxed))) {
+    op.NoteDeadlinePassed();
+    if (observer_ != nullptr) {
+      observer_->OnEndRequested(op, op.generation(), EndReason::kDeadline,
+                                CancelResult::kNotCancellable);
+    }
+  }
+  const OpState end = op.Finish(result, now);
   if (kind == OpKind::kOpen && result >= 0) {
     const int fd = static_cast<int>(result);
     if (end != OpState::kCompleted) {

@@ -183,6 +183,11 @@ struct Op {
   /// Every request is recorded, granted or not (cancel-asked / deadline).
   CancelResult RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns);
 
+  /// Records that the deadline passed while the op went on past its cancel
+  /// point (or finished before anyone ended it), without ending it: the
+  /// timeline shows it. The holder, before Finish.
+  void NoteDeadlinePassed() { word.fetch_or(OpWord::kDeadlinePassed, std::memory_order_relaxed); }
+
   /// The single terminal transition. Called exactly once, by the holder.
   /// `result` is the syscall's return value or -errno. When an end was
   /// requested on a cancel-safe op the outcome is cancelled (or timed out),

@@ -1,5 +1,6 @@
 // The history of finished ops (daemon/history.h): Recent is newest first and
-// bounded by the capacity (a recording thread keeps its shard's share of it);
+// bounded by the capacity (the ops of one slot keep their shard's share of
+// it, whichever thread records them);
 // the slowest set keeps the longest ops, slowest first; FindFinished finds an
 // op in the ring, else in the slowest set; filters apply to both lists.
 #include "daemon/history.h"
@@ -45,10 +46,24 @@ TEST(HistoryTest, RecentReturnsAtMostLimit) {
   EXPECT_EQ(Ids(h.Recent(kAll, 2)), (std::vector<uint64_t>{5, 4}));
 }
 
-TEST(HistoryTest, OneThreadKeepsItsShardsShareOfTheCapacity) {
+TEST(HistoryTest, OneSlotKeepsItsShardsShareOfTheCapacity) {
   History h(80, 0);  // 8 shards of 10
+  // Ids 1..15 are generations of slot 0.
   for (uint64_t i = 1; i <= 15; ++i) h.Record(Op(i, int64_t(i) * 1000));
   EXPECT_EQ(Ids(h.Recent(kAll, 100)), (std::vector<uint64_t>{15, 14, 13, 12, 11, 10, 9, 8, 7, 6}));
+}
+
+// One completing thread (an io_uring ring thread finishes every op) keeps
+// the whole capacity when its ops use many slots, and each is found by id.
+TEST(HistoryTest, OneThreadKeepsTheWholeCapacityOverManySlots) {
+  History h(80, 0);
+  for (uint32_t slot = 0; slot < 80; ++slot) {
+    h.Record(Op(core::OpId::Make(0, slot, 1).value, slot + 1));
+  }
+  EXPECT_EQ(h.Recent(kAll, 1000).size(), 80u);
+  for (uint32_t slot = 0; slot < 80; ++slot) {
+    EXPECT_TRUE(h.FindFinished(core::OpId::Make(0, slot, 1).value).has_value()) << slot;
+  }
 }
 
 TEST(HistoryTest, ManyThreadsNeverKeepMoreThanTheCapacity) {
@@ -120,7 +135,7 @@ TEST(HistoryTest, FindFinishedPrefersTheLatestUnderOneId) {
 }
 
 TEST(HistoryTest, FindFinishedFallsBackToTheSlowestSet) {
-  History h(8, 4);  // one slot per shard: the next op from this thread overwrites
+  History h(8, 4);  // one entry per shard: the next op of slot 0 overwrites
   h.Record(Op(1, 1000, 900000));
   h.Record(Op(2, 2000, 10));
   EXPECT_EQ(Ids(h.Recent(kAll, 10)), (std::vector<uint64_t>{2}));
