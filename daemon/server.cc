@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/decode_guard.h"
 #include "daemon/listener.h"
 #include "daemon/metrics.h"
 #include "daemon/observer.h"
@@ -220,6 +221,7 @@ absl::Status Server::Init() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.RegisterService(service_.get());
+  builder.experimental().SetInterceptorCreators(DecodeGuardCreators());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   if (!config_.tcp.empty()) {

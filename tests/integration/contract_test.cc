@@ -1,0 +1,457 @@
+// The contract's promises at their edges, against the real daemon on both
+// backends, one promise per test: how long a finished op and an ended
+// session stay known, what a session's end does to its streams, leases
+// under an attached stream, what a cancel (refused or not) and a deadline
+// leave in the timeline and tell watchers, the states listings show, call
+// deadlines, validation of every field that has a rule, and requests that
+// do not decode. The storms (tests/stress) check the same under races.
+#include <sys/stat.h>
+
+#include <future>
+
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/daemon_fixture.h"
+
+namespace asyncd::testing {
+namespace {
+
+using client::Client;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using ::testing::HasSubstr;
+
+using StreamRw = grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamResponse>;
+
+class ContractTest : public ::testing::TestWithParam<BackendMode> {
+ protected:
+  ContractTest() : daemon_(GetParam()), client_(daemon_.channel()) {}
+
+  uint64_t NewSession(uint32_t lease_ms = 0) {
+    auto s = client_.OpenSession("contract", lease_ms);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *s : 0;
+  }
+  uint32_t OpenFifo(uint64_t session, const std::string& name) {
+    EXPECT_EQ(mkfifo((daemon_.root() + "/" + name).c_str(), 0600), 0);
+    auto h = client_.Open(session, name, v1::OPEN_MODE_READ_WRITE);
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.ok() ? *h : 0;
+  }
+  // A raw stream with its context, for sending exactly what a test needs.
+  struct RawStream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<StreamRw> rw;
+  };
+  // Sends `open`; *opened is the first answer (empty if the stream ended).
+  std::unique_ptr<RawStream> OpenStream(const v1::StreamOpen& open, v1::StreamResponse* opened) {
+    auto s = std::make_unique<RawStream>();
+    s->ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    s->rw = v1::Asyncd::NewStub(daemon_.channel())->Stream(&s->ctx);
+    v1::StreamRequest req;
+    *req.mutable_open() = open;
+    s->rw->Write(req);
+    if (!s->rw->Read(opened)) opened->Clear();
+    return s;
+  }
+  v1::OperationInfo Find(uint64_t op_id) {
+    auto ops = client_.ListAll(v1::OpSelector());
+    EXPECT_TRUE(ops.ok()) << ops.status();
+    if (ops.ok()) {
+      for (const auto& op : *ops) {
+        if (op.op_id() == op_id) return op;
+      }
+    }
+    return {};
+  }
+  v1::SessionInfo SessionInfoOf(uint64_t id) {
+    auto sessions = client_.ListSessions();
+    EXPECT_TRUE(sessions.ok());
+    if (sessions.ok()) {
+      for (const auto& s : *sessions) {
+        if (s.session_id() == id) return s;
+      }
+    }
+    return {};
+  }
+
+  Daemon daemon_;
+  Client client_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, ContractTest,
+                         ::testing::Values(BackendMode::kIoUring, BackendMode::kThreadPoolOnly),
+                         [](const auto& info) { return Name(info.param); });
+
+// A finished op's id answers ALREADY_DONE while GetOperation still finds it
+// in the history, and an id never issued NOT_FOUND.
+TEST_P(ContractTest, FinishedOpIsAlreadyDoneWhileInTheHistory) {
+  const uint64_t s = NewSession();
+  auto done = client_.Submit(s, NopOp());
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_TRUE(client_.GetOperation(done->op_id()).ok());
+  auto cancel = client_.Cancel(done->op_id());
+  ASSERT_TRUE(cancel.ok()) << cancel.status();
+  EXPECT_EQ(cancel->outcomes(0).result(), v1::CANCEL_RESULT_ALREADY_DONE);
+  EXPECT_EQ(cancel->counts().already_done(), 1u);
+  auto never = client_.Cancel(uint64_t{0xdead0000beef});
+  ASSERT_TRUE(never.ok());
+  EXPECT_EQ(never->outcomes(0).result(), v1::CANCEL_RESULT_NOT_FOUND);
+}
+
+// An ended session answers FAILED_PRECONDITION to Submit, KeepAlive and a
+// second CloseSession, and to a stream attaching to it; an id never issued
+// answers NOT_FOUND.
+TEST_P(ContractTest, EndedSessionIsFailedPreconditionForever) {
+  const uint64_t s = NewSession();
+  ASSERT_TRUE(client_.CloseSession(s).ok());
+  EXPECT_EQ(client_.Submit(s, NopOp()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(client_.KeepAlive(s).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(client_.CloseSession(s).status().code(), absl::StatusCode::kFailedPrecondition);
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  v1::StreamResponse opened;
+  auto stream = OpenStream(open, &opened);
+  EXPECT_EQ(stream->rw->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  const uint64_t never = s + (uint64_t{1} << 40);
+  EXPECT_EQ(client_.Submit(never, NopOp()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_.KeepAlive(never).status().code(), absl::StatusCode::kNotFound);
+}
+
+// CloseSession ends the streams attached to the session: their ops'
+// completions are delivered (cancelled), then the stream ends
+// FAILED_PRECONDITION, with no read or write pending from the client.
+TEST_P(ContractTest, CloseSessionEndsItsStreamsAfterTheirCompletions) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s, "fifo");
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  v1::StreamResponse opened;
+  auto stream = OpenStream(open, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest batch;
+  batch.mutable_submit()->set_batch_tag(7);
+  *batch.mutable_submit()->add_ops() = ReadOp(fifo, -1, 1, 1);
+  ASSERT_TRUE(stream->rw->Write(batch));
+  v1::StreamResponse accepted;
+  ASSERT_TRUE(stream->rw->Read(&accepted));
+  ASSERT_TRUE(accepted.has_accepted());
+  ASSERT_NE(accepted.accepted().ops(0).op_id(), 0u);
+  ASSERT_TRUE(client_.CloseSession(s).ok());
+  v1::StreamResponse msg;
+  int completions = 0;
+  while (stream->rw->Read(&msg)) {
+    for (const v1::Completion& c : msg.completions().completions()) {
+      ++completions;
+      EXPECT_EQ(c.outcome(), v1::OUTCOME_CANCELLED);
+      EXPECT_EQ(c.end_reason(), v1::END_REASON_SESSION_CLOSED);
+    }
+  }
+  EXPECT_EQ(completions, 1);
+  const grpc::Status end = stream->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << end.error_message();
+}
+
+// While a stream is attached the lease does not run: KeepAlive answers 0,
+// the listing shows no lease left, and the session outlives its lease;
+// StreamOpen.lease_ms replaces the lease length and is validated.
+TEST_P(ContractTest, AttachedStreamPausesTheLease) {
+  const uint64_t s = NewSession(/*lease_ms=*/300);
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  open.set_lease_ms(400);
+  v1::StreamResponse opened;
+  auto stream = OpenStream(open, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  EXPECT_EQ(opened.opened().lease_ms(), 400u);
+  auto kept = client_.KeepAlive(s);
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, 0u);
+  const v1::SessionInfo info = SessionInfoOf(s);
+  EXPECT_EQ(info.lease_remaining_ms(), 0u);
+  EXPECT_FALSE(info.bound_to_stream());  // attached, not created by the stream
+  std::this_thread::sleep_for(milliseconds(700));  // past the old and new lease
+  EXPECT_EQ(SessionInfoOf(s).session_id(), s) << "the lease ran under a stream";
+  stream->rw->WritesDone();
+  const grpc::Status ended = stream->rw->Finish();
+  EXPECT_TRUE(ended.ok()) << ended.error_message();
+  // Detached: the lease runs again, at its new length.
+  auto renewed = client_.KeepAlive(s);
+  ASSERT_TRUE(renewed.ok());
+  EXPECT_EQ(*renewed, 400u);
+  // Out of range when attaching: INVALID_ARGUMENT ends the stream.
+  open.set_lease_ms(5);
+  auto bad = OpenStream(open, &opened);
+  const grpc::Status refused = bad->rw->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.error_message(), HasSubstr("open.lease_ms"));
+}
+
+// A cancel refused because the op passed its cancel point still shows:
+// cancel_requested, and CANCEL_REQUESTED in the timeline; a deadline that
+// came too late shows DEADLINE_EXPIRED; then the op's own completion. The
+// op: an open that may create (not cancel-safe once started) of a FIFO,
+// which waits for a reader.
+TEST_P(ContractTest, RefusedCancelAndLateDeadlineAreInTheTimeline) {
+  const uint64_t s = NewSession();
+  const std::string fifo = daemon_.root() + "/late";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  v1::Operation open;
+  open.set_deadline_ms(30);
+  open.mutable_open()->set_path("late");
+  open.mutable_open()->set_access(v1::OPEN_MODE_WRITE_ONLY);
+  open.mutable_open()->set_create(true);
+  auto stream = client::StreamClient::Create(daemon_.channel(), "late", s);
+  ASSERT_TRUE(stream.ok());
+  Completions done;
+  std::atomic<uint64_t> id{0};
+  ASSERT_TRUE((*stream)
+                  ->Submit({open}, done.Callback(),
+                           [&](const client::StreamClient::AcceptedOp& a) { id = a.op_id; })
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return id != 0 && Find(id).state() != v1::OP_STATE_QUEUED; }));
+  auto cancel = client_.Cancel(id);
+  ASSERT_TRUE(cancel.ok());
+  EXPECT_EQ(cancel->outcomes(0).result(), v1::CANCEL_RESULT_NOT_CANCELLABLE);
+  EXPECT_TRUE(Find(id).cancel_requested());
+  std::this_thread::sleep_for(milliseconds(60));  // past its deadline: it goes on
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  auto c = done.Wait(0);
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->outcome(), v1::OUTCOME_COMPLETED);
+  auto info = client_.GetOperation(id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->cancel_requested());
+  std::vector<v1::EventType> types;
+  for (const v1::Event& e : info->timeline()) types.push_back(e.type());
+  EXPECT_THAT(types, ::testing::Contains(v1::EVENT_TYPE_CANCEL_REQUESTED));
+  EXPECT_THAT(types, ::testing::Contains(v1::EVENT_TYPE_DEADLINE_EXPIRED));
+  EXPECT_EQ(types.back(), v1::EVENT_TYPE_COMPLETED);
+  ::close(reader);
+  (void)(*stream)->Finish();
+}
+
+// Watchers hear of every end request: a session closed, a deadline, the
+// Cancel RPC.
+TEST_P(ContractTest, WatchersSeeEveryEndRequest) {
+  grpc::ClientContext wctx;
+  v1::WatchRequest wreq;
+  wreq.add_types(v1::EVENT_TYPE_CANCEL_REQUESTED);
+  wreq.add_types(v1::EVENT_TYPE_DEADLINE_EXPIRED);
+  auto watch = v1::Asyncd::NewStub(daemon_.channel())->Watch(&wctx, wreq);
+  std::this_thread::sleep_for(milliseconds(100));  // the watcher is registered
+  const uint64_t a = NewSession();
+  auto stream = client::StreamClient::Create(daemon_.channel(), "w", a);
+  ASSERT_TRUE(stream.ok());
+  Completions done;
+  v1::Operation timed = TimeoutOp(seconds(30), 2);
+  timed.set_deadline_ms(20);
+  ASSERT_TRUE((*stream)->Submit({TimeoutOp(seconds(30), 1), timed}, done.Callback()).ok());
+  ASSERT_TRUE(done.Wait(2).has_value());
+  ASSERT_TRUE(client_.CloseSession(a).ok());
+  std::set<std::pair<int, int>> seen;  // (type, end reason)
+  v1::WatchEvent e;
+  while (seen.size() < 2 && watch->Read(&e)) seen.insert({e.type(), e.end_reason()});
+  EXPECT_TRUE(seen.count({v1::EVENT_TYPE_DEADLINE_EXPIRED, v1::END_REASON_DEADLINE}));
+  EXPECT_TRUE(seen.count({v1::EVENT_TYPE_CANCEL_REQUESTED, v1::END_REASON_SESSION_CLOSED}));
+  wctx.TryCancel();
+  (void)(*stream)->Finish();
+}
+
+// A blocked read listed as the proto defines its state: RUNNING on a pool
+// worker, DISPATCHED once io_uring has it; a cancelled one reports result
+// -ECANCELED (result = -error_number).
+TEST_P(ContractTest, StatesAndResultsFollowTheProto) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s, "fifo");
+  auto pending = std::async(std::launch::async, [&] { return client_.Submit(s, ReadOp(fifo, -1, 4)); });
+  uint64_t id = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = client_.ListAll(v1::OpSelector());
+    for (const auto& op : *ops) {
+      if (op.kind() == v1::OP_KIND_READ) id = op.op_id();
+    }
+    return id != 0 && Find(id).state() != v1::OP_STATE_QUEUED;
+  }));
+  EXPECT_EQ(Find(id).state(), GetParam() == BackendMode::kIoUring ? v1::OP_STATE_DISPATCHED
+                                                                  : v1::OP_STATE_RUNNING);
+  ASSERT_TRUE(client_.Cancel(id).ok());
+  auto c = pending.get();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(c->error_number(), ECANCELED);
+  EXPECT_EQ(c->result(), -ECANCELED);
+}
+
+// A unary call whose deadline passed by the time its op ended ends
+// DEADLINE_EXCEEDED; one that arrives with its deadline passed is refused
+// and runs nothing.
+TEST_P(ContractTest, PassedCallDeadlineIsDeadlineExceeded) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s, "fifo");
+  auto stub = v1::Asyncd::NewStub(daemon_.channel());
+  v1::SubmitRequest req;
+  req.set_session_id(s);
+  *req.mutable_op() = ReadOp(fifo, -1, 1);
+  for (auto budget : {std::chrono::microseconds(1), std::chrono::microseconds(300'000)}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + budget);
+    v1::Completion resp;
+    EXPECT_EQ(stub->Submit(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+}
+
+// Every field with a rule refuses what breaks it with INVALID_ARGUMENT,
+// naming the field, and changes nothing.
+TEST_P(ContractTest, ValidationRefusesEveryBrokenRule) {
+  const uint64_t s = NewSession();
+  auto h = client_.Open(s, "f", v1::OPEN_MODE_READ_WRITE, {.create = true});
+  ASSERT_TRUE(h.ok());
+  auto invalid = [&](const v1::Operation& op, const std::string& field) {
+    auto r = client_.Submit(s, op);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << op.DebugString();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(field));
+  };
+  v1::Operation fa;
+  fa.mutable_fallocate()->set_handle(*h);
+  fa.mutable_fallocate()->set_length(4096);
+  fa.mutable_fallocate()->set_mode(v1::FALLOCATE_MODE_PUNCH_HOLE);
+  invalid(fa, "fallocate.mode");
+  fa.mutable_fallocate()->set_mode(v1::FALLOCATE_MODE_PUNCH_HOLE | v1::FALLOCATE_MODE_KEEP_SIZE |
+                                   v1::FALLOCATE_MODE_ZERO_RANGE);
+  invalid(fa, "fallocate.mode");
+  v1::Operation open;
+  open.mutable_open()->set_path("d");
+  open.mutable_open()->set_directory(true);
+  open.mutable_open()->set_access(v1::OPEN_MODE_READ_ONLY);
+  open.mutable_open()->set_create(true);
+  invalid(open, "open.directory");
+  open.mutable_open()->set_create(false);
+  open.mutable_open()->set_access(v1::OPEN_MODE_WRITE_ONLY);
+  invalid(open, "open.directory");
+  EXPECT_FALSE(std::filesystem::exists(daemon_.root() + "/d"));
+  EXPECT_EQ(client_.OpenSession(std::string(129, 'n')).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  v1::CancelRequest all_and_kind;
+  all_and_kind.mutable_selector()->set_all(true);
+  all_and_kind.mutable_selector()->add_kinds(v1::OP_KIND_READ);
+  grpc::ClientContext cctx;
+  v1::CancelResponse cresp;
+  EXPECT_EQ(v1::Asyncd::NewStub(daemon_.channel())->Cancel(&cctx, all_and_kind, &cresp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // A page token reused with another filter.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client_.Submit(s, NopOp()).ok());
+  auto blocked_fifo = OpenFifo(s, "fifo");
+  auto stream = client::StreamClient::Create(daemon_.channel(), "pages", s);
+  ASSERT_TRUE(stream.ok());
+  Completions done;
+  ASSERT_TRUE((*stream)->Submit({ReadOp(blocked_fifo, -1, 1, 1), ReadOp(blocked_fifo, -1, 1, 2),
+                                 ReadOp(blocked_fifo, -1, 1, 3)},
+                                done.Callback())
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return client_.ListAll(v1::OpSelector())->size() == 3; }));
+  v1::ListOperationsRequest lreq;
+  lreq.set_page_size(1);
+  grpc::ClientContext l1;
+  v1::ListOperationsResponse first;
+  auto lstub = v1::Asyncd::NewStub(daemon_.channel());
+  ASSERT_TRUE(lstub->ListOperations(&l1, lreq, &first).ok());
+  ASSERT_FALSE(first.next_page_token().empty());
+  lreq.set_page_token(first.next_page_token());
+  lreq.mutable_filter()->add_kinds(v1::OP_KIND_READ);
+  grpc::ClientContext l2;
+  v1::ListOperationsResponse second;
+  EXPECT_EQ(lstub->ListOperations(&l2, lreq, &second).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(client_.CloseSession(s).ok());
+  (void)(*stream)->Finish();
+}
+
+// On a stream: a message with nothing set ends it INVALID_ARGUMENT; a
+// cancel with no target is answered, in band, with the status it earned.
+TEST_P(ContractTest, StreamAnswersBadCancelsAndEndsOnEmptyMessages) {
+  v1::StreamResponse opened;
+  auto stream = OpenStream(v1::StreamOpen(), &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest cancel;
+  cancel.mutable_cancel()->set_request_tag(99);
+  ASSERT_TRUE(stream->rw->Write(cancel));
+  v1::StreamResponse answer;
+  ASSERT_TRUE(stream->rw->Read(&answer));
+  ASSERT_TRUE(answer.has_cancel_result());
+  EXPECT_EQ(answer.cancel_result().request_tag(), 99u);
+  EXPECT_EQ(answer.cancel_result().status_code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(answer.cancel_result().message(), HasSubstr("target"));
+  ASSERT_TRUE(stream->rw->Write(v1::StreamRequest()));
+  const grpc::Status end = stream->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(end.error_message(), HasSubstr("none of open, submit or cancel"));
+}
+
+// Bytes that are not the method's message, and a path that is not UTF-8
+// (proto3 strings must be), are INVALID_ARGUMENT, not UNIMPLEMENTED.
+TEST_P(ContractTest, UndecodableRequestsAreInvalidArgument) {
+  grpc::GenericStub generic(daemon_.channel());
+  auto call = [&](const std::string& bytes) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer req(&slice, 1), resp;
+    std::promise<grpc::Status> result;
+    generic.UnaryCall(&ctx, "/asyncd.v1.Asyncd/Submit", grpc::StubOptions(), &req, &resp,
+                      [&](grpc::Status s) { result.set_value(s); });
+    return result.get_future().get();
+  };
+  const grpc::Status garbage = call(std::string("\xff\xff\xff\xff\xff", 5));
+  EXPECT_EQ(garbage.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << garbage.error_message();
+  EXPECT_THAT(garbage.error_message(), HasSubstr("Submit"));
+  v1::SubmitRequest bad_path;
+  bad_path.set_session_id(NewSession());
+  bad_path.mutable_op()->mutable_open()->set_access(v1::OPEN_MODE_READ_ONLY);
+  std::string bytes = bad_path.SerializeAsString();
+  // Field 2 (op) holding field 11 (open) holding field 1 (path): "\xc3\x28", not UTF-8.
+  v1::Open open;
+  open.set_access(v1::OPEN_MODE_READ_ONLY);
+  std::string open_bytes = open.SerializeAsString() + std::string("\x0a\x02\xc3\x28", 4);
+  std::string op_bytes = std::string("\x5a") + static_cast<char>(open_bytes.size()) + open_bytes;
+  v1::SubmitRequest only_session;
+  only_session.set_session_id(bad_path.session_id());
+  bytes = only_session.SerializeAsString() + std::string("\x12") +
+          static_cast<char>(op_bytes.size()) + op_bytes;
+  const grpc::Status not_utf8 = call(bytes);
+  EXPECT_EQ(not_utf8.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << not_utf8.error_message();
+}
+
+// A unary op that ends later on the very thread that started it (a cancel
+// of a queued op completes it on the cancelling thread) still finishes its
+// call and gives back its budget. Runs many times: which gRPC thread takes
+// which call is not ours to choose.
+TEST_P(ContractTest, UnaryOpCompletedByACancelFinishesItsCall) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s, "fifo");
+  for (int i = 0; i < 30; ++i) {
+    auto pending =
+        std::async(std::launch::async, [&] { return client_.Submit(s, ReadOp(fifo, -1, 64)); });
+    uint64_t id = 0;
+    ASSERT_TRUE(WaitFor([&] {
+      auto ops = client_.ListAll(v1::OpSelector());
+      if (ops.ok() && !ops->empty()) id = ops->front().op_id();
+      return id != 0;
+    }));
+    ASSERT_TRUE(client_.Cancel(id).ok());
+    ASSERT_EQ(pending.wait_for(seconds(10)), std::future_status::ready) << "call " << i;
+    auto c = pending.get();
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->outcome(), v1::OUTCOME_CANCELLED);
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = client_.GetStats();
+    return st.ok() && st->buffered_bytes() == 0 && st->inflight() == 0;
+  })) << "budget not given back";
+}
+
+}  // namespace
+}  // namespace asyncd::testing
