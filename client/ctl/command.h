@@ -35,7 +35,7 @@ struct GlobalFlags {
 class Env {
  public:
   /// Resolves the flags: the daemons to talk to (--socket paths, then
-  /// --target addresses; neither: DefaultSocketPath(), i.e. $ASYNCD_SOCKET
+  /// --target addresses; neither: client::DefaultSocketPath(), i.e. $ASYNCD_SOCKET
   /// or the per-user default), the timeout, the printer. Errors: usage.
   static absl::StatusOr<std::unique_ptr<Env>> Create(const GlobalFlags& flags);
 

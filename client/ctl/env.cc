@@ -4,7 +4,6 @@
 #include "asyncd/connection.h"
 #include "client/ctl/command.h"
 #include "client/ctl/duration.h"
-#include "src/core/runtime_paths.h"
 
 namespace asyncd::ctl {
 
@@ -36,7 +35,7 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
         std::make_unique<Connection>(target, target, env->timeout_, &tls));
   }
   if (env->connections_.empty()) {
-    std::string path = core::DefaultSocketPath();
+    std::string path = client::DefaultSocketPath();
     env->connections_.push_back(
         std::make_unique<Connection>(SocketTarget(path), path, env->timeout_));
   }

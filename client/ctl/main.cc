@@ -9,9 +9,9 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "asyncd/connection.h"
 #include "client/ctl/command.h"
 #include "client/ctl/interrupt.h"
-#include "src/core/runtime_paths.h"
 
 namespace asyncd::ctl {
 namespace {
@@ -44,7 +44,7 @@ int Main(int argc, char** argv) {
 
   GlobalFlags flags;
   app.add_option("--socket", flags.sockets,
-                 "Daemon unix socket (repeatable); default " + core::DefaultSocketPath())
+                 "Daemon unix socket (repeatable); default " + client::DefaultSocketPath())
       ->type_name("PATH")
       ->allow_extra_args(false);
   app.add_option("--target", flags.targets, "Daemon gRPC target (repeatable)")

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/lib/string_compat.h"
-#include "src/core/runtime_paths.h"
+#include "src/common/runtime_paths.h"
 
 namespace asyncd::client {
 namespace {
@@ -23,8 +23,10 @@ constexpr std::string_view kSchemes[] = {"unix:", "unix-abstract:", "dns:", "ipv
 
 }  // namespace
 
+std::string DefaultSocketPath() { return common::DefaultSocketPath(); }
+
 std::string NormalizeTarget(std::string_view target) {
-  if (target.empty()) return "unix:" + asyncd::core::DefaultSocketPath();
+  if (target.empty()) return "unix:" + DefaultSocketPath();
   for (std::string_view scheme : kSchemes) {
     if (StartsWith(target, scheme)) return std::string(target);
   }

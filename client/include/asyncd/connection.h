@@ -19,8 +19,14 @@ namespace v1 = ::asyncd::v1;
 /// to be at least as large so we never refuse what the daemon sends.
 inline constexpr int kMaxMessageBytes = 64 << 20;
 
+/// The socket the daemon listens on when nothing says otherwise, the same
+/// default the daemon uses: $ASYNCD_SOCKET, else /run/asyncd/asyncd.sock for
+/// root, else $XDG_RUNTIME_DIR/asyncd/asyncd.sock, else
+/// /tmp/asyncd-<uid>/asyncd.sock. Reads the environment on every call.
+[[nodiscard]] std::string DefaultSocketPath();
+
 /// Turns a user-supplied target into a gRPC target string. Pure; never blocks.
-///   ""                      -> "unix:" + asyncd::core::DefaultSocketPath()
+///   ""                      -> "unix:" + DefaultSocketPath()
 ///   "unix:..." "unix-abstract:..." "dns:..." "ipv4:..." "ipv6:..."
 ///                           -> unchanged (already a gRPC target)
 ///   "/abs/path", "./rel", "../rel", "dir/file", "~/x" (~ expanded from $HOME)
