@@ -1,7 +1,9 @@
 #include "asyncd/connection.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -90,11 +92,21 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(std::string_view
 }
 
 std::shared_ptr<grpc::Channel> Connect(std::string_view target, const TlsOptions& tls) {
+  return Connect(target, ConnectOptions{.tls = tls});
+}
+
+std::shared_ptr<grpc::Channel> Connect(std::string_view target, const ConnectOptions& options) {
   const std::string normalized = NormalizeTarget(target);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
-  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized, tls), args);
+  if (options.initial_reconnect_backoff.count() > 0) {
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+                static_cast<int>(std::min<int64_t>(options.initial_reconnect_backoff.count(),
+                                                   std::numeric_limits<int>::max())));
+  }
+  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized, options.tls),
+                                   args);
 }
 
 absl::Status ToAbslStatus(const grpc::Status& status) {
