@@ -2,9 +2,10 @@
 //
 // Layout (after etcdctl's ctlv3/command): one file per noun (ops.cc,
 // sessions.cc, stats.cc, drain.cc, health.cc, submit.cc) registering CLI11
-// subcommands; output through the Printer chosen by -o (printer.h); RPC
-// deadlines set only in Connection::NewContext (connection.h); fixed exit
-// codes (exit_code.h).
+// subcommands; output through the Printer chosen by -o (printer.h); every
+// connection and RPC through the client library, asyncd::client, which
+// applies the deadline (one Daemon per --socket/--target, daemon.h); fixed
+// exit codes (exit_code.h).
 
 #include <CLI/CLI.hpp>
 #include <iostream>
