@@ -13,7 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "src/core/runtime_paths.h"
+#include "src/common/runtime_paths.h"
 
 namespace asyncd::daemon {
 namespace {

@@ -10,7 +10,7 @@
 #include "daemon/config.h"
 #include "daemon/server.h"
 #include "daemon/systemd_notify.h"
-#include "src/core/runtime_paths.h"
+#include "src/common/runtime_paths.h"
 
 int main(int argc, char** argv) {
   using asyncd::daemon::Config;

@@ -11,10 +11,12 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "client/ctl/connection.h"
+#include "asyncd/unary_client.h"
+#include "client/ctl/daemon.h"
 #include "client/ctl/exit_code.h"
 #include "client/ctl/printer.h"
 
@@ -35,24 +37,24 @@ struct GlobalFlags {
 class Env {
  public:
   /// Resolves the flags: the daemons to talk to (--socket paths, then
-  /// --target addresses; neither: DefaultSocketPath(), i.e. $ASYNCD_SOCKET
+  /// --target addresses; neither: client::DefaultSocketPath(), i.e. $ASYNCD_SOCKET
   /// or the per-user default), the timeout, the printer. Errors: usage.
   static absl::StatusOr<std::unique_ptr<Env>> Create(const GlobalFlags& flags);
 
-  std::vector<std::unique_ptr<Connection>>& connections() { return connections_; }
-  bool multi() const { return connections_.size() > 1; }
+  std::vector<std::unique_ptr<Daemon>>& daemons() { return daemons_; }
+  bool multi() const { return daemons_.size() > 1; }
 
   /// The one daemon for commands whose arguments (op ids, session ids,
   /// handles) only mean something to one daemon. Usage error if several
   /// were given.
-  [[nodiscard]] absl::StatusOr<Connection*> Single(std::string_view command);
+  [[nodiscard]] absl::StatusOr<Daemon*> Single(std::string_view command);
 
   Printer& printer() { return *printer_; }
   OutputFormat format() const { return format_; }
   std::chrono::microseconds timeout() const { return timeout_; }
 
  private:
-  std::vector<std::unique_ptr<Connection>> connections_;
+  std::vector<std::unique_ptr<Daemon>> daemons_;
   std::unique_ptr<Printer> printer_;
   OutputFormat format_ = OutputFormat::kTable;
   std::chrono::microseconds timeout_{0};
@@ -74,34 +76,39 @@ void AddSubmitCommand(CLI::App& app, Action* action);
 /// selectors) and returns 2.
 int UsageError(const absl::Status& status);
 
-/// Runs `call` against every daemon (in parallel when several), collecting
-/// each answer or its classified error (reported on stderr at once, one line
-/// per daemon). Returns the worst exit code. `call` must be thread-safe
-/// across distinct connections.
+/// Runs `call` against every daemon's client (in parallel when several),
+/// collecting each answer or its classified error (reported on stderr at
+/// once, one line per daemon). Returns the worst exit code. `call` must be
+/// thread-safe across distinct clients.
 template <typename Response>
 ExitCode ForEachDaemon(Env& env, std::string_view what,
-                       const std::function<grpc::Status(Connection&, Response*)>& call,
+                       const std::function<absl::StatusOr<Response>(client::Client&)>& call,
                        std::vector<TargetResult<Response>>* results) {
-  auto& conns = env.connections();
-  results->assign(conns.size(), {});
-  std::vector<grpc::Status> statuses(conns.size());
+  auto& daemons = env.daemons();
+  results->assign(daemons.size(), {});
+  std::vector<absl::Status> statuses(daemons.size());
   auto run = [&](size_t i) {
-    (*results)[i].target = conns[i]->display();
-    statuses[i] = call(*conns[i], &(*results)[i].response);
+    (*results)[i].target = daemons[i]->display();
+    absl::StatusOr<Response> response = call(daemons[i]->client());
+    if (response.ok()) {
+      (*results)[i].response = *std::move(response);
+    } else {
+      statuses[i] = response.status();
+    }
   };
-  if (conns.size() == 1) {
+  if (daemons.size() == 1) {
     run(0);
   } else {
     std::vector<std::thread> threads;
-    for (size_t i = 0; i < conns.size(); ++i) threads.emplace_back(run, i);
+    for (size_t i = 0; i < daemons.size(); ++i) threads.emplace_back(run, i);
     for (auto& t : threads) t.join();
   }
   ExitCode worst = ExitCode::kOk;
-  for (size_t i = 0; i < conns.size(); ++i) {
+  for (size_t i = 0; i < daemons.size(); ++i) {
     if (statuses[i].ok()) continue;
-    CliError error = conns[i]->Error(statuses[i], what);
+    CliError error = daemons[i]->Error(statuses[i], what);
     if (env.multi() && error.code != ExitCode::kUnreachable) {
-      error.message = conns[i]->display() + ": " + error.message;
+      error.message = daemons[i]->display() + ": " + error.message;
     }
     Report(error);
     worst = Worse(worst, error.code);

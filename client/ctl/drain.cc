@@ -8,8 +8,8 @@ namespace asyncd::ctl {
 namespace {
 
 int RunDrain(Env& env, const std::string& grace_text) {
-  absl::StatusOr<Connection*> conn = env.Single("drain");
-  if (!conn.ok()) return UsageError(conn.status());
+  absl::StatusOr<Daemon*> daemon = env.Single("drain");
+  if (!daemon.ok()) return UsageError(daemon.status());
   absl::StatusOr<std::chrono::microseconds> grace = ParseDuration(grace_text);
   if (!grace.ok()) return UsageError(grace.status());
   // 0 would mean the daemon's default (10s); ask for the least it takes.
@@ -17,22 +17,21 @@ int RunDrain(Env& env, const std::string& grace_text) {
   if (grace_ms > 3600000) {
     return UsageError(absl::InvalidArgumentError("--grace: at most 1h"));
   }
-  v1::DrainRequest request;
-  request.set_grace_ms(static_cast<uint32_t>(grace_ms));
-  v1::DrainResponse response;
-  // The drain may take its grace by design; --timeout bounds the rest.
-  auto ctx = (*conn)->NewContext(CallKind::kUnary, std::chrono::milliseconds(grace_ms));
+  client::CallCanceller canceller;
   // Ctrl-C stops waiting; the drain goes on in the daemon.
-  InterruptScope scope([&ctx] { ctx->TryCancel(); });
-  grpc::Status status = (*conn)->stub().Drain(ctx.get(), request, &response);
-  if (!status.ok()) {
-    CliError error = (*conn)->Error(status, "drain");
-    if (Interrupted() || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+  InterruptScope scope([&canceller] { canceller.Cancel(); });
+  // The drain may take its grace by design; --timeout bounds the rest.
+  absl::StatusOr<v1::DrainResponse> response = (*daemon)->client().Drain(
+      static_cast<uint32_t>(grace_ms),
+      {.extra_time = std::chrono::milliseconds(grace_ms), .canceller = &canceller});
+  if (!response.ok()) {
+    CliError error = (*daemon)->Error(response.status(), "drain");
+    if (Interrupted() || response.status().code() == absl::StatusCode::kDeadlineExceeded) {
       error.message += " (the drain goes on in the daemon)";
     }
     return Report(error);
   }
-  env.printer().Drain(response);
+  env.printer().Drain(*response);
   return 0;
 }
 

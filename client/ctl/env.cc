@@ -4,9 +4,14 @@
 #include "asyncd/connection.h"
 #include "client/ctl/command.h"
 #include "client/ctl/duration.h"
-#include "src/core/runtime_paths.h"
 
 namespace asyncd::ctl {
+namespace {
+
+// --socket is always a unix socket path, even one that looks like host:port.
+std::string SocketTarget(const std::string& path) { return "unix:" + path; }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
   auto env = std::make_unique<Env>();
@@ -20,8 +25,7 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
   env->format_ = *format;
   for (const std::string& path : flags.sockets) {
     if (path.empty()) return absl::InvalidArgumentError("--socket: empty path");
-    env->connections_.push_back(
-        std::make_unique<Connection>(SocketTarget(path), path, env->timeout_));
+    env->daemons_.push_back(std::make_unique<Daemon>(SocketTarget(path), path, env->timeout_));
   }
   client::TlsOptions tls;
   if (!flags.tls_ca.empty() || !flags.tls_cert.empty() || !flags.tls_key.empty()) {
@@ -32,25 +36,24 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
   }
   for (const std::string& target : flags.targets) {
     if (target.empty()) return absl::InvalidArgumentError("--target: empty address");
-    env->connections_.push_back(
-        std::make_unique<Connection>(target, target, env->timeout_, &tls));
+    env->daemons_.push_back(std::make_unique<Daemon>(target, target, env->timeout_, tls));
   }
-  if (env->connections_.empty()) {
-    std::string path = core::DefaultSocketPath();
-    env->connections_.push_back(
-        std::make_unique<Connection>(SocketTarget(path), path, env->timeout_));
+  if (env->daemons_.empty()) {
+    // The library's default socket ($ASYNCD_SOCKET, else the per-user one).
+    env->daemons_.push_back(
+        std::make_unique<Daemon>(/*target=*/"", client::DefaultSocketPath(), env->timeout_));
   }
   env->printer_ = NewPrinter(env->format_, std::cout, env->multi());
   return env;
 }
 
-absl::StatusOr<Connection*> Env::Single(std::string_view command) {
-  if (connections_.size() != 1) {
+absl::StatusOr<Daemon*> Env::Single(std::string_view command) {
+  if (daemons_.size() != 1) {
     return absl::InvalidArgumentError(std::string(command) +
                                       " talks to one daemon; give one --socket or --target "
                                       "(several are for list, history, stats and health)");
   }
-  return connections_.front().get();
+  return daemons_.front().get();
 }
 
 int UsageError(const absl::Status& status) {

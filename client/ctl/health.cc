@@ -6,13 +6,15 @@ namespace asyncd::ctl {
 namespace {
 
 int RunHealth(Env& env, const std::string& service) {
-  std::function<grpc::Status(Connection&, HealthStatus*)> call =
-      [&service](Connection& c, HealthStatus* r) { return c.CheckHealth(service, r); };
-  std::vector<TargetResult<HealthStatus>> results;
+  std::function<absl::StatusOr<client::HealthStatus>(client::Client&)> call =
+      [&service](client::Client& c) { return c.CheckHealth(service); };
+  std::vector<TargetResult<client::HealthStatus>> results;
   ExitCode code = ForEachDaemon(env, "health", call, &results);
   env.printer().Health(results);
   for (const auto& r : results) {
-    if (!r.error && r.response != HealthStatus::kServing) code = Worse(code, ExitCode::kOpError);
+    if (!r.error && r.response != client::HealthStatus::kServing) {
+      code = Worse(code, ExitCode::kOpError);
+    }
   }
   return ToInt(code);
 }

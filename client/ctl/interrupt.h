@@ -16,7 +16,7 @@ namespace asyncd::ctl {
 void InstallInterruptHandler();
 
 /// While alive, SIGINT/SIGTERM runs `on_interrupt` on the signal thread
-/// (e.g. ClientContext::TryCancel) instead of exiting, and wakes
+/// (e.g. client::CallCanceller::Cancel) instead of exiting, and wakes
 /// SleepUnlessInterrupted. A second signal while the first is being handled
 /// exits at once (130). Scopes do not nest.
 class InterruptScope {

@@ -2,16 +2,17 @@
 //
 // Layout (after etcdctl's ctlv3/command): one file per noun (ops.cc,
 // sessions.cc, stats.cc, drain.cc, health.cc, submit.cc) registering CLI11
-// subcommands; output through the Printer chosen by -o (printer.h); RPC
-// deadlines set only in Connection::NewContext (connection.h); fixed exit
-// codes (exit_code.h).
+// subcommands; output through the Printer chosen by -o (printer.h); every
+// connection and RPC through the client library, asyncd::client, which
+// applies the deadline (one Daemon per --socket/--target, daemon.h); fixed
+// exit codes (exit_code.h).
 
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "asyncd/connection.h"
 #include "client/ctl/command.h"
 #include "client/ctl/interrupt.h"
-#include "src/core/runtime_paths.h"
 
 namespace asyncd::ctl {
 namespace {
@@ -44,7 +45,7 @@ int Main(int argc, char** argv) {
 
   GlobalFlags flags;
   app.add_option("--socket", flags.sockets,
-                 "Daemon unix socket (repeatable); default " + core::DefaultSocketPath())
+                 "Daemon unix socket (repeatable); default " + client::DefaultSocketPath())
       ->type_name("PATH")
       ->allow_extra_args(false);
   app.add_option("--target", flags.targets, "Daemon gRPC target (repeatable)")

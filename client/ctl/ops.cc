@@ -33,34 +33,6 @@ void AddSelectorFlags(CLI::App* cmd, SelectorFlags* f, SelectorUse use) {
   cmd->add_option("--handle", f->handle, "Only operations on this handle (needs --session)");
 }
 
-// Fetches every page (or the first `limit` operations) of a listing.
-grpc::Status ListAll(Connection& conn, const v1::OpSelector& selector, uint64_t limit,
-                     v1::ListOperationsResponse* out) {
-  v1::ListOperationsRequest request;
-  *request.mutable_filter() = selector;
-  out->Clear();
-  bool first = true;
-  for (;;) {
-    uint64_t want = limit == 0 ? kMaxPage : std::min<uint64_t>(kMaxPage, limit - out->ops_size());
-    request.set_page_size(static_cast<uint32_t>(want));
-    v1::ListOperationsResponse page;
-    auto ctx = conn.NewContext();
-    grpc::Status status = conn.stub().ListOperations(ctx.get(), request, &page);
-    if (!status.ok()) return status;
-    if (first) out->set_total_matched(page.total_matched());
-    first = false;
-    for (auto& op : *page.mutable_ops()) {
-      if (limit != 0 && static_cast<uint64_t>(out->ops_size()) >= limit) break;
-      *out->add_ops() = std::move(op);
-    }
-    if (page.next_page_token().empty() ||
-        (limit != 0 && static_cast<uint64_t>(out->ops_size()) >= limit)) {
-      return grpc::Status::OK;
-    }
-    request.set_page_token(page.next_page_token());
-  }
-}
-
 // --- ops list ----------------------------------------------------------------
 
 struct ListFlags {
@@ -77,10 +49,8 @@ int RunList(Env& env, const ListFlags& f) {
   if (!interval.ok()) return UsageError(interval.status());
   if (interval->count() == 0)
     return UsageError(absl::InvalidArgumentError("--interval must be > 0"));
-  std::function<grpc::Status(Connection&, v1::ListOperationsResponse*)> call =
-      [&](Connection& c, v1::ListOperationsResponse* r) {
-        return ListAll(c, *selector, f.limit, r);
-      };
+  std::function<absl::StatusOr<v1::ListOperationsResponse>(client::Client&)> call =
+      [&](client::Client& c) { return c.ListAllPages(*selector, f.limit); };
   std::vector<TargetResult<v1::ListOperationsResponse>> results;
   if (!f.watch) {
     ExitCode code = ForEachDaemon(env, "ops list", call, &results);
@@ -109,17 +79,13 @@ int RunList(Env& env, const ListFlags& f) {
 // --- ops get -----------------------------------------------------------------
 
 int RunGet(Env& env, const std::string& id_text, bool timeline) {
-  absl::StatusOr<Connection*> conn = env.Single("ops get");
-  if (!conn.ok()) return UsageError(conn.status());
+  absl::StatusOr<Daemon*> daemon = env.Single("ops get");
+  if (!daemon.ok()) return UsageError(daemon.status());
   absl::StatusOr<uint64_t> id = ParseId(id_text, "op id");
   if (!id.ok()) return UsageError(id.status());
-  v1::GetOperationRequest request;
-  request.set_op_id(*id);
-  v1::OperationInfo op;
-  auto ctx = (*conn)->NewContext();
-  grpc::Status status = (*conn)->stub().GetOperation(ctx.get(), request, &op);
-  if (!status.ok()) return Report((*conn)->Error(status, "ops get " + FormatOpId(*id)));
-  env.printer().Operation(op, timeline);
+  absl::StatusOr<v1::OperationInfo> op = (*daemon)->client().GetOperation(*id);
+  if (!op.ok()) return Report((*daemon)->Error(op.status(), "ops get " + FormatOpId(*id)));
+  env.printer().Operation(*op, timeline);
   return 0;
 }
 
@@ -138,9 +104,9 @@ void AddCounts(v1::CancelCounts* into, const v1::CancelCounts& c) {
 }
 
 int RunCancel(Env& env, const CancelFlags& f) {
-  absl::StatusOr<Connection*> conn = env.Single("ops cancel");
-  if (!conn.ok()) return UsageError(conn.status());
-  Connection& c = **conn;
+  absl::StatusOr<Daemon*> daemon = env.Single("ops cancel");
+  if (!daemon.ok()) return UsageError(daemon.status());
+  Daemon& d = **daemon;
   v1::CancelResponse merged;
   ExitCode code = ExitCode::kOk;
   if (!f.ids.empty()) {
@@ -156,20 +122,16 @@ int RunCancel(Env& env, const CancelFlags& f) {
       ids.push_back(*id);
     }
     for (uint64_t id : ids) {
-      v1::CancelRequest request;
-      request.set_op_id(id);
-      v1::CancelResponse response;
-      auto ctx = c.NewContext();
-      grpc::Status status = c.stub().Cancel(ctx.get(), request, &response);
-      if (!status.ok()) {
-        CliError error = c.Error(status, "ops cancel " + FormatOpId(id));
+      absl::StatusOr<v1::CancelResponse> response = d.client().Cancel(id);
+      if (!response.ok()) {
+        CliError error = d.Error(response.status(), "ops cancel " + FormatOpId(id));
         Report(error);
         if (error.code == ExitCode::kUnreachable) return ToInt(error.code);
         code = Worse(code, error.code);
         continue;
       }
-      for (const auto& o : response.outcomes()) *merged.add_outcomes() = o;
-      AddCounts(merged.mutable_counts(), response.counts());
+      for (const auto& o : response->outcomes()) *merged.add_outcomes() = o;
+      AddCounts(merged.mutable_counts(), response->counts());
     }
     // Naming an op that is gone, or whose cancel was refused, is an error
     // for the caller to see; one that already finished is not.
@@ -179,11 +141,9 @@ int RunCancel(Env& env, const CancelFlags& f) {
   } else {
     absl::StatusOr<v1::OpSelector> selector = BuildSelector(f.selector, SelectorUse::kCancel);
     if (!selector.ok()) return UsageError(selector.status());
-    v1::CancelRequest request;
-    *request.mutable_selector() = *selector;
-    auto ctx = c.NewContext();
-    grpc::Status status = c.stub().Cancel(ctx.get(), request, &merged);
-    if (!status.ok()) return Report(c.Error(status, "ops cancel"));
+    absl::StatusOr<v1::CancelResponse> response = d.client().Cancel(*selector);
+    if (!response.ok()) return Report(d.Error(response.status(), "ops cancel"));
+    merged = *std::move(response);
     if (merged.counts().not_cancellable() > 0) code = ExitCode::kOpError;
   }
   env.printer().Cancel(merged);
@@ -205,35 +165,30 @@ struct WatchFlags {
 };
 
 int RunWatch(Env& env, const WatchFlags& f) {
-  absl::StatusOr<Connection*> conn = env.Single("ops watch");
-  if (!conn.ok()) return UsageError(conn.status());
-  Connection& c = **conn;
+  absl::StatusOr<Daemon*> daemon = env.Single("ops watch");
+  if (!daemon.ok()) return UsageError(daemon.status());
+  Daemon& d = **daemon;
   absl::StatusOr<v1::OpSelector> selector = BuildSelector(f.selector, SelectorUse::kWatch);
   if (!selector.ok()) return UsageError(selector.status());
-  v1::WatchRequest request;
-  *request.mutable_filter() = *selector;
+  std::vector<v1::EventType> types;
   for (const std::string& t : f.types) {
     absl::StatusOr<v1::EventType> type = ParseEnum<v1::EventType>(t, "event type");
     if (!type.ok()) return UsageError(type.status());
-    request.add_types(*type);
+    types.push_back(*type);
   }
-  auto ctx = c.NewContext(CallKind::kStream);
-  InterruptScope scope([&ctx] { ctx->TryCancel(); });
-  std::unique_ptr<grpc::ClientReader<v1::WatchEvent>> reader = c.stub().Watch(ctx.get(), request);
-  v1::WatchEvent event;
+  client::CallCanceller canceller;
+  InterruptScope scope([&canceller] { canceller.Cancel(); });
   uint64_t seen = 0;
-  bool counted_out = false;
-  while (reader->Read(&event)) {
-    env.printer().Event(event);
-    if (f.count != 0 && ++seen >= f.count) {
-      counted_out = true;
-      ctx->TryCancel();
-      break;
-    }
-  }
-  grpc::Status status = reader->Finish();
-  if (counted_out || Interrupted() || status.ok()) return 0;
-  return Report(c.Error(status, "ops watch"));
+  absl::Status status = d.client().Watch(*selector, types,
+                                         [&](const v1::WatchEvent& event) {
+                                           env.printer().Event(event);
+                                           return f.count != 0 && ++seen >= f.count
+                                                      ? client::WatchNext::kStop
+                                                      : client::WatchNext::kContinue;
+                                         },
+                                         {.canceller = &canceller});
+  if (Interrupted() || status.ok()) return 0;
+  return Report(d.Error(status, "ops watch"));
 }
 
 // --- ops history -------------------------------------------------------------
@@ -247,15 +202,16 @@ struct HistoryFlags {
 int RunHistory(Env& env, const HistoryFlags& f) {
   absl::StatusOr<v1::OpSelector> selector = BuildSelector(f.selector, SelectorUse::kHistory);
   if (!selector.ok()) return UsageError(selector.status());
-  v1::ListHistoryRequest request;
-  *request.mutable_filter() = *selector;
-  request.set_slowest(f.slowest);
-  request.set_limit(f.limit);
-  std::function<grpc::Status(Connection&, v1::ListHistoryResponse*)> call =
-      [&](Connection& c, v1::ListHistoryResponse* r) {
-        auto ctx = c.NewContext();
-        return c.stub().ListHistory(ctx.get(), request, r);
-      };
+  const client::HistoryOrder order =
+      f.slowest ? client::HistoryOrder::kSlowestFirst : client::HistoryOrder::kMostRecentFirst;
+  std::function<absl::StatusOr<v1::ListHistoryResponse>(client::Client&)> call =
+      [&](client::Client& c) -> absl::StatusOr<v1::ListHistoryResponse> {
+    absl::StatusOr<std::vector<v1::OperationInfo>> ops = c.ListHistory(*selector, f.limit, order);
+    if (!ops.ok()) return ops.status();
+    v1::ListHistoryResponse response;
+    for (v1::OperationInfo& op : *ops) *response.add_ops() = std::move(op);
+    return response;
+  };
   std::vector<TargetResult<v1::ListHistoryResponse>> results;
   ExitCode code = ForEachDaemon(env, "ops history", call, &results);
   env.printer().History(results);

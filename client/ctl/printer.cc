@@ -415,16 +415,17 @@ class TablePrinter final : public Printer {
     kv.Render(out_, "  ");
   }
 
-  void Health(const std::vector<TargetResult<HealthStatus>>& results) override {
+  void Health(const std::vector<TargetResult<client::HealthStatus>>& results) override {
     if (!multi_) {
       for (const auto& r : results) {
-        if (!r.error) out_ << HealthStatusName(r.response) << '\n';
+        if (!r.error) out_ << client::HealthStatusName(r.response) << '\n';
       }
       return;
     }
     Table table({{"DAEMON"}, {"STATUS"}});
     for (const auto& r : results) {
-      table.AddRow({r.target, r.error ? "UNREACHABLE" : std::string(HealthStatusName(r.response))});
+      table.AddRow(
+          {r.target, r.error ? "UNREACHABLE" : std::string(client::HealthStatusName(r.response))});
     }
     table.Render(out_);
   }
@@ -560,9 +561,11 @@ class JsonPrinter final : public Printer {
   void Drain(const v1::DrainResponse& r) override { One(r); }
   void Completion(const v1::Completion& c) override { One(c); }
 
-  void Health(const std::vector<TargetResult<HealthStatus>>& results) override {
+  void Health(const std::vector<TargetResult<client::HealthStatus>>& results) override {
     // grpc.health.v1.HealthCheckResponse in the JSON mapping.
-    auto doc = [](HealthStatus s) { return "{\"status\":" + JsonQuote(HealthStatusName(s)) + "}"; };
+    auto doc = [](client::HealthStatus s) {
+      return "{\"status\":" + JsonQuote(client::HealthStatusName(s)) + "}";
+    };
     if (!multi_) {
       for (const auto& r : results) {
         if (!r.error) out_ << doc(r.response) << '\n';

@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "asyncd/unary_client.h"
 #include "asyncd/v1/asyncd.pb.h"
-#include "client/ctl/connection.h"
 #include "client/ctl/exit_code.h"
 
 namespace asyncd::ctl {
@@ -67,7 +67,7 @@ class Printer {
   /// drain.
   virtual void Drain(const v1::DrainResponse& response) = 0;
   /// health.
-  virtual void Health(const std::vector<TargetResult<HealthStatus>>& r) = 0;
+  virtual void Health(const std::vector<TargetResult<client::HealthStatus>>& r) = 0;
   /// submit: the completion of the submitted operation.
   virtual void Completion(const v1::Completion& completion) = 0;
 };

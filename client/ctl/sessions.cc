@@ -12,11 +12,14 @@ namespace asyncd::ctl {
 namespace {
 
 int RunList(Env& env) {
-  std::function<grpc::Status(Connection&, v1::ListSessionsResponse*)> call =
-      [](Connection& c, v1::ListSessionsResponse* r) {
-        auto ctx = c.NewContext();
-        return c.stub().ListSessions(ctx.get(), v1::ListSessionsRequest(), r);
-      };
+  std::function<absl::StatusOr<v1::ListSessionsResponse>(client::Client&)> call =
+      [](client::Client& c) -> absl::StatusOr<v1::ListSessionsResponse> {
+    absl::StatusOr<std::vector<v1::SessionInfo>> sessions = c.ListSessions();
+    if (!sessions.ok()) return sessions.status();
+    v1::ListSessionsResponse response;
+    for (v1::SessionInfo& s : *sessions) *response.add_sessions() = std::move(s);
+    return response;
+  };
   std::vector<TargetResult<v1::ListSessionsResponse>> results;
   ExitCode code = ForEachDaemon(env, "sessions list", call, &results);
   env.printer().Sessions(results);
@@ -29,25 +32,22 @@ struct OpenFlags {
 };
 
 int RunOpen(Env& env, const OpenFlags& f) {
-  absl::StatusOr<Connection*> conn = env.Single("sessions open");
-  if (!conn.ok()) return UsageError(conn.status());
+  absl::StatusOr<Daemon*> daemon = env.Single("sessions open");
+  if (!daemon.ok()) return UsageError(daemon.status());
   absl::StatusOr<std::chrono::microseconds> lease = ParseDuration(f.lease);
   if (!lease.ok()) return UsageError(lease.status());
-  v1::OpenSessionRequest request;
-  request.set_client_name(f.name);
-  request.set_lease_ms(static_cast<uint32_t>(
-      std::min<int64_t>(lease->count() / 1000, std::numeric_limits<uint32_t>::max())));
+  const auto lease_ms = static_cast<uint32_t>(
+      std::min<int64_t>(lease->count() / 1000, std::numeric_limits<uint32_t>::max()));
   v1::OpenSessionResponse response;
-  auto ctx = (*conn)->NewContext();
-  grpc::Status status = (*conn)->stub().OpenSession(ctx.get(), request, &response);
-  if (!status.ok()) return Report((*conn)->Error(status, "sessions open"));
+  absl::StatusOr<uint64_t> id = (*daemon)->client().OpenSession(f.name, lease_ms, &response);
+  if (!id.ok()) return Report((*daemon)->Error(id.status(), "sessions open"));
   env.printer().SessionOpened(response);
   return 0;
 }
 
 int RunClose(Env& env, const std::vector<std::string>& ids) {
-  absl::StatusOr<Connection*> conn = env.Single("sessions close");
-  if (!conn.ok()) return UsageError(conn.status());
+  absl::StatusOr<Daemon*> daemon = env.Single("sessions close");
+  if (!daemon.ok()) return UsageError(daemon.status());
   std::vector<uint64_t> parsed;
   for (const std::string& text : ids) {
     absl::StatusOr<uint64_t> id = ParseId(text, "session id");
@@ -56,34 +56,30 @@ int RunClose(Env& env, const std::vector<std::string>& ids) {
   }
   ExitCode code = ExitCode::kOk;
   for (uint64_t id : parsed) {
-    v1::CloseSessionRequest request;
-    request.set_session_id(id);
-    v1::CloseSessionResponse response;
-    auto ctx = (*conn)->NewContext();
-    grpc::Status status = (*conn)->stub().CloseSession(ctx.get(), request, &response);
-    if (!status.ok()) {
-      CliError error = (*conn)->Error(status, "sessions close " + std::to_string(id));
+    absl::StatusOr<v1::CancelCounts> counts = (*daemon)->client().CloseSession(id);
+    if (!counts.ok()) {
+      CliError error = (*daemon)->Error(counts.status(), "sessions close " + std::to_string(id));
       Report(error);
       if (error.code == ExitCode::kUnreachable) return ToInt(error.code);
       code = Worse(code, error.code);
       continue;
     }
+    v1::CloseSessionResponse response;
+    *response.mutable_counts() = *std::move(counts);
     env.printer().SessionClosed(id, response);
   }
   return ToInt(code);
 }
 
 int RunKeepAlive(Env& env, const std::string& id_text) {
-  absl::StatusOr<Connection*> conn = env.Single("sessions keepalive");
-  if (!conn.ok()) return UsageError(conn.status());
+  absl::StatusOr<Daemon*> daemon = env.Single("sessions keepalive");
+  if (!daemon.ok()) return UsageError(daemon.status());
   absl::StatusOr<uint64_t> id = ParseId(id_text, "session id");
   if (!id.ok()) return UsageError(id.status());
-  v1::KeepAliveRequest request;
-  request.set_session_id(*id);
+  absl::StatusOr<uint32_t> lease_ms = (*daemon)->client().KeepAlive(*id);
+  if (!lease_ms.ok()) return Report((*daemon)->Error(lease_ms.status(), "sessions keepalive"));
   v1::KeepAliveResponse response;
-  auto ctx = (*conn)->NewContext();
-  grpc::Status status = (*conn)->stub().KeepAlive(ctx.get(), request, &response);
-  if (!status.ok()) return Report((*conn)->Error(status, "sessions keepalive"));
+  response.set_lease_ms(*lease_ms);
   env.printer().SessionKeptAlive(*id, response);
   return 0;
 }

@@ -6,9 +6,8 @@ namespace asyncd::ctl {
 namespace {
 
 int RunStats(Env& env) {
-  std::function<grpc::Status(Connection&, v1::Stats*)> call = [](Connection& c, v1::Stats* r) {
-    auto ctx = c.NewContext();
-    return c.stub().GetStats(ctx.get(), v1::GetStatsRequest(), r);
+  std::function<absl::StatusOr<v1::Stats>(client::Client&)> call = [](client::Client& c) {
+    return c.GetStats();
   };
   std::vector<TargetResult<v1::Stats>> results;
   ExitCode code = ForEachDaemon(env, "stats", call, &results);

@@ -70,23 +70,12 @@ absl::Status CheckLength(const std::string& text, uint64_t max, uint64_t* out) {
   return absl::OkStatus();
 }
 
-grpc::Status OpenTemporarySession(Connection& c, uint64_t* id, std::chrono::milliseconds* lease) {
-  v1::OpenSessionRequest request;
-  request.set_client_name("asyncctl");
-  v1::OpenSessionResponse response;
-  auto ctx = c.NewContext();
-  grpc::Status status = c.stub().OpenSession(ctx.get(), request, &response);
-  *id = response.session_id();
-  *lease = std::chrono::milliseconds(response.lease_ms());
-  return status;
-}
-
 // Renews a session's lease while a Submit waits: in-flight operations do not
 // hold a lease, so a `submit timeout 1m` would otherwise lose its session
 // (and be cancelled) when the lease (30s by default) runs out.
 class LeaseKeeper {
  public:
-  LeaseKeeper(Connection& c, uint64_t session_id, std::chrono::milliseconds lease)
+  LeaseKeeper(client::Client& c, uint64_t session_id, std::chrono::milliseconds lease)
       : thread_([this, &c, session_id, lease] { Run(c, session_id, lease); }) {}
 
   ~LeaseKeeper() {
@@ -99,25 +88,20 @@ class LeaseKeeper {
   }
 
  private:
-  void Run(Connection& c, uint64_t session_id, std::chrono::milliseconds lease) {
+  void Run(client::Client& c, uint64_t session_id, std::chrono::milliseconds lease) {
     // Unknown lease (a caller's session): renew soon and learn it.
     std::chrono::milliseconds period =
         lease.count() > 0 ? lease / 3 : std::chrono::milliseconds(1000);
     std::unique_lock<std::mutex> lock(mu_);
     while (!cv_.wait_for(lock, period, [this] { return stop_; })) {
       lock.unlock();
-      v1::KeepAliveRequest request;
-      request.set_session_id(session_id);
-      v1::KeepAliveResponse response;
-      auto ctx = c.NewContext();
-      grpc::Status status = c.stub().KeepAlive(ctx.get(), request, &response);
+      absl::StatusOr<uint32_t> lease_ms = c.KeepAlive(session_id);
       lock.lock();
-      if (!status.ok()) return;  // the Submit will report what is wrong
+      if (!lease_ms.ok()) return;  // the Submit will report what is wrong
       // 0: a stream holds the session and no lease runs; check now and then.
-      period = response.lease_ms() == 0
-                   ? std::chrono::milliseconds(10000)
-                   : std::max(std::chrono::milliseconds(response.lease_ms() / 3),
-                              std::chrono::milliseconds(30));
+      period = *lease_ms == 0 ? std::chrono::milliseconds(10000)
+                              : std::max(std::chrono::milliseconds(*lease_ms / 3),
+                                         std::chrono::milliseconds(30));
     }
   }
 
@@ -128,9 +112,10 @@ class LeaseKeeper {
 };
 
 int Run(Env& env, const CommonFlags& common, const Builder& build) {
-  absl::StatusOr<Connection*> conn = env.Single("submit");
-  if (!conn.ok()) return UsageError(conn.status());
-  Connection& c = **conn;
+  absl::StatusOr<Daemon*> daemon = env.Single("submit");
+  if (!daemon.ok()) return UsageError(daemon.status());
+  Daemon& d = **daemon;
+  client::Client& c = d.client();
   Built built;
   if (absl::Status s = build(&built); !s.ok()) return UsageError(s);
   built.op.set_tag(common.tag);
@@ -152,39 +137,36 @@ int Run(Env& env, const CommonFlags& common, const Builder& build) {
   std::chrono::milliseconds lease(0);
   bool temporary = common.session.empty();
   if (temporary) {
-    grpc::Status status = OpenTemporarySession(c, &session_id, &lease);
-    if (!status.ok()) return Report(c.Error(status, "submit: open session"));
+    v1::OpenSessionResponse opened;
+    absl::StatusOr<uint64_t> id = c.OpenSession("asyncctl", /*lease_ms=*/0, &opened);
+    if (!id.ok()) return Report(d.Error(id.status(), "submit: open session"));
+    session_id = *id;
+    lease = std::chrono::milliseconds(opened.lease_ms());
   } else {
     absl::StatusOr<uint64_t> id = ParseId(common.session, "session id");
     if (!id.ok()) return UsageError(id.status());
     session_id = *id;
   }
 
-  v1::SubmitRequest request;
-  request.set_session_id(session_id);
-  *request.mutable_op() = built.op;
-  v1::Completion completion;
-  grpc::Status status;
+  absl::StatusOr<v1::Completion> submitted;
   {
-    auto ctx = c.NewContext(CallKind::kUnary, extra);
+    client::CallCanceller canceller;
     // Ctrl-C cancels the call, which cancels the operation (RPC_CANCELLED).
-    InterruptScope scope([&ctx] { ctx->TryCancel(); });
+    InterruptScope scope([&canceller] { canceller.Cancel(); });
     LeaseKeeper keeper(c, session_id, lease);
-    status = c.stub().Submit(ctx.get(), request, &completion);
+    submitted = c.Submit(session_id, built.op, {.extra_time = extra, .canceller = &canceller});
   }
   if (temporary) {
-    v1::CloseSessionRequest close;
-    close.set_session_id(session_id);
-    v1::CloseSessionResponse ignored;
-    auto ctx = c.NewContext();
-    c.stub().CloseSession(ctx.get(), close, &ignored);  // best effort; the lease ends it anyway
+    // Best effort; the lease ends it anyway.
+    static_cast<void>(c.CloseSession(session_id));
   }
-  if (!status.ok()) {
+  if (!submitted.ok()) {
     if (Interrupted()) {
       return Report({ExitCode::kOpError, "submit: interrupted; the operation was cancelled"});
     }
-    return Report(c.Error(status, "submit"));
+    return Report(d.Error(submitted.status(), "submit"));
   }
+  const v1::Completion& completion = *submitted;
 
   if (built.raw_output && completion.outcome() == v1::OUTCOME_COMPLETED &&
       completion.error_number() == 0) {

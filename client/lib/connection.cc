@@ -1,13 +1,15 @@
 #include "asyncd/connection.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "client/lib/string_compat.h"
-#include "src/core/runtime_paths.h"
+#include "src/common/runtime_paths.h"
 
 namespace asyncd::client {
 namespace {
@@ -23,8 +25,10 @@ constexpr std::string_view kSchemes[] = {"unix:", "unix-abstract:", "dns:", "ipv
 
 }  // namespace
 
+std::string DefaultSocketPath() { return common::DefaultSocketPath(); }
+
 std::string NormalizeTarget(std::string_view target) {
-  if (target.empty()) return "unix:" + asyncd::core::DefaultSocketPath();
+  if (target.empty()) return "unix:" + DefaultSocketPath();
   for (std::string_view scheme : kSchemes) {
     if (StartsWith(target, scheme)) return std::string(target);
   }
@@ -88,11 +92,21 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(std::string_view
 }
 
 std::shared_ptr<grpc::Channel> Connect(std::string_view target, const TlsOptions& tls) {
+  return Connect(target, ConnectOptions{.tls = tls});
+}
+
+std::shared_ptr<grpc::Channel> Connect(std::string_view target, const ConnectOptions& options) {
   const std::string normalized = NormalizeTarget(target);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
-  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized, tls), args);
+  if (options.initial_reconnect_backoff.count() > 0) {
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+                static_cast<int>(std::min<int64_t>(options.initial_reconnect_backoff.count(),
+                                                   std::numeric_limits<int>::max())));
+  }
+  return grpc::CreateCustomChannel(normalized, ChannelCredentialsFor(normalized, options.tls),
+                                   args);
 }
 
 absl::Status ToAbslStatus(const grpc::Status& status) {

@@ -8,13 +8,14 @@
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "client/lib/string_compat.h"
-#include "src/core/check.h"
 
 namespace asyncd::client {
 namespace {
@@ -71,8 +72,10 @@ v1::Completion Synthesized(uint64_t tag, uint64_t op_id, v1::OpKind kind, v1::Ou
 
 // The reactor owns all stream state. Lifetime: owned by the StreamClient,
 // whose every exit path (failed Open, ~StreamClient) waits for OnDone to set
-// kDone first. It must never be destroyed on a gRPC thread: the stub holds
-// the channel, and a channel whose last reference drops on the callback
+// kDone first, on the owner's thread or, for a StreamClient destroyed inside
+// a callback, on a thread of the library's. It must never be destroyed on a
+// gRPC thread: the stub holds the channel, and a channel whose last reference
+// drops on the callback
 // completion queue's thread shuts down and frees the queue that thread is
 // still polling (gRPC 1.51 aborts in grpc_cq_internal_unref).
 //
@@ -222,16 +225,21 @@ class StreamClient::Reactor final
     return ToAbslStatus(final_status_);
   }
 
-  // Cancels the RPC unless it has ended, and waits for OnDone.
-  void Shutdown() {
-    ASYNCD_CHECK(tls_callback_depth == 0);  // destroying a StreamClient inside its callback
-    std::unique_lock lock(mu_);
-    if (phase_ != Phase::kDone) {
-      lock.unlock();
-      context_.TryCancel();
-      lock.lock();
-      state_cv_.wait(lock, [&] { return phase_ == Phase::kDone; });
+  // Cancels the RPC unless it has ended. Never blocks.
+  void CancelRpc() {
+    {
+      std::lock_guard lock(mu_);
+      if (phase_ == Phase::kDone) return;
     }
+    context_.TryCancel();
+  }
+
+  // Cancels the RPC unless it has ended, and waits for OnDone. Not on a
+  // callback thread: OnDone may need it.
+  void Shutdown() {
+    CancelRpc();
+    std::unique_lock lock(mu_);
+    state_cv_.wait(lock, [&] { return phase_ == Phase::kDone; });
   }
 
   // --- reactions (gRPC threads) ---
@@ -570,7 +578,26 @@ absl::StatusOr<std::unique_ptr<StreamClient>> StreamClient::Create(
 
 StreamClient::StreamClient(std::shared_ptr<Reactor> reactor) : reactor_(std::move(reactor)) {}
 
-StreamClient::~StreamClient() { reactor_->Shutdown(); }
+StreamClient::~StreamClient() {
+  if (tls_callback_depth == 0) {
+    reactor_->Shutdown();
+    return;
+  }
+  // Waiting here could wait on this very thread, and the reactor must not be
+  // freed on a gRPC thread: cancel now, then wait and free on a new thread.
+  // Until OnDone has run, that thread's reference is what keeps it alive.
+  reactor_->CancelRpc();
+  try {
+    std::thread([reactor = reactor_] { reactor->Shutdown(); }).detach();
+  } catch (const std::system_error& e) {
+    // No thread to free it on: leak the stream's state rather than free it
+    // on a gRPC thread or abort.
+    std::fprintf(stderr,
+                 "asyncd::client::StreamClient: leaking a stream destroyed in a callback: %s\n",
+                 e.what());
+    static_cast<void>(new std::shared_ptr<Reactor>(reactor_));
+  }
+}
 
 uint64_t StreamClient::session_id() const { return reactor_->session_id(); }
 uint32_t StreamClient::lease_ms() const { return reactor_->lease_ms(); }

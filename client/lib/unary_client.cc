@@ -1,7 +1,11 @@
 #include "asyncd/unary_client.h"
 
+#include <algorithm>
+#include <exception>
+#include <optional>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "client/lib/string_compat.h"
 
@@ -16,15 +20,55 @@ std::string HandleName(uint32_t handle) { return absl::StrCat("h:", handle); }
 
 }  // namespace
 
+void CallCanceller::Cancel() {
+  std::lock_guard lock(mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* context : contexts_) context->TryCancel();
+}
+
+bool CallCanceller::cancelled() const {
+  std::lock_guard lock(mu_);
+  return cancelled_;
+}
+
+bool CallCanceller::Bind(grpc::ClientContext* context) {
+  std::lock_guard lock(mu_);
+  if (cancelled_) return false;
+  contexts_.push_back(context);
+  return true;
+}
+
+void CallCanceller::Unbind(grpc::ClientContext* context) {
+  std::lock_guard lock(mu_);
+  contexts_.erase(std::remove(contexts_.begin(), contexts_.end(), context), contexts_.end());
+}
+
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
     : channel_(std::move(channel)), stub_(v1::Asyncd::NewStub(channel_)), options_(options) {}
 
-void Client::Prepare(grpc::ClientContext& context, std::optional<Deadline> deadline) const {
-  if (deadline.has_value()) {
-    context.set_deadline(*deadline);
-  } else if (options_.default_timeout.count() > 0) {
-    context.set_deadline(std::chrono::system_clock::now() + options_.default_timeout);
+bool Client::Prepare(grpc::ClientContext& context, const CallOptions& options,
+                     CallKind kind) const {
+  if (options.deadline.has_value()) {
+    context.set_deadline(*options.deadline);
+  } else if (kind == CallKind::kUnary && options_.default_timeout.count() > 0) {
+    context.set_deadline(std::chrono::system_clock::now() + options_.default_timeout +
+                         options.extra_time);
   }
+  return options.canceller == nullptr || options.canceller->Bind(&context);
+}
+
+void Client::Unbind(grpc::ClientContext& context, const CallOptions& options) {
+  if (options.canceller != nullptr) options.canceller->Unbind(&context);
+}
+
+template <typename Request, typename Response>
+absl::Status Client::Call(grpc::Status (v1::Asyncd::Stub::*method)(grpc::ClientContext*,
+                                                                   const Request&, Response*),
+                          const Request& request, Response* response, const CallOptions& options) {
+  grpc::ClientContext context;
+  if (!Prepare(context, options)) return absl::CancelledError("cancelled before the call");
+  absl::Cleanup unbind = [&] { Unbind(context, options); };
+  return ToAbslStatus((stub_.get()->*method)(&context, request, response));
 }
 
 absl::StatusOr<uint64_t> Client::OpenSession(std::string_view client_name, uint32_t lease_ms,
@@ -62,11 +106,16 @@ absl::StatusOr<v1::CancelCounts> Client::CloseSession(uint64_t session_id) {
 
 absl::StatusOr<v1::Completion> Client::Submit(uint64_t session_id, const v1::Operation& op,
                                               std::optional<Deadline> deadline) {
+  return Submit(session_id, op, CallOptions{.deadline = deadline});
+}
+
+absl::StatusOr<v1::Completion> Client::Submit(uint64_t session_id, const v1::Operation& op,
+                                              const CallOptions& options) {
   v1::SubmitRequest request;
   request.set_session_id(session_id);
   *request.mutable_op() = op;
   v1::Completion completion;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::Submit, request, &completion, deadline); !s.ok()) {
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Submit, request, &completion, options); !s.ok()) {
     return s;
   }
   return completion;
@@ -189,24 +238,34 @@ absl::StatusOr<v1::ListOperationsResponse> Client::ListOperations(const v1::OpSe
   return response;
 }
 
-absl::StatusOr<std::vector<v1::OperationInfo>> Client::ListAll(const v1::OpSelector& filter,
-                                                               Timeline timeline,
-                                                               size_t max_ops) {
-  std::vector<v1::OperationInfo> all;
+absl::StatusOr<v1::ListOperationsResponse> Client::ListAllPages(const v1::OpSelector& filter,
+                                                                size_t max_ops, Timeline timeline) {
+  v1::ListOperationsResponse all;
+  auto full = [&] { return max_ops != 0 && static_cast<size_t>(all.ops_size()) >= max_ops; };
   std::string token;
-  do {
-    absl::StatusOr<v1::ListOperationsResponse> page =
-        ListOperations(filter, kMaxPageSize, token, timeline);
+  for (bool first = true;; first = false) {
+    const size_t wanted = max_ops == 0 ? kMaxPageSize : max_ops - all.ops_size();
+    absl::StatusOr<v1::ListOperationsResponse> page = ListOperations(
+        filter, static_cast<uint32_t>(std::min<size_t>(kMaxPageSize, wanted)), token, timeline);
     if (!page.ok()) return page.status();
+    if (first) all.set_total_matched(page->total_matched());
     for (v1::OperationInfo& op : *page->mutable_ops()) {
-      if (max_ops != 0 && all.size() >= max_ops) return all;
-      all.push_back(std::move(op));
+      if (full()) break;
+      *all.add_ops() = std::move(op);
     }
     // A token that does not advance would loop forever; treat it as the end.
-    if (page->next_page_token() == token) break;
+    if (full() || page->next_page_token().empty() || page->next_page_token() == token) break;
     token = std::move(*page->mutable_next_page_token());
-  } while (!token.empty());
+  }
   return all;
+}
+
+absl::StatusOr<std::vector<v1::OperationInfo>> Client::ListAll(const v1::OpSelector& filter,
+                                                               Timeline timeline, size_t max_ops) {
+  absl::StatusOr<v1::ListOperationsResponse> all = ListAllPages(filter, max_ops, timeline);
+  if (!all.ok()) return all.status();
+  return std::vector<v1::OperationInfo>(std::make_move_iterator(all->mutable_ops()->begin()),
+                                        std::make_move_iterator(all->mutable_ops()->end()));
 }
 
 absl::StatusOr<v1::OperationInfo> Client::GetOperation(uint64_t op_id) {
@@ -258,13 +317,46 @@ absl::StatusOr<v1::Stats> Client::GetStats() {
 
 absl::StatusOr<v1::DrainResponse> Client::Drain(uint32_t grace_ms,
                                                 std::optional<Deadline> deadline) {
+  return Drain(grace_ms, CallOptions{.deadline = deadline});
+}
+
+absl::StatusOr<v1::DrainResponse> Client::Drain(uint32_t grace_ms, const CallOptions& options) {
   v1::DrainRequest request;
   request.set_grace_ms(grace_ms);
   v1::DrainResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::Drain, request, &response, deadline); !s.ok()) {
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Drain, request, &response, options); !s.ok()) {
     return s;
   }
   return response;
+}
+
+absl::Status Client::Watch(const v1::OpSelector& filter, const std::vector<v1::EventType>& types,
+                           const std::function<WatchNext(const v1::WatchEvent&)>& on_event,
+                           const CallOptions& options) {
+  v1::WatchRequest request;
+  *request.mutable_filter() = filter;
+  for (v1::EventType type : types) request.add_types(type);
+  grpc::ClientContext context;
+  if (!Prepare(context, options, CallKind::kStream)) {
+    return absl::CancelledError("cancelled before the call");
+  }
+  absl::Cleanup unbind = [&] { Unbind(context, options); };
+  std::unique_ptr<grpc::ClientReader<v1::WatchEvent>> reader = stub_->Watch(&context, request);
+  v1::WatchEvent event;
+  std::optional<absl::Status> ended_here;  // the handler stopped the watch
+  while (!ended_here.has_value() && reader->Read(&event)) {
+    try {
+      if (on_event(event) == WatchNext::kStop) ended_here = absl::OkStatus();
+    } catch (const std::exception& e) {
+      ended_here = absl::InternalError(absl::StrCat("watch event handler threw: ", e.what()));
+    } catch (...) {
+      ended_here = absl::InternalError("watch event handler threw");
+    }
+  }
+  // Finish waits for the stream to end: make it end now.
+  if (ended_here.has_value()) context.TryCancel();
+  grpc::Status status = reader->Finish();
+  return ended_here.has_value() ? *ended_here : ToAbslStatus(status);
 }
 
 }  // namespace asyncd::client

@@ -2,7 +2,8 @@
 // temporary unix socket): every submitted op gets exactly one callback with
 // the caller's tag restored; batches respect max_batch_ops; the flow-control
 // window blocks or fails fast; a broken stream synthesizes the missing
-// completions; cancels travel over the stream; destruction never hangs.
+// completions; cancels travel over the stream; destruction never hangs, nor
+// aborts when it happens inside a callback.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -112,6 +114,20 @@ class FakeAsyncd final : public v1::Asyncd::Service {
     }
     if (stream == nullptr) return;
     for (const auto& r : held) Write(stream, r);
+  }
+
+  // Sends only the completions held last.
+  void ReleaseNewest() {
+    std::optional<v1::StreamResponse> newest;
+    grpc::ServerReaderWriter<v1::StreamResponse, v1::StreamRequest>* stream;
+    {
+      std::lock_guard lock(mu_);
+      if (held_.empty()) return;
+      newest = std::move(held_.back());
+      held_.pop_back();
+      stream = stream_;
+    }
+    if (stream != nullptr) Write(stream, *newest);
   }
 
   std::vector<int> batch_sizes() {
@@ -414,6 +430,58 @@ TEST_F(StreamClientTest, DestructorCancelsAndDeliversOutstanding) {
   for (const v1::Completion& c : collector.completions) {
     EXPECT_EQ(c.outcome(), v1::OUTCOME_UNSPECIFIED);
     EXPECT_EQ(c.status_code(), static_cast<int>(absl::StatusCode::kCancelled));
+  }
+}
+
+// Destroying a StreamClient inside its own callback cannot wait for the
+// stream to end (that needs the callback's thread): it returns at once, and
+// the op still outstanding gets its completion exactly once, afterwards.
+TEST_F(StreamClientTest, DestroyedInsideItsCallbackReturnsAndStillDeliversEverything) {
+  fake_.hold = true;
+  // Not coalesced: the two ops travel, and are held, as two batches.
+  std::unique_ptr<StreamClient> stream = Open({.coalesce = false});
+  ASSERT_NE(stream, nullptr);
+  Collector collector;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unique_ptr<StreamClient> owned;  // destroyed by the callback
+  bool destroyed = false;
+  ASSERT_TRUE(stream->Submit(Nops(1, 1), collector.Callback()).ok());  // stays outstanding
+  StreamClient::CompletionCallback destroy_then_collect = [&](const v1::Completion& c) {
+    std::unique_ptr<StreamClient> doomed;
+    {
+      std::lock_guard lock(mu);
+      doomed = std::move(owned);
+    }
+    doomed.reset();  // ~StreamClient on the reader thread
+    collector.Callback()(c);
+    std::lock_guard lock(mu);
+    destroyed = true;
+    cv.notify_all();
+  };
+  ASSERT_TRUE(stream->Submit(Nops(1, 2), destroy_then_collect).ok());
+  while (fake_.held_batches() < 2) std::this_thread::sleep_for(1ms);
+  {
+    std::lock_guard lock(mu);
+    owned = std::move(stream);
+  }
+  fake_.ReleaseNewest();  // completes tag 2 only
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 5s, [&] { return destroyed; }));
+  }
+  ASSERT_TRUE(collector.WaitFor(2));
+  std::this_thread::sleep_for(50ms);  // a duplicate would show up here
+  std::lock_guard lock(collector.mu);
+  ASSERT_EQ(collector.completions.size(), 2u);
+  for (const v1::Completion& c : collector.completions) {
+    if (c.tag() == 2) {
+      EXPECT_EQ(c.outcome(), v1::OUTCOME_COMPLETED);
+    } else {
+      EXPECT_EQ(c.tag(), 1u);
+      EXPECT_EQ(c.outcome(), v1::OUTCOME_UNSPECIFIED);
+      EXPECT_EQ(c.status_code(), static_cast<int>(absl::StatusCode::kCancelled));
+    }
   }
 }
 

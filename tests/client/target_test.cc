@@ -5,7 +5,7 @@
 #include <cstdlib>
 
 #include "asyncd/connection.h"
-#include "src/core/runtime_paths.h"
+#include "src/common/runtime_paths.h"
 
 namespace asyncd::client {
 namespace {
@@ -14,7 +14,8 @@ TEST(NormalizeTargetTest, EmptyIsDefaultSocket) {
   ::setenv("ASYNCD_SOCKET", "/tmp/x/asyncd.sock", 1);
   EXPECT_EQ(NormalizeTarget(""), "unix:/tmp/x/asyncd.sock");
   ::unsetenv("ASYNCD_SOCKET");
-  EXPECT_EQ(NormalizeTarget(""), "unix:" + asyncd::core::DefaultSocketPath());
+  EXPECT_EQ(NormalizeTarget(""), "unix:" + asyncd::common::DefaultSocketPath());
+  EXPECT_EQ(DefaultSocketPath(), asyncd::common::DefaultSocketPath());
 }
 
 TEST(NormalizeTargetTest, GrpcSchemesPassThrough) {

@@ -3,7 +3,8 @@
 // The asyncd C++ client library (namespace asyncd::client).
 //
 //   asyncd/connection.h     Connect(), NormalizeTarget(), status conversions
-//   asyncd/unary_client.h   Client: synchronous wrapper over the unary RPCs
+//   asyncd/unary_client.h   Client: synchronous wrapper over the unary RPCs,
+//                           Watch and the gRPC health check
 //   asyncd/stream_client.h  StreamClient: asynchronous batched submission over
 //                           the bidirectional Stream RPC
 //

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -19,8 +20,14 @@ namespace v1 = ::asyncd::v1;
 /// to be at least as large so we never refuse what the daemon sends.
 inline constexpr int kMaxMessageBytes = 64 << 20;
 
+/// The socket the daemon listens on when nothing says otherwise, the same
+/// default the daemon uses: $ASYNCD_SOCKET, else /run/asyncd/asyncd.sock for
+/// root, else $XDG_RUNTIME_DIR/asyncd/asyncd.sock, else
+/// /tmp/asyncd-<uid>/asyncd.sock. Reads the environment on every call.
+[[nodiscard]] std::string DefaultSocketPath();
+
 /// Turns a user-supplied target into a gRPC target string. Pure; never blocks.
-///   ""                      -> "unix:" + asyncd::core::DefaultSocketPath()
+///   ""                      -> "unix:" + DefaultSocketPath()
 ///   "unix:..." "unix-abstract:..." "dns:..." "ipv4:..." "ipv6:..."
 ///                           -> unchanged (already a gRPC target)
 ///   "/abs/path", "./rel", "../rel", "dir/file", "~/x" (~ expanded from $HOME)
@@ -56,6 +63,16 @@ struct TlsOptions {
 [[nodiscard]] std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(
     std::string_view normalized_target, const TlsOptions& tls = {});
 
+/// How Connect builds a channel.
+struct ConnectOptions {
+  /// For TCP targets (see ChannelCredentialsFor).
+  TlsOptions tls;
+  /// Wait before reconnecting after a failed connection attempt; 0 = gRPC's
+  /// default (1 s, growing). While it lasts calls fail at once (UNAVAILABLE),
+  /// so a short-lived tool making a few calls (asyncctl: 100 ms) lowers it.
+  std::chrono::milliseconds initial_reconnect_backoff{0};
+};
+
 /// Creates a channel to the daemon (target as NormalizeTarget accepts; empty
 /// = the default socket), with send/receive message limits of
 /// kMaxMessageBytes. Does not block and does not connect yet: gRPC connects
@@ -63,6 +80,9 @@ struct TlsOptions {
 /// Never returns null.
 [[nodiscard]] std::shared_ptr<grpc::Channel> Connect(std::string_view target = "",
                                                      const TlsOptions& tls = {});
+/// Connect with more settings.
+[[nodiscard]] std::shared_ptr<grpc::Channel> Connect(std::string_view target,
+                                                     const ConnectOptions& options);
 
 /// grpc::Status -> absl::Status, keeping the code (same numbering) and the
 /// message. OK maps to OK.

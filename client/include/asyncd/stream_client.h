@@ -59,7 +59,8 @@ struct StreamOptions {
 /// arrive, with no library lock held. They must be quick and must not block:
 /// while one runs, no further completions of this stream are read. They may
 /// call Submit / SubmitOne / Cancel on any StreamClient (Submit then never
-/// blocks: see WhenFull), but must not call Finish or destroy a StreamClient.
+/// blocks: see WhenFull). Finish called there returns FAILED_PRECONDITION,
+/// and destroying a StreamClient there does not wait (see ~StreamClient).
 /// Exceptions thrown by callbacks are caught and logged.
 ///
 /// Tags. The library owns Operation.tag on the wire: Submit overwrites each
@@ -119,7 +120,14 @@ class StreamClient {
   /// Cancels the RPC if Finish has not completed (the daemon then cancels the
   /// stream's ops, RPC_CANCELLED), delivers synthesized completions for what
   /// is still outstanding, and waits for the stream to end. Blocks. After it
-  /// returns no callback of this client runs. Must not run inside a callback.
+  /// returns no callback of this client runs.
+  ///
+  /// On a thread running a StreamClient callback (this client's or another's)
+  /// it cannot wait, since the end may need that very thread: there it
+  /// cancels the RPC and returns at once. The delivery guarantee still holds,
+  /// so callbacks for what was outstanding run after it has returned (from a
+  /// gRPC thread): whatever they use must outlive the stream. The library
+  /// frees the stream's state once it has ended, on a thread of its own.
   ~StreamClient();
 
   StreamClient(const StreamClient&) = delete;

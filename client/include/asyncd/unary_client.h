@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -43,11 +45,64 @@ struct OpenOptions {
 struct ClientOptions {
   /// Deadline applied to every call that is not given one explicitly
   /// (0 = none). Submit and Drain take their own optional deadline and use this
-  /// one only when none is given.
-  std::chrono::milliseconds default_timeout{0};
+  /// one only when none is given. Watch never uses it.
+  std::chrono::microseconds default_timeout{0};
 };
 
-/// A synchronous client over the unary RPCs of asyncd.v1.Asyncd.
+/// Lets one thread end Client calls that block another, e.g. on Ctrl-C (as
+/// cancelling a Go context ends the calls made with it). Give it to calls in
+/// CallOptions::canceller. Thread-safe; must outlive the calls given it.
+class CallCanceller {
+ public:
+  CallCanceller() = default;
+  CallCanceller(const CallCanceller&) = delete;
+  CallCanceller& operator=(const CallCanceller&) = delete;
+
+  /// Ends every call running with this canceller: each returns CANCELLED
+  /// (the daemon cancels a submitted operation, end_reason RPC_CANCELLED).
+  /// Calls given it later fail CANCELLED without being sent. Never blocks on
+  /// the calls; callable from any thread, any number of times.
+  void Cancel();
+  /// Whether Cancel has been called.
+  [[nodiscard]] bool cancelled() const;
+
+ private:
+  friend class Client;
+  // Registers a call's context until Unbind; false (nothing registered) if
+  // Cancel has already run.
+  [[nodiscard]] bool Bind(grpc::ClientContext* context);
+  void Unbind(grpc::ClientContext* context);
+
+  mutable std::mutex mu_;
+  bool cancelled_ = false;
+  std::vector<grpc::ClientContext*> contexts_;  // calls running now
+};
+
+/// Per-call settings of the Client methods that take them (Submit, Drain,
+/// Watch).
+struct CallOptions {
+  /// The call's gRPC deadline. Unset: now + ClientOptions::default_timeout +
+  /// extra_time, or none if default_timeout is 0 (Watch: none).
+  std::optional<Deadline> deadline = std::nullopt;
+  /// How long the call takes by design, on top of the default timeout: a
+  /// drain's grace, a submitted timeout's duration, an operation's own
+  /// deadline. Ignored when `deadline` is set.
+  std::chrono::microseconds extra_time{0};
+  /// If set, canceller->Cancel() ends the call. Borrowed for the call.
+  CallCanceller* canceller = nullptr;
+};
+
+/// What a Watch handler asks for after an event.
+enum class WatchNext { kContinue, kStop };
+
+/// grpc.health.v1 serving status (HealthCheckResponse.ServingStatus).
+enum class HealthStatus { kUnknown = 0, kServing = 1, kNotServing = 2, kServiceUnknown = 3 };
+
+/// "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN".
+[[nodiscard]] std::string_view HealthStatusName(HealthStatus status);
+
+/// A synchronous client over the unary RPCs of asyncd.v1.Asyncd, Watch, and
+/// the standard gRPC health check.
 ///
 /// Thread-safe: any number of threads may call any method concurrently (each
 /// call is an independent RPC on the shared channel). Every method blocks the
@@ -78,6 +133,10 @@ class Client {
   [[nodiscard]] absl::StatusOr<v1::Completion> Submit(uint64_t session_id,
                                                       const v1::Operation& op,
                                                       std::optional<Deadline> deadline = {});
+  /// Submit with a deadline computed from `options` (see CallOptions); a
+  /// cancelled call cancels the operation (end_reason RPC_CANCELLED).
+  [[nodiscard]] absl::StatusOr<v1::Completion> Submit(uint64_t session_id, const v1::Operation& op,
+                                                      const CallOptions& options);
 
   // Convenience helpers: one Submit each; a non-OK outcome or an errno becomes
   // the returned status (CompletionToStatus).
@@ -106,9 +165,15 @@ class Client {
   [[nodiscard]] absl::StatusOr<v1::ListOperationsResponse> ListOperations(
       const v1::OpSelector& filter, uint32_t page_size = 0, std::string_view page_token = "",
       Timeline timeline = Timeline::kOmit);
-  /// All pages of ListOperations, concatenated (pages of 1000). Not an atomic
-  /// snapshot (see the proto). Stops with the ops gathered so far at
-  /// `max_ops` (0 = no limit).
+  /// Every page of ListOperations gathered into one response: the ops in the
+  /// daemon's order, at most `max_ops` of them (0 = all); total_matched from
+  /// the first page; next_page_token empty. Pages hold up to 1000 ops, and no
+  /// more than `max_ops` needs; each page is one call with its own deadline.
+  /// Not an atomic snapshot (see the proto). A page token that does not
+  /// advance ends the listing.
+  [[nodiscard]] absl::StatusOr<v1::ListOperationsResponse> ListAllPages(
+      const v1::OpSelector& filter, size_t max_ops = 0, Timeline timeline = Timeline::kOmit);
+  /// The ops of ListAllPages.
   [[nodiscard]] absl::StatusOr<std::vector<v1::OperationInfo>> ListAll(
       const v1::OpSelector& filter, Timeline timeline = Timeline::kOmit, size_t max_ops = 0);
   [[nodiscard]] absl::StatusOr<v1::OperationInfo> GetOperation(uint64_t op_id);
@@ -122,24 +187,51 @@ class Client {
   /// has ended, or until `deadline` (the drain goes on).
   [[nodiscard]] absl::StatusOr<v1::DrainResponse> Drain(uint32_t grace_ms = 0,
                                                         std::optional<Deadline> deadline = {});
+  /// Drain with a deadline computed from `options`: give the grace as
+  /// extra_time so the call outlasts it. A cancelled call stops waiting; the
+  /// drain goes on.
+  [[nodiscard]] absl::StatusOr<v1::DrainResponse> Drain(uint32_t grace_ms,
+                                                        const CallOptions& options);
 
-  /// The underlying stub, for RPCs this class does not wrap (e.g. Watch).
+  /// Streams the events of operations matching `filter` as they happen (no
+  /// replay), only those of `types` (empty = all), calling `on_event` for
+  /// each on the calling thread. Blocks until `on_event` returns kStop (then
+  /// OK), the stream ends (its status: UNAVAILABLE when the daemon shuts
+  /// down), `options.deadline` passes, or options.canceller is cancelled
+  /// (CANCELLED). No deadline by default: default_timeout does not apply.
+  /// A daemon that cannot be reached fails the call at once (UNAVAILABLE).
+  /// While `on_event` runs no further event is read; an exception it throws
+  /// ends the watch with INTERNAL.
+  [[nodiscard]] absl::Status Watch(const v1::OpSelector& filter,
+                                   const std::vector<v1::EventType>& types,
+                                   const std::function<WatchNext(const v1::WatchEvent&)>& on_event,
+                                   const CallOptions& options = {});
+
+  /// grpc.health.v1.Health/Check of `service` ("" = the daemon as a whole,
+  /// "asyncd.v1.Asyncd" = its API). The daemon turns NOT_SERVING while it
+  /// drains. Blocks. Errors: the call's status (NOT_FOUND for a service the
+  /// daemon does not know); INTERNAL for a malformed answer.
+  [[nodiscard]] absl::StatusOr<HealthStatus> CheckHealth(std::string_view service = "");
+
+  /// The underlying stub, for RPCs this class does not wrap.
   v1::Asyncd::Stub& stub() { return *stub_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
  private:
-  // The one place a call's deadline is applied.
-  void Prepare(grpc::ClientContext& context, std::optional<Deadline> deadline) const;
-  // One unary RPC with the deadline applied in one place: what every method shares.
+  enum class CallKind {
+    kUnary,   // default_timeout applies
+    kStream,  // runs until stopped: only an explicit deadline applies
+  };
+  // The one place a call's deadline is applied; also binds the call to
+  // options.canceller until Unbind. False: already cancelled, do not call.
+  [[nodiscard]] bool Prepare(grpc::ClientContext& context, const CallOptions& options,
+                             CallKind kind = CallKind::kUnary) const;
+  static void Unbind(grpc::ClientContext& context, const CallOptions& options);
+  // One unary RPC of the stub: what every method shares (unary_client.cc).
   template <typename Request, typename Response>
   absl::Status Call(grpc::Status (v1::Asyncd::Stub::*method)(grpc::ClientContext*, const Request&,
                                                              Response*),
-                    const Request& request, Response* response,
-                    std::optional<Deadline> deadline = {}) {
-    grpc::ClientContext context;
-    Prepare(context, deadline);
-    return ToAbslStatus((stub_.get()->*method)(&context, request, response));
-  }
+                    const Request& request, Response* response, const CallOptions& options = {});
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Asyncd::Stub> stub_;

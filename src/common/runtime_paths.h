@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <string>
 
-namespace asyncd::core {
+// Defaults the daemon and its clients must agree on. Header-only and free of
+// dependencies, so the client library can use it without any core header.
+namespace asyncd::common {
 
 /// Where the daemon listens and clients connect when nothing says otherwise:
 /// $ASYNCD_SOCKET, else the systemd RuntimeDirectory (/run/asyncd) for root,
@@ -35,4 +37,10 @@ inline std::string DefaultRootDir() {
   return std::string(home != nullptr ? home : "/tmp") + "/.local/share/asyncd/files";
 }
 
+}  // namespace asyncd::common
+
+// The daemon names these through asyncd::core, where they lived before.
+namespace asyncd::core {
+using common::DefaultRootDir;
+using common::DefaultSocketPath;
 }  // namespace asyncd::core
