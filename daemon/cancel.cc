@@ -83,7 +83,7 @@ v1::CancelResponse Canceller::Cancel(const Caller& caller, const v1::CancelReque
       }
       return true;
     });
-    // An op that finished since is answered ALREADY_DONE by core itself.
+    // An op that finished since, retired or not, is ALREADY_DONE (core).
     for (const Target& t : targets) cancel_one(*t.op, *t.session, t.gen);
   } else {
     *status = absl::InvalidArgumentError("target: set op_id or selector");

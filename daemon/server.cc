@@ -309,7 +309,7 @@ void Server::Housekeeping() {
 std::string Server::StatusLine() const {
   const uint32_t all = registry_->session_count();
   const uint32_t sessions = all > info_->internal_sessions ? all - info_->internal_sessions : 0;
-  const uint64_t inflight = registry_->live_ops();
+  const uint64_t inflight = registry_->inflight_ops();
   const bool draining = service_ != nullptr && service_->draining();
   return absl::StrCat(draining ? "draining: " : "serving: ", sessions,
                       sessions == 1 ? " session, " : " sessions, ", inflight, " in flight, ",

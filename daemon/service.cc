@@ -164,7 +164,7 @@ void Service::FillStats(v1::Stats* resp) const {
   const uint32_t sessions = registry_.session_count();
   resp->set_sessions(sessions > backends_.internal_sessions ? sessions - backends_.internal_sessions
                                                             : 0);
-  resp->set_inflight(registry_.live_ops());
+  resp->set_inflight(registry_.inflight_ops());
   uint64_t queued = 0;
   for (core::Backend* b : backends_.backends) queued += b->Stats().queued;
   resp->set_queued(queued);

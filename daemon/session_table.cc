@@ -161,7 +161,7 @@ void SessionTable::List(const Caller& caller, int64_t now_ns, v1::ListSessionsRe
     info->set_uid(s.client().uid);
     info->set_gid(s.client().gid);
     info->set_pid(s.client().pid);
-    info->set_inflight(s.live_ops());
+    info->set_inflight(s.inflight_ops());
     info->set_handles(meta->session->handles().open_count());
     info->set_age_us((now_ns - s.created_ns()) / 1000);
     // No lease runs while a stream holds the session.

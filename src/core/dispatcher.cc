@@ -213,7 +213,10 @@ CancelResult Dispatcher::Cancel(OpId id, EndReason reason) {
 }
 
 CancelResult Dispatcher::Cancel(Op& op, uint32_t gen, EndReason reason) {
-  const CancelResult r = op.RequestEnd(gen, reason, MonoNanos());
+  CancelResult r = op.RequestEnd(gen, reason, MonoNanos());
+  // The caller saw the op live in generation `gen`: if that is gone, the op
+  // finished and retired since.
+  if (r == CancelResult::kNotFound) r = CancelResult::kAlreadyDone;
   if (observer_ != nullptr) observer_->OnEndRequested(op, gen, reason, r);
   if (r == CancelResult::kCancelled) {
     // Before dispatch the backend is unknown and TryStart will refuse to run it.
@@ -256,6 +259,7 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
     }
   }
   const OpState end = op.Finish(result, now);
+  session.NoteFinished(op);
   if (kind == OpKind::kOpen && result >= 0) {
     const int fd = static_cast<int>(result);
     if (end != OpState::kCompleted) {

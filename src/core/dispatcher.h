@@ -81,6 +81,8 @@ class Dispatcher final : public OpCompleter {
 
   /// Requests the end of one op (see CancelResult). Any thread; never blocks.
   CancelResult Cancel(OpId id, EndReason reason);
+  /// `op` as the caller saw it live in generation `gen`; one that has
+  /// retired since is ALREADY_DONE, never NOT_FOUND.
   CancelResult Cancel(Op& op, uint32_t gen, EndReason reason);
 
   /// Ends a session: it takes no more ops, every op it owns is cancelled

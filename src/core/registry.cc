@@ -145,14 +145,21 @@ void Session::Retire(Op& op) {
   const uint64_t w = op.word.load(std::memory_order_relaxed);
   ASYNCD_CHECK(IsTerminal(OpWord::State(w)));
   op.word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
+  const uint64_t drop = op.noted_finished ? (uint64_t{1} << kFinishedShift) | 1 : 1;
+  op.noted_finished = false;
   PushFree(op);
-  DropLive();
+  DropLive(drop);
 }
 
-void Session::DropLive() {
+void Session::NoteFinished(Op& op) {
+  op.noted_finished = true;
+  state_.fetch_add(uint64_t{1} << kFinishedShift, std::memory_order_acq_rel);
+}
+
+void Session::DropLive(uint64_t drop) {
   // Nothing after the decrement may touch the session unless this thread is
   // the one to remove it: otherwise it may already be gone.
-  if (state_.fetch_sub(1, std::memory_order_acq_rel) == (kClosing | 1)) registry_->Remove(*this);
+  if (state_.fetch_sub(drop, std::memory_order_acq_rel) == (kClosing | drop)) registry_->Remove(*this);
 }
 
 Op* Session::Find(uint32_t slot, uint32_t gen) {
@@ -241,7 +248,7 @@ bool Registry::Issued(uint64_t session_id) const {
 std::shared_ptr<Session> Registry::BeginClose(uint64_t session_id) {
   std::shared_ptr<Session> session = FindSession(session_id);
   if (session == nullptr) return nullptr;
-  const uint32_t prev = session->state_.fetch_or(Session::kClosing, std::memory_order_acq_rel);
+  const uint64_t prev = session->state_.fetch_or(Session::kClosing, std::memory_order_acq_rel);
   if ((prev & Session::kClosing) != 0) return nullptr;
   session->handles_.CloseAll();
   if ((prev & Session::kLiveMask) == 0) Remove(*session);
@@ -376,6 +383,12 @@ void Registry::ForEach(
 uint64_t Registry::live_ops() const {
   uint64_t n = 0;
   for (const auto& s : Sessions()) n += s->live_ops();
+  return n;
+}
+
+uint64_t Registry::inflight_ops() const {
+  uint64_t n = 0;
+  for (const auto& s : Sessions()) n += s->inflight_ops();
   return n;
 }
 

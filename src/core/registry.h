@@ -97,6 +97,9 @@ class Session : public std::enable_shared_from_this<Session> {
   /// Returns a finished op's slot to the free list. Called once, after its
   /// completion was delivered. Any thread. Lock-free, allocates nothing.
   void Retire(Op& op);
+  /// Counts a finished op out of inflight_ops() until its Retire: its
+  /// completion may reach the client first. Once, by the op's holder.
+  void NoteFinished(Op& op);
 
   /// The live op named by (slot, gen), or nullptr. The pointer is valid while
   /// the caller holds a reference to this session; the op may finish at any
@@ -115,7 +118,15 @@ class Session : public std::enable_shared_from_this<Session> {
   uint32_t index() const { return index_; }
   const ClientInfo& client() const { return client_; }
   HandleTable& handles() { return handles_; }
-  uint32_t live_ops() const { return state_.load(std::memory_order_acquire) & kLiveMask; }
+  /// Registered and not yet retired (finished ops included).
+  uint32_t live_ops() const {
+    return static_cast<uint32_t>(state_.load(std::memory_order_acquire) & kLiveMask);
+  }
+  /// Registered and not finished: what the session has in flight.
+  uint32_t inflight_ops() const {
+    const uint64_t s = state_.load(std::memory_order_acquire);
+    return static_cast<uint32_t>((s & kLiveMask) - ((s & kFinishedMask) >> kFinishedShift));
+  }
   bool closing() const { return (state_.load(std::memory_order_acquire) & kClosing) != 0; }
   int64_t created_ns() const { return created_ns_; }
   /// Largest generation handed out; the next session on this index starts above it.
@@ -134,7 +145,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Drops one live count; whoever leaves a closing session with none removes
   // it from the registry (a refused Register may do so a second time: harmless).
-  void DropLive();
+  void DropLive(uint64_t drop = 1);  // 1 live, plus the finished mark if noted
 
   Registry* const registry_;
   const uint32_t index_;
@@ -146,12 +157,16 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Free list: Treiber stack of slot indices; the high 32 bits are an ABA tag.
   alignas(64) std::atomic<uint64_t> free_head_{0};
-  // Live ops and the closing flag in one word, so the thread that retires the
-  // last op of a closing session knows it without touching the session again
-  // (once the count is zero another thread may remove and free it).
-  static constexpr uint32_t kClosing = 1u << 31;
-  static constexpr uint32_t kLiveMask = kClosing - 1;
-  alignas(64) std::atomic<uint32_t> state_{0};
+  // Live ops, the finished among them and the closing flag in one word, so
+  // the thread that retires the last op of a closing session knows it
+  // without touching the session again (once the count is zero another
+  // thread may remove and free it), and a reader never sees an op counted
+  // live after it was counted finished.
+  static constexpr uint64_t kClosing = uint64_t{1} << 63;
+  static constexpr uint64_t kLiveMask = (uint64_t{1} << 32) - 1;
+  static constexpr int kFinishedShift = 32;
+  static constexpr uint64_t kFinishedMask = ~kClosing & ~kLiveMask;
+  alignas(64) std::atomic<uint64_t> state_{0};
 
   std::mutex grow_mu_;
   std::unique_ptr<std::atomic<Slab*>[]> slabs_;
@@ -222,6 +237,8 @@ class Registry {
   void Walk(OpId after, Fn&& fn) const;
 
   uint64_t live_ops() const;
+  /// Ops registered and not finished, over every session.
+  uint64_t inflight_ops() const;
   uint32_t session_count() const;
   const Options& options() const { return options_; }
 

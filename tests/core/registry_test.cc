@@ -44,6 +44,36 @@ TEST(RegistryTest, SessionIdsAreUniqueAndFindable) {
   EXPECT_EQ(a->client().pid, 42u);
 }
 
+// A finished op is out of the in-flight count at once, though it stays
+// live (its slot held) until its completion was delivered and it retired;
+// a closing session still leaves the table with its last retire.
+TEST(RegistryTest, FinishedOpIsNotInFlightBeforeItRetires) {
+  Registry registry;
+  auto s = Open(registry);
+  auto a = s->Register(OpKind::kRead, CancelSafety::kAlways, 1, "", 1);
+  auto b = s->Register(OpKind::kRead, CancelSafety::kAlways, 1, "", 1);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*a)->TryStart(1));
+  (*a)->Finish(0, 2);
+  s->NoteFinished(**a);
+  EXPECT_EQ(s->live_ops(), 2u);
+  EXPECT_EQ(s->inflight_ops(), 1u);
+  EXPECT_EQ(registry.inflight_ops(), 1u);
+  ASSERT_NE(registry.BeginClose(s->id()), nullptr);
+  s->Retire(**a);
+  EXPECT_EQ(s->live_ops(), 1u);
+  EXPECT_EQ(s->inflight_ops(), 1u);
+  EXPECT_EQ(registry.session_count(), 1u);
+  ASSERT_TRUE((*b)->TryStart(1));
+  (*b)->Finish(0, 2);
+  s->NoteFinished(**b);
+  EXPECT_EQ(s->inflight_ops(), 0u);
+  EXPECT_EQ(registry.session_count(), 1u);
+  s->Retire(**b);
+  EXPECT_EQ(registry.session_count(), 0u);
+  EXPECT_EQ(registry.inflight_ops(), 0u);
+}
+
 TEST(RegistryTest, SessionTableIsBounded) {
   Registry registry(Registry::Options{.max_sessions = 2});
   auto a = Open(registry);
@@ -313,6 +343,20 @@ TEST_F(DispatcherTest, CancelInterruptsTheHoldingBackendOnce) {
   ASSERT_FALSE(sink_.states.empty());
   EXPECT_EQ(sink_.states.back(), OpState::kCancelled);
   EXPECT_EQ(dispatcher_.Cancel(*nop, EndReason::kClientRequest), CancelResult::kNotFound);
+}
+
+// A cancel that found the op live, then reached it after it finished and
+// retired, answers ALREADY_DONE: it saw the op, so the op was not unknown.
+TEST_F(DispatcherTest, CancelOfAnOpRetiredSinceItWasFoundIsAlreadyDone) {
+  auto id = dispatcher_.Submit(*session_, {.kind = OpKind::kTimeout, .sink = &sink_});
+  ASSERT_TRUE(id.ok());
+  Registry::Found found = registry_.Find(*id);
+  ASSERT_TRUE(found);
+  backend_.CompleteAll(0);
+  ASSERT_EQ(session_->live_ops(), 0u);  // retired: the slot's generation moved on
+  EXPECT_EQ(dispatcher_.Cancel(*found.op, id->generation(), EndReason::kClientRequest),
+            CancelResult::kAlreadyDone);
+  EXPECT_EQ(dispatcher_.Cancel(*id, EndReason::kClientRequest), CancelResult::kNotFound);
 }
 
 TEST_F(DispatcherTest, CloseSessionCancelsEverythingItOwns) {

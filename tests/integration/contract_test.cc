@@ -425,6 +425,24 @@ TEST_P(ContractTest, UndecodableRequestsAreInvalidArgument) {
   EXPECT_EQ(not_utf8.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << not_utf8.error_message();
 }
 
+// Stats.inflight and SessionInfo.inflight count QUEUED..RUNNING ops only:
+// once a Submit is answered, its op is not in flight any more, though the
+// daemon may not have let go of its slot yet.
+TEST_P(ContractTest, AnsweredOpIsNoLongerInFlight) {
+  const uint64_t s = NewSession();
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_TRUE(client_.Submit(s, i % 2 == 0 ? NopOp() : TimeoutOp(std::chrono::microseconds(0))).ok());
+    auto stats = client_.GetStats();
+    ASSERT_TRUE(stats.ok());
+    ASSERT_EQ(stats->inflight(), 0u) << "after answer " << i;
+    auto sessions = client_.ListSessions();
+    ASSERT_TRUE(sessions.ok());
+    for (const v1::SessionInfo& info : *sessions) {
+      if (info.session_id() == s) ASSERT_EQ(info.inflight(), 0u) << "after answer " << i;
+    }
+  }
+}
+
 // A unary op that ends later on the very thread that started it (a cancel
 // of a queued op completes it on the cancelling thread) still finishes its
 // call and gives back its budget. Runs many times: which gRPC thread takes
