@@ -334,26 +334,6 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
   return std::nullopt;  // a slot this busy is reported on the next pass
 }
 
-std::optional<OpBrief> Registry::Brief(const Op& op, uint32_t session_index) {
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    const uint64_t w1 = op.word.load(std::memory_order_acquire);
-    if (OpWord::State(w1) == OpState::kFree) return std::nullopt;
-    OpBrief b;
-    b.kind = op.kind.load(std::memory_order_relaxed);
-    b.backend = op.backend.load(std::memory_order_relaxed);
-    b.handle = op.handle.load(std::memory_order_relaxed);
-    b.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);  // as in Snapshot
-    const uint64_t w2 = op.word.load(std::memory_order_relaxed);
-    if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us
-    if (w2 != w1) continue;
-    b.id = OpId::Make(session_index, op.slot_index, OpWord::Gen(w1));
-    b.state = OpWord::State(w1);
-    return b;
-  }
-  return std::nullopt;
-}
-
 bool Registry::SessionAt(uint32_t index, std::shared_ptr<Session>* out) const {
   std::shared_lock lock(mu_);
   if (index >= table_.size()) return false;

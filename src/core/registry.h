@@ -77,6 +77,7 @@ class Registry;
 class Session : public std::enable_shared_from_this<Session> {
  public:
   static constexpr uint32_t kSlabSlots = 256;
+  static constexpr uint32_t kWalkPrefetch = 8;
 
   Session(Registry* registry, uint32_t index, uint64_t id, uint32_t gen_base, ClientInfo client,
           uint32_t max_ops, uint32_t max_handles);
@@ -268,12 +269,36 @@ bool Session::ForEachSlotFrom(uint32_t first, Fn&& fn) {
     Slab* slab = slabs_[s].load(std::memory_order_acquire);
     for (uint32_t i = s == first / kSlabSlots ? first % kSlabSlots : 0; i < kSlabSlots; ++i) {
       Op& op = slab->slots[i];
+      // A few slots ahead: a walk reads a slot's first line only, which a
+      // 248-byte stride hides from the hardware prefetcher.
+      if (i + kWalkPrefetch < kSlabSlots) __builtin_prefetch(&slab->slots[i + kWalkPrefetch]);
       if (op.session == nullptr) return true;  // tail of a partial last slab
       if (OpWord::State(op.word.load(std::memory_order_acquire)) == OpState::kFree) continue;
       if (!fn(op)) return false;
     }
   }
   return true;
+}
+
+// Inline: a walk calls it for every live op.
+inline std::optional<OpBrief> Registry::Brief(const Op& op, uint32_t session_index) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const uint64_t w1 = op.word.load(std::memory_order_acquire);
+    if (OpWord::State(w1) == OpState::kFree) return std::nullopt;
+    OpBrief b;
+    b.kind = op.kind.load(std::memory_order_relaxed);
+    b.backend = op.backend.load(std::memory_order_relaxed);
+    b.handle = op.handle.load(std::memory_order_relaxed);
+    b.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);  // as in Snapshot
+    const uint64_t w2 = op.word.load(std::memory_order_relaxed);
+    if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us
+    if (w2 != w1) continue;
+    b.id = OpId::Make(session_index, op.slot_index, OpWord::Gen(w1));
+    b.state = OpWord::State(w1);
+    return b;
+  }
+  return std::nullopt;
 }
 
 template <typename Fn>
