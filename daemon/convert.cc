@@ -111,7 +111,10 @@ absl::Status ToOpRequest(const v1::Operation& op, uint32_t max_op_bytes, int64_t
       if (o.nonblock()) flags |= O_NONBLOCK;
       if (o.no_follow()) flags |= O_NOFOLLOW;
       const uint32_t mode = o.has_mode() ? o.mode() : 0644;
-      if (auto s = CheckMode("open.mode", mode); !s.ok()) return s;
+      // Ignored without create, as the proto says: not validated either.
+      if (o.create()) {
+        if (auto s = CheckMode("open.mode", mode); !s.ok()) return s;
+      }
       p.flags = static_cast<uint32_t>(flags);
       p.mode = o.create() ? mode : 0;
       p.path = o.path().c_str();
@@ -291,6 +294,24 @@ uint32_t ToProtoPollEvents(int64_t revents) {
   return out;
 }
 
+// Completion.message of a cancelled op: who or what ended it.
+std::string_view CancelledBy(core::EndReason reason) {
+  switch (reason) {
+    case core::EndReason::kClientRequest:
+      return "cancelled by its client";
+    case core::EndReason::kOperatorRequest:
+      return "cancelled by an operator";
+    case core::EndReason::kSessionClosed:
+      return "session closed";
+    case core::EndReason::kRpcCancelled:
+      return "its RPC was cancelled or broke";
+    case core::EndReason::kDrain:
+      return "the daemon drained";
+    default:
+      return "cancelled";
+  }
+}
+
 }  // namespace
 
 void FillCompletion(const core::Op& op, OpBuffers& buffers) {
@@ -313,6 +334,13 @@ void FillCompletion(const core::Op& op, OpBuffers& buffers) {
   c.set_result(error != 0 ? -error : static_cast<int32_t>(result));
   c.set_error_number(error);
   if (error != 0) c.set_error_name(ErrnoName(error));
+  if (state == core::OpState::kCancelled) {
+    c.set_message(std::string(CancelledBy(core::OpWord::Reason(w))));
+  } else if (state == core::OpState::kFailed) {
+    c.set_message(strerror(error));
+  } else {
+    c.clear_message();
+  }
   if (kind == core::OpKind::kRead) {
     c.mutable_data()->resize(bytes);  // a cancelled read still returns what it read
   } else {
@@ -482,9 +510,13 @@ void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
   const int64_t deadline_at =
       s.deadline_passed ? s.submitted_ns + int64_t{s.deadline_ms} * 1'000'000 : 0;
   const bool cancel_ended_it = s.end_requested && s.end_reason != core::EndReason::kDeadline;
-  const std::string cancel_detail =
-      cancel_ended_it ? std::string(core::Name(s.end_reason)) : "refused: past its cancel point";
   const bool deadline_ended_it = s.end_requested && s.end_reason == core::EndReason::kDeadline;
+  std::string cancel_detail = "refused: past its cancel point";
+  if (cancel_ended_it) {
+    cancel_detail = std::string(core::Name(s.end_reason));
+  } else if (deadline_ended_it) {
+    cancel_detail = "refused: its deadline had ended it";
+  }
   const std::string deadline_detail = deadline_ended_it ? "ended it" : "too late: it went on";
   if (s.cancel_requested && (deadline_at == 0 || s.cancel_requested_ns <= deadline_at)) {
     add(v1::EVENT_TYPE_CANCEL_REQUESTED, s.cancel_requested_ns, cancel_detail);

@@ -8,18 +8,18 @@
 namespace asyncd::daemon {
 
 History::History(size_t capacity, size_t slow_capacity)
-    : shard_capacity_((capacity + kShards - 1) / kShards), slow_capacity_(slow_capacity) {
-  for (Shard& s : shards_) s.ring.resize(shard_capacity_);
-}
+    : capacity_(capacity),
+      ring_(capacity),
+      ids_(std::make_unique<std::atomic<uint64_t>[]>(capacity)),
+      slow_capacity_(slow_capacity) {}
 
 void History::Record(const FinishedOp& f) noexcept {
   const int64_t duration = f.duration_ns();
-  if (shard_capacity_ > 0) {
-    Shard& shard = ShardOf(f.snap.id.value);
-    std::lock_guard lock(shard.mu);
-    shard.ring[shard.next] = f;
-    shard.next = (shard.next + 1) % shard_capacity_;
-    ++shard.count;
+  if (capacity_ > 0) {
+    const size_t pos = next_.fetch_add(1, std::memory_order_relaxed) % capacity_;
+    std::lock_guard lock(stripes_[pos % kStripes].mu);
+    ring_[pos] = f;
+    ids_[pos].store(f.snap.id.value, std::memory_order_relaxed);
   }
   if (slow_capacity_ > 0 && duration > slow_floor_ns_.load(std::memory_order_relaxed)) {
     std::lock_guard lock(slow_mu_);
@@ -43,12 +43,15 @@ void History::Record(const FinishedOp& f) noexcept {
 std::vector<FinishedOp> History::Recent(const Filter& filter, size_t limit) const {
   std::vector<FinishedOp> all;
   const int64_t now = core::MonoNanos();
-  for (const Shard& shard : shards_) {
-    std::lock_guard lock(shard.mu);
-    const size_t n = std::min<uint64_t>(shard.count, shard_capacity_);
-    for (size_t i = 0; i < n; ++i) {
-      const FinishedOp& f = shard.ring[(shard.next + shard_capacity_ - 1 - i) % shard_capacity_];
-      if (filter.Matches(f.snap, f.uid, f.client, now)) all.push_back(f);
+  const size_t used = std::min<uint64_t>(next_.load(std::memory_order_relaxed), capacity_);
+  for (size_t stripe = 0; stripe < kStripes; ++stripe) {
+    std::lock_guard lock(stripes_[stripe].mu);
+    for (size_t pos = stripe; pos < used; pos += kStripes) {
+      const FinishedOp& f = ring_[pos];
+      if (ids_[pos].load(std::memory_order_relaxed) != 0 &&
+          filter.Matches(f.snap, f.uid, f.client, now)) {
+        all.push_back(f);
+      }
     }
   }
   std::sort(all.begin(), all.end(), [](const FinishedOp& a, const FinishedOp& b) {
@@ -75,25 +78,25 @@ std::vector<FinishedOp> History::Slowest(const Filter& filter, size_t limit) con
 }
 
 std::optional<FinishedOp> History::FindFinished(uint64_t op_id) const {
-  std::optional<FinishedOp> best;
-  {
-    const Shard& shard = ShardOf(op_id);
-    std::lock_guard lock(shard.mu);
-    const size_t n = std::min<uint64_t>(shard.count, shard_capacity_);
-    for (size_t i = 0; i < n; ++i) {
-      const FinishedOp& f = shard.ring[i];
-      if (f.snap.id.value == op_id && (!best || f.snap.finished_ns > best->snap.finished_ns)) {
-        best = f;
-      }
+  std::optional<FinishedOp> found;
+  const size_t used = std::min<uint64_t>(next_.load(std::memory_order_relaxed), capacity_);
+  for (size_t pos = 0; pos < used; ++pos) {
+    if (ids_[pos].load(std::memory_order_relaxed) != op_id) continue;
+    std::lock_guard lock(stripes_[pos % kStripes].mu);
+    const FinishedOp& f = ring_[pos];
+    // Checked again: overwritten meanwhile? An id seen twice (its
+    // generation wrapped) answers for the latest to finish.
+    if (f.snap.id.value == op_id && (!found || f.snap.finished_ns > found->snap.finished_ns)) {
+      found = f;
     }
   }
-  if (!best) {
+  if (!found) {
     std::lock_guard lock(slow_mu_);
     for (const FinishedOp& f : slow_) {
-      if (f.snap.id.value == op_id) best = f;
+      if (f.snap.id.value == op_id) found = f;
     }
   }
-  return best;
+  return found;
 }
 
 }  // namespace asyncd::daemon

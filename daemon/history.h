@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -22,26 +23,26 @@ struct FinishedOp {
   int64_t duration_ns() const { return snap.finished_ns - snap.submitted_ns; }
 };
 
-/// The finished ops operators can still look at: a ring of the most recent
-/// and the set of the slowest. The ring is sharded by op slot, so that
-/// completing threads seldom meet on a lock and a lookup by id reads one
-/// shard; each shard keeps the last capacity/8 ops of its slots, whichever
-/// thread finished them. Off the registry's hot path.
+/// The finished ops operators can still look at: a ring of the last
+/// `capacity` to finish and the set of the slowest. Completing threads take
+/// ring positions from one counter and write under one of a few striped
+/// locks, so they seldom meet; a lookup by id scans a compact array of ids,
+/// not the ring. Off the registry's hot path.
 class History {
  public:
-  /// Keeps up to `capacity` recent ops (in 8 shards) and the
-  /// `slow_capacity` slowest; either may be 0 (keep none).
+  /// Keeps the last `capacity` finished ops and the `slow_capacity`
+  /// slowest; either may be 0 (keep none).
   History(size_t capacity, size_t slow_capacity);
 
-  /// Keeps `f`: in the ring (overwriting the oldest of its shard) and, when
-  /// it is slower than the fastest kept there, in the slowest set. Called on
-  /// completing threads; takes one shard lock, and the slowest set's lock
-  /// only for an op slower than every op in a full set.
+  /// Keeps `f`: in the ring (overwriting the oldest) and, when it is slower
+  /// than the fastest kept there, in the slowest set. Called on completing
+  /// threads; takes one stripe lock, and the slowest set's lock only for an
+  /// op slower than every op in a full set.
   void Record(const FinishedOp& f) noexcept;
 
   /// The most recent ops `filter` matches, most recent (by finish time)
-  /// first; at most `limit`. A copy. Any thread; holds each shard's lock
-  /// while it copies that shard.
+  /// first; at most `limit`. A copy. Any thread; holds each stripe's lock
+  /// while it copies that stripe.
   std::vector<FinishedOp> Recent(const Filter& filter, size_t limit) const;
   /// The slowest ops `filter` matches, slowest first; at most `limit`. A
   /// copy. Any thread.
@@ -51,23 +52,18 @@ class History {
   std::optional<FinishedOp> FindFinished(uint64_t op_id) const;
 
  private:
-  static constexpr int kShards = 8;
-  struct alignas(64) Shard {
+  static constexpr size_t kStripes = 8;  // position % kStripes names the lock
+  struct alignas(64) Stripe {
     mutable std::mutex mu;
-    std::vector<FinishedOp> ring;
-    size_t next = 0;
-    uint64_t count = 0;
   };
 
-  // By slot (the id's middle bits), not generation: reuses of a slot meet
-  // in one shard, and the others spread evenly.
-  Shard& ShardOf(uint64_t op_id) { return shards_[core::OpId{op_id}.slot() % kShards]; }
-  const Shard& ShardOf(uint64_t op_id) const {
-    return shards_[core::OpId{op_id}.slot() % kShards];
-  }
-
-  const size_t shard_capacity_;
-  std::array<Shard, kShards> shards_;
+  const size_t capacity_;
+  std::vector<FinishedOp> ring_;
+  // ring_[i]'s op id (0 = empty), written under its stripe's lock, read
+  // without it by lookups, which then check under the lock.
+  std::unique_ptr<std::atomic<uint64_t>[]> ids_;
+  alignas(64) std::atomic<uint64_t> next_{0};  // positions handed out
+  std::array<Stripe, kStripes> stripes_;
 
   mutable std::mutex slow_mu_;
   std::vector<FinishedOp> slow_;  // min-heap on duration

@@ -18,10 +18,9 @@ void SessionMeta::Attach(SessionListener* listener) {
   streams.fetch_add(1);
 }
 
-void SessionMeta::Detach(SessionListener* listener, int64_t now_ns) {
+void SessionMeta::ForgetListener(SessionListener* listener) {
   std::lock_guard lock(listeners_mu_);
   std::erase(listeners_, listener);
-  if (streams.fetch_sub(1) == 1) RenewLease(now_ns);
 }
 
 void SessionMeta::NotifyEnded() {

@@ -45,8 +45,18 @@ struct SessionMeta {
   }
   /// A stream attaches: its lease pauses, and it hears of the session's end.
   void Attach(SessionListener* listener);
-  /// It detaches; the last one to go restarts the lease at full length.
-  void Detach(SessionListener* listener, int64_t now_ns);
+  /// It detaches: ReleaseLease, then ForgetListener.
+  void Detach(SessionListener* listener, int64_t now_ns) {
+    ReleaseLease(now_ns);
+    ForgetListener(listener);
+  }
+  /// A stream about to end stops pausing the lease (before its client can
+  /// see the end); the last one restarts it at full length. Takes no lock.
+  void ReleaseLease(int64_t now_ns) {
+    if (streams.fetch_sub(1) == 1) RenewLease(now_ns);
+  }
+  /// The stream is gone: it hears of the session's end no more.
+  void ForgetListener(SessionListener* listener);
   /// Tells every attached stream the session ended. Any thread.
   void NotifyEnded();
 

@@ -115,7 +115,11 @@ void StreamCall::OnSessionEnded() noexcept {
 
 void StreamCall::OnDone() {
   if (meta_ != nullptr) {
-    meta_->Detach(this, core::MonoNanos());
+    {
+      std::lock_guard lock(mu_);
+      ReleaseLeaseLocked();
+    }
+    meta_->ForgetListener(this);
     if (meta_->stream_owned) {
       (void)service_->sessions().End(meta_->session->id(), core::EndReason::kRpcCancelled);
     }
@@ -493,6 +497,15 @@ void StreamCall::MaybeFinishLocked() {
   if (!broken_ && (writing_ || !outbox_.empty())) return;  // deliver everything first
   if (writing_) return;  // a failed write still owes us OnWriteDone
   finished_ = true;
+  // Before the client can see the end: a KeepAlive it sends next finds the
+  // stream detached.
+  ReleaseLeaseLocked();
   Finish(end_status_);
+}
+
+void StreamCall::ReleaseLeaseLocked() {
+  if (meta_ == nullptr || lease_released_) return;
+  lease_released_ = true;
+  meta_->ReleaseLease(core::MonoNanos());
 }
 }  // namespace asyncd::daemon

@@ -136,6 +136,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   std::vector<uint64_t> LiveIdsLocked() const;
   static void CancelIds(core::Dispatcher& dispatcher, const std::vector<uint64_t>& ids);
   void MaybeFinishLocked();
+  void ReleaseLeaseLocked();  // once: the stream stops pausing the lease
 
   Service* const service_;
   grpc::CallbackServerContext* const ctx_;
@@ -167,6 +168,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   bool half_closed_ = false;
   bool broken_ = false;
   bool finished_ = false;
+  bool lease_released_ = false;
   bool session_ended_ = false;  // closed under us: finish without waiting for a read
   grpc::Status end_status_ = grpc::Status::OK;
   std::atomic<int> refs_{1};  // OnDone's; each OnComplete holds one more until delivered

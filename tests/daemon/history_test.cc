@@ -1,6 +1,5 @@
 // The history of finished ops (daemon/history.h): Recent is newest first and
-// bounded by the capacity (the ops of one slot keep their shard's share of
-// it, whichever thread records them);
+// bounded by the capacity, the last `capacity` ops exactly;
 // the slowest set keeps the longest ops, slowest first; FindFinished finds an
 // op in the ring, else in the slowest set; filters apply to both lists.
 #include "daemon/history.h"
@@ -46,11 +45,20 @@ TEST(HistoryTest, RecentReturnsAtMostLimit) {
   EXPECT_EQ(Ids(h.Recent(kAll, 2)), (std::vector<uint64_t>{5, 4}));
 }
 
-TEST(HistoryTest, OneSlotKeepsItsShardsShareOfTheCapacity) {
-  History h(80, 0);  // 8 shards of 10
-  // Ids 1..15 are generations of slot 0.
-  for (uint64_t i = 1; i <= 15; ++i) h.Record(Op(i, int64_t(i) * 1000));
-  EXPECT_EQ(Ids(h.Recent(kAll, 100)), (std::vector<uint64_t>{15, 14, 13, 12, 11, 10, 9, 8, 7, 6}));
+// A client submitting one op at a time reuses one slot: its ops, one
+// generation after another, keep the whole capacity, the last `capacity`
+// of them exactly (ALREADY_DONE depends on it).
+TEST(HistoryTest, OneSlotReusedKeepsTheWholeCapacity) {
+  History h(800, 0);
+  constexpr uint32_t kOps = 2000;
+  for (uint32_t gen = 1; gen <= kOps; ++gen) {
+    h.Record(Op(core::OpId::Make(0, 0, gen).value, gen));
+  }
+  EXPECT_EQ(h.Recent(kAll, 10000).size(), 800u);
+  for (uint32_t gen = 1; gen <= kOps; ++gen) {
+    EXPECT_EQ(h.FindFinished(core::OpId::Make(0, 0, gen).value).has_value(), gen > kOps - 800)
+        << gen;
+  }
 }
 
 // One completing thread (an io_uring ring thread finishes every op) keeps
@@ -76,8 +84,7 @@ TEST(HistoryTest, ManyThreadsNeverKeepMoreThanTheCapacity) {
   }
   for (std::thread& t : threads) t.join();
   const size_t kept = h.Recent(kAll, 1000).size();
-  EXPECT_LE(kept, 80u);
-  EXPECT_GE(kept, 10u);  // at least one full shard
+  EXPECT_EQ(kept, 80u);
 }
 
 TEST(HistoryTest, ZeroCapacityKeepsNothing) {
@@ -135,7 +142,7 @@ TEST(HistoryTest, FindFinishedPrefersTheLatestUnderOneId) {
 }
 
 TEST(HistoryTest, FindFinishedFallsBackToTheSlowestSet) {
-  History h(8, 4);  // one entry per shard: the next op of slot 0 overwrites
+  History h(1, 4);  // the next op overwrites the ring's only entry
   h.Record(Op(1, 1000, 900000));
   h.Record(Op(2, 2000, 10));
   EXPECT_EQ(Ids(h.Recent(kAll, 10)), (std::vector<uint64_t>{2}));

@@ -7,6 +7,7 @@
 // do not decode. The storms (tests/stress) check the same under races.
 #include <sys/stat.h>
 
+#include <functional>
 #include <future>
 
 #include <gmock/gmock.h>
@@ -140,13 +141,17 @@ TEST_P(ContractTest, CloseSessionEndsItsStreamsAfterTheirCompletions) {
   ASSERT_TRUE(accepted.has_accepted());
   ASSERT_NE(accepted.accepted().ops(0).op_id(), 0u);
   ASSERT_TRUE(client_.CloseSession(s).ok());
+  batch.mutable_submit()->set_batch_tag(8);  // sent after the close: never accepted
+  (void)stream->rw->Write(batch);
   v1::StreamResponse msg;
   int completions = 0;
   while (stream->rw->Read(&msg)) {
+    EXPECT_FALSE(msg.has_accepted()) << msg.ShortDebugString();
     for (const v1::Completion& c : msg.completions().completions()) {
       ++completions;
       EXPECT_EQ(c.outcome(), v1::OUTCOME_CANCELLED);
       EXPECT_EQ(c.end_reason(), v1::END_REASON_SESSION_CLOSED);
+      EXPECT_EQ(c.message(), "session closed");
     }
   }
   EXPECT_EQ(completions, 1);
@@ -226,7 +231,13 @@ TEST_P(ContractTest, RefusedCancelAndLateDeadlineAreInTheTimeline) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_TRUE(info->cancel_requested());
   std::vector<v1::EventType> types;
-  for (const v1::Event& e : info->timeline()) types.push_back(e.type());
+  for (const v1::Event& e : info->timeline()) {
+    types.push_back(e.type());
+    if (e.type() == v1::EVENT_TYPE_CANCEL_REQUESTED) {
+      EXPECT_EQ(e.detail(), "refused: past its cancel point");
+    }
+    if (e.type() == v1::EVENT_TYPE_DEADLINE_EXPIRED) EXPECT_EQ(e.detail(), "too late: it went on");
+  }
   EXPECT_THAT(types, ::testing::Contains(v1::EVENT_TYPE_CANCEL_REQUESTED));
   EXPECT_THAT(types, ::testing::Contains(v1::EVENT_TYPE_DEADLINE_EXPIRED));
   EXPECT_EQ(types.back(), v1::EVENT_TYPE_COMPLETED);
@@ -368,6 +379,87 @@ TEST_P(ContractTest, ValidationRefusesEveryBrokenRule) {
             grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_TRUE(client_.CloseSession(s).ok());
   (void)(*stream)->Finish();
+}
+
+// Each documented bad operation is INVALID_ARGUMENT naming its field, and
+// changes nothing: no file appears, nothing is listed or in the history.
+TEST_P(ContractTest, EveryDocumentedBadOperationIsInvalidArgument) {
+  const uint64_t s = NewSession();
+  auto h = client_.Open(s, "f", v1::OPEN_MODE_READ_WRITE, {.create = true});
+  ASSERT_TRUE(h.ok());
+  struct Case {
+    std::string field;
+    std::function<void(v1::Operation&)> make;
+  };
+  const std::vector<Case> cases = {
+      {"path", [](v1::Operation& o) { o.mutable_open()->set_path(""); }},
+      {"path", [](v1::Operation& o) { o.mutable_open()->set_path(std::string(4096, 'p')); }},
+      {"path", [](v1::Operation& o) { o.mutable_open()->set_path(std::string("a\0b", 3)); }},
+      {"path", [](v1::Operation& o) { o.mutable_open()->set_path("../escape"); }},
+      {"open.truncate",
+       [](v1::Operation& o) {
+         o.mutable_open()->set_path("t");
+         o.mutable_open()->set_access(v1::OPEN_MODE_READ_ONLY);
+         o.mutable_open()->set_truncate(true);
+       }},
+      {"read.length", [&](v1::Operation& o) { o.mutable_read()->set_handle(*h); }},
+      {"read.offset",
+       [&](v1::Operation& o) {
+         o.mutable_read()->set_handle(*h);
+         o.mutable_read()->set_length(1);
+         o.mutable_read()->set_offset(-2);
+       }},
+      {"write.offset",
+       [&](v1::Operation& o) {
+         o.mutable_write()->set_handle(*h);
+         o.mutable_write()->set_data("x");
+         o.mutable_write()->set_offset(-2);
+       }},
+      {"fallocate.mode",
+       [&](v1::Operation& o) {
+         o.mutable_fallocate()->set_handle(*h);
+         o.mutable_fallocate()->set_length(1);
+         o.mutable_fallocate()->set_mode(1u << 20);
+       }},
+      {"fallocate.offset",
+       [&](v1::Operation& o) {
+         o.mutable_fallocate()->set_handle(*h);
+         o.mutable_fallocate()->set_length(1);
+         o.mutable_fallocate()->set_offset(-1);
+       }},
+      {"fallocate.length",
+       [&](v1::Operation& o) { o.mutable_fallocate()->set_handle(*h); }},
+      {"ftruncate.length",
+       [&](v1::Operation& o) {
+         o.mutable_ftruncate()->set_handle(*h);
+         o.mutable_ftruncate()->set_length(-1);
+       }},
+      {"statx", [](v1::Operation& o) { o.mutable_statx(); }},
+      {"poll.events", [&](v1::Operation& o) { o.mutable_poll()->set_handle(*h); }},
+      {"timeout.duration_us",
+       [](v1::Operation& o) { o.mutable_timeout()->set_duration_us(24ull * 3600 * 1000000 + 1); }},
+      {"handle", [](v1::Operation& o) { o.mutable_read()->set_length(1); }},
+  };
+  for (const Case& c : cases) {
+    v1::Operation op;
+    c.make(op);
+    auto r = client_.Submit(s, op);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << op.ShortDebugString();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.field)) << op.ShortDebugString();
+  }
+  EXPECT_FALSE(std::filesystem::exists(daemon_.root() + "/t"));
+  EXPECT_TRUE(client_.ListAll(v1::OpSelector())->empty());
+  auto stats = client_.GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->inflight(), 0u);
+  // The mode of an open without create is ignored, as documented.
+  v1::Operation open;
+  open.mutable_open()->set_path("f");
+  open.mutable_open()->set_access(v1::OPEN_MODE_READ_ONLY);
+  open.mutable_open()->set_mode(04755);
+  auto opened = client_.Submit(s, open);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(opened->outcome(), v1::OUTCOME_COMPLETED);
 }
 
 // On a stream: a message with nothing set ends it INVALID_ARGUMENT; a
