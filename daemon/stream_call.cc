@@ -24,6 +24,15 @@ void StreamCall::OnReadDone(bool ok) {
     MaybeFinishLocked();
     return;
   }
+  {
+    std::lock_guard lock(mu_);
+    if (session_ended_) {  // read no more: what came after the close is dropped
+      reading_ = false;
+      in_->Reset();
+      MaybeFinishLocked();
+      return;
+    }
+  }
   const Batch* handled = in_;
   absl::Status s = Handle();
   // Open and cancel messages are done with; a submit took its batch along.

@@ -71,6 +71,11 @@ Backend* Dispatcher::BackendOf(BackendKind kind) const {
 }
 
 absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& request, int64_t now) {
+  // First: a closing session has closed its handles too, and an op on its
+  // way when the session ended must say so, not that its handle is unknown.
+  if (session.closing()) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", session.id(), " is closing"));
+  }
   const bool uses_handle = UsesHandle(request);
   HandleTable::Use use;
   if (uses_handle) {

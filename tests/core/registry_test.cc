@@ -359,6 +359,17 @@ TEST_F(DispatcherTest, CancelOfAnOpRetiredSinceItWasFoundIsAlreadyDone) {
   EXPECT_EQ(dispatcher_.Cancel(*id, EndReason::kClientRequest), CancelResult::kNotFound);
 }
 
+// An op reaching a closing session is refused for that reason, before its
+// handle (closed with the session) is looked at.
+TEST_F(DispatcherTest, SubmitToAClosingSessionIsFailedPrecondition) {
+  const uint32_t handle = *session_->handles().Insert(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ASSERT_NE(registry_.BeginClose(session_->id()), nullptr);
+  auto id = dispatcher_.Submit(*session_, {.kind = OpKind::kRead, .handle = handle, .sink = &sink_});
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kFailedPrecondition) << id.status();
+  EXPECT_TRUE(sink_.states.empty());
+}
+
 TEST_F(DispatcherTest, CloseSessionCancelsEverythingItOwns) {
   const int fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
   const uint32_t handle = *session_->handles().Insert(fd);
