@@ -316,16 +316,16 @@ std::string_view CancelledBy(core::EndReason reason) {
 
 void FillCompletion(const core::Op& op, OpBuffers& buffers) {
   v1::Completion& c = buffers.completion;
-  const uint64_t w = op.word.load(std::memory_order_acquire);
+  const uint64_t w = op.head->word.load(std::memory_order_acquire);
   const core::OpState state = core::OpWord::State(w);
-  const core::OpKind kind = op.kind.load(std::memory_order_relaxed);
+  const core::OpKind kind = op.head->kind.load(std::memory_order_relaxed);
   const int64_t result = op.result.load(std::memory_order_relaxed);
   c.set_op_id(op.id().value);
   c.set_outcome(OutcomeOf(state));
   c.set_kind(ToProto(kind));
-  c.set_backend(ToProto(op.backend.load(std::memory_order_relaxed)));
+  c.set_backend(ToProto(op.head->backend.load(std::memory_order_relaxed)));
   c.set_end_reason(ToProto(core::OpWord::Reason(w)));
-  const int64_t submitted = op.submitted_ns.load(std::memory_order_relaxed);
+  const int64_t submitted = op.head->submitted_ns.load(std::memory_order_relaxed);
   const int64_t finished = op.finished_ns.load(std::memory_order_relaxed);
   c.set_duration_us(finished > submitted ? (finished - submitted) / 1000 : 0);
   const uint64_t bytes = op.bytes_done.load(std::memory_order_relaxed);

@@ -78,7 +78,7 @@ int64_t CallUnmasked(const Op& op, const BlockingContext& ctx, F call) {
 // dispatcher marks it may_block (a pipe, FIFO, socket or character device
 // opened without O_NONBLOCK, which keeps its EAGAIN semantics); a regular
 // file or block device always finishes on its own.
-bool Interruptible(const Op& op) { return op.may_block.load(std::memory_order_relaxed); }
+bool Interruptible(const Op& op) { return op.head->may_block.load(std::memory_order_relaxed); }
 
 int64_t PlainIo(const Op& op, bool write) {
   const OpParams& p = op.params;
@@ -192,7 +192,7 @@ int64_t Write(const Op& op, const BlockingContext& ctx) {
 int64_t Open(const Op& op, const BlockingContext& ctx) {
   const OpParams& p = op.params;
   if (p.path == nullptr) return -EINVAL;
-  if (op.safety.load(std::memory_order_relaxed) != core::CancelSafety::kAlways ||
+  if (op.head->safety.load(std::memory_order_relaxed) != core::CancelSafety::kAlways ||
       ctx.wait_mask == nullptr) {
     // An open that may create or truncate (O_CREAT, O_TRUNC) is not
     // cancel-safe once started, so nobody will try to interrupt it.
@@ -253,7 +253,7 @@ int64_t Rename(const Op& op, PathResolver resolver) {
 
 int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
   const OpParams& p = op.params;
-  switch (op.kind.load(std::memory_order_relaxed)) {
+  switch (op.head->kind.load(std::memory_order_relaxed)) {
     case OpKind::kNop:
       return 0;
     case OpKind::kOpen:
@@ -288,7 +288,7 @@ int64_t RunBlocking(Op& op, const BlockingContext& ctx) {
 
 bool MayRunInline(const Op& op, int64_t now) {
   if (op.DeadlinePassed(now)) return false;
-  switch (op.kind.load(std::memory_order_relaxed)) {
+  switch (op.head->kind.load(std::memory_order_relaxed)) {
     case OpKind::kNop:
       return true;
     case OpKind::kRead:
@@ -299,7 +299,7 @@ bool MayRunInline(const Op& op, int64_t now) {
 }
 
 int64_t RunNoWait(const Op& op) {
-  if (op.kind.load(std::memory_order_relaxed) == OpKind::kNop) return 0;
+  if (op.head->kind.load(std::memory_order_relaxed) == OpKind::kNop) return 0;
   const OpParams& p = op.params;
   iovec v{p.buf, p.len};
   return Ret(::preadv2(p.fd, &v, 1, p.offset, RWF_NOWAIT));
@@ -307,7 +307,7 @@ int64_t RunNoWait(const Op& op) {
 
 bool InlineMustWait(const Op& op, int64_t res) {
   if (res == -EAGAIN || res == -EOPNOTSUPP) return true;
-  return op.kind.load(std::memory_order_relaxed) == OpKind::kRead && !op.params.stream &&
+  return op.head->kind.load(std::memory_order_relaxed) == OpKind::kRead && !op.params.stream &&
          res >= 0 && res < op.params.len;
 }
 

@@ -12,7 +12,7 @@ namespace asyncd::backends {
 
 /// Whether an end (cancel, deadline) was requested on `op`. Any thread.
 inline bool EndRequested(const core::Op& op) {
-  return core::OpWord::EndRequested(op.word.load(std::memory_order_acquire));
+  return core::OpWord::EndRequested(op.head->word.load(std::memory_order_acquire));
 }
 
 /// Whether a backend's TryRunInline may attempt `op` on the calling thread

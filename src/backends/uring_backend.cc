@@ -57,7 +57,7 @@ constexpr int32_t kRestartSys = 512;
 // A cancel-safe op with a deadline gets a linked timeout on the ring.
 bool HasLinkedDeadline(const Op& op) {
   return op.params.deadline_ns != 0 &&
-         op.safety.load(std::memory_order_relaxed) == CancelSafety::kAlways;
+         op.head->safety.load(std::memory_order_relaxed) == CancelSafety::kAlways;
 }
 
 // Whether an open of these flags waits when the path is a FIFO without a
@@ -118,7 +118,7 @@ class InlineRing {
   // The CQE's result, or nullopt if the op was never issued.
   std::optional<int32_t> Run(const Op& op) {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (op.kind.load(std::memory_order_relaxed) == OpKind::kNop) {
+    if (op.head->kind.load(std::memory_order_relaxed) == OpKind::kNop) {
       io_uring_prep_nop(sqe);
     } else {
       const core::OpParams& p = op.params;
@@ -306,7 +306,7 @@ size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
 
 bool UringBackend::TryRunInline(Op& op) noexcept {
   const int64_t now = core::MonoNanos();
-  if (!MayRunInline(op, now) || !Supports(op.kind.load(std::memory_order_relaxed))) return false;
+  if (!MayRunInline(op, now) || !Supports(op.head->kind.load(std::memory_order_relaxed))) return false;
   InlineRing* ring = InlineRing::ForThisThread();
   if (ring == nullptr || Reserve(1) == 0) return false;
   if (!op.TryStart(now)) {
@@ -526,7 +526,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
   const size_t slot = sqe - ring->sq.sqes;
   const core::OpParams& p = op.params;
-  switch (op.kind.load(std::memory_order_relaxed)) {
+  switch (op.head->kind.load(std::memory_order_relaxed)) {
     case OpKind::kNop:
       io_uring_prep_nop(sqe);
       break;
@@ -631,7 +631,7 @@ bool UringBackend::ProcessCancels() {
   for (; cancel_done_ < cancel_work_.size(); ++cancel_done_) {
     const CancelRequest& req = cancel_work_[cancel_done_];
     Op& op = *req.op;
-    const uint64_t w = op.word.load(std::memory_order_acquire);
+    const uint64_t w = op.head->word.load(std::memory_order_acquire);
     // Another generation: the op finished (we completed it, or the
     // dispatcher abandoned it) and its slot may be anyone's now.
     if (OpWord::Gen(w) != req.gen) continue;
@@ -798,7 +798,7 @@ void UringBackend::OnOpCqe(Op& op, int32_t cqe_res) {
   RemoveOnRing(op);
   int64_t res = cqe_res;
   const uintptr_t flags = op.backend_data[1];
-  const OpKind kind = op.kind.load(std::memory_order_relaxed);
+  const OpKind kind = op.head->kind.load(std::memory_order_relaxed);
   const bool lookup = kind == OpKind::kOpen ||
                       (kind == OpKind::kStatx && op.params.path != nullptr && (flags & kStage2) == 0);
   const uintptr_t attempts = (flags & kAttemptMask) >> kAttemptShift;
@@ -827,7 +827,7 @@ void UringBackend::OnOpCqe(Op& op, int32_t cqe_res) {
     // clock says the deadline passed, whatever ours read a moment ago.
     completer_.Expire(op, op.generation(), core::MonoNanos());
   }
-  if (kind == OpKind::kWrite && op.may_block.load(std::memory_order_relaxed)) {
+  if (kind == OpKind::kWrite && op.head->may_block.load(std::memory_order_relaxed)) {
     // A blocking stream write returns when all of it is written, as write(2)
     // does and the thread pool's does; the ring returns what fit.
     const uint32_t done = op.bytes_done.load(std::memory_order_relaxed);

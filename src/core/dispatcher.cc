@@ -98,7 +98,7 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
     return registered.status();
   }
   Op* op = *registered;
-  op->may_block.store(MayBlock(request.kind, use.stream && !use.nonblock),
+  op->head->may_block.store(MayBlock(request.kind, use.stream && !use.nonblock),
                       std::memory_order_relaxed);
   op->params = request.params;
   // Set-id and sticky bits are never created, whoever calls core: seccomp
@@ -121,7 +121,7 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
 }
 
 void Dispatcher::Abandon(Op& op) {
-  if (op.holds_handle) op.session->handles().Release(op.handle.load(std::memory_order_relaxed));
+  if (op.holds_handle) op.session->handles().Release(op.head->handle.load(std::memory_order_relaxed));
   op.Fail(EAGAIN, MonoNanos());
   op.session->Retire(op);
 }
@@ -185,7 +185,7 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
     }
     Op* op = *prepared;
     out[i] = op->id();  // before handing it over: it may be finished and reused at once
-    if (op->kind.load(std::memory_order_relaxed) == OpKind::kClose && op->params.fd < 0) {
+    if (op->head->kind.load(std::memory_order_relaxed) == OpKind::kClose && op->params.fd < 0) {
       CompleteInline(*op, 0);
       continue;
     }
@@ -225,7 +225,7 @@ CancelResult Dispatcher::Cancel(Op& op, uint32_t gen, EndReason reason) {
   if (observer_ != nullptr) observer_->OnEndRequested(op, gen, reason, r);
   if (r == CancelResult::kCancelled) {
     // Before dispatch the backend is unknown and TryStart will refuse to run it.
-    if (Backend* b = BackendOf(op.backend.load(std::memory_order_relaxed))) b->Interrupt(op, gen);
+    if (Backend* b = BackendOf(op.head->backend.load(std::memory_order_relaxed))) b->Interrupt(op, gen);
   }
   return r;
 }
@@ -243,7 +243,7 @@ absl::StatusOr<CancelCounts> Dispatcher::CloseSession(uint64_t session_id, EndRe
   }
   CancelCounts counts;
   session->ForEachSlot([&](Op& op) {
-    const uint64_t w = op.word.load(std::memory_order_acquire);
+    const uint64_t w = op.head->word.load(std::memory_order_acquire);
     if (OpWord::State(w) == OpState::kFree) return;
     counts.Add(Cancel(op, OpWord::Gen(w), reason));
   });
@@ -252,11 +252,11 @@ absl::StatusOr<CancelCounts> Dispatcher::CloseSession(uint64_t session_id, EndRe
 
 void Dispatcher::Complete(Op& op, int64_t result) noexcept {
   Session& session = *op.session;
-  const OpKind kind = op.kind.load(std::memory_order_relaxed);
+  const OpKind kind = op.head->kind.load(std::memory_order_relaxed);
   const int64_t now = MonoNanos();
   // A deadline that passed while the op ran on (past its cancel point, or
   // with no backend timer to see it) is recorded, as a refused end.
-  if (op.DeadlinePassed(now) && !OpWord::DeadlineWasPassed(op.word.load(std::memory_order_relaxed))) {
+  if (op.DeadlinePassed(now) && !OpWord::DeadlineWasPassed(op.head->word.load(std::memory_order_relaxed))) {
     op.NoteDeadlinePassed();
     if (observer_ != nullptr) {
       observer_->OnEndRequested(op, op.generation(), EndReason::kDeadline,
@@ -283,7 +283,7 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
       op.started_ns.load(std::memory_order_relaxed) == 0) {
     ::close(op.params.fd);  // ended before it ran: the detached descriptor is still ours
   }
-  if (op.holds_handle) session.handles().Release(op.handle.load(std::memory_order_relaxed));
+  if (op.holds_handle) session.handles().Release(op.head->handle.load(std::memory_order_relaxed));
   if (observer_ != nullptr) observer_->OnFinished(op);
   if (op.sink != nullptr) op.sink->OnComplete(op);
   session.Retire(op);

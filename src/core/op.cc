@@ -54,12 +54,12 @@ OpId Op::id() const {
 }
 
 void Op::MarkDispatched(BackendKind b, int64_t now_ns) {
-  backend.store(b, std::memory_order_relaxed);
+  head->backend.store(b, std::memory_order_relaxed);
   dispatched_ns.store(now_ns, std::memory_order_relaxed);
-  uint64_t w = word.load(std::memory_order_relaxed);
+  uint64_t w = head->word.load(std::memory_order_relaxed);
   for (;;) {
     ASYNCD_CHECK(OpWord::State(w) == OpState::kQueued);
-    if (word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kDispatched),
+    if (head->word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kDispatched),
                                    std::memory_order_acq_rel, std::memory_order_relaxed)) {
       return;
     }
@@ -67,12 +67,12 @@ void Op::MarkDispatched(BackendKind b, int64_t now_ns) {
 }
 
 bool Op::TryStart(int64_t now_ns) {
-  uint64_t w = word.load(std::memory_order_relaxed);
+  uint64_t w = head->word.load(std::memory_order_relaxed);
   for (;;) {
     const OpState s = OpWord::State(w);
     ASYNCD_CHECK(s == OpState::kQueued || s == OpState::kDispatched);
     if (OpWord::EndRequested(w)) return false;
-    if (word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kRunning),
+    if (head->word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kRunning),
                                    std::memory_order_acq_rel, std::memory_order_relaxed)) {
       started_ns.store(now_ns, std::memory_order_relaxed);
       return true;
@@ -81,7 +81,7 @@ bool Op::TryStart(int64_t now_ns) {
 }
 
 bool Op::TryStartOrResume(int64_t now_ns) {
-  const uint64_t w = word.load(std::memory_order_acquire);
+  const uint64_t w = head->word.load(std::memory_order_acquire);
   if (OpWord::State(w) == OpState::kRunning) return !OpWord::EndRequested(w);
   return TryStart(now_ns);
 }
@@ -89,7 +89,7 @@ bool Op::TryStartOrResume(int64_t now_ns) {
 CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
   const bool deadline = reason == EndReason::kDeadline;
   const uint64_t asked = deadline ? OpWord::kDeadlinePassed : OpWord::kCancelAsked;
-  uint64_t w = word.load(std::memory_order_acquire);
+  uint64_t w = head->word.load(std::memory_order_acquire);
   for (;;) {
     const OpState s = OpWord::State(w);
     if (OpWord::Gen(w) != gen || s == OpState::kFree) return CancelResult::kNotFound;
@@ -101,7 +101,7 @@ CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
       answer = OpWord::Reason(w) == EndReason::kDeadline && !deadline ? CancelResult::kAlreadyDone
                                                                        : CancelResult::kCancelled;
     } else if (s == OpState::kRunning &&
-               safety.load(std::memory_order_relaxed) == CancelSafety::kOnlyBeforeStart) {
+               head->safety.load(std::memory_order_relaxed) == CancelSafety::kOnlyBeforeStart) {
       answer = CancelResult::kNotCancellable;
     } else {
       desired = (desired & ~OpWord::kReasonMask) | OpWord::kEndRequested |
@@ -109,7 +109,7 @@ CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
       answer = CancelResult::kCancelled;
     }
     if (desired == w) return answer;
-    if (word.compare_exchange_weak(w, desired, std::memory_order_acq_rel,
+    if (head->word.compare_exchange_weak(w, desired, std::memory_order_acq_rel,
                                    std::memory_order_acquire)) {
       if (!deadline && !OpWord::CancelAsked(w)) {
         cancel_requested_ns.store(now_ns, std::memory_order_relaxed);
@@ -121,12 +121,12 @@ CancelResult Op::RequestEnd(uint32_t gen, EndReason reason, int64_t now_ns) {
 
 OpState Op::Finish(int64_t res, int64_t now_ns) {
   result.store(static_cast<int32_t>(res), std::memory_order_relaxed);
-  if (res > 0 && (kind.load(std::memory_order_relaxed) == OpKind::kRead ||
-                  kind.load(std::memory_order_relaxed) == OpKind::kWrite)) {
+  if (res > 0 && (head->kind.load(std::memory_order_relaxed) == OpKind::kRead ||
+                  head->kind.load(std::memory_order_relaxed) == OpKind::kWrite)) {
     bytes_done.store(static_cast<uint32_t>(res), std::memory_order_relaxed);
   }
   finished_ns.store(now_ns, std::memory_order_relaxed);
-  uint64_t w = word.load(std::memory_order_relaxed);
+  uint64_t w = head->word.load(std::memory_order_relaxed);
   for (;;) {
     const OpState s = OpWord::State(w);
     ASYNCD_CHECK(!IsTerminal(s) && s != OpState::kFree);  // exactly one terminal transition
@@ -134,7 +134,7 @@ OpState Op::Finish(int64_t res, int64_t now_ns) {
     if (OpWord::EndRequested(w)) {
       end = OpWord::Reason(w) == EndReason::kDeadline ? OpState::kTimedOut : OpState::kCancelled;
     }
-    if (word.compare_exchange_weak(w, OpWord::WithState(w, end), std::memory_order_acq_rel,
+    if (head->word.compare_exchange_weak(w, OpWord::WithState(w, end), std::memory_order_acq_rel,
                                    std::memory_order_relaxed)) {
       return end;
     }
@@ -144,10 +144,10 @@ OpState Op::Finish(int64_t res, int64_t now_ns) {
 OpState Op::Fail(int error, int64_t now_ns) {
   result.store(-error, std::memory_order_relaxed);
   finished_ns.store(now_ns, std::memory_order_relaxed);
-  uint64_t w = word.load(std::memory_order_relaxed);
+  uint64_t w = head->word.load(std::memory_order_relaxed);
   for (;;) {
     ASYNCD_CHECK(!IsTerminal(OpWord::State(w)) && OpWord::State(w) != OpState::kFree);
-    if (word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kFailed),
+    if (head->word.compare_exchange_weak(w, OpWord::WithState(w, OpState::kFailed),
                                    std::memory_order_acq_rel, std::memory_order_relaxed)) {
       return OpState::kFailed;
     }

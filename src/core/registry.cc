@@ -59,9 +59,10 @@ bool Session::Grow() {
   const uint32_t count = std::min(kSlabSlots, max_slots_ - first);
   for (uint32_t i = 0; i < count; ++i) {
     Op& op = slab->slots[i];
+    op.head = &slab->heads[i];
     op.slot_index = first + i;
     op.session = this;
-    op.word.store(OpWord::Make(gen_base_, OpState::kFree), std::memory_order_relaxed);
+    op.head->word.store(OpWord::Make(gen_base_, OpState::kFree), std::memory_order_relaxed);
   }
   slabs_[n].store(slab, std::memory_order_release);
   slab_count_.store(n + 1, std::memory_order_release);
@@ -118,14 +119,14 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
   // Pairs with the acquire fence in Snapshot: a reader that sees any field
   // written below also sees this slot's retirement (the generation change).
   std::atomic_thread_fence(std::memory_order_release);
-  const uint64_t w = op->word.load(std::memory_order_relaxed);
+  const uint64_t w = op->head->word.load(std::memory_order_relaxed);
   ASYNCD_CHECK(OpWord::State(w) == OpState::kFree);
-  op->kind.store(kind, std::memory_order_relaxed);
-  op->backend.store(BackendKind::kNone, std::memory_order_relaxed);
-  op->safety.store(safety, std::memory_order_relaxed);
-  op->may_block.store(MayBlock(kind, /*blocking_stream=*/false), std::memory_order_relaxed);
-  op->handle.store(handle, std::memory_order_relaxed);
-  op->submitted_ns.store(now_ns, std::memory_order_relaxed);
+  op->head->kind.store(kind, std::memory_order_relaxed);
+  op->head->backend.store(BackendKind::kNone, std::memory_order_relaxed);
+  op->head->safety.store(safety, std::memory_order_relaxed);
+  op->head->may_block.store(MayBlock(kind, /*blocking_stream=*/false), std::memory_order_relaxed);
+  op->head->handle.store(handle, std::memory_order_relaxed);
+  op->head->submitted_ns.store(now_ns, std::memory_order_relaxed);
   op->dispatched_ns.store(0, std::memory_order_relaxed);
   op->started_ns.store(0, std::memory_order_relaxed);
   op->cancel_requested_ns.store(0, std::memory_order_relaxed);
@@ -137,14 +138,14 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
   op->SetTarget(target);
   op->sink = nullptr;
   op->holds_handle = false;
-  op->word.store(OpWord::Make(OpWord::Gen(w), OpState::kQueued), std::memory_order_release);
+  op->head->word.store(OpWord::Make(OpWord::Gen(w), OpState::kQueued), std::memory_order_release);
   return op;
 }
 
 void Session::Retire(Op& op) {
-  const uint64_t w = op.word.load(std::memory_order_relaxed);
+  const uint64_t w = op.head->word.load(std::memory_order_relaxed);
   ASYNCD_CHECK(IsTerminal(OpWord::State(w)));
-  op.word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
+  op.head->word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
   const uint64_t drop = op.noted_finished ? (uint64_t{1} << kFinishedShift) | 1 : 1;
   op.noted_finished = false;
   PushFree(op);
@@ -165,7 +166,7 @@ void Session::DropLive(uint64_t drop) {
 Op* Session::Find(uint32_t slot, uint32_t gen) {
   if (slot >= slab_count_.load(std::memory_order_acquire) * kSlabSlots) return nullptr;
   Op& op = SlotAt(slot);
-  const uint64_t w = op.word.load(std::memory_order_acquire);
+  const uint64_t w = op.head->word.load(std::memory_order_acquire);
   if (OpWord::Gen(w) != gen || OpWord::State(w) == OpState::kFree) return nullptr;
   return &op;
 }
@@ -176,7 +177,7 @@ void Session::ForEachSlot(const std::function<void(Op&)>& fn) {
     Slab* slab = slabs_[s].load(std::memory_order_acquire);
     for (Op& op : slab->slots) {
       if (op.session == nullptr) continue;  // tail of a partial last slab
-      if (OpWord::State(op.word.load(std::memory_order_acquire)) != OpState::kFree) fn(op);
+      if (OpWord::State(op.head->word.load(std::memory_order_acquire)) != OpState::kFree) fn(op);
     }
   }
 }
@@ -294,16 +295,16 @@ Registry::Found Registry::Find(OpId id) const {
 std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
                                              std::optional<uint32_t> gen) {
   for (int attempt = 0; attempt < 8; ++attempt) {
-    const uint64_t w1 = op.word.load(std::memory_order_acquire);
+    const uint64_t w1 = op.head->word.load(std::memory_order_acquire);
     if (OpWord::State(w1) == OpState::kFree) return std::nullopt;
     if (gen && OpWord::Gen(w1) != *gen) return std::nullopt;
     OpSnapshot s;
-    s.kind = op.kind.load(std::memory_order_relaxed);
-    s.backend = op.backend.load(std::memory_order_relaxed);
-    s.safety = op.safety.load(std::memory_order_relaxed);
-    s.may_block = op.may_block.load(std::memory_order_relaxed);
-    s.handle = op.handle.load(std::memory_order_relaxed);
-    s.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
+    s.kind = op.head->kind.load(std::memory_order_relaxed);
+    s.backend = op.head->backend.load(std::memory_order_relaxed);
+    s.safety = op.head->safety.load(std::memory_order_relaxed);
+    s.may_block = op.head->may_block.load(std::memory_order_relaxed);
+    s.handle = op.head->handle.load(std::memory_order_relaxed);
+    s.submitted_ns = op.head->submitted_ns.load(std::memory_order_relaxed);
     s.dispatched_ns = op.dispatched_ns.load(std::memory_order_relaxed);
     s.started_ns = op.started_ns.load(std::memory_order_relaxed);
     s.cancel_requested_ns = op.cancel_requested_ns.load(std::memory_order_relaxed);
@@ -318,7 +319,7 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
       *std::to_chars(s.target + 2, s.target + sizeof(s.target) - 1, s.handle).ptr = '\0';
     }
     std::atomic_thread_fence(std::memory_order_acquire);
-    const uint64_t w2 = op.word.load(std::memory_order_relaxed);
+    const uint64_t w2 = op.head->word.load(std::memory_order_relaxed);
     if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us
     if (w2 != w1) continue;  // moved on while we read: take it again
     s.id = OpId::Make(static_cast<uint32_t>(session_id & (OpId::kMaxSessions - 1)),

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -77,7 +78,6 @@ class Registry;
 class Session : public std::enable_shared_from_this<Session> {
  public:
   static constexpr uint32_t kSlabSlots = 256;
-  static constexpr uint32_t kWalkPrefetch = 8;
 
   Session(Registry* registry, uint32_t index, uint64_t id, uint32_t gen_base, ClientInfo client,
           uint32_t max_ops, uint32_t max_handles);
@@ -109,9 +109,9 @@ class Session : public std::enable_shared_from_this<Session> {
   /// Calls fn for every slot currently holding an op (any state). The
   /// callback may see ops finish under it; use Registry::Snapshot for a copy.
   void ForEachSlot(const std::function<void(Op&)>& fn);
-  /// Calls fn, in slot order from `first`, for every slot holding an op,
-  /// until fn returns false. Returns false if fn stopped it. Inline: a walk
-  /// over a million ops must not pay an indirect call per slot.
+  /// Calls fn(op, head, slot), in slot order from `first`, for every slot
+  /// holding an op, until fn returns false. Reads the dense heads only. Returns false if fn stopped it. Inline: a
+  /// walk over a million ops must not pay an indirect call per slot.
   template <typename Fn>
   bool ForEachSlotFrom(uint32_t first, Fn&& fn);
 
@@ -135,7 +135,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   friend class Registry;
+  // The heads apart and dense: a walk reads them in sequence.
   struct Slab {
+    OpHead heads[kSlabSlots];
     Op slots[kSlabSlots];
   };
 
@@ -224,8 +226,9 @@ class Registry {
   void ForEach(
       const std::function<bool(const OpSnapshot&, const std::shared_ptr<Session>&)>& fn) const;
 
-  /// A brief of the op, or nullopt if the slot is free or changing too fast.
-  static std::optional<OpBrief> Brief(const Op& op, uint32_t session_index);
+  /// A brief of the op whose head is `head`, in `slot`, or nullopt if the
+  /// slot is free or changing too fast. Reads the head only.
+  static std::optional<OpBrief> Brief(const OpHead& head, uint32_t session_index, uint32_t slot);
 
   /// Visits the live ops in op-id order (session index, then slot: a slot
   /// holds one generation at a time), starting after `after` (OpId{} = from
@@ -265,36 +268,36 @@ class Registry {
 template <typename Fn>
 bool Session::ForEachSlotFrom(uint32_t first, Fn&& fn) {
   const uint32_t n = slab_count_.load(std::memory_order_acquire);
-  for (uint32_t s = first / kSlabSlots; s < n; ++s) {
-    Slab* slab = slabs_[s].load(std::memory_order_acquire);
-    for (uint32_t i = s == first / kSlabSlots ? first % kSlabSlots : 0; i < kSlabSlots; ++i) {
-      Op& op = slab->slots[i];
-      // A few slots ahead: a walk reads a slot's first line only, which a
-      // 248-byte stride hides from the hardware prefetcher.
-      if (i + kWalkPrefetch < kSlabSlots) __builtin_prefetch(&slab->slots[i + kWalkPrefetch]);
-      if (op.session == nullptr) return true;  // tail of a partial last slab
-      if (OpWord::State(op.word.load(std::memory_order_acquire)) == OpState::kFree) continue;
-      if (!fn(op)) return false;
+  const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{n} * kSlabSlots, max_slots_));
+  for (uint32_t slot = first; slot < end;) {
+    Slab* slab = slabs_[slot / kSlabSlots].load(std::memory_order_acquire);
+    const uint32_t slab_end = std::min(end, (slot / kSlabSlots + 1) * kSlabSlots);
+    for (; slot < slab_end; ++slot) {
+      const uint32_t i = slot % kSlabSlots;
+      const OpHead& head = slab->heads[i];
+      if (OpWord::State(head.word.load(std::memory_order_acquire)) == OpState::kFree) continue;
+      if (!fn(slab->slots[i], head, slot)) return false;
     }
   }
   return true;
 }
 
 // Inline: a walk calls it for every live op.
-inline std::optional<OpBrief> Registry::Brief(const Op& op, uint32_t session_index) {
+inline std::optional<OpBrief> Registry::Brief(const OpHead& head, uint32_t session_index,
+                                              uint32_t slot) {
   for (int attempt = 0; attempt < 8; ++attempt) {
-    const uint64_t w1 = op.word.load(std::memory_order_acquire);
+    const uint64_t w1 = head.word.load(std::memory_order_acquire);
     if (OpWord::State(w1) == OpState::kFree) return std::nullopt;
     OpBrief b;
-    b.kind = op.kind.load(std::memory_order_relaxed);
-    b.backend = op.backend.load(std::memory_order_relaxed);
-    b.handle = op.handle.load(std::memory_order_relaxed);
-    b.submitted_ns = op.submitted_ns.load(std::memory_order_relaxed);
+    b.kind = head.kind.load(std::memory_order_relaxed);
+    b.backend = head.backend.load(std::memory_order_relaxed);
+    b.handle = head.handle.load(std::memory_order_relaxed);
+    b.submitted_ns = head.submitted_ns.load(std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_acquire);  // as in Snapshot
-    const uint64_t w2 = op.word.load(std::memory_order_relaxed);
+    const uint64_t w2 = head.word.load(std::memory_order_relaxed);
     if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us
     if (w2 != w1) continue;
-    b.id = OpId::Make(session_index, op.slot_index, OpWord::Gen(w1));
+    b.id = OpId::Make(session_index, slot, OpWord::Gen(w1));
     b.state = OpWord::State(w1);
     return b;
   }
@@ -309,8 +312,9 @@ void Registry::Walk(OpId after, Fn&& fn) const {
        ++index) {
     if (session == nullptr) continue;
     const uint32_t first = !from_start && index == after.session_index() ? after.slot() + 1 : 0;
-    const bool go_on = session->ForEachSlotFrom(first, [&](Op& op) {
-      const std::optional<OpBrief> brief = Brief(op, index);
+    const bool go_on = session->ForEachSlotFrom(first, [&](Op& op, const OpHead& head,
+                                                          uint32_t slot) {
+      const std::optional<OpBrief> brief = Brief(head, index, slot);
       return !brief || fn(op, *brief, session);
     });
     if (!go_on) return;

@@ -137,11 +137,11 @@ class RecordingSink final : public core::CompletionSink {
   void OnComplete(const core::Op& op) noexcept override {
     Completion c;
     c.id = op.id();
-    c.kind = op.kind.load(std::memory_order_relaxed);
+    c.kind = op.head->kind.load(std::memory_order_relaxed);
     c.state = op.state();
     c.result = op.result.load(std::memory_order_relaxed);
     c.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
-    c.backend = op.backend.load(std::memory_order_relaxed);
+    c.backend = op.head->backend.load(std::memory_order_relaxed);
     c.thread = std::this_thread::get_id();
     if (c.kind == OpKind::kRead && op.params.buf != nullptr) {
       const uint64_t n = std::max<uint64_t>(c.result > 0 ? c.result : 0, c.bytes_done);

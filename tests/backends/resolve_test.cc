@@ -91,8 +91,10 @@ class ResolveTest : public ::testing::TestWithParam<PathResolver> {
     return OpenBeneath(GetParam(), root_.fd(), path, flags, mode);
   }
   int64_t Run(OpKind kind, core::OpParams p) {
+    core::OpHead head;
     core::Op op;
-    op.kind.store(kind, std::memory_order_relaxed);
+    op.head = &head;
+    op.head->kind.store(kind, std::memory_order_relaxed);
     p.dirfd = root_.fd();
     op.params = p;
     return RunBlocking(op, BlockingContext{.resolver = GetParam()});

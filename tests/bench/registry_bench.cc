@@ -114,10 +114,10 @@ void BM_IterateLive(benchmark::State& state) {
     if (n != live) state.SkipWithError("listing missed ops");
   }
   state.SetItemsProcessed(state.iterations() * live);
-  // Slot plus each session's fixed share (its object and slab directory).
+  // Slot and head, plus each session's fixed share (its object and slab directory).
   const double per_session =
       sizeof(Session) + sizeof(std::atomic<void*>) * (OpId::kMaxSlots / Session::kSlabSlots);
-  state.counters["bytes_per_op"] = sizeof(Op) + per_session * kSessions / double(live);
+  state.counters["bytes_per_op"] = sizeof(Op) + sizeof(OpHead) + per_session * kSessions / double(live);
 }
 BENCHMARK(BM_IterateLive)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
 

@@ -82,7 +82,7 @@ TEST_F(OpStateTest, RunningSafeOpEndsCancelledWithBytesDone) {
   // A repeated cancel is answered the same and changes nothing.
   EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kClientRequest, 3),
             CancelResult::kCancelled);
-  EXPECT_EQ(OpWord::Reason(op.word.load()), EndReason::kOperatorRequest);
+  EXPECT_EQ(OpWord::Reason(op.head->word.load()), EndReason::kOperatorRequest);
   EXPECT_EQ(op.Finish(100, 4), OpState::kCancelled);
   EXPECT_EQ(op.bytes_done.load(), 100u);
 }
@@ -103,7 +103,7 @@ TEST_F(OpStateTest, CancelAfterTheDeadlineEndedItIsAlreadyDone) {
   EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kDeadline, 2), CancelResult::kCancelled);
   EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kClientRequest, 3),
             CancelResult::kAlreadyDone);
-  EXPECT_TRUE(OpWord::CancelAsked(op.word.load()));
+  EXPECT_TRUE(OpWord::CancelAsked(op.head->word.load()));
   EXPECT_EQ(op.cancel_requested_ns.load(), 3);
   EXPECT_EQ(op.Finish(-ECANCELED, 4), OpState::kTimedOut);
 }
@@ -115,7 +115,7 @@ TEST_F(OpStateTest, DeadlineAfterACancelKeepsItCancelled) {
   EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kClientRequest, 2),
             CancelResult::kCancelled);
   op.RequestEnd(op.generation(), EndReason::kDeadline, 3);
-  EXPECT_TRUE(OpWord::DeadlineWasPassed(op.word.load()));
+  EXPECT_TRUE(OpWord::DeadlineWasPassed(op.head->word.load()));
   EXPECT_EQ(op.Finish(-ECANCELED, 4), OpState::kCancelled);
 }
 
@@ -127,7 +127,7 @@ TEST_F(OpStateTest, RefusedCancelAndLateDeadlineAreRecorded) {
             CancelResult::kNotCancellable);
   EXPECT_EQ(op.RequestEnd(op.generation(), EndReason::kDeadline, 3),
             CancelResult::kNotCancellable);
-  const uint64_t w = op.word.load();
+  const uint64_t w = op.head->word.load();
   EXPECT_TRUE(OpWord::CancelAsked(w));
   EXPECT_TRUE(OpWord::DeadlineWasPassed(w));
   EXPECT_FALSE(OpWord::EndRequested(w));
