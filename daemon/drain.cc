@@ -64,6 +64,7 @@ void Drainer::Join() {
 v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
   draining_.store(true, std::memory_order_release);
   if (auto* health = health_.load()) health->SetServingStatus(false);  // every service name
+  if (on_start_) on_start_();
   const uint64_t at_start = registry_.live_ops();
   spdlog::info("draining: {} operations in flight, grace {} ms", at_start, grace_ms);
   v1::ListHistoryResponse manifest;  // what we cancelled, for the record

@@ -37,9 +37,15 @@ class Drainer {
   /// Drain grace periods are at most one hour.
   static constexpr uint32_t kMaxGraceMs = 3600000;
 
-  /// `registry` and `dispatcher` must outlive the drainer.
-  Drainer(core::Registry& registry, core::Dispatcher& dispatcher, std::string state_dir)
-      : registry_(registry), dispatcher_(dispatcher), state_dir_(std::move(state_dir)) {}
+  /// `registry` and `dispatcher` must outlive the drainer. `on_start` runs
+  /// once, on the draining thread, as soon as new work is refused (the
+  /// service ends its streams there).
+  Drainer(core::Registry& registry, core::Dispatcher& dispatcher, std::string state_dir,
+          std::function<void()> on_start = {})
+      : registry_(registry),
+        dispatcher_(dispatcher),
+        state_dir_(std::move(state_dir)),
+        on_start_(std::move(on_start)) {}
   /// Joins the drain thread (see Join).
   ~Drainer();
 
@@ -72,6 +78,7 @@ class Drainer {
   core::Registry& registry_;
   core::Dispatcher& dispatcher_;
   const std::string state_dir_;
+  const std::function<void()> on_start_;
   std::atomic<bool> draining_{false};
   std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
 

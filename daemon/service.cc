@@ -38,7 +38,7 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
       sessions_(registry, dispatcher, live_, config_.max_lease_ms),
       canceller_(registry, dispatcher, observer.counters(), observer.history()),
       listing_(registry, observer.history()),
-      drainer_(registry, dispatcher, config_.state_dir) {}
+      drainer_(registry, dispatcher, config_.state_dir, [this] { sessions_.NotifyDraining(); }) {}
 
 Service::~Service() = default;
 

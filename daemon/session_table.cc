@@ -28,6 +28,21 @@ void SessionMeta::NotifyEnded() {
   for (SessionListener* l : listeners_) l->OnSessionEnded();
 }
 
+void SessionMeta::NotifyDraining() {
+  std::lock_guard lock(listeners_mu_);
+  for (SessionListener* l : listeners_) l->OnDraining();
+}
+
+void SessionTable::NotifyDraining() const {
+  std::vector<std::shared_ptr<SessionMeta>> metas;
+  {
+    std::shared_lock lock(mu_);
+    metas.reserve(sessions_.size());
+    for (const auto& [id, meta] : sessions_) metas.push_back(meta);
+  }
+  for (const auto& meta : metas) meta->NotifyDraining();
+}
+
 absl::Status SessionTable::Missing(uint64_t session_id) const {
   if (registry_.Issued(session_id)) {
     return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " has ended"));

@@ -28,6 +28,9 @@ class SessionListener {
   /// what its ops owe and ends FAILED_PRECONDITION. Called with the
   /// session's listener lock held; must not block.
   virtual void OnSessionEnded() noexcept = 0;
+  /// The daemon started draining: the stream refuses new ops and ends
+  /// UNAVAILABLE once its ops are done. Same locking as OnSessionEnded.
+  virtual void OnDraining() noexcept = 0;
 };
 
 /// The daemon's view of a session: the core session plus its owner and lease.
@@ -59,6 +62,8 @@ struct SessionMeta {
   void ForgetListener(SessionListener* listener);
   /// Tells every attached stream the session ended. Any thread.
   void NotifyEnded();
+  /// Tells every attached stream the daemon drains. Any thread.
+  void NotifyDraining();
 
  private:
   std::mutex listeners_mu_;
@@ -110,6 +115,9 @@ class SessionTable {
   /// Forgets the session and ends it in core (its ops are cancelled with
   /// `reason`). NOT_FOUND when core has no such open session.
   absl::StatusOr<core::CancelCounts> End(uint64_t session_id, core::EndReason reason);
+  /// Tells every stream attached to any session that the daemon drains.
+  /// A stream attaching later checks for itself.
+  void NotifyDraining() const;
   /// Ends every leased session with no stream attached whose lease ran out
   /// before `now_ns`. Called by the housekeeping thread.
   void ExpireLeases(int64_t now_ns);

@@ -122,6 +122,16 @@ void StreamCall::OnSessionEnded() noexcept {
   MaybeFinishLocked();
 }
 
+void StreamCall::OnDraining() noexcept {
+  std::lock_guard lock(mu_);
+  draining_ = true;
+  if (end_status_.ok()) {
+    end_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                               "the daemon is draining: its operations are done; retry elsewhere");
+  }
+  MaybeFinishLocked();
+}
+
 void StreamCall::OnDone() {
   if (meta_ != nullptr) {
     {
@@ -215,9 +225,13 @@ absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
   opened->set_session_id(meta_->session->id());
   opened->set_lease_ms(meta_->lease_ms.load());
   *opened->mutable_limits() = service_->LimitsProto();
-  std::lock_guard lock(mu_);
-  outbox_.push_back(std::move(out));
-  WriteNextLocked();
+  {
+    std::lock_guard lock(mu_);
+    outbox_.push_back(std::move(out));
+    WriteNextLocked();
+  }
+  // A drain that began before the attach did not see this stream.
+  if (service_->draining()) OnDraining();
   return absl::OkStatus();
 }
 
@@ -498,9 +512,10 @@ void StreamCall::CancelIds(core::Dispatcher& dispatcher, const std::vector<uint6
 }
 
 void StreamCall::MaybeFinishLocked() {
-  // A read may stay outstanding once the session ended: gRPC fails it when
-  // the call finishes.
-  if (finished_ || (reading_ && !session_ended_) || !(half_closed_ || broken_) || inflight_ > 0) {
+  // A read may stay outstanding once the session ended or the daemon
+  // drains: gRPC fails it when the call finishes.
+  const bool ending = session_ended_ || draining_;
+  if (finished_ || (reading_ && !ending) || !(half_closed_ || broken_ || ending) || inflight_ > 0) {
     return;
   }
   if (!broken_ && (writing_ || !outbox_.empty())) return;  // deliver everything first

@@ -62,6 +62,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   /// ends FAILED_PRECONDITION once its ops' completions are delivered (a
   /// pending read does not hold it). Closing thread.
   void OnSessionEnded() noexcept override;
+  void OnDraining() noexcept override;
 
  private:
   // A received message, parsed onto an arena (one allocation per block, not
@@ -170,6 +171,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   bool finished_ = false;
   bool lease_released_ = false;
   bool session_ended_ = false;  // closed under us: finish without waiting for a read
+  bool draining_ = false;       // the daemon drains: finish once the ops are done, reading meanwhile
   grpc::Status end_status_ = grpc::Status::OK;
   std::atomic<int> refs_{1};  // OnDone's; each OnComplete holds one more until delivered
 };

@@ -21,6 +21,12 @@ WatchCall::WatchCall(Service* service, grpc::CallbackServerContext* ctx,
       filter = absl::InvalidArgumentError(absl::StrCat("types: unknown event type ", t));
       break;
     }
+    if (t == v1::EVENT_TYPE_DISPATCHED || t == v1::EVENT_TYPE_STARTED) {
+      filter = absl::InvalidArgumentError(
+          absl::StrCat("types: ", v1::EventType_Name(t),
+                       " is in an operation's timeline (GetOperation) only; Watch never sends it"));
+      break;
+    }
     types |= 1u << t;
   }
   if (!filter.ok()) {

@@ -57,8 +57,9 @@ absl::StatusOr<v1::OpSelector> BuildSelector(const SelectorFlags& f, SelectorUse
   for (const std::string& s : SplitCommas(f.states)) {
     absl::StatusOr<v1::OpState> state = ParseEnum<v1::OpState>(s, "state");
     if (!state.ok()) return state.status();
-    bool want_terminal = use == SelectorUse::kHistory;
-    if (IsInFlight(*state) == want_terminal) {
+    // Watch matches the state an event finds the op in: any state can.
+    const bool want_terminal = use == SelectorUse::kHistory;
+    if (use != SelectorUse::kWatch && IsInFlight(*state) == want_terminal) {
       return absl::InvalidArgumentError(
           "state \"" + s + "\" never matches here: " +
           (want_terminal ? "history holds finished operations (completed, cancelled, timed_out, "

@@ -28,7 +28,7 @@ struct SelectorFlags {
 /// whether an empty selector needs --all.
 enum class SelectorUse {
   kList,     // ListOperations: in-flight states.
-  kWatch,    // Watch: in-flight states.
+  kWatch,    // Watch: any state (the op's state at the event).
   kHistory,  // ListHistory: terminal states.
   kCancel,   // Cancel: in-flight states; empty needs --all, --all excludes the rest.
 };

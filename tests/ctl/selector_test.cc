@@ -60,11 +60,12 @@ TEST(SelectorTest, StatesMustFitTheRpc) {
   SelectorFlags live;
   live.states = {"completed"};
   EXPECT_FALSE(BuildSelector(live, SelectorUse::kList).ok());
-  EXPECT_FALSE(BuildSelector(live, SelectorUse::kWatch).ok());
+  EXPECT_TRUE(BuildSelector(live, SelectorUse::kWatch).ok());  // selects the terminal event
   EXPECT_TRUE(BuildSelector(live, SelectorUse::kHistory).ok());
   SelectorFlags done;
   done.states = {"running"};
   EXPECT_FALSE(BuildSelector(done, SelectorUse::kHistory).ok());
+  EXPECT_TRUE(BuildSelector(done, SelectorUse::kWatch).ok());
 }
 
 TEST(SelectorTest, BadValuesAreErrors) {

@@ -211,6 +211,7 @@ TEST_F(SessionTableTest, OwnerClosesItsSessionWithCounts) {
 TEST_F(SessionTableTest, AttachedStreamPausesTheLeaseAndHearsTheEnd) {
   struct Listener : SessionListener {
     void OnSessionEnded() noexcept override { ++ended; }
+    void OnDraining() noexcept override {}
     int ended = 0;
   } stream;
   auto meta = Open(User(1000));
@@ -230,6 +231,28 @@ TEST_F(SessionTableTest, AttachedStreamPausesTheLeaseAndHearsTheEnd) {
   ASSERT_TRUE(table_.Close(User(1000), id).ok());
   EXPECT_EQ(stream.ended, 1);
   meta->Detach(&stream, 2000);
+}
+
+// A drain reaches every stream attached to any session, once, and no
+// stream that has detached.
+TEST_F(SessionTableTest, DrainingReachesEveryAttachedStream) {
+  struct Listener : SessionListener {
+    void OnSessionEnded() noexcept override {}
+    void OnDraining() noexcept override { ++drained; }
+    int drained = 0;
+  } a, b, gone;
+  auto one = Open(User(1000));
+  auto two = Open(User(1001));
+  one->Attach(&a);
+  two->Attach(&b);
+  two->Attach(&gone);
+  two->Detach(&gone, 1);
+  table_.NotifyDraining();
+  EXPECT_EQ(a.drained, 1);
+  EXPECT_EQ(b.drained, 1);
+  EXPECT_EQ(gone.drained, 0);
+  one->Detach(&a, 2);
+  two->Detach(&b, 2);
 }
 
 TEST_F(SessionTableTest, AnotherUidCannotCloseItButAnAdminCan) {

@@ -570,5 +570,220 @@ TEST_P(ContractTest, UnaryOpCompletedByACancelFinishesItsCall) {
   })) << "budget not given back";
 }
 
+// Once a drain starts, every attached stream ends UNAVAILABLE as soon as
+// its ops are done and delivered, without waiting for the client to
+// half-close: an idle one at once, a busy one after its (drained) op.
+TEST_P(ContractTest, DrainEndsAttachedStreamsUnavailable) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s, "fifo");
+  v1::StreamOpen attach;
+  attach.set_session_id(s);
+  v1::StreamResponse opened;
+  auto busy = OpenStream(attach, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  auto idle = OpenStream(v1::StreamOpen(), &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest submit;
+  *submit.mutable_submit()->add_ops() = ReadOp(fifo, -1, 8, 7);
+  ASSERT_TRUE(busy->rw->Write(submit));
+  v1::StreamResponse accepted;
+  ASSERT_TRUE(busy->rw->Read(&accepted));
+  ASSERT_TRUE(accepted.has_accepted());
+  ASSERT_TRUE(WaitFor([&] { return Find(accepted.accepted().ops(0).op_id()).op_id() != 0; }));
+
+  auto drained = client_.Drain(1000);
+  ASSERT_TRUE(drained.ok()) << drained.status();
+  v1::StreamResponse r;
+  ASSERT_TRUE(busy->rw->Read(&r));
+  ASSERT_EQ(r.completions().completions_size(), 1);
+  EXPECT_EQ(r.completions().completions(0).tag(), 7u);
+  EXPECT_EQ(r.completions().completions(0).end_reason(), v1::END_REASON_DRAIN);
+  for (RawStream* stream : {busy.get(), idle.get()}) {
+    EXPECT_FALSE(stream->rw->Read(&r)) << r.DebugString();
+    const grpc::Status end = stream->rw->Finish();
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+    EXPECT_THAT(end.error_message(), HasSubstr("draining"));
+  }
+  // A stream opened now is refused the same way.
+  auto late = OpenStream(v1::StreamOpen(), &opened);
+  EXPECT_FALSE(opened.has_opened());
+  EXPECT_EQ(late->rw->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// A grace over the maximum is INVALID_ARGUMENT and starts no drain.
+TEST_P(ContractTest, DrainGraceOverTheMaxIsRefused) {
+  auto drained = client_.Drain(3'600'001);
+  EXPECT_EQ(drained.status().code(), absl::StatusCode::kInvalidArgument) << drained.status();
+  EXPECT_THAT(std::string(drained.status().message()), HasSubstr("grace_ms"));
+  auto stats = client_.GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_FALSE(stats->draining());
+  EXPECT_TRUE(client_.OpenSession("after").ok());
+}
+
+// Watch refuses unknown types and the timeline-only DISPATCHED and
+// STARTED, naming them; a states filter matches the state an event finds
+// the op in, so a terminal state selects that terminal event alone.
+TEST_P(ContractTest, WatchTypesAndStatesFollowTheProto) {
+  auto stub = v1::Asyncd::NewStub(daemon_.channel());
+  for (int type : {int{v1::EVENT_TYPE_DISPATCHED}, int{v1::EVENT_TYPE_STARTED}, 99}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    v1::WatchRequest req;
+    req.add_types(static_cast<v1::EventType>(type));
+    auto watch = stub->Watch(&ctx, req);
+    v1::WatchEvent e;
+    EXPECT_FALSE(watch->Read(&e));
+    const grpc::Status end = watch->Finish();
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << type;
+    EXPECT_THAT(end.error_message(), HasSubstr("types"));
+  }
+  grpc::ClientContext wctx;
+  v1::WatchRequest wreq;
+  wreq.mutable_filter()->add_states(v1::OP_STATE_COMPLETED);
+  auto watch = stub->Watch(&wctx, wreq);
+  std::this_thread::sleep_for(milliseconds(100));  // the watcher is registered
+  const uint64_t s = NewSession();
+  ASSERT_TRUE(client_.Submit(s, NopOp(5)).ok());
+  v1::WatchEvent e;
+  ASSERT_TRUE(watch->Read(&e));
+  EXPECT_EQ(e.type(), v1::EVENT_TYPE_COMPLETED);  // not SUBMITTED: that found it QUEUED
+  EXPECT_EQ(e.outcome(), v1::OUTCOME_COMPLETED);
+  wctx.TryCancel();
+}
+
+// A watcher opened before a drain goes on through it and sees the drain's
+// cancels; a new one is refused UNAVAILABLE; at shutdown the old one ends
+// UNAVAILABLE.
+TEST_P(ContractTest, WatchOutlivesTheDrainAndEndsAtShutdown) {
+  auto stub = v1::Asyncd::NewStub(daemon_.channel());
+  grpc::ClientContext wctx;
+  v1::WatchRequest wreq;
+  wreq.add_types(v1::EVENT_TYPE_CANCEL_REQUESTED);
+  auto watch = stub->Watch(&wctx, wreq);
+  std::this_thread::sleep_for(milliseconds(100));
+  const uint64_t s = NewSession();
+  auto pending =
+      std::async(std::launch::async, [&] { return client_.Submit(s, TimeoutOp(seconds(60))); });
+  ASSERT_TRUE(WaitFor([&] { return !client_.ListAll(v1::OpSelector())->empty(); }));
+  ASSERT_TRUE(client_.Drain(1000).ok());
+  v1::WatchEvent e;
+  ASSERT_TRUE(watch->Read(&e));
+  EXPECT_EQ(e.end_reason(), v1::END_REASON_DRAIN);
+  EXPECT_EQ(pending.get()->end_reason(), v1::END_REASON_DRAIN);
+  {
+    grpc::ClientContext ctx;
+    auto late = stub->Watch(&ctx, v1::WatchRequest());
+    EXPECT_FALSE(late->Read(&e));
+    EXPECT_EQ(late->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  EXPECT_EQ(daemon_.Stop(), 0);
+  EXPECT_FALSE(watch->Read(&e));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// A client that cancels its unary Submit cancels the op: it ends CANCELLED
+// with end_reason RPC_CANCELLED, as its history entry shows.
+TEST_P(ContractTest, CancelledUnaryCallCancelsItsOp) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s, "fifo");
+  auto stub = v1::Asyncd::NewStub(daemon_.channel());
+  grpc::ClientContext ctx;
+  v1::SubmitRequest req;
+  req.set_session_id(s);
+  *req.mutable_op() = ReadOp(fifo, -1, 4);
+  v1::Completion resp;
+  auto call = std::async(std::launch::async, [&] { return stub->Submit(&ctx, req, &resp); });
+  uint64_t id = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = client_.ListAll(v1::OpSelector());
+    if (ops.ok() && !ops->empty()) id = ops->front().op_id();
+    return id != 0;
+  }));
+  ctx.TryCancel();
+  EXPECT_EQ(call.get().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(WaitFor([&] {
+    auto info = client_.GetOperation(id);
+    return info.ok() && info->state() == v1::OP_STATE_CANCELLED;
+  }));
+  EXPECT_EQ(client_.GetOperation(id)->end_reason(), v1::END_REASON_RPC_CANCELLED);
+}
+
+// A lease that runs out without a KeepAlive or a Submit ends the session:
+// its ops are cancelled (SESSION_CLOSED) and it answers
+// FAILED_PRECONDITION from then on; KeepAlives keep another alive.
+TEST_P(ContractTest, LeaseExpiryEndsTheSession) {
+  const uint64_t lapsed = NewSession(100);
+  const uint64_t kept = NewSession(100);
+  auto pending = std::async(std::launch::async,
+                            [&] { return client_.Submit(lapsed, TimeoutOp(seconds(60))); });
+  const auto until = std::chrono::steady_clock::now() + milliseconds(600);
+  while (std::chrono::steady_clock::now() < until) {
+    ASSERT_TRUE(client_.KeepAlive(kept).ok());
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  ASSERT_EQ(pending.wait_for(seconds(10)), std::future_status::ready);
+  auto c = pending.get();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(c->end_reason(), v1::END_REASON_SESSION_CLOSED);
+  EXPECT_EQ(client_.KeepAlive(lapsed).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(client_.Submit(kept, NopOp()).ok());
+}
+
+// CloseSession returns once the cancels are issued: a non-cancellable op
+// (a creating open of a FIFO, waiting for a reader) is counted so, goes on,
+// and still delivers its completion to its waiting call.
+TEST_P(ContractTest, CloseSessionLeavesANonCancellableOpToFinish) {
+  const uint64_t s = NewSession();
+  const std::string fifo = daemon_.root() + "/peer";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  v1::Operation open;
+  open.mutable_open()->set_path("peer");
+  open.mutable_open()->set_access(v1::OPEN_MODE_WRITE_ONLY);
+  open.mutable_open()->set_create(true);
+  auto pending = std::async(std::launch::async, [&] { return client_.Submit(s, open); });
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = client_.ListAll(v1::OpSelector());
+    return ops.ok() && !ops->empty() && ops->front().state() != v1::OP_STATE_QUEUED;
+  }));
+  auto closed = client_.CloseSession(s);
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->not_cancellable(), 1u);
+  EXPECT_EQ(closed->cancelled(), 0u);
+  EXPECT_EQ(pending.wait_for(milliseconds(200)), std::future_status::timeout);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  ASSERT_EQ(pending.wait_for(seconds(10)), std::future_status::ready);
+  auto c = pending.get();
+  ::close(reader);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->outcome(), v1::OUTCOME_COMPLETED);
+  EXPECT_TRUE(WaitFor([&] { return client_.ListAll(v1::OpSelector())->empty(); }));
+}
+
+// A stream's first message must be `open`, and only the first.
+TEST_P(ContractTest, StreamMustOpenExactlyOnce) {
+  v1::StreamResponse opened;
+  auto twice = OpenStream(v1::StreamOpen(), &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest again;
+  again.mutable_open();
+  ASSERT_TRUE(twice->rw->Write(again));
+  grpc::Status end = twice->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(end.error_message(), HasSubstr("open"));
+
+  RawStream first;
+  first.ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+  first.rw = v1::Asyncd::NewStub(daemon_.channel())->Stream(&first.ctx);
+  v1::StreamRequest submit;
+  *submit.mutable_submit()->add_ops() = NopOp();
+  ASSERT_TRUE(first.rw->Write(submit));
+  end = first.rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(end.error_message(), HasSubstr("open"));
+}
+
 }  // namespace
 }  // namespace asyncd::testing
