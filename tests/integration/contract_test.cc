@@ -57,6 +57,23 @@ class ContractTest : public ::testing::TestWithParam<BackendMode> {
     if (!s->rw->Read(opened)) opened->Clear();
     return s;
   }
+  // A stream attached to session `s` with one read of `fifo` (tag 1)
+  // accepted on it: the read blocks until the FIFO has data.
+  std::unique_ptr<RawStream> AttachWithBlockedRead(uint64_t s, uint32_t fifo, uint64_t* op_id) {
+    v1::StreamOpen open;
+    open.set_session_id(s);
+    v1::StreamResponse opened;
+    auto stream = OpenStream(open, &opened);
+    EXPECT_TRUE(opened.has_opened());
+    v1::StreamRequest batch;
+    batch.mutable_submit()->set_batch_tag(7);
+    *batch.mutable_submit()->add_ops() = ReadOp(fifo, -1, 1, 1);
+    EXPECT_TRUE(stream->rw->Write(batch));
+    v1::StreamResponse accepted;
+    EXPECT_TRUE(stream->rw->Read(&accepted));
+    *op_id = accepted.accepted().ops_size() == 1 ? accepted.accepted().ops(0).op_id() : 0;
+    return stream;
+  }
   v1::OperationInfo Find(uint64_t op_id) {
     auto ops = client_.ListAll(v1::OpSelector());
     EXPECT_TRUE(ops.ok()) << ops.status();
@@ -127,21 +144,13 @@ TEST_P(ContractTest, EndedSessionIsFailedPreconditionForever) {
 TEST_P(ContractTest, CloseSessionEndsItsStreamsAfterTheirCompletions) {
   const uint64_t s = NewSession();
   const uint32_t fifo = OpenFifo(s, "fifo");
-  v1::StreamOpen open;
-  open.set_session_id(s);
-  v1::StreamResponse opened;
-  auto stream = OpenStream(open, &opened);
-  ASSERT_TRUE(opened.has_opened());
-  v1::StreamRequest batch;
-  batch.mutable_submit()->set_batch_tag(7);
-  *batch.mutable_submit()->add_ops() = ReadOp(fifo, -1, 1, 1);
-  ASSERT_TRUE(stream->rw->Write(batch));
-  v1::StreamResponse accepted;
-  ASSERT_TRUE(stream->rw->Read(&accepted));
-  ASSERT_TRUE(accepted.has_accepted());
-  ASSERT_NE(accepted.accepted().ops(0).op_id(), 0u);
+  uint64_t id = 0;
+  auto stream = AttachWithBlockedRead(s, fifo, &id);
+  ASSERT_NE(id, 0u);
   ASSERT_TRUE(client_.CloseSession(s).ok());
+  v1::StreamRequest batch;
   batch.mutable_submit()->set_batch_tag(8);  // sent after the close: never accepted
+  *batch.mutable_submit()->add_ops() = ReadOp(fifo, -1, 1, 1);
   (void)stream->rw->Write(batch);
   v1::StreamResponse msg;
   int completions = 0;
@@ -576,27 +585,20 @@ TEST_P(ContractTest, UnaryOpCompletedByACancelFinishesItsCall) {
 TEST_P(ContractTest, DrainEndsAttachedStreamsUnavailable) {
   const uint64_t s = NewSession();
   const uint32_t fifo = OpenFifo(s, "fifo");
-  v1::StreamOpen attach;
-  attach.set_session_id(s);
+  uint64_t id = 0;
+  auto busy = AttachWithBlockedRead(s, fifo, &id);
+  ASSERT_NE(id, 0u);
   v1::StreamResponse opened;
-  auto busy = OpenStream(attach, &opened);
-  ASSERT_TRUE(opened.has_opened());
   auto idle = OpenStream(v1::StreamOpen(), &opened);
   ASSERT_TRUE(opened.has_opened());
-  v1::StreamRequest submit;
-  *submit.mutable_submit()->add_ops() = ReadOp(fifo, -1, 8, 7);
-  ASSERT_TRUE(busy->rw->Write(submit));
-  v1::StreamResponse accepted;
-  ASSERT_TRUE(busy->rw->Read(&accepted));
-  ASSERT_TRUE(accepted.has_accepted());
-  ASSERT_TRUE(WaitFor([&] { return Find(accepted.accepted().ops(0).op_id()).op_id() != 0; }));
+  ASSERT_TRUE(WaitFor([&] { return Find(id).op_id() != 0; }));
 
   auto drained = client_.Drain(1000);
   ASSERT_TRUE(drained.ok()) << drained.status();
   v1::StreamResponse r;
   ASSERT_TRUE(busy->rw->Read(&r));
   ASSERT_EQ(r.completions().completions_size(), 1);
-  EXPECT_EQ(r.completions().completions(0).tag(), 7u);
+  EXPECT_EQ(r.completions().completions(0).tag(), 1u);
   EXPECT_EQ(r.completions().completions(0).end_reason(), v1::END_REASON_DRAIN);
   for (RawStream* stream : {busy.get(), idle.get()}) {
     EXPECT_FALSE(stream->rw->Read(&r)) << r.DebugString();
