@@ -74,6 +74,7 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
   Op* early[16];
   size_t nearly = 0;
   size_t accepted = 0;
+  size_t reactor_ops = 0;
   bool wake_timer = false;
   {
     std::lock_guard lock(mu_);
@@ -84,12 +85,18 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
         ++accepted;
         continue;
       }
+      if (Reactor::Takes(*op)) {
+        if (!reactor_.Submit(*op)) break;
+        ++accepted;
+        ++reactor_ops;
+        continue;
+      }
       if (queued_ + inline_ >= queue_capacity_) break;
       wake_timer |= EnqueueLocked(op);
       ++accepted;
     }
   }
-  const size_t queued = accepted - nearly;
+  const size_t queued = accepted - nearly - reactor_ops;
   if (queued == 1) {
     work_cv_.notify_one();
   } else if (queued > 1) {
@@ -124,6 +131,16 @@ bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
     must_wait = InlineMustWait(op, result);
   }
   bool wake_timer = false;
+  if (must_wait && Reactor::Takes(op)) {
+    // Started already: the reactor resumes it. It refuses only once stopping.
+    if (!reactor_.Submit(op)) {
+      op.RequestEnd(op.generation(), core::EndReason::kDrain, now);
+      completer_.Complete(op, -ECANCELED);
+    }
+    std::lock_guard lock(mu_);
+    if (--inline_ == 0 && stopping_) inline_cv_.notify_all();
+    return true;
+  }
   if (must_wait) {
     std::lock_guard lock(mu_);
     if (stopping_) {
@@ -147,6 +164,7 @@ bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
 }
 
 void ThreadPoolBackend::Interrupt(Op& op, uint32_t gen) noexcept {
+  if (Reactor::MayHold(op)) reactor_.Interrupt(op, gen);  // ignored there unless it holds (op, gen)
   Op* cancelled = nullptr;
   {
     std::lock_guard lock(mu_);
@@ -212,6 +230,7 @@ void ThreadPoolBackend::Shutdown() {
   }
   work_cv_.notify_all();
   for (Op* op : cancelled) completer_.Complete(*op, -ECANCELED);
+  reactor_.Shutdown();  // ends every op waiting there (kDrain)
   {
     // Inline runs complete on their callers' threads: the completer must
     // not be used after this returns.
@@ -232,9 +251,9 @@ core::BackendStats ThreadPoolBackend::Stats() const {
   std::lock_guard lock(mu_);
   core::BackendStats s;
   s.queued = queued_;
-  s.running = running_;
+  s.running = running_ + reactor_.waiting();
   s.capacity = uint64_t{queue_capacity_} + thread_count_;
-  s.threads = thread_count_;
+  s.threads = thread_count_ + 1;  // and the reactor's
   return s;
 }
 

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "src/backends/reactor.h"
 #include "src/backends/resolve.h"
 #include "src/core/backend.h"
 
@@ -22,8 +23,12 @@ struct ThreadPoolOptions {
   PathResolver resolver = PathResolver::kOpenat2;  // how path ops confine their paths
 };
 
-/// The fallback that runs every op kind anywhere: worker threads run the
-/// plain system calls of RunBlocking (syscalls.h).
+/// The fallback that runs every op kind anywhere. Ops that may wait forever
+/// (timeouts, polls, reads and writes of streams: see Reactor::Takes) wait
+/// on a Reactor, holding no thread; bounded work (files, metadata, opens)
+/// runs on worker threads, as the plain system calls of RunBlocking
+/// (syscalls.h). A FIFO's blocking open cannot be polled: it runs on a
+/// worker, interruptible as below.
 ///
 /// Queue: one mutex-protected FIFO of preallocated nodes (queue_capacity +
 /// threads of them, each naming an op and its generation). Nodes, an
@@ -146,6 +151,7 @@ class ThreadPoolBackend final : public core::Backend {
   bool HeapLess(uint32_t a, uint32_t b) const;
 
   core::OpCompleter& completer_;
+  Reactor reactor_{completer_};
   const uint32_t queue_capacity_;
   const uint32_t thread_count_;
   const int signal_;

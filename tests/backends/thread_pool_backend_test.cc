@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -178,6 +179,26 @@ class ThreadPoolBackendTest : public ::testing::Test {
     return r;
   }
 
+  // Holds one worker: the blocking open of a FIFO nobody writes to waits
+  // for a peer on a worker (a FIFO's open cannot wait on the reactor).
+  // Cancel it, or FreeWorker, to let the worker go.
+  core::OpId BlockWorker(uint64_t cookie) {
+    blocker_paths_.push_back("blocker-" + std::to_string(cookie));
+    EXPECT_EQ(::mkfifoat(root_fd_, blocker_paths_.back().c_str(), 0600), 0);
+    OpRequest r;
+    r.kind = OpKind::kOpen;
+    r.params.path = blocker_paths_.back().c_str();
+    r.params.flags = O_RDONLY;
+    return Submit(r, cookie);
+  }
+  // A writer arrives for BlockWorker(cookie): its open completes.
+  void FreeWorker(uint64_t cookie) {
+    const std::string path = "blocker-" + std::to_string(cookie);
+    const int fd = ::openat(root_fd_, path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    extra_fds_.push_back(fd);
+  }
+
   void WaitRunning(uint64_t n) {
     ASSERT_TRUE(Eventually([&] { return backend_->Stats().running >= n; }))
         << "running=" << backend_->Stats().running;
@@ -197,6 +218,7 @@ class ThreadPoolBackendTest : public ::testing::Test {
   std::unique_ptr<core::Dispatcher> dispatcher_;
   std::shared_ptr<core::Session> session_;
   std::unique_ptr<ThreadPoolBackend> backend_;
+  std::deque<std::string> blocker_paths_;  // BlockWorker's paths, alive while their ops are
   RecordingSink sink_;
   std::vector<int> extra_fds_;
 };
@@ -204,7 +226,7 @@ class ThreadPoolBackendTest : public ::testing::Test {
 TEST_F(ThreadPoolBackendTest, StatsReportConfiguration) {
   Start({.threads = 3, .queue_capacity = 7});
   const core::BackendStats s = backend_->Stats();
-  EXPECT_EQ(s.threads, 3u);
+  EXPECT_EQ(s.threads, 4u);  // and the reactor's
   EXPECT_EQ(s.capacity, 10u);  // the queue plus one running op per worker
   EXPECT_EQ(s.queued, 0u);
   EXPECT_EQ(s.running, 0u);
@@ -232,10 +254,7 @@ TEST_F(ThreadPoolBackendTest, PipeReadCompletesWithData) {
 // and they leave no trace (no completion, no live op).
 TEST_F(ThreadPoolBackendTest, QueueFullAcceptsPrefixAndReportsResourceExhausted) {
   Start({.threads = 1, .queue_capacity = 2});
-  int w;
-  const uint32_t h = PipeHandle(&w);
-  char buf[1];
-  Submit(ReadReq(h, buf, 1), 100);  // occupies the only worker
+  BlockWorker(100);
   WaitRunning(1);
 
   std::vector<OpRequest> batch(5);
@@ -253,9 +272,9 @@ TEST_F(ThreadPoolBackendTest, QueueFullAcceptsPrefixAndReportsResourceExhausted)
     EXPECT_EQ(out[i].status().code(), absl::StatusCode::kResourceExhausted) << out[i].status();
   }
   EXPECT_EQ(backend_->Stats().queued, 2u);
-  EXPECT_EQ(session_->live_ops(), 3u);  // the read and two queued nops
+  EXPECT_EQ(session_->live_ops(), 3u);  // the blocker and two queued nops
 
-  ASSERT_EQ(::write(w, "x", 1), 1);
+  FreeWorker(100);
   EXPECT_EQ(sink_.Wait(100).state, OpState::kCompleted);
   EXPECT_EQ(sink_.Wait(0).state, OpState::kCompleted);
   EXPECT_EQ(sink_.Wait(1).state, OpState::kCompleted);
@@ -268,10 +287,8 @@ TEST_F(ThreadPoolBackendTest, QueueFullAcceptsPrefixAndReportsResourceExhausted)
 // cancelling thread, and never touches the file.
 TEST_F(ThreadPoolBackendTest, CancelOfQueuedOpNeverRunsIt) {
   Start({.threads = 2, .queue_capacity = 8});
-  int w1, w2;
-  char b1[1], b2[1];
-  const core::OpId r1 = Submit(ReadReq(PipeHandle(&w1), b1, 1), 1);
-  const core::OpId r2 = Submit(ReadReq(PipeHandle(&w2), b2, 1), 2);
+  const core::OpId r1 = BlockWorker(1);
+  const core::OpId r2 = BlockWorker(2);
   WaitRunning(2);
 
   const int file = ::openat(root_fd_, "victim", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -412,16 +429,14 @@ TEST_F(ThreadPoolBackendTest, DeadlineOnBlockedFifoReadTimesOut) {
   Submit(r, 1);
   const Record rec = sink_.Wait(1);
   EXPECT_EQ(rec.state, OpState::kTimedOut);
-  EXPECT_EQ(rec.result, -EINTR);
+  EXPECT_EQ(rec.result, -ECANCELED);  // its wait on the reactor ended
   EXPECT_EQ(rec.bytes_done, 0u);
   ExpectIdle();
 }
 
 TEST_F(ThreadPoolBackendTest, DeadlineOfQueuedOpTimesItOutWithoutRunning) {
   Start({.threads = 1});
-  int w;
-  char buf[1];
-  const core::OpId blocker = Submit(ReadReq(PipeHandle(&w), buf, 1), 1);
+  const core::OpId blocker = BlockWorker(1);
   WaitRunning(1);
   OpRequest nop;
   nop.kind = OpKind::kMkdir;
@@ -650,25 +665,28 @@ TEST_F(ThreadPoolBackendTest, OpenOfFifoIsCancellableAtAnyMoment) {
 
 TEST_F(ThreadPoolBackendTest, ShutdownEndsBlockedAndQueuedOps) {
   Start({.threads = 2, .queue_capacity = 16});
+  BlockWorker(6);
+  BlockWorker(7);
+  WaitRunning(2);
   int w1, w2;
   char b1[1], b2[1], b3[1];
-  Submit(ReadReq(PipeHandle(&w1), b1, 1), 1);
+  Submit(ReadReq(PipeHandle(&w1), b1, 1), 1);  // waits on the reactor
   OpRequest timeout;
   timeout.kind = OpKind::kTimeout;
   timeout.params.timeout_ns = 3'600'000'000'000;
   Submit(timeout, 2);
-  WaitRunning(2);
-  Submit(ReadReq(PipeHandle(&w2), b2, 1), 3);  // queued
-  Submit(ReadReq(PipeHandle(&w2), b3, 1), 4);  // queued
+  Submit(ReadReq(PipeHandle(&w2), b2, 1), 3);
+  Submit(ReadReq(PipeHandle(&w2), b3, 1), 4);
   OpRequest mkdir;
   mkdir.kind = OpKind::kMkdir;
   mkdir.params.path = "queued-dir";
   Submit(mkdir, 5);  // queued, non-cancel-safe: still never runs
-  EXPECT_EQ(backend_->Stats().queued, 3u);
+  WaitRunning(6);
+  EXPECT_EQ(backend_->Stats().queued, 1u);
 
   backend_->Shutdown();
-  ASSERT_TRUE(sink_.WaitTotal(5));
-  for (uint64_t c = 1; c <= 5; ++c) {
+  ASSERT_TRUE(sink_.WaitTotal(7));
+  for (uint64_t c = 1; c <= 7; ++c) {
     const Record r = sink_.Wait(c);
     EXPECT_EQ(r.state, OpState::kCancelled) << c << ": " << core::Name(r.state);
   }
@@ -691,9 +709,7 @@ TEST_F(ThreadPoolBackendTest, ShutdownEndsBlockedAndQueuedOps) {
 // is refused like Submit, having run nothing; with room it runs inline.
 TEST_F(ThreadPoolBackendTest, RunOrSubmitIsRefusedWhenTheQueueIsFull) {
   Start({.threads = 1, .queue_capacity = 1});
-  int w;
-  char buf[1];
-  Submit(ReadReq(PipeHandle(&w), buf, 1), 1);  // occupies the only worker
+  BlockWorker(1);
   WaitRunning(1);
   OpRequest nop;
   nop.kind = OpKind::kNop;
@@ -704,7 +720,7 @@ TEST_F(ThreadPoolBackendTest, RunOrSubmitIsRefusedWhenTheQueueIsFull) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
   EXPECT_FALSE(sink_.Has(3));
-  ASSERT_EQ(::write(w, "x", 1), 1);
+  FreeWorker(1);
   ASSERT_TRUE(sink_.WaitTotal(2));
   nop.cookie = 4;
   ASSERT_TRUE(dispatcher_->RunOrSubmit(*session_, nop).ok());
@@ -712,36 +728,32 @@ TEST_F(ThreadPoolBackendTest, RunOrSubmitIsRefusedWhenTheQueueIsFull) {
   ExpectIdle();
 }
 
-// A RunOrSubmit read of an empty pipe is queued started: a worker runs it
-// without starting it again, and queued it cancels without running.
-TEST_F(ThreadPoolBackendTest, RunOrSubmitReadThatMustWaitIsQueuedStarted) {
+// A RunOrSubmit read of an empty pipe waits on the reactor, started, with
+// every worker busy: it completes when data comes, and cancelled it takes
+// nothing.
+TEST_F(ThreadPoolBackendTest, RunOrSubmitReadThatMustWaitWaitsStartedOnTheReactor) {
   Start({.threads = 1, .queue_capacity = 4});
-  int w0, w1, w2;
-  char b0[1], b1[4], b2[4];
-  Submit(ReadReq(PipeHandle(&w0), b0, 1), 1);  // occupies the only worker
+  BlockWorker(1);
   WaitRunning(1);
-  const uint32_t h1 = PipeHandle(&w1);
-  const uint32_t h2 = PipeHandle(&w2);
-  OpRequest r1 = ReadReq(h1, b1, sizeof(b1));
+  int w1, w2;
+  char b1[4], b2[4];
+  OpRequest r1 = ReadReq(PipeHandle(&w1), b1, sizeof(b1));
   r1.sink = &sink_;
   r1.cookie = 2;
   auto id1 = dispatcher_->RunOrSubmit(*session_, r1);
   ASSERT_TRUE(id1.ok()) << id1.status();
-  OpRequest r2 = ReadReq(h2, b2, sizeof(b2));
+  OpRequest r2 = ReadReq(PipeHandle(&w2), b2, sizeof(b2));
   r2.sink = &sink_;
   r2.cookie = 3;
   auto id2 = dispatcher_->RunOrSubmit(*session_, r2);
   ASSERT_TRUE(id2.ok()) << id2.status();
-  EXPECT_EQ(backend_->Stats().queued, 2u);
+  EXPECT_EQ(backend_->Stats().queued, 0u);
   EXPECT_EQ(registry_.Snapshot(*id1)->state, OpState::kRunning);
 
   EXPECT_EQ(dispatcher_->Cancel(*id2, core::EndReason::kClientRequest),
             core::CancelResult::kCancelled);
   EXPECT_EQ(sink_.Wait(3).state, OpState::kCancelled);
   ASSERT_EQ(::write(w2, "kept", 4), 4);
-
-  ASSERT_EQ(::write(w0, "x", 1), 1);  // frees the worker, which takes r1
-  EXPECT_EQ(sink_.Wait(1).state, OpState::kCompleted);
   ASSERT_EQ(::write(w1, "late", 4), 4);
   const Record r = sink_.Wait(2);
   EXPECT_EQ(r.state, OpState::kCompleted);
@@ -750,25 +762,53 @@ TEST_F(ThreadPoolBackendTest, RunOrSubmitReadThatMustWaitIsQueuedStarted) {
   int left = -1;
   ASSERT_EQ(::ioctl(w2, FIONREAD, &left), 0);
   EXPECT_EQ(left, 4) << "the cancelled read took bytes";
+  FreeWorker(1);
+  EXPECT_EQ(sink_.Wait(1).state, OpState::kCompleted);
   ExpectIdle();
 }
 
-TEST_F(ThreadPoolBackendTest, ShutdownEndsAQueuedStartedRead) {
+TEST_F(ThreadPoolBackendTest, ShutdownEndsAStartedReadWaitingOnTheReactor) {
   Start({.threads = 1, .queue_capacity = 4});
-  int w0, w1;
-  char b0[1], b1[4];
-  Submit(ReadReq(PipeHandle(&w0), b0, 1), 1);  // occupies the only worker
-  WaitRunning(1);
+  int w1;
+  char b1[4];
   OpRequest r = ReadReq(PipeHandle(&w1), b1, sizeof(b1));
   r.sink = &sink_;
   r.cookie = 2;
   ASSERT_TRUE(dispatcher_->RunOrSubmit(*session_, r).ok());
-  EXPECT_EQ(backend_->Stats().queued, 1u);
+  WaitRunning(1);
   backend_->Shutdown();
-  ASSERT_TRUE(sink_.WaitTotal(2));
-  EXPECT_EQ(sink_.Wait(1).state, OpState::kCancelled);
   EXPECT_EQ(sink_.Wait(2).state, OpState::kCancelled);
   EXPECT_EQ(session_->live_ops(), 0u);
+}
+
+// Ten thousand reads blocked on one FIFO hold no thread and no queue place:
+// all are accepted with a queue of 16 and two workers, a statx runs at once
+// meanwhile, and closing the session ends every one.
+TEST_F(ThreadPoolBackendTest, TenThousandBlockedReadsHoldNoThread) {
+  Start({.threads = 2, .queue_capacity = 16});
+  ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
+  const int fd = ::open((dir_ + "/fifo").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const uint32_t h = Handle(fd);
+  constexpr int kReads = 10'000;
+  static char bufs[kReads][1];
+  for (int i = 0; i < kReads; ++i) Submit(ReadReq(h, bufs[i], 1), i);
+  WaitRunning(kReads);
+  EXPECT_EQ(backend_->Stats().threads, 3u);
+  EXPECT_EQ(backend_->Stats().queued, 0u);
+  struct statx stx;
+  OpRequest st;
+  st.kind = OpKind::kStatx;
+  st.params.path = "fifo";
+  st.params.buf = &stx;
+  Submit(st, kReads);
+  EXPECT_EQ(sink_.Wait(kReads).state, OpState::kCompleted);
+  auto counts = dispatcher_->CloseSession(session_->id(), EndReason::kSessionClosed);
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->cancelled, static_cast<uint32_t>(kReads));
+  ASSERT_TRUE(sink_.WaitTotal(kReads + 1));
+  for (int i = 0; i < kReads; i += 997) EXPECT_EQ(sink_.Wait(i).state, OpState::kCancelled);
+  EXPECT_TRUE(Eventually([&] { return session_->live_ops() == 0; }));
 }
 
 // Closing a session ends its blocked reads through the same interrupt path.
