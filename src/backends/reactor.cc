@@ -44,6 +44,7 @@ struct Reactor::Waiter {
   OpKind kind = OpKind::kNop;
   int direction = kRead;
   uint32_t moved = 0;      // bytes a write has written so far
+  bool nowait_refused = false;  // RWF_NOWAIT gave EOPNOTSUPP: O_NONBLOCK per call
   int64_t timeout_end = 0;  // kTimeout: when it elapses (MonoNanos)
   Channel* channel = nullptr;  // while queued on a descriptor
   Waiter* prev = nullptr;
@@ -52,14 +53,17 @@ struct Reactor::Waiter {
 };
 
 // One descriptor some ops wait on: registered with epoll once, however many
-// ops wait on it, with a FIFO of waiters per direction.
+// ops wait on it, with a FIFO of waiters per direction. It goes as soon as
+// none waits (its fd may then be closed and reused): its handlers name it by
+// fd and serial, and find nothing once it is gone.
 struct Reactor::Channel {
-  Channel(asio::io_context& io, int fd) : fd(fd), descriptor(io) {}
-  // The descriptor is the session's: never closed here.
+  Channel(asio::io_context& io, int fd, uint64_t serial) : fd(fd), serial(serial), descriptor(io) {}
+  // The descriptor is the session's: never closed here. Pending waits end
+  // aborted.
   ~Channel() { (void)descriptor.release(); }
   int fd;
+  uint64_t serial;
   asio::posix::stream_descriptor descriptor;
-  bool nowait_refused = false;  // RWF_NOWAIT gives EOPNOTSUPP: use O_NONBLOCK per call
   Waiter* head[2] = {nullptr, nullptr};
   Waiter* tail[2] = {nullptr, nullptr};
   bool armed[2] = {false, false};
@@ -172,6 +176,11 @@ void Reactor::Begin(Op* op, uint32_t gen) {
 
 // The non-blocking attempt. Never blocks: see the class comment.
 bool Reactor::Attempt(Waiter* w) {
+  // Asked to end, its Interrupt on its way: take no more data for it.
+  if (core::OpWord::EndRequested(w->op->head->word.load(std::memory_order_acquire))) {
+    EndEarly(w);
+    return true;
+  }
   const core::OpParams& p = w->op->params;
   if (w->kind == OpKind::kPoll) {
     pollfd pfd{p.fd, static_cast<short>(p.flags), 0};
@@ -182,22 +191,16 @@ bool Reactor::Attempt(Waiter* w) {
     return true;
   }
   const bool write = w->kind == OpKind::kWrite;
-  Channel* ch = w->channel;
   for (;;) {
     char* base = static_cast<char*>(p.buf) + w->moved;
     iovec iov{base, p.len - w->moved};
     const int64_t offset = p.offset >= 0 ? p.offset + w->moved : -1;
     int64_t n;
-    if (ch == nullptr || !ch->nowait_refused) {
+    if (!w->nowait_refused) {
       n = Ret(write ? ::pwritev2(p.fd, &iov, 1, offset, RWF_NOWAIT)
                     : ::preadv2(p.fd, &iov, 1, offset, RWF_NOWAIT));
       if (n == -EOPNOTSUPP) {
-        if (ch == nullptr) ch = ChannelFor(p.fd);
-        if (ch == nullptr) {
-          End(w, -EOPNOTSUPP);
-          return true;
-        }
-        ch->nowait_refused = true;
+        w->nowait_refused = true;
         continue;
       }
     } else {
@@ -257,12 +260,16 @@ void Reactor::Arm(Channel* ch, int d) {
   ch->descriptor.async_wait(
       d == kRead ? asio::posix::stream_descriptor::wait_read
                  : asio::posix::stream_descriptor::wait_write,
-      [this, ch, d](const boost::system::error_code& ec) {
+      [this, fd = ch->fd, serial = ch->serial, d](const boost::system::error_code& ec) {
+        if (ec == asio::error::operation_aborted) return;  // the channel went
+        auto it = channels_.find(fd);
+        if (it == channels_.end() || it->second->serial != serial) return;
+        Channel* ch = it->second.get();
         ch->armed[d] = false;
         ch->in_handler = true;
         if (!ec) {
           OnReady(ch, d);
-        } else if (ec != asio::error::operation_aborted && ch->head[d] != nullptr) {
+        } else {
           // The descriptor cannot be waited on after all: end its waiters.
           while (ch->head[d] != nullptr) End(ch->head[d], -ec.value());
         }
@@ -312,25 +319,22 @@ void Reactor::End(Waiter* w, int64_t result) {
     const int d = w->direction;
     (w->prev != nullptr ? w->prev->next : ch->head[d]) = w->next;
     (w->next != nullptr ? w->next->prev : ch->tail[d]) = w->prev;
-    // No one left to wait for this direction: stop waiting (the handler
-    // runs aborted, then the channel may go).
-    if (ch->head[d] == nullptr && ch->armed[d]) {
-      boost::system::error_code ignored;
-      ch->descriptor.cancel(ignored);
-    }
+    // A wait left armed for an empty direction fires once and finds no one.
+    // Dropped before the completion, which may release the handle and close
+    // the fd; dropping ends its waits.
+    MaybeDropChannel(ch);
   }
   Op* op = w->op;
   waiters_.erase(op);
   delete w;  // cancels its timer; the handler finds no waiter
   waiting_.fetch_sub(1, std::memory_order_relaxed);
   completer_.Complete(*op, result);
-  if (ch != nullptr) MaybeDropChannel(ch);
 }
 
 Reactor::Channel* Reactor::ChannelFor(int fd) {
   auto it = channels_.find(fd);
   if (it != channels_.end()) return it->second.get();
-  auto ch = std::make_unique<Channel>(io_, fd);
+  auto ch = std::make_unique<Channel>(io_, fd, ++channel_serial_);
   boost::system::error_code ec;
   ch->descriptor.assign(fd, ec);
   if (ec) {
@@ -341,8 +345,7 @@ Reactor::Channel* Reactor::ChannelFor(int fd) {
 }
 
 void Reactor::MaybeDropChannel(Channel* ch) {
-  if (ch->in_handler || ch->head[kRead] != nullptr || ch->head[kWrite] != nullptr ||
-      ch->armed[kRead] || ch->armed[kWrite]) {
+  if (ch->in_handler || ch->head[kRead] != nullptr || ch->head[kWrite] != nullptr) {
     return;
   }
   channels_.erase(ch->fd);

@@ -82,7 +82,7 @@ class Reactor {
   // Ends it early (cancel, deadline, drain): the bytes it moved, or -ECANCELED.
   void EndEarly(Waiter* w);
   Channel* ChannelFor(int fd);
-  // Drops a channel nobody waits on and no handler will touch.
+  // Drops a channel nobody waits on, unless OnReady walks it.
   void MaybeDropChannel(Channel* ch);
 
   core::OpCompleter& completer_;
@@ -90,6 +90,7 @@ class Reactor {
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   std::unordered_map<const core::Op*, Waiter*> waiters_;
   std::unordered_map<int, std::unique_ptr<Channel>> channels_;
+  uint64_t channel_serial_ = 0;
   std::atomic<uint64_t> waiting_{0};
   std::atomic<int> submitting_{0};  // Submit calls between their check and their post
   std::atomic<bool> stopping_{false};

@@ -457,6 +457,53 @@ TEST_P(DaemonTest, DrainDeliversAnOutcomeForEveryAcceptedOp) {
   (void)(*stream)->Finish();
 }
 
+// Ten thousand reads blocked on FIFOs, over three sessions, are all
+// accepted and listed on every backend, and meanwhile another session's
+// statx completes; closing the sessions ends every read.
+TEST_P(DaemonTest, TenThousandBlockedReadsAreAcceptedAndListed) {
+  constexpr int kSessions = 3;
+  constexpr int kPerSession = 3400;
+  constexpr int kBatch = 1000;
+  std::vector<uint64_t> sessions;
+  std::vector<std::unique_ptr<StreamClient>> streams;
+  Completions done;
+  for (int k = 0; k < kSessions; ++k) {
+    sessions.push_back(NewSession("flood"));
+    const uint32_t fifo = OpenFifo(sessions.back(), "fifo" + std::to_string(k));
+    auto stream = StreamClient::Create(daemon_.channel(), "flood", sessions.back());
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    for (int first = 0; first < kPerSession; first += kBatch) {
+      std::vector<v1::Operation> ops;
+      for (int i = first; i < std::min(first + kBatch, kPerSession); ++i) {
+        ops.push_back(ReadOp(fifo, -1, 1, uint64_t(k) * kPerSession + i + 1));
+      }
+      ASSERT_TRUE((*stream)->Submit(ops, done.Callback()).ok());
+    }
+    streams.push_back(std::move(*stream));
+  }
+  const size_t total = size_t{kSessions} * kPerSession;
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = client_.GetStats();
+    return st.ok() && st->inflight() >= total;
+  })) << "not all reads were accepted";
+  auto listed = client_.ListAll(v1::OpSelector());
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->size(), total);
+  EXPECT_EQ(done.size(), 0u) << "a read ended early";
+
+  const uint64_t other = NewSession("other");
+  v1::Operation statx;
+  statx.mutable_statx()->set_path("fifo0");
+  auto st = client_.Submit(other, statx);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->outcome(), v1::OUTCOME_COMPLETED);
+
+  for (uint64_t s : sessions) ASSERT_TRUE(client_.CloseSession(s).ok());
+  ASSERT_TRUE(WaitFor([&] { return done.size() == total; }, std::chrono::seconds(60)));
+  EXPECT_EQ(done.Wait(1)->outcome(), v1::OUTCOME_CANCELLED);
+  for (auto& stream : streams) (void)stream->Finish();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, DaemonTest,
                          ::testing::Values(BackendMode::kIoUring, BackendMode::kThreadPoolOnly),
                          [](const auto& info) { return Name(info.param); });
