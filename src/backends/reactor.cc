@@ -57,12 +57,14 @@ struct Reactor::Waiter {
 // none waits (its fd may then be closed and reused): its handlers name it by
 // fd and serial, and find nothing once it is gone.
 struct Reactor::Channel {
-  Channel(asio::io_context& io, int fd, uint64_t serial) : fd(fd), serial(serial), descriptor(io) {}
+  Channel(asio::io_context& io, int fd, uint64_t serial)
+      : fd(fd), serial(serial), blocking((::fcntl(fd, F_GETFL) & O_NONBLOCK) == 0), descriptor(io) {}
   // The descriptor is the session's: never closed here. Pending waits end
   // aborted.
   ~Channel() { (void)descriptor.release(); }
   int fd;
   uint64_t serial;
+  bool blocking;  // the description was blocking before we waited on it
   asio::posix::stream_descriptor descriptor;
   Waiter* head[2] = {nullptr, nullptr};
   Waiter* tail[2] = {nullptr, nullptr};
@@ -275,7 +277,13 @@ void Reactor::Arm(Channel* ch, int d) {
         }
         ch->in_handler = false;
         MaybeDropChannel(ch);
-      });
+      });  // Asio sets O_NONBLOCK on the open file description for its wait (once:
+  // it remembers), which the client's other ops on the handle must not see.
+  // A wait needs no such flag: cleared at once.
+  if (ch->blocking) {
+    const int fl = ::fcntl(ch->fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK) != 0) (void)::fcntl(ch->fd, F_SETFL, fl & ~O_NONBLOCK);
+  }
 }
 
 void Reactor::OnReady(Channel* ch, int d) {

@@ -811,6 +811,32 @@ TEST_F(ThreadPoolBackendTest, TenThousandBlockedReadsHoldNoThread) {
   EXPECT_TRUE(Eventually([&] { return session_->live_ops() == 0; }));
 }
 
+// Waiting on a descriptor leaves it as it was: the reactor's epoll wait
+// sets O_NONBLOCK on the open file description, which the client's next
+// ops on the handle must not see (a blocking read would answer EAGAIN).
+TEST_F(ThreadPoolBackendTest, WaitingLeavesTheDescriptorBlocking) {
+  Start({.threads = 2});
+  ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
+  const int fifo = ::open((dir_ + "/fifo").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fifo, 0);
+  int w;
+  const uint32_t pipe = PipeHandle(&w);
+  const int pipe_fd = session_->handles().Acquire(pipe)->fd;
+  session_->handles().Release(pipe);
+  char a[4], b[4];
+  Submit(ReadReq(Handle(fifo), a, sizeof(a)), 1);
+  Submit(ReadReq(pipe, b, sizeof(b)), 2);
+  WaitRunning(2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // both wait on epoll
+  ASSERT_EQ(::write(fifo, "fifo", 4), 4);
+  ASSERT_EQ(::write(w, "pipe", 4), 4);
+  EXPECT_EQ(sink_.Wait(1).result, 4);
+  EXPECT_EQ(sink_.Wait(2).result, 4);
+  EXPECT_EQ(::fcntl(fifo, F_GETFL) & O_NONBLOCK, 0);
+  EXPECT_EQ(::fcntl(pipe_fd, F_GETFL) & O_NONBLOCK, 0);
+  ExpectIdle();
+}
+
 // Closing a session ends its blocked reads through the same interrupt path.
 TEST_F(ThreadPoolBackendTest, CloseSessionEndsBlockedReads) {
   Start({.threads = 4});
