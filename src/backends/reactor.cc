@@ -78,17 +78,9 @@ Reactor::Reactor(core::OpCompleter& completer)
 Reactor::~Reactor() { Shutdown(); }
 
 bool Reactor::Takes(const Op& op) {
-  switch (op.head->kind.load(std::memory_order_relaxed)) {
-    case OpKind::kTimeout:
-    case OpKind::kPoll:
-      return true;
-    case OpKind::kRead:
-    case OpKind::kWrite:
-      return op.params.stream && op.params.len > 0 &&
-             op.head->may_block.load(std::memory_order_relaxed);
-    default:
-      return false;
-  }
+  const OpKind kind = op.head->kind.load(std::memory_order_relaxed);
+  const bool io = kind == OpKind::kRead || kind == OpKind::kWrite;
+  return MayHold(op) && (!io || (op.params.stream && op.params.len > 0));
 }
 
 bool Reactor::MayHold(const Op& op) {
