@@ -645,6 +645,25 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
     return *id;
   }
 
+  // Holds every pool worker: blocking opens of a FIFO nobody has open for
+  // writing each wait for a peer on a worker (an open cannot wait on the
+  // reactor, where blocked reads wait). ReleaseWorkers lets them finish.
+  std::vector<uint64_t> HoldWorkers(const std::string& rel) {
+    EXPECT_EQ(::mkfifo(InRoot(rel).c_str(), 0600), 0) << std::strerror(errno);
+    std::vector<uint64_t> cookies(kPoolThreads);
+    for (auto& cookie : cookies) {
+      absl::StatusOr<OpId> id = Start(Open(Keep(rel), O_RDONLY), &cookie);
+      EXPECT_TRUE(id.ok()) << id.status();
+      if (id.ok()) EXPECT_TRUE(WaitForState(*id, OpState::kRunning)) << "the open never started";
+    }
+    return cookies;
+  }
+  void ReleaseWorkers(const std::string& rel) {
+    const int writer = ::open(InRoot(rel).c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    EXPECT_GE(writer, 0) << std::strerror(errno);
+    owned_fds_.push_back(writer);
+  }
+
   static constexpr const char* kSentinelContent = "SENTINEL: outside the root, must stay intact\n";
 
   core::Registry registry_;
@@ -1377,27 +1396,21 @@ TEST_P(ConformanceTest, CancelQueuedOpNeverRuns) {
     GTEST_SKIP() << "reads and writes run on io_uring here, which starts ops as it takes "
                     "them: no queued state to cancel (see CancelledWriteNeverRan)";
   }
-  Fifo f = MakeFifo("busy");
   const uint32_t h = OpenOk("untouched", O_WRONLY | O_CREAT);
-  std::vector<uint64_t> readers(kPoolThreads);
-  for (auto& cookie : readers) StartBlockedRead(f, &cookie);
+  const std::vector<uint64_t> blockers = HoldWorkers("busy");
   uint64_t wcookie;
   absl::StatusOr<OpId> wid = Start(Write(h, "queued!", 7, 0), &wcookie);
   ASSERT_TRUE(wid.ok()) << wid.status();
   auto snap = registry_.Snapshot(*wid);
-  if (!snap || snap->state != OpState::kDispatched) {
-    GTEST_SKIP() << "the write started although " << kPoolThreads
-                 << " reads were blocked: the pool does not hold a thread per blocked read";
-  }
+  ASSERT_TRUE(snap.has_value());
+  ASSERT_EQ(snap->state, OpState::kDispatched) << "the write started with every worker held";
   EXPECT_EQ(dispatcher_->Cancel(*wid, EndReason::kClientRequest), CancelResult::kCancelled);
-  // Release the pool threads, then the write's completion can come.
-  ASSERT_EQ(::write(f.raw, std::string(kPoolThreads, 'r').data(), kPoolThreads),
-            static_cast<ssize_t>(kPoolThreads));
+  ReleaseWorkers("busy");
   Completion w = Await(wcookie);
   EXPECT_EQ(w.state, OpState::kCancelled);
   EXPECT_EQ(w.bytes_done, 0u);
   EXPECT_EQ(Slurp(InRoot("untouched")), "") << "a write cancelled before it started ran";
-  ASSERT_TRUE(sink_.WaitAll(readers));
+  ASSERT_TRUE(sink_.WaitAll(blockers));
 }
 
 // Cancel racing the start of a non-cancel-safe write: whenever the answer is
@@ -1763,22 +1776,21 @@ TEST_P(ConformanceTest, DeadlineEndsQueuedOp) {
     GTEST_SKIP() << "reads and writes run on io_uring here, which starts ops as it takes "
                     "them: no queued state for a deadline to end";
   }
-  Fifo f = MakeFifo("queue-deadline");
   const uint32_t h = OpenOk("never-written", O_WRONLY | O_CREAT);
-  std::vector<uint64_t> readers(kPoolThreads);
-  for (auto& cookie : readers) StartBlockedRead(f, &cookie);
+  const std::vector<uint64_t> blockers = HoldWorkers("queue-deadline");
   OpRequest w = Write(h, "late", 4, 0);
   w.params.deadline_ns = core::MonoNanos() + 50'000'000;
   uint64_t wcookie;
   absl::StatusOr<OpId> wid = Start(w, &wcookie);
   ASSERT_TRUE(wid.ok()) << wid.status();
-  if (auto snap = registry_.Snapshot(*wid); !snap || snap->state != OpState::kDispatched) {
-    GTEST_SKIP() << "the write started although " << kPoolThreads
-                 << " reads were blocked: the pool does not hold a thread per blocked read";
-  }
-  Completion c = Await(wcookie);  // the pool threads are still blocked
+  auto snap = registry_.Snapshot(*wid);
+  ASSERT_TRUE(snap.has_value());
+  ASSERT_EQ(snap->state, OpState::kDispatched) << "the write started with every worker held";
+  Completion c = Await(wcookie);  // the workers are still held
   EXPECT_EQ(c.state, OpState::kTimedOut);
   EXPECT_EQ(Slurp(InRoot("never-written")), "");
+  ReleaseWorkers("queue-deadline");
+  ASSERT_TRUE(sink_.WaitAll(blockers));
 }
 
 // An op whose deadline has passed when the backend takes it ends kTimedOut
