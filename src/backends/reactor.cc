@@ -104,7 +104,10 @@ bool Reactor::Submit(Op& op) noexcept {
   }
   waiting_.fetch_add(1, std::memory_order_relaxed);
   const uint32_t gen = op.generation();
-  asio::post(io_, [this, o = &op, gen] { Begin(o, gen); });
+  asio::post(io_, [this, o = &op, gen] {
+    Begin(o, gen);
+    Flush();
+  });
   submitting_.fetch_sub(1, std::memory_order_release);
   return true;
 }
@@ -113,6 +116,7 @@ void Reactor::Interrupt(Op& op, uint32_t gen) noexcept {
   asio::post(io_, [this, o = &op, gen] {
     auto it = waiters_.find(o);
     if (it != waiters_.end() && it->second->gen == gen) EndEarly(it->second);
+    Flush();
   });
 }
 
@@ -130,6 +134,7 @@ void Reactor::Shutdown() {
       w->op->RequestEnd(w->gen, core::EndReason::kDrain, now);
       EndEarly(w);
     }
+    Flush();
     work_.reset();
   });
   thread_.join();
@@ -163,7 +168,9 @@ void Reactor::Begin(Op* op, uint32_t gen) {
   if (wake != 0) {
     w->timer.expires_at(AtMono(wake));
     w->timer.async_wait([this, op, gen](const boost::system::error_code& ec) {
-      if (!ec) OnTimer(op, gen);
+      if (ec) return;
+      OnTimer(op, gen);
+      Flush();
     });
   }
 }
@@ -269,6 +276,7 @@ void Reactor::Arm(Channel* ch, int d) {
         }
         ch->in_handler = false;
         MaybeDropChannel(ch);
+        Flush();
       });  // Asio sets O_NONBLOCK on the open file description for its wait (once:
   // it remembers), which the client's other ops on the handle must not see.
   // A wait needs no such flag: cleared at once.
@@ -304,7 +312,9 @@ void Reactor::OnTimer(Op* op, uint32_t gen) {
   if (w->kind == OpKind::kTimeout) {  // its deadline did not end it: wait out the timeout
     w->timer.expires_at(AtMono(w->timeout_end));
     w->timer.async_wait([this, op, gen](const boost::system::error_code& ec) {
-      if (!ec) OnTimer(op, gen);
+      if (ec) return;
+      OnTimer(op, gen);
+      Flush();
     });
   }
 }
@@ -320,15 +330,23 @@ void Reactor::End(Waiter* w, int64_t result) {
     (w->prev != nullptr ? w->prev->next : ch->head[d]) = w->next;
     (w->next != nullptr ? w->next->prev : ch->tail[d]) = w->prev;
     // A wait left armed for an empty direction fires once and finds no one.
-    // Dropped before the completion, which may release the handle and close
-    // the fd; dropping ends its waits.
     MaybeDropChannel(ch);
   }
   Op* op = w->op;
   waiters_.erase(op);
   delete w;  // cancels its timer; the handler finds no waiter
-  waiting_.fetch_sub(1, std::memory_order_relaxed);
-  completer_.Complete(*op, result);
+  // Completed by Flush, once the channel (if it goes) has left epoll: the
+  // completion may release the handle and close its fd.
+  ended_.emplace_back(op, result);
+}
+
+void Reactor::Flush() {
+  std::vector<std::pair<Op*, int64_t>> ended;
+  ended.swap(ended_);
+  for (const auto& [op, result] : ended) {
+    waiting_.fetch_sub(1, std::memory_order_relaxed);
+    completer_.Complete(*op, result);
+  }
 }
 
 Reactor::Channel* Reactor::ChannelFor(int fd) {

@@ -5,6 +5,8 @@
 #include <memory>
 #include <thread>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -77,8 +79,10 @@ class Reactor {
   void Arm(Channel* ch, int direction);
   void OnReady(Channel* ch, int direction);
   void OnTimer(core::Op* op, uint32_t gen);
-  // Completes the waiter with `result` and frees it.
+  // Ends the waiter with `result` and frees it; Flush completes it.
   void End(Waiter* w, int64_t result);
+  // Completes the ops ended since the last Flush. Every handler ends with it.
+  void Flush();
   // Ends it early (cancel, deadline, drain): the bytes it moved, or -ECANCELED.
   void EndEarly(Waiter* w);
   Channel* ChannelFor(int fd);
@@ -90,6 +94,7 @@ class Reactor {
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   std::unordered_map<const core::Op*, Waiter*> waiters_;
   std::unordered_map<int, std::unique_ptr<Channel>> channels_;
+  std::vector<std::pair<core::Op*, int64_t>> ended_;  // ended, to be completed by Flush
   uint64_t channel_serial_ = 0;
   std::atomic<uint64_t> waiting_{0};
   std::atomic<int> submitting_{0};  // Submit calls between their check and their post
