@@ -340,13 +340,14 @@ void Reactor::End(Waiter* w, int64_t result) {
   ended_.emplace_back(op, result);
 }
 
+// Completions never reach back into End (only this thread's handlers do),
+// so ended_ keeps its capacity: no allocation per handler.
 void Reactor::Flush() {
-  std::vector<std::pair<Op*, int64_t>> ended;
-  ended.swap(ended_);
-  for (const auto& [op, result] : ended) {
+  for (const auto& [op, result] : ended_) {
     waiting_.fetch_sub(1, std::memory_order_relaxed);
     completer_.Complete(*op, result);
   }
+  ended_.clear();
 }
 
 Reactor::Channel* Reactor::ChannelFor(int fd) {
