@@ -191,6 +191,8 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
       {"limits",
        {{"max_sessions", U32(&Config::max_sessions, 1, 65535)},
         {"max_inflight_per_session", U32(&Config::max_inflight_per_session, 1, (1 << 20) - 1)},
+        {"max_pool_queued_per_session", U32(&Config::max_pool_queued_per_session, 1, 1 << 24)},
+        {"max_pool_running_per_session", U32(&Config::max_pool_running_per_session, 0, 4096)},
         {"max_inflight_total", U32(&Config::max_inflight_total, 1, 1u << 24)},
         {"max_buffered_bytes", U32(&Config::max_buffered_bytes, 4096, uint64_t{1} << 40)},
         {"max_batch_ops", U32(&Config::max_batch_ops, 1, 65536)},

@@ -38,6 +38,8 @@ struct Config {
   // [limits]
   uint32_t max_sessions = 1024;
   uint32_t max_inflight_per_session = 4096;
+  uint32_t max_pool_queued_per_session = 1024;  // of backends.thread_pool_queue
+  uint32_t max_pool_running_per_session = 0;    // 0 = thread-pool workers - 1 (at least 1)
   uint32_t max_inflight_total = 65536;
   uint64_t max_buffered_bytes = 256ull << 20;  // read buffers + write data held, all sessions
   uint32_t max_batch_ops = 1024;

@@ -80,7 +80,10 @@ MetricsSnapshot GatherMetrics(const v1::Stats& stats, const Observer& observer,
   m.limits = {{"max_inflight_total", l.max_inflight_total()},
               {"max_buffered_bytes", l.max_buffered_bytes()},
               {"max_sessions", l.max_sessions()},
-              {"max_inflight_per_session", l.max_inflight_per_session()}};
+              {"max_inflight_per_session", l.max_inflight_per_session()},
+              {"pool_queue_depth", l.pool_queue_depth()},
+              {"max_pool_queued_per_session", l.max_pool_queued_per_session()},
+              {"max_pool_running_per_session", l.max_pool_running_per_session()}};
   for (core::Backend* b : backends.backends) {
     m.queue_depth.emplace_back(std::string(core::Name(b->kind())), b->Stats().queued);
   }

@@ -162,17 +162,22 @@ absl::Status Server::Init() {
                                          : resolver.reason);
   }
   pool_ = std::make_unique<backends::ThreadPoolBackend>(
-      *dispatcher_, backends::ThreadPoolOptions{.threads = config_.thread_pool_threads,
-                                                .queue_capacity = config_.thread_pool_queue,
-                                                .resolver = info.path_resolver});
+      *dispatcher_,
+      backends::ThreadPoolOptions{.threads = config_.thread_pool_threads,
+                                  .queue_capacity = config_.thread_pool_queue,
+                                  .session_queue = config_.max_pool_queued_per_session,
+                                  .session_running = config_.max_pool_running_per_session,
+                                  .resolver = info.path_resolver});
   info.thread_pool_size = pool_->Stats().threads;
+  info.pool_running_per_session = pool_->session_running();
   std::vector<core::Backend*> order;
   if (!config_.io_uring) {
     info.io_uring_unavailable_reason = "disabled by configuration (backends.io_uring = false)";
     spdlog::warn("io_uring {}: serving every operation from the thread pool",
                  info.io_uring_unavailable_reason);
   } else if (auto uring = backends::UringBackend::Create(
-                 *dispatcher_, backends::UringOptions{.entries = config_.uring_entries});
+                 *dispatcher_, backends::UringOptions{.entries = config_.uring_entries,
+                                                        .max_ops = config_.max_inflight_total});
              uring.ok()) {
     uring_ = std::move(*uring);
     order.push_back(uring_.get());
@@ -376,7 +381,14 @@ std::string Server::Reload(const Config& config) {
   live("limits.max_batch_ops", &Config::max_batch_ops);
   live("limits.max_op_bytes", &Config::max_op_bytes);
   live("server.drain_grace_ms", &Config::drain_grace_ms);
-  live("limits.max_inflight_total", &Config::max_inflight_total);
+  if (config.max_inflight_total != config_.max_inflight_total) {
+    // io_uring was sized for it at start: raising it needs a restart.
+    if (uring_ == nullptr || config.max_inflight_total <= uring_->Stats().capacity) {
+      live("limits.max_inflight_total", &Config::max_inflight_total);
+    } else {
+      not_applied.push_back("limits.max_inflight_total (over what io_uring was sized for at start)");
+    }
+  }
   live("limits.max_buffered_bytes", &Config::max_buffered_bytes);
   if (config.default_lease_ms != config_.default_lease_ms) {
     if (config.default_lease_ms <= config_.max_lease_ms) {
@@ -410,6 +422,10 @@ std::string Server::Reload(const Config& config) {
   differs("limits.max_sessions", config.max_sessions != config_.max_sessions);
   differs("limits.max_inflight_per_session",
           config.max_inflight_per_session != config_.max_inflight_per_session);
+  differs("limits.max_pool_queued_per_session",
+          config.max_pool_queued_per_session != config_.max_pool_queued_per_session);
+  differs("limits.max_pool_running_per_session",
+          config.max_pool_running_per_session != config_.max_pool_running_per_session);
   differs("limits.max_handles_per_session",
           config.max_handles_per_session != config_.max_handles_per_session);
   differs("limits.max_message_bytes", config.max_message_bytes != config_.max_message_bytes);

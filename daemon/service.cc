@@ -47,6 +47,9 @@ v1::Limits Service::LimitsProto() const {
   l.set_max_batch_ops(live_.max_batch_ops());
   l.set_max_op_bytes(live_.max_op_bytes());
   l.set_max_inflight_per_session(config_.max_inflight_per_session);
+  l.set_pool_queue_depth(config_.thread_pool_queue);
+  l.set_max_pool_queued_per_session(config_.max_pool_queued_per_session);
+  l.set_max_pool_running_per_session(backends_.pool_running_per_session);
   l.set_max_handles_per_session(config_.max_handles_per_session);
   l.set_max_sessions(config_.max_sessions);
   l.set_max_message_bytes(config_.max_message_bytes);

@@ -32,6 +32,7 @@ struct BackendInfo {
   std::string io_uring_unavailable_reason;
   std::vector<core::OpKind> uring_kinds;
   uint32_t thread_pool_size = 0;
+  uint32_t pool_running_per_session = 0;  // the pool's effective per-session cap
   backends::PathResolver path_resolver = backends::PathResolver::kOpenat2;
   std::vector<core::Backend*> backends;
   uint32_t internal_sessions = 0;  // the daemon's own (watchdog probe); not counted in Stats

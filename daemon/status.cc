@@ -15,14 +15,16 @@ absl::Status NameLimit(absl::Status status) {
   if (status.code() != absl::StatusCode::kResourceExhausted) return status;
   const std::string m(status.message());
   const char* key = nullptr;
-  if (m.find("operations in flight") != std::string::npos) {
+  if (m.find("limits.pool_queue_depth") != std::string::npos) {
+    key = "backends.thread_pool_queue";  // the Limits field's config key
+  } else if (m.find("limits.") != std::string::npos) {
+    return status;  // names its limit already
+  } else if (m.find("operations in flight") != std::string::npos) {
     key = "limits.max_inflight_per_session";
   } else if (m.find("sessions") != std::string::npos) {
     key = "limits.max_sessions";
   } else if (m.find("handles") != std::string::npos) {
     key = "limits.max_handles_per_session";
-  } else if (m.find("backend is full") != std::string::npos) {
-    key = "backends.thread_pool_queue / backends.uring_entries";
   }
   if (key == nullptr || m.find(key) != std::string::npos) return status;
   return absl::ResourceExhaustedError(absl::StrCat(m, " (", key, ")"));

@@ -72,6 +72,9 @@ void AddLimits(KeyValues& kv, const v1::Limits& l) {
                        std::to_string(l.max_inflight_per_session()) + ", handles/session " +
                        std::to_string(l.max_handles_per_session()) + ", sessions " +
                        std::to_string(l.max_sessions()));
+  kv.Add("", "thread pool: queue " + std::to_string(l.pool_queue_depth()) + ", queued/session " +
+                 std::to_string(l.max_pool_queued_per_session()) + ", running/session " +
+                 std::to_string(l.max_pool_running_per_session()));
   kv.Add("", "message " + std::to_string(l.max_message_bytes()) + " bytes, lease " +
                  FormatDuration(std::chrono::milliseconds(l.default_lease_ms())) + " (max " +
                  FormatDuration(std::chrono::milliseconds(l.max_lease_ms())) + "), history " +

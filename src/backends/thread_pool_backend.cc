@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "src/backends/syscalls.h"
 #include "src/core/check.h"
 #include "src/core/clock.h"
@@ -46,13 +47,21 @@ ThreadPoolBackend::ThreadPoolBackend(core::OpCompleter& completer, ThreadPoolOpt
       thread_count_(options.threads != 0
                         ? options.threads
                         : std::max(4u, 2 * std::thread::hardware_concurrency())),
+      session_queue_(options.session_queue != 0 ? options.session_queue : queue_capacity_),
+      session_running_(options.session_running != 0 ? options.session_running
+                                                     : std::max(1u, thread_count_ - 1)),
       signal_(InterruptSignal()),
       resolver_(options.resolver) {
-  // A node per queued op plus one per worker for the op it runs.
+  // A node per queued op plus one per worker for the op it runs; a lane
+  // holds at least one node.
   const uint32_t node_count = queue_capacity_ + thread_count_;
   nodes_.resize(node_count);
   for (uint32_t i = 0; i < node_count; ++i) nodes_[i].next = i + 1 < node_count ? i + 1 : kNil;
   free_head_ = 0;
+  lanes_.resize(node_count);
+  for (uint32_t i = 0; i < node_count; ++i) lanes_[i].next = i + 1 < node_count ? i + 1 : kNil;
+  free_lane_ = 0;
+  lane_of_.reserve(node_count);
   const uint64_t index_size = std::bit_ceil(uint64_t{node_count} * 2);
   index_.assign(index_size, 0);
   index_shift_ = 64 - std::countr_zero(index_size);
@@ -68,7 +77,7 @@ ThreadPoolBackend::ThreadPoolBackend(core::OpCompleter& completer, ThreadPoolOpt
 
 ThreadPoolBackend::~ThreadPoolBackend() { Shutdown(); }
 
-size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
+core::Accepted ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
   // Ops cancelled between dispatch and this call (Interrupt found nothing to
   // act on then): finished here rather than parked behind busy workers.
   Op* early[16];
@@ -76,9 +85,10 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
   size_t accepted = 0;
   size_t reactor_ops = 0;
   bool wake_timer = false;
+  absl::Status refusal;
   {
     std::lock_guard lock(mu_);
-    if (stopping_) return 0;
+    if (stopping_) return {0, absl::UnavailableError("the thread pool is shutting down")};
     for (Op* op : ops) {
       if (EndRequested(*op) && nearly < std::size(early)) {
         early[nearly++] = op;
@@ -86,12 +96,16 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
         continue;
       }
       if (Reactor::Takes(*op)) {
-        if (!reactor_.Submit(*op)) break;
+        if (!reactor_.Submit(*op)) {
+          refusal = absl::UnavailableError("the thread pool's reactor is shutting down");
+          break;
+        }
         ++accepted;
         ++reactor_ops;
         continue;
       }
-      if (queued_ + inline_ >= queue_capacity_) break;
+      refusal = QueueRoomLocked(*op);
+      if (!refusal.ok()) break;
       wake_timer |= EnqueueLocked(op);
       ++accepted;
     }
@@ -104,16 +118,126 @@ size_t ThreadPoolBackend::Submit(std::span<Op* const> ops) noexcept {
   }
   if (wake_timer) timer_cv_.notify_one();
   for (size_t i = 0; i < nearly; ++i) completer_.Complete(*early[i], -ECANCELED);
-  return accepted;
+  return {accepted, std::move(refusal)};
+}
+
+absl::Status ThreadPoolBackend::QueueRoomLocked(const Op& op) const {
+  if (queued_ + inline_ >= queue_capacity_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the thread pool's queue is full: ", queue_capacity_,
+        " operations wait for a worker, all sessions (limits.pool_queue_depth); retry later"));
+  }
+  const auto it = lane_of_.find(op.session);
+  if (it != lane_of_.end() && lanes_[it->second].queued >= session_queue_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this session's share of the thread pool's queue is full: ", session_queue_,
+        " of its operations wait for a worker (limits.max_pool_queued_per_session); retry later"));
+  }
+  return absl::OkStatus();
 }
 
 bool ThreadPoolBackend::EnqueueLocked(Op* op) {
   const uint32_t idx = AllocNode(op);
-  PushBack(idx);
+  const uint32_t l = LaneFor(op->session);
+  Lane& lane = lanes_[l];
+  Node& n = nodes_[idx];
+  n.lane = l;
+  n.prev = lane.tail;
+  n.next = kNil;
+  if (lane.tail != kNil) {
+    nodes_[lane.tail].next = idx;
+  } else {
+    lane.head = idx;
+  }
+  lane.tail = idx;
+  ++lane.queued;
   ++queued_;
-  if (nodes_[idx].deadline_ns == 0) return false;
+  if (!lane.ready) Settle(l);
+  if (n.deadline_ns == 0) return false;
   HeapPush(idx);
   return deadlines_.front() == idx;
+}
+
+uint32_t ThreadPoolBackend::TakeNextLocked() {
+  const uint32_t l = ready_head_;
+  if (l == kNil) return kNil;
+  const uint32_t idx = lanes_[l].head;
+  Dequeue(idx);
+  ++lanes_[l].running;
+  Unready(l);
+  Settle(l);  // to the back of the list: round-robin
+  return idx;
+}
+
+void ThreadPoolBackend::Dequeue(uint32_t idx) {
+  Node& n = nodes_[idx];
+  Lane& lane = lanes_[n.lane];
+  if (n.prev != kNil) {
+    nodes_[n.prev].next = n.next;
+  } else {
+    lane.head = n.next;
+  }
+  if (n.next != kNil) {
+    nodes_[n.next].prev = n.prev;
+  } else {
+    lane.tail = n.prev;
+  }
+  n.prev = n.next = kNil;
+  --lane.queued;
+  --queued_;
+}
+
+uint32_t ThreadPoolBackend::LaneFor(const core::Session* session) {
+  const auto [it, inserted] = lane_of_.try_emplace(session, free_lane_);
+  if (!inserted) return it->second;
+  const uint32_t l = free_lane_;
+  ASYNCD_CHECK(l != kNil);  // a lane per session with a node, and nodes are bounded
+  Lane& lane = lanes_[l];
+  free_lane_ = lane.next;
+  lane = Lane{};
+  lane.session = session;
+  return l;
+}
+
+void ThreadPoolBackend::Settle(uint32_t l) {
+  Lane& lane = lanes_[l];
+  if (lane.queued > 0 && lane.running < session_running_) {
+    if (lane.ready) return;
+    lane.ready = true;
+    lane.prev = ready_tail_;
+    lane.next = kNil;
+    if (ready_tail_ != kNil) {
+      lanes_[ready_tail_].next = l;
+    } else {
+      ready_head_ = l;
+    }
+    ready_tail_ = l;
+    return;
+  }
+  Unready(l);
+  if (lane.queued == 0 && lane.running == 0) {
+    lane_of_.erase(lane.session);
+    lane.session = nullptr;
+    lane.next = free_lane_;
+    free_lane_ = l;
+  }
+}
+
+void ThreadPoolBackend::Unready(uint32_t l) {
+  Lane& lane = lanes_[l];
+  if (!lane.ready) return;
+  if (lane.prev != kNil) {
+    lanes_[lane.prev].next = lane.next;
+  } else {
+    ready_head_ = lane.next;
+  }
+  if (lane.next != kNil) {
+    lanes_[lane.next].prev = lane.prev;
+  } else {
+    ready_tail_ = lane.prev;
+  }
+  lane.prev = lane.next = kNil;
+  lane.ready = false;
 }
 
 bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
@@ -121,7 +245,7 @@ bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
   if (!MayRunInline(op, now)) return false;
   {
     std::lock_guard lock(mu_);
-    if (stopping_ || queued_ + inline_ >= queue_capacity_) return false;
+    if (stopping_ || !QueueRoomLocked(op).ok()) return false;
     ++inline_;
   }
   int64_t result = -ECANCELED;
@@ -179,9 +303,10 @@ Op* ThreadPoolBackend::InterruptLocked(uint32_t idx) {
   Node& n = nodes_[idx];
   if (n.worker == kNil) {
     Op* op = n.op;
-    Unlink(idx);
-    --queued_;
+    const uint32_t lane = n.lane;
+    Dequeue(idx);
     ReleaseNode(idx);
+    Settle(lane);
     return op;
   }
   Worker& w = workers_[n.worker];
@@ -206,18 +331,21 @@ void ThreadPoolBackend::Shutdown() {
     stopping_ = true;
     const int64_t now = core::MonoNanos();
     cancelled.reserve(queued_);
-    while (head_ != kNil) {
-      const uint32_t idx = head_;
-      Node& n = nodes_[idx];
-      // Not yet started, so this answers kCancelled: the op ends cancelled
-      // (or keeps the reason a cancel already gave it). A non-cancel-safe op
-      // TryRunInline started and queued refuses, and ends all the same,
-      // having run nothing.
-      n.op->RequestEnd(n.gen, core::EndReason::kDrain, now);
-      cancelled.push_back(n.op);
-      Unlink(idx);
-      --queued_;
-      ReleaseNode(idx);
+    for (uint32_t l = 0; l < lanes_.size(); ++l) {
+      if (lanes_[l].session == nullptr) continue;
+      while (lanes_[l].head != kNil) {
+        const uint32_t idx = lanes_[l].head;
+        Node& n = nodes_[idx];
+        // Not yet started, so this answers kCancelled: the op ends cancelled
+        // (or keeps the reason a cancel already gave it). A non-cancel-safe
+        // op TryRunInline started and queued refuses, and ends all the same,
+        // having run nothing.
+        n.op->RequestEnd(n.gen, core::EndReason::kDrain, now);
+        cancelled.push_back(n.op);
+        Dequeue(idx);
+        ReleaseNode(idx);
+      }
+      Settle(l);
     }
     for (uint32_t i = 0; i < thread_count_; ++i) {
       const uint32_t idx = workers_[i].node;
@@ -268,11 +396,9 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
 
   std::unique_lock lock(mu_);
   for (;;) {
-    work_cv_.wait(lock, [&] { return head_ != kNil || stopping_; });
-    if (head_ == kNil) return;  // stopping, and Shutdown emptied the queue
-    const uint32_t idx = head_;
-    Unlink(idx);
-    --queued_;
+    work_cv_.wait(lock, [&] { return ready_head_ != kNil || stopping_; });
+    const uint32_t idx = TakeNextLocked();
+    if (idx == kNil) return;  // stopping, and Shutdown emptied the queue
     ++running_;
     nodes_[idx].worker = index;
     self.node = idx;
@@ -292,9 +418,14 @@ void ThreadPoolBackend::WorkerLoop(uint32_t index) {
     self.interrupt_sent = false;
     self.rekick = false;
     --running_;
+    const uint32_t lane = nodes_[idx].lane;
     // Gone from the index and the heap before Complete: once completed, the
     // slot may be reused, and nobody must reach it through us.
     ReleaseNode(idx);
+    // Room to run another of its ops: back in the ready list (this worker
+    // looks again before it sleeps).
+    --lanes_[lane].running;
+    Settle(lane);
     lock.unlock();
     completer_.Complete(*op, result);
     lock.lock();
@@ -350,6 +481,7 @@ uint32_t ThreadPoolBackend::AllocNode(Op* op) {
   n.prev = n.next = kNil;
   n.heap_pos = kNil;
   n.worker = kNil;
+  n.lane = kNil;
   n.deadline_ns = op->params.deadline_ns;
   IndexInsert(idx);
   return idx;
@@ -363,33 +495,6 @@ void ThreadPoolBackend::ReleaseNode(uint32_t idx) {
   n.worker = kNil;
   n.next = free_head_;
   free_head_ = idx;
-}
-
-void ThreadPoolBackend::PushBack(uint32_t idx) {
-  Node& n = nodes_[idx];
-  n.prev = tail_;
-  n.next = kNil;
-  if (tail_ != kNil) {
-    nodes_[tail_].next = idx;
-  } else {
-    head_ = idx;
-  }
-  tail_ = idx;
-}
-
-void ThreadPoolBackend::Unlink(uint32_t idx) {
-  Node& n = nodes_[idx];
-  if (n.prev != kNil) {
-    nodes_[n.prev].next = n.next;
-  } else {
-    head_ = n.next;
-  }
-  if (n.next != kNil) {
-    nodes_[n.next].prev = n.prev;
-  } else {
-    tail_ = n.prev;
-  }
-  n.prev = n.next = kNil;
 }
 
 // Fibonacci hashing of the op address (slots are 8-byte aligned).

@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "src/backends/reactor.h"
 #include "src/backends/resolve.h"
 #include "src/core/backend.h"
@@ -19,7 +21,9 @@ namespace asyncd::backends {
 
 struct ThreadPoolOptions {
   uint32_t threads = 0;  // 0 = max(4, 2 * hardware_concurrency)
-  uint32_t queue_capacity = 4096;  // ops accepted but not yet picked by a worker
+  uint32_t queue_capacity = 4096;  // ops accepted but not yet picked by a worker, all sessions
+  uint32_t session_queue = 0;    // of those, most from one session; 0 = queue_capacity
+  uint32_t session_running = 0;  // most ops of one session on workers; 0 = max(1, threads - 1)
   PathResolver resolver = PathResolver::kOpenat2;  // how path ops confine their paths
 };
 
@@ -30,10 +34,17 @@ struct ThreadPoolOptions {
 /// (syscalls.h). A FIFO's blocking open cannot be polled: it runs on a
 /// worker, interruptible as below.
 ///
-/// Queue: one mutex-protected FIFO of preallocated nodes (queue_capacity +
-/// threads of them, each naming an op and its generation). Nodes, an
-/// Op*-to-node hash index and the deadline heap are all sized at
-/// construction, so the steady state allocates nothing per op. The backend
+/// Queue: fair across sessions. Each session with ops in the pool has a
+/// lane, a FIFO of its queued ops; workers serve the lanes round-robin,
+/// skipping a lane whose session already has session_running ops on
+/// workers. So one session flooding the pool (thousands of fsyncs, statx
+/// on a hung mount) delays another's op by at most one op per busy lane,
+/// and always leaves it a worker. A session queues at most session_queue
+/// ops and all sessions queue_capacity; Submit refuses beyond, naming the
+/// limit. Everything is mutex-protected and preallocated: queue_capacity +
+/// threads nodes (each naming an op and its generation), as many lanes, a
+/// session-to-lane map, an Op*-to-node hash index and the deadline heap, all
+/// sized at construction, so the steady state allocates nothing per op. The backend
 /// keeps its bookkeeping in its own memory rather than in op.backend_data:
 /// Interrupt() may run while the op completes and its slot is reused (the
 /// submitter then rewrites backend_data), so it must be able to ask "is
@@ -71,16 +82,19 @@ class ThreadPoolBackend final : public core::Backend {
   /// Every kind.
   bool Supports(core::OpKind kind) const override { return true; }
 
-  /// Appends ops to the queue until queue_capacity ops wait (the rest are
-  /// refused: back-pressure) or Shutdown() began (all refused). An op whose
+  /// Appends ops to their sessions' lanes until queue_capacity ops wait, or
+  /// session_queue of one session (the rest are refused, naming the limit:
+  /// back-pressure), or Shutdown() began (all refused). Ops the reactor
+  /// takes do not queue and meet neither limit. An op whose
   /// end was already requested is accepted and completed with -ECANCELED on
   /// this thread before Submit returns. Takes the queue mutex briefly; never
   /// blocks on I/O; allocates nothing.
-  size_t Submit(std::span<core::Op* const> ops) noexcept override;
+  core::Accepted Submit(std::span<core::Op* const> ops) noexcept override;
   /// A NOP, or a read that MayRunInline allows, run on the calling thread
   /// (the read with preadv2(RWF_NOWAIT)); one that must wait is queued,
   /// started. Holds a queue place while it runs, so that queueing it never
-  /// fails; refuses (false) when the queue is full or stopping.
+  /// fails; refuses (false) when the queue or the session's share of it is
+  /// full, or stopping.
   bool TryRunInline(core::Op& op) noexcept override;
 
   /// A queued op is unlinked and completed (-ECANCELED) on this thread
@@ -97,6 +111,8 @@ class ThreadPoolBackend final : public core::Backend {
   void Shutdown() override;
 
   core::BackendStats Stats() const override;
+  /// The most ops of one session on workers at once (the option resolved).
+  uint32_t session_running() const { return session_running_; }
 
   /// The real-time signal that interrupts workers (SIGRTMIN + 3). Its
   /// process-wide disposition is set once to a no-op handler without
@@ -109,11 +125,24 @@ class ThreadPoolBackend final : public core::Backend {
   struct Node {
     core::Op* op = nullptr;  // nullptr while free
     uint32_t gen = 0;
-    uint32_t prev = kNil;  // FIFO links while queued
+    uint32_t prev = kNil;  // its lane's FIFO links while queued
     uint32_t next = kNil;  // ...and the free-list link while free
     uint32_t heap_pos = kNil;  // position in deadlines_, or kNil
     uint32_t worker = kNil;    // the worker running it, or kNil while queued
+    uint32_t lane = kNil;
     int64_t deadline_ns = 0;
+  };
+
+  // One session's share of the pool; exists while it has ops queued or running.
+  struct Lane {
+    const core::Session* session = nullptr;  // nullptr while free
+    uint32_t head = kNil;  // its queued nodes, oldest first
+    uint32_t tail = kNil;
+    uint32_t queued = 0;
+    uint32_t running = 0;
+    uint32_t prev = kNil;  // links in the ready list (lanes a worker may serve)...
+    uint32_t next = kNil;  // ...and the free-list link while free
+    bool ready = false;
   };
 
   struct Worker {
@@ -129,12 +158,21 @@ class ThreadPoolBackend final : public core::Backend {
   void TimerLoop();
 
   // All of the following require mu_.
+  // Why `op` may not queue now (RESOURCE_EXHAUSTED naming the limit), or OK.
+  absl::Status QueueRoomLocked(const core::Op& op) const;
   // Queues op; true when its deadline is now the earliest (wake the timer).
   bool EnqueueLocked(core::Op* op);
+  // Takes the next queued node, round-robin over ready lanes; kNil if none.
+  uint32_t TakeNextLocked();
+  // Removes a queued node from its lane (not from the index or the heap).
+  void Dequeue(uint32_t idx);
   uint32_t AllocNode(core::Op* op);
   void ReleaseNode(uint32_t idx);
-  void PushBack(uint32_t idx);
-  void Unlink(uint32_t idx);
+  uint32_t LaneFor(const core::Session* session);
+  // Puts the lane in (or back at the end of) the ready list if it has queued
+  // ops and room to run one; frees it if it holds nothing.
+  void Settle(uint32_t lane);
+  void Unready(uint32_t lane);
   // Ends the op of node idx early: returns the op when it was queued (now
   // released; the caller completes it with -ECANCELED after unlocking), or
   // nullptr after signalling the worker running it.
@@ -154,6 +192,8 @@ class ThreadPoolBackend final : public core::Backend {
   Reactor reactor_{completer_};
   const uint32_t queue_capacity_;
   const uint32_t thread_count_;
+  const uint32_t session_queue_;
+  const uint32_t session_running_;
   const int signal_;
   const PathResolver resolver_;
 
@@ -165,8 +205,11 @@ class ThreadPoolBackend final : public core::Backend {
   uint32_t index_shift_ = 0;         // 64 - log2(index_.size())
   std::vector<uint32_t> deadlines_;  // min-heap of node indices, capacity reserved
   uint32_t free_head_ = kNil;
-  uint32_t head_ = kNil;
-  uint32_t tail_ = kNil;
+  std::vector<Lane> lanes_;
+  absl::flat_hash_map<const core::Session*, uint32_t> lane_of_;  // reserved for every lane
+  uint32_t free_lane_ = kNil;
+  uint32_t ready_head_ = kNil;  // lanes with queued ops and room to run, in serving order
+  uint32_t ready_tail_ = kNil;
   uint32_t queued_ = 0;
   uint32_t running_ = 0;
   uint32_t inline_ = 0;  // TryRunInline calls under way, each holding a queue place

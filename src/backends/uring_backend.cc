@@ -297,11 +297,17 @@ void UringBackend::Push(std::span<Op* const> ops) noexcept {
   Wake();
 }
 
-size_t UringBackend::Submit(std::span<Op* const> ops) noexcept {
-  if (ops.empty()) return 0;
+core::Accepted UringBackend::Submit(std::span<Op* const> ops) noexcept {
+  if (ops.empty()) return {};
   const size_t n = Reserve(ops.size());
   if (n > 0) Push(ops.first(n));
-  return n;
+  if (n == ops.size()) return {n};
+  if (stopping_.load(std::memory_order_relaxed)) {
+    return {n, absl::UnavailableError("the io_uring backend is shutting down")};
+  }
+  return {n, absl::ResourceExhaustedError(absl::StrCat(
+                 "io_uring holds its most operations in flight (", capacity_,
+                 "; limits.max_inflight_total as the daemon started); retry later"))};
 }
 
 bool UringBackend::TryRunInline(Op& op) noexcept {

@@ -90,7 +90,7 @@ class UringBackend final : public core::Backend {
   /// Any thread; lock-free, allocation-free; never blocks. Accepts a prefix
   /// of `ops` up to the max_ops bound (none after Shutdown began). Writes
   /// at most one eventfd for the batch, only when the ring thread sleeps.
-  size_t Submit(std::span<core::Op* const> ops) noexcept override;
+  core::Accepted Submit(std::span<core::Op* const> ops) noexcept override;
   /// Any thread; allocation-free after the thread's first call. See the
   /// class comment for what runs inline.
   bool TryRunInline(core::Op& op) noexcept override;

@@ -5,6 +5,7 @@
 #include <span>
 #include <string>
 
+#include "absl/status/status.h"
 #include "src/core/op.h"
 
 namespace asyncd::core {
@@ -44,6 +45,15 @@ struct BackendStats {
   uint32_t threads = 0;
 };
 
+/// What Backend::Submit took: a prefix of the ops, and why the rest were not.
+struct Accepted {
+  size_t count = 0;
+  /// OK when every op was taken; otherwise RESOURCE_EXHAUSTED naming the
+  /// limit reached (its Limits field), or UNAVAILABLE once stopping. Built
+  /// only on refusal: the accepting path allocates nothing.
+  absl::Status refusal;
+};
+
 /// One way of running system calls. Implementations: the io_uring fast path
 /// and the thread-pool fallback (src/backends/). Seastar's reactor backend is
 /// the model: one interface, chosen per op kind at start by probing, with a
@@ -65,12 +75,12 @@ class Backend {
   /// runs to completion. Backends take ops to run through OpCompleter::Start.
   ///
   /// Takes the ops (each already kDispatched, with params filled) and starts
-  /// them. Returns how many it accepted: always a prefix of `ops`; the rest
-  /// stay with the caller (the backend is full: back-pressure). Accepted ops
+  /// them. Accepts a prefix of `ops`; the rest stay with the caller, with
+  /// the reason (a limit reached: back-pressure). Accepted ops
   /// belong to the backend until it passes them to OpCompleter::Complete;
   /// their buffers and paths are borrowed until then. Never blocks; any
   /// thread. Submitting a batch lets a backend amortize its system calls.
-  virtual size_t Submit(std::span<Op* const> ops) noexcept = 0;
+  virtual Accepted Submit(std::span<Op* const> ops) noexcept = 0;
   /// Runs `op` (kDispatched, params filled) on the calling thread if it can
   /// finish without blocking there, sparing it the hand-off to a backend
   /// thread. True: the backend took the op, as Submit would have, and has

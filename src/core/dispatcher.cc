@@ -169,11 +169,10 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
   Pending pending[4];
   size_t npending = 0;
   auto flush = [&](Pending& p) {
-    const size_t accepted = p.backend->Submit(std::span<Op* const>(p.ops, p.n));
-    for (size_t i = accepted; i < p.n; ++i) {
+    const Accepted accepted = p.backend->Submit(std::span<Op* const>(p.ops, p.n));
+    for (size_t i = accepted.count; i < p.n; ++i) {
       Abandon(*p.ops[i]);
-      out[p.index[i]] = absl::ResourceExhaustedError(
-          absl::StrCat(std::string(Name(p.backend->kind())), " backend is full; retry later"));
+      out[p.index[i]] = accepted.refusal;
     }
     p.n = 0;
   };

@@ -70,6 +70,9 @@ using core::OpState;
 constexpr auto kWaitTimeout = std::chrono::seconds(10);
 constexpr uint32_t kPoolThreads = 4;
 constexpr uint32_t kPoolQueue = 4096;
+// Most pool ops one session runs at once: one worker is always left to others.
+constexpr uint32_t kPoolSessionRunning = kPoolThreads - 1;
+constexpr uint32_t kPoolSessionQueue = 2048;
 
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 constexpr int kRaceIterations = 150;
@@ -443,6 +446,8 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
     pool_ = std::make_unique<backends::ThreadPoolBackend>(
         *dispatcher_, backends::ThreadPoolOptions{.threads = kPoolThreads,
                                                   .queue_capacity = kPoolQueue,
+                                                  .session_queue = kPoolSessionQueue,
+                                                  .session_running = kPoolSessionRunning,
                                                   .resolver = GetParam().resolver});
     chain.push_back(pool_.get());
     dispatcher_->SetBackends(chain);
@@ -645,14 +650,16 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
     return *id;
   }
 
-  // Holds every pool worker: blocking opens of a FIFO nobody has open for
-  // writing each wait for a peer on a worker (an open cannot wait on the
-  // reactor, where blocked reads wait). ReleaseWorkers lets them finish.
-  std::vector<uint64_t> HoldWorkers(const std::string& rel) {
+  // Holds every pool worker `session` may use (the main session by
+  // default), so that its next pool op stays queued: blocking opens of a
+  // FIFO nobody has open for writing each wait for a peer on a worker (an
+  // open cannot wait on the reactor, where blocked reads wait).
+  // ReleaseWorkers lets them finish.
+  std::vector<uint64_t> HoldWorkers(const std::string& rel, core::Session* session = nullptr) {
     EXPECT_EQ(::mkfifo(InRoot(rel).c_str(), 0600), 0) << std::strerror(errno);
-    std::vector<uint64_t> cookies(kPoolThreads);
+    std::vector<uint64_t> cookies(kPoolSessionRunning);
     for (auto& cookie : cookies) {
-      absl::StatusOr<OpId> id = Start(Open(Keep(rel), O_RDONLY), &cookie);
+      absl::StatusOr<OpId> id = Start(Open(Keep(rel), O_RDONLY), &cookie, session);
       EXPECT_TRUE(id.ok()) << id.status();
       if (id.ok()) EXPECT_TRUE(WaitForState(*id, OpState::kRunning)) << "the open never started";
     }
@@ -1468,6 +1475,99 @@ TEST_P(ConformanceTest, CancelBlockedFifoRead) {
   // The handle still works after the cancel.
   ASSERT_EQ(::write(f.raw, "ok", 2), 2);
   EXPECT_EQ(Run(Read(f.handle, Buffer(8), 8, -1)).data, "ok");
+}
+
+// A poll waiting for an event that never comes ends cancelled at once,
+// exactly once, and the handle still polls afterwards.
+TEST_P(ConformanceTest, CancelBlockedPoll) {
+  Fifo f = MakeFifo("poll-blocked");
+  uint64_t cookie;
+  absl::StatusOr<OpId> id = Start(Poll(f.handle, POLLIN), &cookie);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(WaitForState(*id, OpState::kRunning));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it wait
+  EXPECT_EQ(dispatcher_->Cancel(*id, EndReason::kClientRequest), CancelResult::kCancelled);
+  Completion c = Await(cookie);
+  EXPECT_EQ(c.state, OpState::kCancelled);
+  EXPECT_EQ(c.times, 1);
+  ASSERT_EQ(::write(f.raw, "!", 1), 1);
+  Completion again = Run(Poll(f.handle, POLLIN));
+  EXPECT_EQ(again.state, OpState::kCompleted);
+  EXPECT_TRUE(again.result & POLLIN) << again.result;
+}
+
+// One session flooding the backend cannot stall another. Session A holds
+// 10,000 blocked FIFO reads (all accepted and live), more blocking FIFO
+// opens than the pool has workers (a hung filesystem's stand-in: each holds
+// a worker until its peer comes) and a queue of fsyncs behind them. Session
+// B's statx still completes. Then every op of A's ends exactly once: the
+// opens and fsyncs when the FIFO gets a writer, each read with one byte of
+// the 10,000 written.
+TEST_P(ConformanceTest, AFloodedBackendLeavesAnotherSessionRoomToRun) {
+  auto flooder = registry_.OpenSession(core::ClientInfo{"flooder", 0, 0, 0});
+  ASSERT_TRUE(flooder.ok()) << flooder.status();
+  extra_sessions_.push_back(*flooder);
+  core::Session* a = flooder->get();
+
+  ASSERT_EQ(::mkfifo(InRoot("flood-fifo").c_str(), 0600), 0) << std::strerror(errno);
+  const int raw = ::open(InRoot("flood-fifo").c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(raw, 0) << std::strerror(errno);
+  owned_fds_.push_back(raw);
+  const Completion fifo = Run(Open(Keep("flood-fifo"), O_RDONLY), a);
+  ASSERT_GT(fifo.result, 0);
+  constexpr int kReads = 10'000;
+  char* bytes = Buffer(kReads);
+  std::vector<uint64_t> reads(kReads);
+  for (int i = 0; i < kReads; ++i) {
+    absl::StatusOr<OpId> id =
+        Start(Read(static_cast<uint32_t>(fifo.result), bytes + i, 1, -1), &reads[i], a);
+    ASSERT_TRUE(id.ok()) << "read " << i << ": " << id.status();
+  }
+  EXPECT_EQ(a->live_ops(), static_cast<uint32_t>(kReads));
+
+  MakeFile("flood-file", "data");
+  const Completion file = Run(Open(Keep("flood-file"), O_RDWR), a);
+  ASSERT_GT(file.result, 0);
+  ASSERT_EQ(::mkfifo(InRoot("hung").c_str(), 0600), 0) << std::strerror(errno);
+  std::vector<uint64_t> held(kPoolThreads + 1);
+  for (auto& cookie : held) ASSERT_TRUE(Start(Open(Keep("hung"), O_RDONLY), &cookie, a).ok());
+  constexpr int kFsyncs = 1000;
+  std::vector<uint64_t> fsyncs(kFsyncs);
+  for (auto& cookie : fsyncs) {
+    absl::StatusOr<OpId> id =
+        Start(Fsync(static_cast<uint32_t>(file.result), SyncKind::kFsync), &cookie, a);
+    ASSERT_TRUE(id.ok()) << id.status();
+  }
+
+  struct statx stx;
+  const Completion st = Run(StatxPath("flood-file", &stx));
+  EXPECT_EQ(st.state, OpState::kCompleted);
+  EXPECT_EQ(st.result, 0);
+  if (dispatcher_->RouteFor(OpKind::kOpen) == BackendKind::kThreadPool &&
+      dispatcher_->RouteFor(OpKind::kFsync) == BackendKind::kThreadPool) {
+    // A's hung opens hold all the workers it may use: its fsyncs wait.
+    for (uint64_t cookie : fsyncs) EXPECT_FALSE(sink_.Get(cookie).has_value());
+  }
+
+  ReleaseWorkers("hung");
+  ASSERT_TRUE(sink_.WaitAll(held));
+  ASSERT_TRUE(sink_.WaitAll(fsyncs));
+  for (uint64_t cookie : fsyncs) EXPECT_EQ(sink_.Get(cookie)->result, 0);
+  std::string written(kReads, '\0');
+  for (int i = 0; i < kReads; ++i) written[i] = static_cast<char>('a' + i % 26);
+  ASSERT_EQ(::write(raw, written.data(), written.size()), kReads) << std::strerror(errno);
+  ASSERT_TRUE(sink_.WaitAll(reads));
+  std::string got;
+  for (uint64_t cookie : reads) {
+    const Completion r = *sink_.Get(cookie);
+    EXPECT_EQ(r.times, 1);
+    EXPECT_EQ(r.result, 1);
+    got += r.data;
+  }
+  std::sort(got.begin(), got.end());
+  std::sort(written.begin(), written.end());
+  EXPECT_EQ(got, written);
+  EXPECT_TRUE(WaitUntil([&] { return a->live_ops() == 0; }));
 }
 
 // =============================================================================

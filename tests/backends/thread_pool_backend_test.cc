@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "src/backends/syscalls.h"
@@ -221,6 +222,7 @@ class ThreadPoolBackendTest : public ::testing::Test {
   std::deque<std::string> blocker_paths_;  // BlockWorker's paths, alive while their ops are
   RecordingSink sink_;
   std::vector<int> extra_fds_;
+  struct statx stx_;  // where statx ops write (their results are not looked at)
 };
 
 TEST_F(ThreadPoolBackendTest, StatsReportConfiguration) {
@@ -286,7 +288,7 @@ TEST_F(ThreadPoolBackendTest, QueueFullAcceptsPrefixAndReportsResourceExhausted)
 // With every worker blocked, a queued write is cancelled at once, by the
 // cancelling thread, and never touches the file.
 TEST_F(ThreadPoolBackendTest, CancelOfQueuedOpNeverRunsIt) {
-  Start({.threads = 2, .queue_capacity = 8});
+  Start({.threads = 2, .queue_capacity = 8, .session_running = 2});
   const core::OpId r1 = BlockWorker(1);
   const core::OpId r2 = BlockWorker(2);
   WaitRunning(2);
@@ -664,7 +666,7 @@ TEST_F(ThreadPoolBackendTest, OpenOfFifoIsCancellableAtAnyMoment) {
 }
 
 TEST_F(ThreadPoolBackendTest, ShutdownEndsBlockedAndQueuedOps) {
-  Start({.threads = 2, .queue_capacity = 16});
+  Start({.threads = 2, .queue_capacity = 16, .session_running = 2});
   BlockWorker(6);
   BlockWorker(7);
   WaitRunning(2);
@@ -700,9 +702,95 @@ TEST_F(ThreadPoolBackendTest, ShutdownEndsBlockedAndQueuedOps) {
   nop.sink = &sink_;
   auto refused = dispatcher_->Submit(*session_, nop);
   ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
   backend_->Shutdown();
   EXPECT_EQ(session_->live_ops(), 0u);
+}
+
+// Workers serve sessions round-robin: with one worker, a session's op
+// queued behind another session's hundred runs second, not last.
+TEST_F(ThreadPoolBackendTest, WorkersServeSessionsRoundRobin) {
+  Start({.threads = 1, .queue_capacity = 256});
+  BlockWorker(1);
+  WaitRunning(1);
+  auto other = registry_.OpenSession({"other", 0, 0, 0});
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::vector<uint64_t> order;  // cookies in completion order (one worker: a total order)
+  std::mutex order_mu;
+  struct Recorder final : core::CompletionSink {
+    std::vector<uint64_t>* order;
+    std::mutex* mu;
+    void OnComplete(const core::Op& op) noexcept override {
+      std::lock_guard lock(*mu);
+      order->push_back(op.cookie);
+    }
+  } recorder;
+  recorder.order = &order;
+  recorder.mu = &order_mu;
+  auto submit = [&](core::Session& session, const char* path, uint64_t cookie) {
+    OpRequest r;
+    r.kind = OpKind::kStatx;
+    r.params.path = path;
+    r.params.buf = &stx_;
+    r.sink = &recorder;
+    r.cookie = cookie;
+    ASSERT_TRUE(dispatcher_->Submit(session, r).ok());
+  };
+  for (uint64_t i = 0; i < 100; ++i) submit(*session_, ".", 100 + i);
+  submit(**other, ".", 1000);
+  FreeWorker(1);
+  ASSERT_TRUE(sink_.WaitTotal(1));
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard lock(order_mu);
+    return order.size() == 101;
+  }));
+  std::lock_guard lock(order_mu);
+  const auto other_at = std::find(order.begin(), order.end(), 1000) - order.begin();
+  EXPECT_LE(other_at, 1) << "the other session's op ran after " << other_at << " of the first's";
+}
+
+// A session may queue its share of the pool and no more, and all sessions
+// the queue's depth: each refusal is RESOURCE_EXHAUSTED naming its limit,
+// and the refused op leaves nothing behind.
+TEST_F(ThreadPoolBackendTest, QueueLimitsRefuseNamingTheLimit) {
+  Start({.threads = 1, .queue_capacity = 4, .session_queue = 2});
+  BlockWorker(1);
+  WaitRunning(1);
+  std::vector<std::shared_ptr<core::Session>> sessions = {session_};
+  for (int i = 0; i < 2; ++i) {
+    auto s = registry_.OpenSession({"more", 0, 0, 0});
+    ASSERT_TRUE(s.ok()) << s.status();
+    sessions.push_back(*s);
+  }
+  auto statx = [&](core::Session& session, uint64_t cookie) {
+    OpRequest r;
+    r.kind = OpKind::kStatx;
+    r.params.path = ".";
+    r.params.buf = &stx_;
+    r.sink = &sink_;
+    r.cookie = cookie;
+    return dispatcher_->Submit(session, r);
+  };
+  ASSERT_TRUE(statx(*sessions[0], 2).ok());
+  ASSERT_TRUE(statx(*sessions[0], 3).ok());
+  auto over_share = statx(*sessions[0], 4);
+  EXPECT_EQ(over_share.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(over_share.status().message()),
+              ::testing::HasSubstr("limits.max_pool_queued_per_session"));
+  ASSERT_TRUE(statx(*sessions[1], 5).ok());
+  ASSERT_TRUE(statx(*sessions[1], 6).ok());
+  auto over_depth = statx(*sessions[2], 7);
+  EXPECT_EQ(over_depth.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(over_depth.status().message()),
+              ::testing::HasSubstr("limits.pool_queue_depth"));
+  EXPECT_EQ(sessions[0]->live_ops(), 3u);  // the blocker and two queued
+  EXPECT_EQ(sessions[2]->live_ops(), 0u);
+  EXPECT_EQ(backend_->Stats().queued, 4u);
+  FreeWorker(1);
+  ASSERT_TRUE(sink_.WaitTotal(5));
+  for (uint64_t c : {2, 3, 5, 6}) EXPECT_EQ(sink_.Wait(c).state, OpState::kCompleted);
+  EXPECT_FALSE(sink_.Has(4));
+  EXPECT_FALSE(sink_.Has(7));
 }
 
 // RunOrSubmit holds a queue place for an inline run: with the queue full it

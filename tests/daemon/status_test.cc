@@ -18,14 +18,16 @@ TEST(StatusTest, OverLimitMessagesNameTheirConfigKey) {
   EXPECT_EQ(Named("the daemon serves the maximum of 2 sessions"),
             "the daemon serves the maximum of 2 sessions (limits.max_sessions)");
   EXPECT_EQ(Named("too many handles"), "too many handles (limits.max_handles_per_session)");
-  EXPECT_EQ(Named("thread_pool backend is full; retry later"),
-            "thread_pool backend is full; retry later "
-            "(backends.thread_pool_queue / backends.uring_entries)");
+  EXPECT_EQ(Named("the queue is full (limits.pool_queue_depth)"),
+            "the queue is full (limits.pool_queue_depth) (backends.thread_pool_queue)");
 }
 
 TEST(StatusTest, AMessageThatNamesItsKeyAlreadyIsKept) {
   const std::string m = "at limits.max_sessions: 3 sessions";
   EXPECT_EQ(Named(m), m);
+  // Even when it mentions what another key's message would (sessions).
+  const std::string share = "1024 wait, all sessions (limits.max_pool_queued_per_session)";
+  EXPECT_EQ(Named(share), share);
 }
 
 TEST(StatusTest, OtherStatusesPassUnchanged) {

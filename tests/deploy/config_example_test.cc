@@ -40,6 +40,8 @@ Config Poisoned() {
   c.path_resolver = "userspace";
   c.max_sessions = 3;
   c.max_inflight_per_session = 3;
+  c.max_pool_queued_per_session = 3;
+  c.max_pool_running_per_session = 3;
   c.max_batch_ops = 3;
   c.max_op_bytes = 3;
   c.max_handles_per_session = 3;
@@ -77,7 +79,7 @@ TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
   // would make the next test blind to it. Adding a key: poison it, and
   // document it in deploy/asyncd.toml.example.
   // Fails to compile when Config gains or loses a field.
-  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38] = Config{};
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40] = Config{};
   EXPECT_NE(Poisoned(), Config{});
 }
 
@@ -100,6 +102,8 @@ TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
   EXPECT_EQ(loaded->path_resolver, defaults.path_resolver);
   EXPECT_EQ(loaded->max_sessions, defaults.max_sessions);
   EXPECT_EQ(loaded->max_inflight_per_session, defaults.max_inflight_per_session);
+  EXPECT_EQ(loaded->max_pool_queued_per_session, defaults.max_pool_queued_per_session);
+  EXPECT_EQ(loaded->max_pool_running_per_session, defaults.max_pool_running_per_session);
   EXPECT_EQ(loaded->max_batch_ops, defaults.max_batch_ops);
   EXPECT_EQ(loaded->max_op_bytes, defaults.max_op_bytes);
   EXPECT_EQ(loaded->max_handles_per_session, defaults.max_handles_per_session);

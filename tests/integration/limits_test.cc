@@ -1,11 +1,14 @@
 // Limits and back-pressure over gRPC against the real daemon: every
 // configurable limit answers RESOURCE_EXHAUSTED naming the limit and changes
 // nothing (limits.max_inflight_total, max_buffered_bytes, max_sessions,
-// max_inflight_per_session, max_batch_ops, max_op_bytes), and a stream client
+// max_inflight_per_session, max_batch_ops, max_op_bytes, the thread pool's
+// pool_queue_depth and max_pool_queued_per_session), and a stream client
 // that submits but never reads its completions leaves the daemon's memory
 // bounded while it keeps serving everyone else.
 #include <gmock/gmock.h>
 #include <sys/stat.h>
+
+#include <cstring>
 
 #include <atomic>
 #include <condition_variable>
@@ -244,6 +247,109 @@ TEST(LimitsTest, MaxOpBytesRefusesALargerReadOrWrite) {
 // completion: the daemon stops reading its requests once
 // max_inflight_per_session results are undelivered, so its memory stays
 // bounded, and everyone else is still served.
+v1::Operation OpenFifoOp(const std::string& path, uint64_t tag) {
+  v1::Operation op;
+  op.set_tag(tag);
+  op.mutable_open()->set_path(path);
+  op.mutable_open()->set_access(v1::OPEN_MODE_READ_ONLY);
+  return op;
+}
+
+v1::Operation StatxOp(const std::string& path) {
+  v1::Operation op;
+  op.mutable_statx()->set_path(path);
+  return op;
+}
+
+// The thread pool's limits, on the fallback: a session's hung ops (blocking
+// FIFO opens) hold at most max_pool_running_per_session workers, so another
+// session's statx still runs; a session queues at most
+// max_pool_queued_per_session ops and all sessions pool_queue_depth; each
+// refusal is RESOURCE_EXHAUSTED naming its limit and changes nothing; the
+// three limits are in OpenSession's and GetStats' Limits.
+TEST(LimitsTest, ThreadPoolLimitsKeepSessionsApartAndNameThemselves) {
+  ConfigFile config(
+      "[backends]\nthread_pool_threads = 2\nthread_pool_queue = 4\n"
+      "[limits]\nmax_pool_queued_per_session = 2\nmax_pool_running_per_session = 1\n");
+  Daemon daemon(BackendMode::kThreadPoolOnly, config.Args());
+  Client client(daemon.channel());
+  ASSERT_EQ(mkfifo((daemon.root() + "/hung").c_str(), 0600), 0);
+  v1::OpenSessionResponse opened;
+  auto a = client.OpenSession("flooder", 0, &opened);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(opened.limits().pool_queue_depth(), 4u);
+  EXPECT_EQ(opened.limits().max_pool_queued_per_session(), 2u);
+  EXPECT_EQ(opened.limits().max_pool_running_per_session(), 1u);
+
+  auto stream_a = StreamClient::Create(daemon.channel(), "flooder", *a);
+  ASSERT_TRUE(stream_a.ok()) << stream_a.status();
+  Completions done;
+  // Holds one worker until the FIFO gets a writer: `inflight` ops in all,
+  // none queued.
+  auto hold = [&](StreamClient& stream, uint64_t tag, uint64_t inflight) {
+    ASSERT_TRUE(stream.Submit({OpenFifoOp("hung", tag)}, done.Callback()).ok());
+    ASSERT_TRUE(WaitFor([&] {
+      auto st = client.GetStats();
+      return st.ok() && st->inflight() == inflight && st->queued() == 0;
+    }));
+  };
+  // A's first open runs; A is then at its running share: two more queue.
+  hold(**stream_a, 1, 1);
+  ASSERT_TRUE((*stream_a)->Submit({OpenFifoOp("hung", 2), OpenFifoOp("hung", 3)}, done.Callback()).ok());
+  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 3; }));
+  auto over_share = client.Submit(*a, StatxOp("hung"));
+  EXPECT_EQ(over_share.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(over_share.status().message()),
+              HasSubstr("limits.max_pool_queued_per_session"));
+
+  // Session B still gets the other worker.
+  auto b = client.OpenSession("b");
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto statx = client.Submit(*b, StatxOp("hung"));
+  ASSERT_TRUE(statx.ok()) << statx.status();
+  EXPECT_EQ(statx->outcome(), v1::OUTCOME_COMPLETED);
+  EXPECT_EQ(statx->stat().file_type(), v1::FILE_TYPE_FIFO);
+
+  // B holds that worker too and queues one: the queue (4) is full.
+  auto stream_b = StreamClient::Create(daemon.channel(), "b", *b);
+  ASSERT_TRUE(stream_b.ok()) << stream_b.status();
+  ASSERT_TRUE((*stream_b)->Submit({OpenFifoOp("hung", 4)}, done.Callback()).ok());
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = client.GetStats();
+    return st.ok() && st->inflight() == 4 && st->queued() == 2;
+  }));
+  ASSERT_TRUE((*stream_b)->Submit({OpenFifoOp("hung", 5), OpenFifoOp("hung", 6)}, done.Callback()).ok());
+  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 6; }));
+  auto c = client.OpenSession("c");
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto over_depth = client.Submit(*c, StatxOp("hung"));
+  EXPECT_EQ(over_depth.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(over_depth.status().message()), HasSubstr("limits.pool_queue_depth"));
+  EXPECT_THAT(std::string(over_depth.status().message()), HasSubstr("backends.thread_pool_queue"));
+
+  // Nothing changed: the six opens, in the queue and in Stats.
+  auto stats = client.GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->inflight(), 6u);
+  EXPECT_EQ(stats->queued(), 4u);
+  EXPECT_EQ(stats->limits().pool_queue_depth(), 4u);
+  EXPECT_EQ(stats->limits().max_pool_queued_per_session(), 2u);
+  EXPECT_EQ(stats->limits().max_pool_running_per_session(), 1u);
+
+  // A writer arrives: every open completes, and the pool takes work again.
+  const int writer = ::open((daemon.root() + "/hung").c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(writer, 0) << std::strerror(errno);
+  for (uint64_t tag = 1; tag <= 6; ++tag) {
+    auto opened_fifo = done.Wait(tag);
+    ASSERT_TRUE(opened_fifo) << tag;
+    EXPECT_EQ(opened_fifo->outcome(), v1::OUTCOME_COMPLETED) << tag;
+  }
+  EXPECT_TRUE(client.Submit(*c, StatxOp("hung")).ok());
+  ::close(writer);
+  EXPECT_TRUE((*stream_a)->Finish().ok());
+  EXPECT_TRUE((*stream_b)->Finish().ok());
+}
+
 TEST(LimitsTest, StreamClientThatNeverReadsLeavesDaemonMemoryBounded) {
   ConfigFile config("[limits]\nmax_inflight_per_session = 8\n");
   Daemon daemon(BackendMode::kIoUring, config.Args());

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "src/core/backend.h"
 #include "src/core/clock.h"
 
@@ -64,18 +65,20 @@ class FakeBackend final : public core::Backend {
            std::find(options_.kinds.begin(), options_.kinds.end(), kind) != options_.kinds.end();
   }
 
-  size_t Submit(std::span<core::Op* const> ops) noexcept override {
+  core::Accepted Submit(std::span<core::Op* const> ops) noexcept override {
     submitted_.fetch_add(ops.size(), std::memory_order_relaxed);
     if (options_.completion == Completion::kAtOnce) {
       for (core::Op* op : ops) End(*op, options_.result);
-      return ops.size();
+      return {ops.size()};
     }
     std::lock_guard lock(mu_);
     const size_t held = queue_.size();
     const size_t cap = capacity_;
     const size_t n = held >= cap ? 0 : std::min(ops.size(), cap - held);
     queue_.insert(queue_.end(), ops.begin(), ops.begin() + n);
-    return n;
+    if (n == ops.size()) return {n};
+    return {n, absl::ResourceExhaustedError(
+                   absl::StrCat("the fake backend holds its capacity of ", cap, " ops"))};
   }
 
   void Interrupt(core::Op& op, uint32_t gen) noexcept override {
