@@ -292,14 +292,15 @@ UringBackend::Shard* UringBackend::PickShard() {
       shards_made_ = std::max(shards_made_, s + 1);
       io_uring_params p{};
       p.cq_entries = std::max(NextPow2(uint64_t{shard_ops_} * 2), 2 * NextPow2(entries_));
-      const int ret = InitRing(shard, std::min(entries_, shard_ops_), p);
-      if (ret == 0 && io_uring_register_eventfd(shard.ring.get(), shard_fd_) != 0) {
+      int ret = InitRing(shard, std::min(entries_, shard_ops_), p);
+      if (ret == 0) ret = io_uring_register_eventfd(shard.ring.get(), shard_fd_);
+      if (ret < 0 && shard.ring != nullptr) {
         io_uring_queue_exit(shard.ring.get());
         shard.ring.reset();
       }
-      if (shard.ring == nullptr) {
+      if (ret < 0) {
         spdlog::warn("io_uring: no ring for shard {} ({}): at most {} ops on the ring", s,
-                     std::strerror(ret < 0 ? -ret : errno), s * shard_ops_);
+                     std::strerror(-ret), s * shard_ops_);
         shard.failed = true;
         continue;
       }
@@ -881,8 +882,10 @@ unsigned UringBackend::ReapRing(io_uring& ring) {
           break;
         case kTagShardWake:
           if ((cqes[i]->flags & IORING_CQE_F_MORE) == 0) shard_armed_ = false;
-          for (size_t s = 1; s < shards_made_; ++s) shards_[s].poked = true;
-          shards_poked_ = true;
+          // Which shard signalled is unknown: ask each that holds ops.
+          for (size_t s = 1; s < shards_made_; ++s) {
+            if (shards_[s].on_ring > 0) shards_[s].poked = shards_poked_ = true;
+          }
           break;
         case kTagCancel:       // only failures: -ENOENT, -EALREADY
         case kTagLinkTimeout:  // -ETIME fired and cancelled, -ECANCELED op done first
