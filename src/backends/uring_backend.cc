@@ -438,8 +438,8 @@ core::BackendStats UringBackend::Stats() const {
 void UringBackend::Run() {
   for (;;) {
     const bool stopping = stopping_.load(std::memory_order_seq_cst);
-    if (!wake_armed_) ArmWakePoll();
-    if (shards_made_ > 1 && !shard_armed_) ArmShardPoll();
+    if (!wake_armed_) ArmPoll(wake_fd_, kTagWake, wake_armed_);
+    if (shards_made_ > 1 && !shard_armed_) ArmPoll(shard_fd_, kTagShardWake, shard_armed_);
     size_t work = 0;
     const size_t before = pending_count_ + on_ring_;
     // Cancels first: any op submitted before a cancel request for it is then
@@ -499,23 +499,15 @@ void UringBackend::SubmitAndWait(bool wait, int64_t timeout_ns) {
   }
 }
 
-void UringBackend::ArmWakePoll() {
+// wake_fd_, and shard_fd_: the further shards' completions wait
+// (DEFER_TASKRUN) until this thread enters their ring; the eventfd they all
+// signal, polled on the first ring, wakes it when one has some.
+void UringBackend::ArmPoll(int fd, uint64_t tag, bool& armed) {
   if (!EnsureSqes(shards_[0], 1)) return;
   io_uring_sqe* sqe = io_uring_get_sqe(ring_);
-  io_uring_prep_poll_multishot(sqe, wake_fd_, POLLIN);
-  io_uring_sqe_set_data64(sqe, kTagWake);
-  wake_armed_ = true;
-}
-
-// The further shards' completions wait (DEFER_TASKRUN) until this thread
-// enters their ring; the eventfd they all signal, polled on the first ring,
-// wakes it when one has some.
-void UringBackend::ArmShardPoll() {
-  if (!EnsureSqes(shards_[0], 1)) return;
-  io_uring_sqe* sqe = io_uring_get_sqe(ring_);
-  io_uring_prep_poll_multishot(sqe, shard_fd_, POLLIN);
-  io_uring_sqe_set_data64(sqe, kTagShardWake);
-  shard_armed_ = true;
+  io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+  io_uring_sqe_set_data64(sqe, tag);
+  armed = true;
 }
 
 bool UringBackend::EnsureSqes(Shard& shard, unsigned n) {

@@ -36,9 +36,9 @@ struct UringOptions {
 
 /// The io_uring fast path.
 ///
-/// Threading: one ring thread owns the ring (IORING_SETUP_SINGLE_ISSUER |
+/// Threading: one ring thread owns the rings (IORING_SETUP_SINGLE_ISSUER |
 /// DEFER_TASKRUN when the kernel accepts them) and is the only thread that
-/// touches it, prepares SQEs, reaps CQEs and calls OpCompleter::Complete.
+/// touches them, prepares SQEs, reaps CQEs and calls OpCompleter::Complete.
 /// Other threads hand it ops through a lock-free intrusive stack (linked
 /// through Op::backend_data[0], so Submit allocates nothing) and cancel
 /// requests through a small mutex-protected vector, and wake it through an
@@ -53,9 +53,10 @@ struct UringOptions {
 /// created lazily by the ring thread and owned by it like the first. Up to
 /// shard_ops in flight everything runs on one ring exactly as without
 /// shards. Every shard has its own SQE side storage and free entries; the
-/// entries themselves are one table cut into shard_ops-sized ranges, so an
-/// entry index names its shard and a cancel or resend reaches the ring that
-/// holds the op without reading the op. The further rings signal one
+/// entries themselves are one table cut into shard_ops-sized ranges and
+/// never change shard, so an entry index names its ring, (index, sequence)
+/// stays unique on each ring, and a cancel or resend goes to the op's ring
+/// from the entry index alone. The further rings signal one
 /// eventfd (registered with each) that the first ring polls, so the thread
 /// still sleeps in one io_uring_enter; woken, it enters each busy shard to
 /// run its deferred completions.
@@ -173,7 +174,6 @@ class UringBackend final : public core::Backend {
   // The shard to put the next op on, or nullptr when every usable one is full.
   Shard* PickShard();
   Shard& ShardOf(uint32_t index) { return shards_[index / shard_ops_]; }
-  void ArmShardPoll();
   // Submits the further shards' SQEs and runs their deferred completions.
   void EnterShards();
   void TakeSubmissions();
@@ -196,7 +196,8 @@ class UringBackend final : public core::Backend {
   void RemoveOnRing(core::Op& op);
   void PendingPushBack(core::Op& op);
   void PendingPushFront(core::Op& op);
-  void ArmWakePoll();
+  // A multishot POLL_ADD of eventfd `fd` on the first ring; sets `armed`.
+  void ArmPoll(int fd, uint64_t tag, bool& armed);
   bool EnsureSqes(Shard& shard, unsigned n);
   void SubmitAndWait(bool wait, int64_t timeout_ns);
   unsigned ReapRing(io_uring& ring);
