@@ -81,6 +81,10 @@ constexpr int kFdShift = 32;          // the O_PATH descriptor of a kStage2 stat
 constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
 constexpr uint32_t kMaxCqEntries = 65536;  // the kernel's IORING_MAX_CQ_ENTRIES
 constexpr unsigned kReapBatch = 256;
+// SQ entries of a shard past the first: its SQEs are submitted whenever the
+// SQ fills, and a small SQ (with its per-SQE side storage) keeps a shard's
+// memory near its CQ's.
+constexpr uint32_t kShardSqEntries = 1024;
 // While ops wait in the pending list (ring at its limit), the ring thread
 // wakes at least this often to end those whose deadline passed.
 constexpr int64_t kPendingDeadlineTickNs = 10'000'000;
@@ -292,7 +296,7 @@ UringBackend::Shard* UringBackend::PickShard() {
       shards_made_ = std::max(shards_made_, s + 1);
       io_uring_params p{};
       p.cq_entries = std::max(NextPow2(uint64_t{shard_ops_} * 2), 2 * NextPow2(entries_));
-      int ret = InitRing(shard, std::min(entries_, shard_ops_), p);
+      int ret = InitRing(shard, std::min({entries_, shard_ops_, kShardSqEntries}), p);
       if (ret == 0) ret = io_uring_register_eventfd(shard.ring.get(), shard_fd_);
       if (ret < 0 && shard.ring != nullptr) {
         io_uring_queue_exit(shard.ring.get());

@@ -31,7 +31,7 @@ struct UringOptions {
   /// Ops on one ring before further ones go to another ring (a shard);
   /// 0 = one ring whatever the load. The kernel's cancel hash has at most
   /// 256 buckets per ring, so a cancel costs O(ops on its ring / 256).
-  uint32_t shard_ops = 4096;
+  uint32_t shard_ops = 8192;
 };
 
 /// The io_uring fast path.
