@@ -185,6 +185,50 @@ class UringBackendTest : public ::testing::Test {
     return ids;
   }
 
+  // The body of the CancelRacingCompletion tests, one per fixture.
+  void RunCancelRacingCompletion() {
+    constexpr int kOps = 20000;
+    Recorder rec(kOps);
+    std::vector<core::OpId> ids(kOps);
+    std::atomic<int> submitted{0};
+    std::thread canceller([&] {
+      std::mt19937 rng(42);
+      int next = 0;
+      while (next < kOps) {
+        const int upto = submitted.load(std::memory_order_acquire);
+        for (; next < upto; ++next) {
+          if (rng() % 4 == 0) std::this_thread::yield();
+          dispatcher_->Cancel(ids[next], core::EndReason::kClientRequest);
+        }
+      }
+    });
+    constexpr int kBatch = 50;  // divides kOps
+    for (int base = 0; base < kOps; base += kBatch) {
+      std::vector<OpRequest> reqs(kBatch);
+      for (int i = 0; i < kBatch; ++i) {
+        // A mix: NOPs finish at once, short timeouts a little later.
+        reqs[i].kind = (i % 2 == 0) ? OpKind::kNop : OpKind::kTimeout;
+        reqs[i].params.timeout_ns = 1000 * (i % 7);
+        reqs[i].sink = &rec;
+        reqs[i].cookie = base + i;
+      }
+      const std::vector<core::OpId> got = SubmitAll(std::move(reqs));
+      std::copy(got.begin(), got.end(), ids.begin() + base);
+      submitted.store(base + kBatch, std::memory_order_release);
+    }
+    canceller.join();
+    ASSERT_TRUE(rec.WaitFor(kOps, std::chrono::seconds(30)));
+    int cancelled = 0;
+    for (int i = 0; i < kOps; ++i) {
+      ASSERT_EQ(rec.count(i), 1) << i;
+      const OpState s = rec.state(i);
+      ASSERT_TRUE(s == OpState::kCompleted || s == OpState::kCancelled) << core::Name(s);
+      cancelled += s == OpState::kCancelled;
+    }
+    RecordProperty("cancelled", cancelled);
+    ExpectLiveOpsReachZero();
+  }
+
   // Waits until the backend has `n` ops on its rings (Stats sums the shards).
   void ExpectRunning(uint64_t n) {
     for (int i = 0; i < 5000 && backend_->Stats().running != n; ++i) {
@@ -504,46 +548,7 @@ TEST_F(UringBackendTest, PollReportsReadiness) {
 // Cancels race short timeouts: each op must end exactly once, as completed
 // (it won) or cancelled (the cancel won), never both, never neither.
 TEST_F(UringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
-  constexpr int kOps = 20000;
-  Recorder rec(kOps);
-  std::vector<core::OpId> ids(kOps);
-  std::atomic<int> submitted{0};
-  std::thread canceller([&] {
-    std::mt19937 rng(42);
-    int next = 0;
-    while (next < kOps) {
-      const int upto = submitted.load(std::memory_order_acquire);
-      for (; next < upto; ++next) {
-        if (rng() % 4 == 0) std::this_thread::yield();
-        dispatcher_->Cancel(ids[next], core::EndReason::kClientRequest);
-      }
-    }
-  });
-  constexpr int kBatch = 50;  // divides kOps
-  for (int base = 0; base < kOps; base += kBatch) {
-    std::vector<OpRequest> reqs(kBatch);
-    for (int i = 0; i < kBatch; ++i) {
-      // A mix: NOPs finish at once, short timeouts a little later.
-      reqs[i].kind = (i % 2 == 0) ? OpKind::kNop : OpKind::kTimeout;
-      reqs[i].params.timeout_ns = 1000 * (i % 7);
-      reqs[i].sink = &rec;
-      reqs[i].cookie = base + i;
-    }
-    const std::vector<core::OpId> got = SubmitAll(std::move(reqs));
-    std::copy(got.begin(), got.end(), ids.begin() + base);
-    submitted.store(base + kBatch, std::memory_order_release);
-  }
-  canceller.join();
-  ASSERT_TRUE(rec.WaitFor(kOps, std::chrono::seconds(30)));
-  int cancelled = 0;
-  for (int i = 0; i < kOps; ++i) {
-    ASSERT_EQ(rec.count(i), 1) << i;
-    const OpState s = rec.state(i);
-    ASSERT_TRUE(s == OpState::kCompleted || s == OpState::kCancelled) << core::Name(s);
-    cancelled += s == OpState::kCancelled;
-  }
-  RecordProperty("cancelled", cancelled);
-  ExpectLiveOpsReachZero();
+  RunCancelRacingCompletion();
 }
 
 TEST_F(UringBackendTest, ShutdownEndsBlockedAndQueuedOps) {
@@ -693,6 +698,11 @@ TEST_F(ShardedUringBackendTest, DeadlineOnALaterShardEndsTimedOut) {
   ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
   ASSERT_TRUE(rec.WaitFor(kFill + 1));
   ExpectLiveOpsReachZero();
+}
+
+// The same race with the ops spread over shards whenever the first fills.
+TEST_F(ShardedUringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
+  RunCancelRacingCompletion();
 }
 
 // Shutdown drains every shard: it returns after each op's one completion.
