@@ -224,7 +224,7 @@ absl::Status UringBackend::Init() {
     io_uring_params p{};
     // Room for every op's CQE plus its cancel's and link timeout's.
     p.cq_entries = std::max(NextPow2(uint64_t{capacity_} * 2), 2 * NextPow2(entries_));
-    if (const int ret = InitRing(shards_[0], entries_, p); ret < 0) {
+    if (const int ret = InitRing(shards_[0], entries_, 0, p); ret < 0) {
       started.set_value(absl::UnavailableError(
           absl::StrCat("io_uring_queue_init_params: ", std::strerror(-ret))));
       return;
@@ -263,12 +263,12 @@ absl::Status UringBackend::Init() {
   return status;
 }
 
-int UringBackend::InitRing(Shard& shard, uint32_t entries, io_uring_params& p) {
+int UringBackend::InitRing(Shard& shard, uint32_t entries, uint32_t flags, io_uring_params& p) {
   auto ring = std::make_unique<io_uring>();
   const uint32_t cq = p.cq_entries;
   p = io_uring_params{};
   p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SINGLE_ISSUER |
-            IORING_SETUP_DEFER_TASKRUN;
+            IORING_SETUP_DEFER_TASKRUN | flags;
   p.cq_entries = cq;
   int ret = io_uring_queue_init_params(entries, ring.get(), &p);
   if (ret == -EINVAL) {  // a kernel before 6.1: no DEFER_TASKRUN
@@ -296,7 +296,10 @@ UringBackend::Shard* UringBackend::PickShard() {
       shards_made_ = std::max(shards_made_, s + 1);
       io_uring_params p{};
       p.cq_entries = std::max(NextPow2(uint64_t{shard_ops_} * 2), 2 * NextPow2(entries_));
-      int ret = InitRing(shard, std::min({entries_, shard_ops_, kShardSqEntries}), p);
+      // TASKRUN_FLAG: the ring says when deferred completions are left (see
+      // EnterShards).
+      int ret = InitRing(shard, std::min({entries_, shard_ops_, kShardSqEntries}),
+                         IORING_SETUP_TASKRUN_FLAG, p);
       if (ret == 0) ret = io_uring_register_eventfd(shard.ring.get(), shard_fd_);
       if (ret < 0 && shard.ring != nullptr) {
         io_uring_queue_exit(shard.ring.get());
@@ -321,11 +324,12 @@ void UringBackend::EnterShards() {
     if (shard.ring == nullptr) continue;
     io_uring* ring = shard.ring.get();
     if (!shard.poked && io_uring_sq_ready(ring) == 0) continue;
-    // With DEFER_TASKRUN its completions are posted only when we ask; keep
-    // asking while asking brings some (the kernel may run them in batches).
-    const unsigned before = io_uring_cq_ready(ring);
+    // With DEFER_TASKRUN its completions are posted only when we ask, and
+    // one entry runs a bounded batch of them (some post nothing: a read
+    // woken for data another took waits again): ask again while the ring
+    // flags work left. Unlike the first ring, no wait on it runs the rest.
     [[maybe_unused]] const int ret = io_uring_submit_and_get_events(ring);
-    shard.poked = shard.poked && io_uring_cq_ready(ring) != before;
+    shard.poked = (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN) != 0;
     shards_poked_ = shards_poked_ || shard.poked;
   }
 }

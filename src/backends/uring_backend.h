@@ -169,8 +169,9 @@ class UringBackend final : public core::Backend {
 
   // Ring thread.
   void Run();
-  // Creates `shard`'s ring on this thread with p.cq_entries; 0 or -errno.
-  int InitRing(Shard& shard, uint32_t entries, io_uring_params& p);
+  // Creates `shard`'s ring on this thread with p.cq_entries and the
+  // IORING_SETUP_* `flags` beyond the usual ones; 0 or -errno.
+  int InitRing(Shard& shard, uint32_t entries, uint32_t flags, io_uring_params& p);
   // The shard to put the next op on, or nullptr when every usable one is full.
   Shard* PickShard();
   Shard& ShardOf(uint32_t index) { return shards_[index / shard_ops_]; }

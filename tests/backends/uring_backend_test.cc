@@ -700,6 +700,38 @@ TEST_F(ShardedUringBackendTest, DeadlineOnALaterShardEndsTimedOut) {
   ExpectLiveOpsReachZero();
 }
 
+// The kernel runs a bounded batch of a ring's deferred completions per
+// entry. Data for one reader wakes all 60 readers of a pipe on a further
+// shard; a read of another pipe, woken just after, must not stay behind the
+// batches of readers that find nothing and post no completion.
+TEST_F(ShardedUringBackendTest, CompletionBehindManyEmptyWakeupsOnALaterShardArrives) {
+  constexpr int kCrowd = 60;
+  Recorder rec(kShardOps + kCrowd + 1);
+  std::vector<char> fill_bufs;
+  SubmitReads(BlockingPipeHandle(), rec, kShardOps, fill_bufs);  // shard 0
+  ExpectRunning(kShardOps);
+  const uint32_t crowd = BlockingPipeHandle();
+  const int crowd_writer = pipe_writers_.back();
+  const uint32_t lone = BlockingPipeHandle();
+  const int lone_writer = pipe_writers_.back();
+  std::vector<char> bufs((kCrowd + 1) * 8);
+  std::vector<OpRequest> reqs;
+  for (int i = 0; i < kCrowd; ++i) {
+    reqs.push_back(ReadReq(crowd, rec, kShardOps + i, &bufs[i * 8], 8));
+  }
+  reqs.push_back(ReadReq(lone, rec, kShardOps + kCrowd, &bufs[kCrowd * 8], 8));
+  SubmitAll(std::move(reqs));
+  ExpectRunning(kShardOps + kCrowd + 1);
+  ASSERT_EQ(write(crowd_writer, "crowd..!", 8), 8);
+  ASSERT_EQ(write(lone_writer, "lone...!", 8), 8);
+  ASSERT_TRUE(rec.WaitFor(2));
+  EXPECT_EQ(rec.count(kShardOps + kCrowd), 1);
+  EXPECT_EQ(rec.result(kShardOps + kCrowd), 8);
+  ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
+  ASSERT_TRUE(rec.WaitFor(kShardOps + kCrowd + 1));
+  ExpectLiveOpsReachZero();
+}
+
 // The same race with the ops spread over shards whenever the first fills.
 TEST_F(ShardedUringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
   RunCancelRacingCompletion();
