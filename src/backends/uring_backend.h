@@ -56,10 +56,12 @@ struct UringOptions {
 /// entries themselves are one table cut into shard_ops-sized ranges and
 /// never change shard, so an entry index names its ring, (index, sequence)
 /// stays unique on each ring, and a cancel or resend goes to the op's ring
-/// from the entry index alone. The further rings signal one
-/// eventfd (registered with each) that the first ring polls, so the thread
-/// still sleeps in one io_uring_enter; woken, it enters each busy shard to
-/// run its deferred completions.
+/// from the entry index alone. The further rings signal one eventfd
+/// (registered with each) that the first ring polls, so the thread still
+/// sleeps in one io_uring_enter; woken, it enters each busy shard to run
+/// its deferred completions, again while the kernel flags some left
+/// (IORING_SETUP_TASKRUN_FLAG: one entry runs a bounded batch). A ring once
+/// made stays until shutdown.
 ///
 /// Inline fast path (TryRunInline, for unary callers): what MayRunInline
 /// allows (a NOP, a read of a stream, a positional read of a file) runs on
