@@ -46,6 +46,7 @@ constexpr uint64_t kTagOp = 0;
 constexpr uint64_t kTagCancel = 1;
 constexpr uint64_t kTagLinkTimeout = 2;
 constexpr uint64_t kTagWake = 3;  // the eventfd poll; no op
+constexpr uint64_t kTagShardWake = 4;  // the further shards' eventfd poll; no op
 
 uint64_t UserData(uint32_t index, uint32_t seq, uint64_t tag) {
   return (uint64_t{seq} << 32) | (uint64_t{index} << kIndexShift) | tag;
@@ -80,6 +81,10 @@ constexpr int kFdShift = 32;          // the O_PATH descriptor of a kStage2 stat
 constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
 constexpr uint32_t kMaxCqEntries = 65536;  // the kernel's IORING_MAX_CQ_ENTRIES
 constexpr unsigned kReapBatch = 256;
+// SQ entries of a shard past the first: its SQEs are submitted whenever the
+// SQ fills, and a small SQ (with its per-SQE side storage) keeps a shard's
+// memory near its CQ's.
+constexpr uint32_t kShardSqEntries = 1024;
 // While ops wait in the pending list (ring at its limit), the ring thread
 // wakes at least this often to end those whose deadline passed.
 constexpr int64_t kPendingDeadlineTickNs = 10'000'000;
@@ -189,7 +194,7 @@ UringBackend::UringBackend(core::OpCompleter& completer, UringOptions options, U
       probe_(std::move(probe)),
       entries_(std::max<uint32_t>(options.entries, 8)),
       capacity_(options.max_ops != 0 ? options.max_ops : 4 * entries_),
-      ring_(std::make_unique<io_uring>()) {
+      shard_ops_(options.shard_ops) {
   for (int k = 1; k <= core::kOpKindCount; ++k) {
     switch (static_cast<OpKind>(k)) {
       case OpKind::kUnlink:
@@ -215,40 +220,39 @@ absl::Status UringBackend::Init() {
   std::promise<absl::Status> started;
   std::future<absl::Status> result = started.get_future();
   thread_ = std::thread([this, started = std::move(started)]() mutable {
+    shards_.resize(1);
     io_uring_params p{};
-    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SINGLE_ISSUER |
-              IORING_SETUP_DEFER_TASKRUN;
     // Room for every op's CQE plus its cancel's and link timeout's.
     p.cq_entries = std::max(NextPow2(uint64_t{capacity_} * 2), 2 * NextPow2(entries_));
-    int ret = io_uring_queue_init_params(entries_, ring_.get(), &p);
-    if (ret == -EINVAL) {  // a kernel before 6.1: no DEFER_TASKRUN
-      const uint32_t cq = p.cq_entries;
-      p = io_uring_params{};
-      p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
-      p.cq_entries = cq;
-      ret = io_uring_queue_init_params(entries_, ring_.get(), &p);
-    }
-    if (ret < 0) {
+    if (const int ret = InitRing(shards_[0], entries_, 0, p); ret < 0) {
       started.set_value(absl::UnavailableError(
           absl::StrCat("io_uring_queue_init_params: ", std::strerror(-ret))));
       return;
     }
+    ring_ = shards_[0].ring.get();
     setup_flags_ = p.flags;
     skip_cancel_cqe_ = (p.features & IORING_FEAT_CQE_SKIP) != 0;
     // Without NODROP a full CQ loses completions: never have more ops on the
-    // ring than their CQEs (op, cancel, link timeout) can fill.
-    ring_limit_ = (p.features & IORING_FEAT_NODROP)
-                      ? capacity_
-                      : std::max<uint32_t>(1, ring_->cq.ring_entries / 3);
-    const unsigned sq = ring_->sq.ring_entries;
-    hows_ = std::make_unique<open_how[]>(sq);
-    timespecs_ = std::make_unique<__kernel_timespec[]>(sq);
+    // ring than their CQEs (op, cancel, link timeout) can fill; and one ring.
+    const bool nodrop = (p.features & IORING_FEAT_NODROP) != 0;
+    ring_limit_ = nodrop ? capacity_ : std::max<uint32_t>(1, ring_->cq.ring_entries / 3);
+    if (!nodrop || shard_ops_ == 0 || shard_ops_ >= ring_limit_) shard_ops_ = ring_limit_;
+    if (shard_ops_ < ring_limit_) shard_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (shard_fd_ < 0) shard_ops_ = ring_limit_;  // no way to hear them: one ring
+    shards_.resize((ring_limit_ + shard_ops_ - 1) / shard_ops_);
     ring_entries_.resize(ring_limit_);
-    ring_free_.reserve(ring_limit_);
-    for (uint32_t i = ring_limit_; i-- > 0;) ring_free_.push_back(i);
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      const uint32_t begin = static_cast<uint32_t>(s) * shard_ops_;
+      const uint32_t end = std::min(begin + shard_ops_, ring_limit_);
+      shards_[s].free.reserve(end - begin);
+      for (uint32_t i = end; i-- > begin;) shards_[s].free.push_back(i);
+    }
     started.set_value(absl::OkStatus());
     Run();
-    io_uring_queue_exit(ring_.get());
+    for (size_t s = 0; s < shards_made_; ++s) {
+      if (shards_[s].ring != nullptr) io_uring_queue_exit(shards_[s].ring.get());
+    }
+    if (shard_fd_ >= 0) ::close(shard_fd_);
   });
   absl::Status status = result.get();
   if (!status.ok()) {
@@ -257,6 +261,77 @@ absl::Status UringBackend::Init() {
     joined_ = true;
   }
   return status;
+}
+
+int UringBackend::InitRing(Shard& shard, uint32_t entries, uint32_t flags, io_uring_params& p) {
+  auto ring = std::make_unique<io_uring>();
+  const uint32_t cq = p.cq_entries;
+  p = io_uring_params{};
+  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SINGLE_ISSUER |
+            IORING_SETUP_DEFER_TASKRUN | flags;
+  p.cq_entries = cq;
+  int ret = io_uring_queue_init_params(entries, ring.get(), &p);
+  if (ret == -EINVAL) {  // a kernel before 6.1: no DEFER_TASKRUN
+    p = io_uring_params{};
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+    p.cq_entries = cq;
+    ret = io_uring_queue_init_params(entries, ring.get(), &p);
+  }
+  if (ret < 0) return ret;
+  const unsigned sq = ring->sq.ring_entries;
+  shard.hows = std::make_unique<open_how[]>(sq);
+  shard.timespecs = std::make_unique<__kernel_timespec[]>(sq);
+  shard.ring = std::move(ring);
+  return 0;
+}
+
+UringBackend::Shard* UringBackend::PickShard() {
+  if (!shards_[0].free.empty()) return &shards_[0];
+  for (size_t s = 1; s < shards_.size(); ++s) {
+    Shard& shard = shards_[s];
+    if (shard.free.empty() || shard.failed) continue;
+    if (shard.ring == nullptr) {
+      // Made on this thread (SINGLE_ISSUER), as its first op needs it. Its
+      // completions run when this thread enters it; the eventfd says when.
+      shards_made_ = std::max(shards_made_, s + 1);
+      io_uring_params p{};
+      p.cq_entries = std::max(NextPow2(uint64_t{shard_ops_} * 2), 2 * NextPow2(entries_));
+      // TASKRUN_FLAG: the ring says when deferred completions are left (see
+      // EnterShards).
+      int ret = InitRing(shard, std::min({entries_, shard_ops_, kShardSqEntries}),
+                         IORING_SETUP_TASKRUN_FLAG, p);
+      if (ret == 0) ret = io_uring_register_eventfd(shard.ring.get(), shard_fd_);
+      if (ret < 0 && shard.ring != nullptr) {
+        io_uring_queue_exit(shard.ring.get());
+        shard.ring.reset();
+      }
+      if (ret < 0) {
+        spdlog::warn("io_uring: no ring for shard {} ({}): at most {} ops on the ring", s,
+                     std::strerror(-ret), s * shard_ops_);
+        shard.failed = true;
+        continue;
+      }
+    }
+    return &shard;
+  }
+  return nullptr;
+}
+
+void UringBackend::EnterShards() {
+  shards_poked_ = false;
+  for (size_t s = 1; s < shards_made_; ++s) {
+    Shard& shard = shards_[s];
+    if (shard.ring == nullptr) continue;
+    io_uring* ring = shard.ring.get();
+    if (!shard.poked && io_uring_sq_ready(ring) == 0) continue;
+    // With DEFER_TASKRUN its completions are posted only when we ask, and
+    // one entry runs a bounded batch of them (some post nothing: a read
+    // woken for data another took waits again): ask again while the ring
+    // flags work left. Unlike the first ring, no wait on it runs the rest.
+    [[maybe_unused]] const int ret = io_uring_submit_and_get_events(ring);
+    shard.poked = (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN) != 0;
+    shards_poked_ = shards_poked_ || shard.poked;
+  }
 }
 
 UringBackend::~UringBackend() {
@@ -377,7 +452,8 @@ core::BackendStats UringBackend::Stats() const {
 void UringBackend::Run() {
   for (;;) {
     const bool stopping = stopping_.load(std::memory_order_seq_cst);
-    if (!wake_armed_) ArmWakePoll();
+    if (!wake_armed_) ArmPoll(wake_fd_, kTagWake, wake_armed_);
+    if (shards_made_ > 1 && !shard_armed_) ArmPoll(shard_fd_, kTagShardWake, shard_armed_);
     size_t work = 0;
     const size_t before = pending_count_ + on_ring_;
     // Cancels first: any op submitted before a cancel request for it is then
@@ -392,6 +468,7 @@ void UringBackend::Run() {
     work += Reap();
     work += ResendCancels(now) ? 1 : 0;
     work += (before != pending_count_ + on_ring_) ? 1 : 0;
+    work += shards_poked_ ? 1 : 0;
     if (stopping && outstanding_.load(std::memory_order_seq_cst) == 0) break;
     if (work > 0) {
       SubmitAndWait(false, 0);
@@ -414,16 +491,20 @@ void UringBackend::Run() {
 }
 
 void UringBackend::SubmitAndWait(bool wait, int64_t timeout_ns) {
+  if (shards_made_ > 1) {
+    EnterShards();
+    if (shards_poked_) wait = false;  // completions to reap first
+  }
   int ret;
   if (!wait) {
     // With DEFER_TASKRUN completions are posted only when we ask (GETEVENTS).
-    ret = io_uring_submit_and_get_events(ring_.get());
+    ret = io_uring_submit_and_get_events(ring_);
   } else if (timeout_ns > 0) {
     __kernel_timespec ts = ToTimespec(timeout_ns);
     io_uring_cqe* cqe = nullptr;
-    ret = io_uring_submit_and_wait_timeout(ring_.get(), &cqe, 1, &ts, nullptr);
+    ret = io_uring_submit_and_wait_timeout(ring_, &cqe, 1, &ts, nullptr);
   } else {
-    ret = io_uring_submit_and_wait(ring_.get(), 1);
+    ret = io_uring_submit_and_wait(ring_, 1);
   }
   // EINTR/ETIME: woken early or tick; EAGAIN/EBUSY: the kernel is short of
   // memory or CQ room, reaping frees it. The loop retries in every case.
@@ -432,18 +513,22 @@ void UringBackend::SubmitAndWait(bool wait, int64_t timeout_ns) {
   }
 }
 
-void UringBackend::ArmWakePoll() {
-  if (!EnsureSqes(1)) return;
-  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
-  io_uring_prep_poll_multishot(sqe, wake_fd_, POLLIN);
-  io_uring_sqe_set_data64(sqe, kTagWake);
-  wake_armed_ = true;
+// wake_fd_, and shard_fd_: the further shards' completions wait
+// (DEFER_TASKRUN) until this thread enters their ring; the eventfd they all
+// signal, polled on the first ring, wakes it when one has some.
+void UringBackend::ArmPoll(int fd, uint64_t tag, bool& armed) {
+  if (!EnsureSqes(shards_[0], 1)) return;
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_);
+  io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+  io_uring_sqe_set_data64(sqe, tag);
+  armed = true;
 }
 
-bool UringBackend::EnsureSqes(unsigned n) {
-  if (io_uring_sq_space_left(ring_.get()) >= n) return true;
-  io_uring_submit(ring_.get());
-  return io_uring_sq_space_left(ring_.get()) >= n;
+bool UringBackend::EnsureSqes(Shard& shard, unsigned n) {
+  io_uring* ring = shard.ring.get();
+  if (io_uring_sq_space_left(ring) >= n) return true;
+  io_uring_submit(ring);
+  return io_uring_sq_space_left(ring) >= n;
 }
 
 void UringBackend::TakeCancels() {
@@ -499,16 +584,18 @@ void UringBackend::PendingPushFront(Op& op) {
 void UringBackend::StartPending(int64_t now) {
   while (pending_head_ != nullptr && on_ring_ < ring_limit_) {
     Op& op = *pending_head_;
-    if (!EnsureSqes(HasLinkedDeadline(op) ? 2 : 1)) break;  // the kernel refused a submit: retry later
+    Shard* shard = PickShard();
+    if (shard == nullptr) break;  // the shards with room could not be made
+    if (!EnsureSqes(*shard, HasLinkedDeadline(op) ? 2 : 1)) break;  // the kernel refused a submit: retry later
     pending_head_ = Link(op);
     if (pending_head_ == nullptr) pending_tail_ = nullptr;
     --pending_count_;
     op.backend_data[1] &= ~kPending;
-    StartOne(op, now);
+    StartOne(*shard, op, now);
   }
 }
 
-bool UringBackend::StartOne(Op& op, int64_t now) {
+bool UringBackend::StartOne(Shard& shard, Op& op, int64_t now) {
   const uintptr_t flags = op.backend_data[1];
   const bool stage2 = (flags & kStage2) != 0;
   if (!stage2) {
@@ -527,8 +614,8 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
       return false;
     }
   }
-  const uint64_t user_data = AddOnRing(op);
-  io_uring* ring = ring_.get();
+  const uint64_t user_data = AddOnRing(shard, op);
+  io_uring* ring = shard.ring.get();
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
   const size_t slot = sqe - ring->sq.sqes;
   const core::OpParams& p = op.params;
@@ -537,7 +624,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
       io_uring_prep_nop(sqe);
       break;
     case OpKind::kOpen: {
-      open_how& how = hows_[slot];
+      open_how& how = shard.hows[slot];
       how = open_how{};
       how.flags = uint64_t{p.flags} | O_CLOEXEC;
       // openat2 refuses a mode without O_CREAT / O_TMPFILE.
@@ -573,7 +660,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
       } else if (!stage2) {
         // statx takes no RESOLVE_* flags: open the path O_PATH beneath the
         // root first (confined like open), then statx that descriptor.
-        open_how& how = hows_[slot];
+        open_how& how = shard.hows[slot];
         how = open_how{};
         how.flags = O_PATH | O_CLOEXEC | ((p.flags & AT_SYMLINK_NOFOLLOW) != 0 ? O_NOFOLLOW : 0);
         how.resolve = kConfinedResolve;
@@ -588,7 +675,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
       io_uring_prep_poll_add(sqe, p.fd, p.flags);
       break;
     case OpKind::kTimeout: {
-      __kernel_timespec& ts = timespecs_[slot];
+      __kernel_timespec& ts = shard.timespecs[slot];
       ts = ToTimespec(std::max<int64_t>(p.timeout_ns, 0));
       io_uring_prep_timeout(sqe, &ts, 0, 0);
       break;
@@ -600,7 +687,7 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
   if (HasLinkedDeadline(op)) {
     sqe->flags |= IOSQE_IO_LINK;
     io_uring_sqe* lt = io_uring_get_sqe(ring);  // EnsureSqes(2) made room
-    __kernel_timespec& ts = timespecs_[lt - ring->sq.sqes];
+    __kernel_timespec& ts = shard.timespecs[lt - ring->sq.sqes];
     // Absolute CLOCK_MONOTONIC, the clock of MonoNanos(): no drift between
     // now and the moment the kernel arms it.
     ts = ToTimespec(p.deadline_ns);
@@ -611,10 +698,11 @@ bool UringBackend::StartOne(Op& op, int64_t now) {
   return true;
 }
 
-uint64_t UringBackend::AddOnRing(Op& op) {
-  ASYNCD_CHECK(!ring_free_.empty());  // StartPending keeps on_ring_ below ring_limit_
-  const uint32_t index = ring_free_.back();
-  ring_free_.pop_back();
+uint64_t UringBackend::AddOnRing(Shard& shard, Op& op) {
+  ASYNCD_CHECK(!shard.free.empty());  // PickShard chose a shard with room
+  const uint32_t index = shard.free.back();
+  shard.free.pop_back();
+  ++shard.on_ring;
   RingEntry& e = ring_entries_[index];
   e.op = &op;
   if (++e.seq == 0) e.seq = 1;  // 0 stays free for the wake poll's user_data
@@ -627,7 +715,9 @@ void UringBackend::RemoveOnRing(Op& op) {
   const uintptr_t index = op.backend_data[0];
   ASYNCD_CHECK(index < ring_entries_.size() && ring_entries_[index].op == &op);
   ring_entries_[index].op = nullptr;
-  ring_free_.push_back(static_cast<uint32_t>(index));
+  Shard& shard = ShardOf(static_cast<uint32_t>(index));
+  shard.free.push_back(static_cast<uint32_t>(index));
+  --shard.on_ring;
   on_ring_count_.store(--on_ring_, std::memory_order_relaxed);
   op.backend_data[1] &= ~(kOnRing | kCancelSent);
 }
@@ -657,7 +747,7 @@ bool UringBackend::ProcessCancels() {
     uintptr_t& flags = op.backend_data[1];
     if ((flags & kOnRing) != 0) {
       if ((flags & kCancelSent) != 0) continue;
-      if (!EnsureSqes(1)) break;  // the rest next round
+      if (!EnsureSqes(ShardOf(static_cast<uint32_t>(op.backend_data[0])), 1)) break;  // next round
       flags |= kCancelSent;
       SendCancel(op);
     } else if ((flags & kPending) != 0) {
@@ -677,9 +767,11 @@ bool UringBackend::ProcessCancels() {
 // descriptor-wide IORING_ASYNC_CANCEL_FD|ALL is no way out: it rescans from
 // the first bucket per request found, past the ones it already cancelled
 // (they leave the hash only when task work runs), which is quadratic.
+// Sharding keeps each ring's ops (shard_ops) to a few per bucket instead.
 void UringBackend::SendCancel(Op& op) {
-  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
   const uint32_t index = static_cast<uint32_t>(op.backend_data[0]);
+  // On the op's own ring: its entry index names the shard.
+  io_uring_sqe* sqe = io_uring_get_sqe(ShardOf(index).ring.get());
   const uint64_t user_data = UserData(index, ring_entries_[index].seq, 0);
   io_uring_prep_cancel64(sqe, user_data | kTagOp, 0);
   io_uring_sqe_set_data64(sqe, user_data | kTagCancel);
@@ -713,7 +805,7 @@ bool UringBackend::ResendCancels(int64_t now) {
     const auto [index, seq] = recancel_[sent];
     RingEntry& e = ring_entries_[index];
     if (e.op == nullptr || e.seq != seq) continue;  // ended meanwhile
-    if (!EnsureSqes(1)) break;                      // the rest next round
+    if (!EnsureSqes(ShardOf(index), 1)) break;      // the rest next round
     e.op->backend_data[1] |= kCancelSent;
     SendCancel(*e.op);
   }
@@ -767,10 +859,18 @@ void UringBackend::DrainForShutdown() {
 
 unsigned UringBackend::Reap() {
   core::CompletionBatch batch;  // sinks take their locks once per reap, not per op
+  unsigned total = ReapRing(*ring_);
+  for (size_t s = 1; s < shards_made_; ++s) {
+    if (shards_[s].ring != nullptr) total += ReapRing(*shards_[s].ring);
+  }
+  return total;
+}
+
+unsigned UringBackend::ReapRing(io_uring& ring) {
   unsigned total = 0;
   io_uring_cqe* cqes[kReapBatch];
   for (;;) {
-    const unsigned n = io_uring_peek_batch_cqe(ring_.get(), cqes, kReapBatch);
+    const unsigned n = io_uring_peek_batch_cqe(&ring, cqes, kReapBatch);
     if (n == 0) break;
     for (unsigned i = 0; i < n; ++i) {
       const uint64_t data = cqes[i]->user_data;
@@ -786,6 +886,13 @@ unsigned UringBackend::Reap() {
         case kTagWake:
           if ((cqes[i]->flags & IORING_CQE_F_MORE) == 0) wake_armed_ = false;
           break;
+        case kTagShardWake:
+          if ((cqes[i]->flags & IORING_CQE_F_MORE) == 0) shard_armed_ = false;
+          // Which shard signalled is unknown: ask each that holds ops.
+          for (size_t s = 1; s < shards_made_; ++s) {
+            if (shards_[s].on_ring > 0) shards_[s].poked = shards_poked_ = true;
+          }
+          break;
         case kTagCancel:       // only failures: -ENOENT, -EALREADY
         case kTagLinkTimeout:  // -ETIME fired and cancelled, -ECANCELED op done first
           if (res == -ENOENT || res == -EALREADY) OnCancelMissed(data);
@@ -794,7 +901,7 @@ unsigned UringBackend::Reap() {
           break;
       }
     }
-    io_uring_cq_advance(ring_.get(), n);
+    io_uring_cq_advance(&ring, n);
     total += n;
   }
   return total;

@@ -14,6 +14,7 @@
 #include "src/core/backend.h"
 
 struct io_uring;  // liburing; only uring_backend.cc sees its definition
+struct io_uring_params;
 struct open_how;
 struct __kernel_timespec;
 
@@ -27,19 +28,40 @@ struct UringOptions {
   /// How many ops the backend holds at once (queued + on the ring); Submit
   /// refuses beyond it. 0 = 4 * entries.
   uint32_t max_ops = 0;
+  /// Ops on one ring before further ones go to another ring (a shard);
+  /// 0 = one ring whatever the load. The kernel's cancel hash has at most
+  /// 256 buckets per ring, so a cancel costs O(ops on its ring / 256).
+  uint32_t shard_ops = 8192;
 };
 
 /// The io_uring fast path.
 ///
-/// Threading: one ring thread owns the ring (IORING_SETUP_SINGLE_ISSUER |
+/// Threading: one ring thread owns the rings (IORING_SETUP_SINGLE_ISSUER |
 /// DEFER_TASKRUN when the kernel accepts them) and is the only thread that
-/// touches it, prepares SQEs, reaps CQEs and calls OpCompleter::Complete.
+/// touches them, prepares SQEs, reaps CQEs and calls OpCompleter::Complete.
 /// Other threads hand it ops through a lock-free intrusive stack (linked
 /// through Op::backend_data[0], so Submit allocates nothing) and cancel
 /// requests through a small mutex-protected vector, and wake it through an
 /// eventfd only when it is about to sleep. The ring thread waits on that
 /// eventfd with a multishot POLL_ADD on the ring itself, so one
 /// io_uring_enter both submits a batch and waits for completions or work.
+///
+/// Shards: an ASYNC_CANCEL by user_data walks one bucket of the ring's
+/// cancel hash, which has at most 256 buckets, so with 100,000 ops on one
+/// ring each cancel walks hundreds of entries. Ops therefore go to the
+/// first ring (shard 0) until it holds shard_ops, then to further rings,
+/// created lazily by the ring thread and owned by it like the first. Up to
+/// shard_ops in flight everything runs on one ring exactly as without
+/// shards. Every shard has its own SQE side storage and free entries; the
+/// entries themselves are one table cut into shard_ops-sized ranges and
+/// never change shard, so an entry index names its ring, (index, sequence)
+/// stays unique on each ring, and a cancel or resend goes to the op's ring
+/// from the entry index alone. The further rings signal one eventfd
+/// (registered with each) that the first ring polls, so the thread still
+/// sleeps in one io_uring_enter; woken, it enters each busy shard to run
+/// its deferred completions, again while the kernel flags some left
+/// (IORING_SETUP_TASKRUN_FLAG: one entry runs a bounded batch). A ring once
+/// made stays until shutdown.
 ///
 /// Inline fast path (TryRunInline, for unary callers): what MayRunInline
 /// allows (a NOP, a read of a stream, a positional read of a file) runs on
@@ -132,12 +154,35 @@ class UringBackend final : public core::Backend {
   void Push(std::span<core::Op* const> ops) noexcept;
   void Wake();
 
+  // One ring and its own state (ring thread only). Shard s holds the ring
+  // entries [s * shard_ops_, (s + 1) * shard_ops_).
+  struct Shard {
+    std::unique_ptr<io_uring> ring;
+    // Per-SQE side storage: an SQE's slot is not reused before the kernel
+    // consumed it (and copied these), so indexing by SQE slot keeps each
+    // open_how / timespec alive exactly as long as needed.
+    std::unique_ptr<open_how[]> hows;
+    std::unique_ptr<__kernel_timespec[]> timespecs;
+    std::vector<uint32_t> free;  // indices of its free ring entries
+    size_t on_ring = 0;
+    bool failed = false;  // its ring could not be created: never used
+    bool poked = false;   // may have completions to run (further shards)
+  };
+
   // Ring thread.
   void Run();
+  // Creates `shard`'s ring on this thread with p.cq_entries and the
+  // IORING_SETUP_* `flags` beyond the usual ones; 0 or -errno.
+  int InitRing(Shard& shard, uint32_t entries, uint32_t flags, io_uring_params& p);
+  // The shard to put the next op on, or nullptr when every usable one is full.
+  Shard* PickShard();
+  Shard& ShardOf(uint32_t index) { return shards_[index / shard_ops_]; }
+  // Submits the further shards' SQEs and runs their deferred completions.
+  void EnterShards();
   void TakeSubmissions();
   void TakeCancels();
   void StartPending(int64_t now);
-  bool StartOne(core::Op& op, int64_t now);
+  bool StartOne(Shard& shard, core::Op& op, int64_t now);
   bool ProcessCancels();
   void SendCancel(core::Op& op);
   // A cancel that missed its op (our ASYNC_CANCEL's or a fired link
@@ -150,13 +195,15 @@ class UringBackend final : public core::Backend {
   void OnOpCqe(core::Op& op, int32_t res);
   void Finish(core::Op& op, int64_t result);
   // Puts `op` in a free ring entry; returns its user_data (tag 0).
-  uint64_t AddOnRing(core::Op& op);
+  uint64_t AddOnRing(Shard& shard, core::Op& op);
   void RemoveOnRing(core::Op& op);
   void PendingPushBack(core::Op& op);
   void PendingPushFront(core::Op& op);
-  void ArmWakePoll();
-  bool EnsureSqes(unsigned n);
+  // A multishot POLL_ADD of eventfd `fd` on the first ring; sets `armed`.
+  void ArmPoll(int fd, uint64_t tag, bool& armed);
+  bool EnsureSqes(Shard& shard, unsigned n);
   void SubmitAndWait(bool wait, int64_t timeout_ns);
+  unsigned ReapRing(io_uring& ring);
 
   core::OpCompleter& completer_;
   const UringProbe probe_;
@@ -167,10 +214,17 @@ class UringBackend final : public core::Backend {
   bool skip_cancel_cqe_ = false;  // IORING_FEAT_CQE_SKIP
   uint32_t ring_limit_ = 0;       // ops on the ring at once (CQ room without NODROP)
 
+  uint32_t shard_ops_ = 0;         // ring entries per shard (ring_limit_ when unsharded)
+
   // Ring-thread state.
-  std::unique_ptr<io_uring> ring_;
+  std::vector<Shard> shards_;  // [0] is the first ring; the rest are made when needed
+  io_uring* ring_ = nullptr;   // shards_[0]'s
   int wake_fd_ = -1;
   bool wake_armed_ = false;
+  int shard_fd_ = -1;  // eventfd the further shards signal; polled on the first ring
+  bool shard_armed_ = false;
+  bool shards_poked_ = false;  // some further shard may have completions to run
+  size_t shards_made_ = 1;  // shards_[0, shards_made_) have tried to make their ring
   core::Op* pending_head_ = nullptr;  // taken from the stack, not yet on the ring
   core::Op* pending_tail_ = nullptr;
   size_t pending_count_ = 0;
@@ -181,8 +235,7 @@ class UringBackend final : public core::Backend {
     uint32_t seq = 0;
   };
   std::vector<RingEntry> ring_entries_;  // ring_limit_ of them; op's index in backend_data[0]
-  std::vector<uint32_t> ring_free_;      // indices of free entries
-  size_t on_ring_ = 0;
+  size_t on_ring_ = 0;                   // over every shard
   std::vector<CancelRequest> cancel_work_;
   size_t cancel_done_ = 0;  // prefix of cancel_work_ already handled
   bool sweep_pending_ = false;
@@ -191,11 +244,6 @@ class UringBackend final : public core::Backend {
   std::vector<std::pair<uint32_t, uint32_t>> recancel_;
   int64_t recancel_at_ = 0;
   bool drained_ = false;
-  // Per-SQE side storage: an SQE's slot is not reused before the kernel
-  // consumed it (and copied these), so indexing by SQE slot keeps each
-  // open_how / timespec alive exactly as long as needed.
-  std::unique_ptr<open_how[]> hows_;
-  std::unique_ptr<__kernel_timespec[]> timespecs_;
 
   // Shared with producers.
   alignas(64) std::atomic<core::Op*> submit_head_{nullptr};

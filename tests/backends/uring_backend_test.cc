@@ -2,7 +2,8 @@
 // Dispatcher: batching, cancellation of blocked reads (one and in bulk),
 // deadlines, the timeout kind, cancel racing completion (every op reaches
 // exactly one completion: liburing's test/cancel-race.c invariant),
-// shutdown with blocked ops, path confinement, and the fallback when
+// shutdown with blocked ops, ops spread over several rings (shards), path
+// confinement, and the fallback when
 // io_uring is unavailable (a seccomp filter, the environment switch).
 // Tests that need a ring skip visibly, with the probe's reason, when the
 // kernel cannot give one.
@@ -95,7 +96,7 @@ class UringBackendTest : public ::testing::Test {
     // backend that supports every kind).
     fallback_ = std::make_unique<mocks::FakeBackend>(
         *dispatcher_, mocks::FakeBackend::Options{.result = -ENOSYS});
-    auto backend = UringBackend::Create(*dispatcher_, UringOptions{.entries = 256});
+    auto backend = UringBackend::Create(*dispatcher_, BackendOptions());
     if (!backend.ok()) {
       GTEST_SKIP() << "io_uring unavailable: " << backend.status().message();
     }
@@ -105,6 +106,8 @@ class UringBackendTest : public ::testing::Test {
     ASSERT_TRUE(session.ok());
     session_ = *session;
   }
+
+  virtual UringOptions BackendOptions() const { return UringOptions{.entries = 256}; }
 
   void TearDown() override {
     if (backend_) backend_->Shutdown();
@@ -180,6 +183,58 @@ class UringBackendTest : public ::testing::Test {
       if (!todo.empty()) std::this_thread::yield();
     }
     return ids;
+  }
+
+  // The body of the CancelRacingCompletion tests, one per fixture.
+  void RunCancelRacingCompletion() {
+    constexpr int kOps = 20000;
+    Recorder rec(kOps);
+    std::vector<core::OpId> ids(kOps);
+    std::atomic<int> submitted{0};
+    std::thread canceller([&] {
+      std::mt19937 rng(42);
+      int next = 0;
+      while (next < kOps) {
+        const int upto = submitted.load(std::memory_order_acquire);
+        for (; next < upto; ++next) {
+          if (rng() % 4 == 0) std::this_thread::yield();
+          dispatcher_->Cancel(ids[next], core::EndReason::kClientRequest);
+        }
+      }
+    });
+    constexpr int kBatch = 50;  // divides kOps
+    for (int base = 0; base < kOps; base += kBatch) {
+      std::vector<OpRequest> reqs(kBatch);
+      for (int i = 0; i < kBatch; ++i) {
+        // A mix: NOPs finish at once, short timeouts a little later.
+        reqs[i].kind = (i % 2 == 0) ? OpKind::kNop : OpKind::kTimeout;
+        reqs[i].params.timeout_ns = 1000 * (i % 7);
+        reqs[i].sink = &rec;
+        reqs[i].cookie = base + i;
+      }
+      const std::vector<core::OpId> got = SubmitAll(std::move(reqs));
+      std::copy(got.begin(), got.end(), ids.begin() + base);
+      submitted.store(base + kBatch, std::memory_order_release);
+    }
+    canceller.join();
+    ASSERT_TRUE(rec.WaitFor(kOps, std::chrono::seconds(30)));
+    int cancelled = 0;
+    for (int i = 0; i < kOps; ++i) {
+      ASSERT_EQ(rec.count(i), 1) << i;
+      const OpState s = rec.state(i);
+      ASSERT_TRUE(s == OpState::kCompleted || s == OpState::kCancelled) << core::Name(s);
+      cancelled += s == OpState::kCancelled;
+    }
+    RecordProperty("cancelled", cancelled);
+    ExpectLiveOpsReachZero();
+  }
+
+  // Waits until the backend has `n` ops on its rings (Stats sums the shards).
+  void ExpectRunning(uint64_t n) {
+    for (int i = 0; i < 5000 && backend_->Stats().running != n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(backend_->Stats().running, n);
   }
 
   void ExpectLiveOpsReachZero() {
@@ -493,46 +548,7 @@ TEST_F(UringBackendTest, PollReportsReadiness) {
 // Cancels race short timeouts: each op must end exactly once, as completed
 // (it won) or cancelled (the cancel won), never both, never neither.
 TEST_F(UringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
-  constexpr int kOps = 20000;
-  Recorder rec(kOps);
-  std::vector<core::OpId> ids(kOps);
-  std::atomic<int> submitted{0};
-  std::thread canceller([&] {
-    std::mt19937 rng(42);
-    int next = 0;
-    while (next < kOps) {
-      const int upto = submitted.load(std::memory_order_acquire);
-      for (; next < upto; ++next) {
-        if (rng() % 4 == 0) std::this_thread::yield();
-        dispatcher_->Cancel(ids[next], core::EndReason::kClientRequest);
-      }
-    }
-  });
-  constexpr int kBatch = 50;  // divides kOps
-  for (int base = 0; base < kOps; base += kBatch) {
-    std::vector<OpRequest> reqs(kBatch);
-    for (int i = 0; i < kBatch; ++i) {
-      // A mix: NOPs finish at once, short timeouts a little later.
-      reqs[i].kind = (i % 2 == 0) ? OpKind::kNop : OpKind::kTimeout;
-      reqs[i].params.timeout_ns = 1000 * (i % 7);
-      reqs[i].sink = &rec;
-      reqs[i].cookie = base + i;
-    }
-    const std::vector<core::OpId> got = SubmitAll(std::move(reqs));
-    std::copy(got.begin(), got.end(), ids.begin() + base);
-    submitted.store(base + kBatch, std::memory_order_release);
-  }
-  canceller.join();
-  ASSERT_TRUE(rec.WaitFor(kOps, std::chrono::seconds(30)));
-  int cancelled = 0;
-  for (int i = 0; i < kOps; ++i) {
-    ASSERT_EQ(rec.count(i), 1) << i;
-    const OpState s = rec.state(i);
-    ASSERT_TRUE(s == OpState::kCompleted || s == OpState::kCancelled) << core::Name(s);
-    cancelled += s == OpState::kCancelled;
-  }
-  RecordProperty("cancelled", cancelled);
-  ExpectLiveOpsReachZero();
+  RunCancelRacingCompletion();
 }
 
 TEST_F(UringBackendTest, ShutdownEndsBlockedAndQueuedOps) {
@@ -555,6 +571,185 @@ TEST_F(UringBackendTest, ShutdownEndsBlockedAndQueuedOps) {
   nop.cookie = kOps;
   auto refused = dispatcher_->Submit(*session_, nop);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  ExpectLiveOpsReachZero();
+}
+
+// A small shard_ops spreads a few hundred blocked ops over several rings:
+// what holds 100,000 ops in production, at a test's scale. Each ring's
+// completions must be heard, and each cancel must reach the op's own ring.
+class ShardedUringBackendTest : public UringBackendTest {
+ protected:
+  static constexpr uint32_t kShardOps = 64;
+  UringOptions BackendOptions() const override {
+    return UringOptions{.entries = 64, .max_ops = 2048, .shard_ops = kShardOps};
+  }
+};
+
+// Reads spread over 8 shards; a random third is cancelled: each of those
+// ends cancelled once, the rest keep waiting, and data written reaches as
+// many of them as it can fill; closing the session ends the others.
+TEST_F(ShardedUringBackendTest, CancelOfASubsetEndsOnlyThoseOnEveryShard) {
+  constexpr int kOps = 8 * kShardOps;
+  const uint32_t h = BlockingPipeHandle();
+  Recorder rec(kOps);
+  std::vector<char> bufs;
+  const std::vector<core::OpId> ids = SubmitReads(h, rec, kOps, bufs);
+  ExpectRunning(kOps);
+  EXPECT_EQ(backend_->Stats().threads, 1u);
+  std::mt19937 rng(7);
+  std::vector<bool> cancelled(kOps);
+  int n_cancelled = 0;
+  for (int i = 0; i < kOps; ++i) {
+    if (rng() % 3 != 0) continue;
+    cancelled[i] = true;
+    ++n_cancelled;
+    EXPECT_EQ(dispatcher_->Cancel(ids[i], core::EndReason::kClientRequest),
+              core::CancelResult::kCancelled);
+  }
+  ASSERT_TRUE(rec.WaitFor(n_cancelled));
+  ExpectRunning(kOps - n_cancelled);
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), cancelled[i] ? 1 : 0) << i;
+    if (cancelled[i]) ASSERT_EQ(rec.state(i), OpState::kCancelled) << i;
+  }
+  // 8 bytes per read, one write under PIPE_BUF: exactly kFed reads get data.
+  constexpr int kFed = 100;
+  const std::string data(8 * kFed, 'x');
+  ASSERT_EQ(write(pipe_writers_.back(), data.data(), data.size()),
+            static_cast<ssize_t>(data.size()));
+  ASSERT_TRUE(rec.WaitFor(n_cancelled + kFed));
+  ExpectRunning(kOps - n_cancelled - kFed);
+  auto counts = dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed);
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->cancelled, static_cast<uint32_t>(kOps - n_cancelled - kFed));
+  ASSERT_TRUE(rec.WaitFor(kOps));
+  int fed = 0;
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), 1) << i;
+    if (rec.state(i) == OpState::kCompleted) {
+      ASSERT_FALSE(cancelled[i]) << i;
+      ASSERT_EQ(rec.result(i), 8) << i;
+      ++fed;
+    } else {
+      ASSERT_EQ(rec.state(i), OpState::kCancelled) << i;
+    }
+  }
+  EXPECT_EQ(fed, kFed);
+  ExpectLiveOpsReachZero();
+  EXPECT_EQ(backend_->Stats().running, 0u);
+}
+
+// An op on a later shard finishes; a new op takes both its registry slot and
+// its ring entry; an Interrupt of the finished op's generation, arriving
+// late, leaves the new op running.
+TEST_F(ShardedUringBackendTest, LateInterruptLeavesTheOpThatReusedTheEntry) {
+  constexpr int kFill = 3 * kShardOps + 8;  // shards 0-2 full, shard 3 in use
+  Recorder rec(kFill + 2);
+  std::vector<char> bufs;
+  SubmitReads(BlockingPipeHandle(), rec, kFill, bufs);
+  ExpectRunning(kFill);
+  const uint32_t h = BlockingPipeHandle();
+  const int writer = pipe_writers_.back();
+  char buf[2][8];
+  auto first = dispatcher_->Submit(*session_, ReadReq(h, rec, kFill, buf[0], 8));
+  ASSERT_TRUE(first.ok());
+  ExpectRunning(kFill + 1);
+  core::Registry::Found found = registry_->Find(*first);
+  ASSERT_TRUE(found);
+  core::Op& op = *found.op;
+  const uint32_t old_gen = op.generation();
+  ASSERT_EQ(write(writer, "12345678", 8), 8);
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_EQ(rec.result(kFill), 8);
+  ExpectRunning(kFill);
+  auto second = dispatcher_->Submit(*session_, ReadReq(h, rec, kFill + 1, buf[1], 8));
+  ASSERT_TRUE(second.ok());
+  ExpectRunning(kFill + 1);
+  ASSERT_EQ(registry_->Find(*second).op, &op) << "the registry did not reuse the slot";
+  ASSERT_NE(op.generation(), old_gen);
+  backend_->Interrupt(op, old_gen);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(rec.count(kFill + 1), 0);
+  ASSERT_EQ(write(writer, "abcdefgh", 8), 8);
+  ASSERT_TRUE(rec.WaitFor(2));
+  EXPECT_EQ(rec.state(kFill + 1), OpState::kCompleted);
+  EXPECT_EQ(rec.result(kFill + 1), 8);
+  EXPECT_EQ(std::string(buf[1], 8), "abcdefgh");
+  ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
+  ASSERT_TRUE(rec.WaitFor(kFill + 2));
+  ExpectLiveOpsReachZero();
+}
+
+// A linked timeout on a later shard fires there; the thread hears of it
+// through the shards' eventfd, with the first ring idle.
+TEST_F(ShardedUringBackendTest, DeadlineOnALaterShardEndsTimedOut) {
+  constexpr int kFill = 2 * kShardOps;
+  Recorder rec(kFill + 1);
+  std::vector<char> bufs;
+  SubmitReads(BlockingPipeHandle(), rec, kFill, bufs);
+  ExpectRunning(kFill);
+  char buf[8];
+  OpRequest r = ReadReq(BlockingPipeHandle(), rec, kFill, buf, sizeof(buf));
+  r.params.deadline_ns = core::MonoNanos() + 30'000'000;
+  ASSERT_TRUE(dispatcher_->Submit(*session_, r).ok());
+  ASSERT_TRUE(rec.WaitFor(1));
+  EXPECT_EQ(rec.state(kFill), OpState::kTimedOut);
+  EXPECT_EQ(rec.count(kFill), 1);
+  ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
+  ASSERT_TRUE(rec.WaitFor(kFill + 1));
+  ExpectLiveOpsReachZero();
+}
+
+// The kernel runs a bounded batch of a ring's deferred completions per
+// entry. Data for one reader wakes all 60 readers of a pipe on a further
+// shard; a read of another pipe, woken just after, must not stay behind the
+// batches of readers that find nothing and post no completion.
+TEST_F(ShardedUringBackendTest, CompletionBehindManyEmptyWakeupsOnALaterShardArrives) {
+  constexpr int kCrowd = 60;
+  Recorder rec(kShardOps + kCrowd + 1);
+  std::vector<char> fill_bufs;
+  SubmitReads(BlockingPipeHandle(), rec, kShardOps, fill_bufs);  // shard 0
+  ExpectRunning(kShardOps);
+  const uint32_t crowd = BlockingPipeHandle();
+  const int crowd_writer = pipe_writers_.back();
+  const uint32_t lone = BlockingPipeHandle();
+  const int lone_writer = pipe_writers_.back();
+  std::vector<char> bufs((kCrowd + 1) * 8);
+  std::vector<OpRequest> reqs;
+  for (int i = 0; i < kCrowd; ++i) {
+    reqs.push_back(ReadReq(crowd, rec, kShardOps + i, &bufs[i * 8], 8));
+  }
+  reqs.push_back(ReadReq(lone, rec, kShardOps + kCrowd, &bufs[kCrowd * 8], 8));
+  SubmitAll(std::move(reqs));
+  ExpectRunning(kShardOps + kCrowd + 1);
+  ASSERT_EQ(write(crowd_writer, "crowd..!", 8), 8);
+  ASSERT_EQ(write(lone_writer, "lone...!", 8), 8);
+  ASSERT_TRUE(rec.WaitFor(2));
+  EXPECT_EQ(rec.count(kShardOps + kCrowd), 1);
+  EXPECT_EQ(rec.result(kShardOps + kCrowd), 8);
+  ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
+  ASSERT_TRUE(rec.WaitFor(kShardOps + kCrowd + 1));
+  ExpectLiveOpsReachZero();
+}
+
+// The same race with the ops spread over shards whenever the first fills.
+TEST_F(ShardedUringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
+  RunCancelRacingCompletion();
+}
+
+// Shutdown drains every shard: it returns after each op's one completion.
+TEST_F(ShardedUringBackendTest, ShutdownEndsOpsOnEveryShard) {
+  constexpr int kOps = 5 * kShardOps + 3;
+  Recorder rec(kOps);
+  std::vector<char> bufs;
+  SubmitReads(BlockingPipeHandle(), rec, kOps, bufs);
+  ExpectRunning(kOps);
+  backend_->Shutdown();
+  EXPECT_EQ(rec.done(), kOps);
+  for (int i = 0; i < kOps; ++i) {
+    ASSERT_EQ(rec.count(i), 1) << i;
+    ASSERT_EQ(rec.state(i), OpState::kCancelled) << i;
+  }
   ExpectLiveOpsReachZero();
 }
 
