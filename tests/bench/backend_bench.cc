@@ -180,6 +180,83 @@ BENCHMARK(BM_Nop_ThreadPool)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_Pread4K_IoUring)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_Pread4K_ThreadPool)->MinTime(1.0)->UseRealTime();
 
+// Session B's statx latency (submit to completion), one at a time, while
+// session A keeps kQueueDepth 4 KiB reads in flight (Arg 1) or is idle (Arg
+// 0). On the pool A's reads fill its share of the workers and a deep queue
+// in its lane; B's statx waits for one worker, not for A's queue.
+void RunStatxUnderLoad(benchmark::State& state, Which which) {
+  auto env = MakeEnv(which, ThreadPoolOptions{.threads = 4});
+  if (env->backend == nullptr) {
+    state.SkipWithError(("io_uring unavailable: " + env->error).c_str());
+    return;
+  }
+  auto a = Open(*env);
+  auto b = Open(*env);
+  const std::string name = std::string(ShmFile()).substr(std::string("/dev/shm/").size());
+  std::atomic<bool> stop{false};
+  CountingSink a_sink;
+  uint64_t a_submitted = 0;
+  std::thread loader;
+  if (state.range(0) != 0) {
+    const uint32_t handle = *a->handles().Insert(open(ShmFile(), O_RDONLY | O_CLOEXEC));
+    loader = std::thread([&, handle] {
+      std::vector<char> bufs(size_t{kQueueDepth} * 4096);
+      std::mt19937_64 rng(2);
+      std::vector<OpRequest> reqs(kBatch);
+      std::vector<absl::StatusOr<core::OpId>> out(kBatch);
+      while (!stop.load(std::memory_order_relaxed)) {
+        while (a_submitted - a_sink.done() > kQueueDepth - kBatch) std::this_thread::yield();
+        for (int i = 0; i < kBatch; ++i) {
+          OpRequest& r = reqs[i];
+          r = OpRequest{};
+          r.kind = OpKind::kRead;
+          r.sink = &a_sink;
+          r.handle = handle;
+          r.params.buf = &bufs[((a_submitted + i) % kQueueDepth) * 4096];
+          r.params.len = 4096;
+          r.params.offset = static_cast<int64_t>((rng() % (kFileBytes / 4096)) * 4096);
+        }
+        env->dispatcher->SubmitBatch(*a, reqs, out);
+        for (auto& id : out) a_submitted += id.ok();
+      }
+    });
+    while (a_sink.done() < 10 * kQueueDepth) std::this_thread::yield();  // at full load
+  }
+  CountingSink b_sink;
+  struct statx stx;
+  std::vector<double> lat_ns;
+  uint64_t n = 0;
+  for (auto _ : state) {
+    OpRequest r;
+    r.kind = OpKind::kStatx;
+    r.params.path = name.c_str();
+    r.params.buf = &stx;
+    r.sink = &b_sink;
+    const int64_t t0 = core::MonoNanos();
+    if (!env->dispatcher->Submit(*b, r).ok()) {
+      state.SkipWithError("statx refused");
+      break;
+    }
+    b_sink.WaitFor(++n);
+    const double ns = static_cast<double>(b_sink.last_ns() - t0);
+    lat_ns.push_back(ns);
+    state.SetIterationTime(ns * 1e-9);
+  }
+  stop.store(true);
+  if (loader.joinable()) loader.join();
+  a_sink.WaitFor(a_submitted);
+  if (lat_ns.empty()) return;
+  std::sort(lat_ns.begin(), lat_ns.end());
+  state.counters["p50_us"] = lat_ns[lat_ns.size() / 2] / 1000;
+  state.counters["p99_us"] = lat_ns[std::min(lat_ns.size() - 1, lat_ns.size() * 99 / 100)] / 1000;
+  state.counters["a_reads"] = static_cast<double>(a_submitted);
+}
+
+void BM_StatxUnderLoad_IoUring(benchmark::State& s) { RunStatxUnderLoad(s, Which::kUring); }
+void BM_StatxUnderLoad_ThreadPool(benchmark::State& s) { RunStatxUnderLoad(s, Which::kPool); }
+BENCHMARK(BM_StatxUnderLoad_IoUring)->Arg(0)->Arg(1)->Iterations(5000)->UseManualTime();
+BENCHMARK(BM_StatxUnderLoad_ThreadPool)->Arg(0)->Arg(1)->Iterations(5000)->UseManualTime();
+
 bool WaitRunning(Env& env, core::OpId id) {
   for (int i = 0; i < 1000000; ++i) {
     auto snap = env.registry->Snapshot(id);
