@@ -38,7 +38,6 @@ asio::steady_timer::time_point AtMono(int64_t mono_ns) {
 }  // namespace
 
 struct Reactor::Waiter {
-  explicit Waiter(asio::io_context& io) : timer(io) {}
   Op* op = nullptr;
   uint32_t gen = 0;
   OpKind kind = OpKind::kNop;
@@ -49,7 +48,9 @@ struct Reactor::Waiter {
   Channel* channel = nullptr;  // while queued on a descriptor
   Waiter* prev = nullptr;
   Waiter* next = nullptr;
-  asio::steady_timer timer;
+  // Only ops with a timeout or deadline have one: most blocked reads do not,
+  // and it is the larger part of a waiter.
+  std::unique_ptr<asio::steady_timer> timer;
 };
 
 // One descriptor some ops wait on: registered with epoll once, however many
@@ -148,7 +149,7 @@ void Reactor::Begin(Op* op, uint32_t gen) {
     completer_.Complete(*op, -ECANCELED);
     return;
   }
-  auto* w = new Waiter(io_);
+  auto* w = new Waiter;
   w->op = op;
   w->gen = gen;
   w->kind = op->head->kind.load(std::memory_order_relaxed);
@@ -166,8 +167,8 @@ void Reactor::Begin(Op* op, uint32_t gen) {
     return;
   }
   if (wake != 0) {
-    w->timer.expires_at(AtMono(wake));
-    w->timer.async_wait([this, op, gen](const boost::system::error_code& ec) {
+    w->timer = std::make_unique<asio::steady_timer>(io_, AtMono(wake));
+    w->timer->async_wait([this, op, gen](const boost::system::error_code& ec) {
       if (ec) return;
       OnTimer(op, gen);
       Flush();
@@ -310,8 +311,8 @@ void Reactor::OnTimer(Op* op, uint32_t gen) {
     return;
   }
   if (w->kind == OpKind::kTimeout) {  // its deadline did not end it: wait out the timeout
-    w->timer.expires_at(AtMono(w->timeout_end));
-    w->timer.async_wait([this, op, gen](const boost::system::error_code& ec) {
+    w->timer->expires_at(AtMono(w->timeout_end));
+    w->timer->async_wait([this, op, gen](const boost::system::error_code& ec) {
       if (ec) return;
       OnTimer(op, gen);
       Flush();

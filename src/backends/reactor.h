@@ -11,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 
+#include "absl/container/flat_hash_map.h"
 #include "src/core/backend.h"
 
 namespace asyncd::backends {
@@ -92,7 +93,7 @@ class Reactor {
   core::OpCompleter& completer_;
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
-  std::unordered_map<const core::Op*, Waiter*> waiters_;
+  absl::flat_hash_map<const core::Op*, Waiter*> waiters_;
   std::unordered_map<int, std::unique_ptr<Channel>> channels_;
   std::vector<std::pair<core::Op*, int64_t>> ended_;  // ended, to be completed by Flush
   uint64_t channel_serial_ = 0;

@@ -294,12 +294,14 @@ UringBackend::Shard* UringBackend::PickShard() {
       // Made on this thread (SINGLE_ISSUER), as its first op needs it. Its
       // completions run when this thread enters it; the eventfd says when.
       shards_made_ = std::max(shards_made_, s + 1);
+      // Its CQ sized for its own ops and SQ, not the first ring's: each
+      // further ring's CQ is resident memory (1 MiB at 65,536 CQEs).
+      const uint32_t sq = std::min({entries_, shard_ops_, kShardSqEntries});
       io_uring_params p{};
-      p.cq_entries = std::max(NextPow2(uint64_t{shard_ops_} * 2), 2 * NextPow2(entries_));
+      p.cq_entries = std::max(NextPow2(uint64_t{shard_ops_} * 2), 2 * NextPow2(sq));
       // TASKRUN_FLAG: the ring says when deferred completions are left (see
       // EnterShards).
-      int ret = InitRing(shard, std::min({entries_, shard_ops_, kShardSqEntries}),
-                         IORING_SETUP_TASKRUN_FLAG, p);
+      int ret = InitRing(shard, sq, IORING_SETUP_TASKRUN_FLAG, p);
       if (ret == 0) ret = io_uring_register_eventfd(shard.ring.get(), shard_fd_);
       if (ret < 0 && shard.ring != nullptr) {
         io_uring_queue_exit(shard.ring.get());

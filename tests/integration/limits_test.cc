@@ -93,6 +93,41 @@ TEST(LimitsTest, MaxInflightTotalRefusesTheNextOpAcrossSessionsAndChangesNothing
   EXPECT_TRUE((*stream)->Finish().ok());
 }
 
+// io_uring is sized at start for max_inflight_total, so that its own
+// capacity is never the limit a client meets: a reload may lower the limit
+// but not raise it past that size (it needs a restart).
+TEST(LimitsTest, ReloadRaisesMaxInflightTotalOnlyAsFarAsIoUringWasSized) {
+  ConfigFile config("[limits]\nmax_inflight_total = 8\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto stats = client.GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  if (!stats->io_uring_enabled()) GTEST_SKIP() << "io_uring unavailable here";
+  // Each reload also sets max_op_bytes to `marker`: seeing it says the
+  // reload was done.
+  auto reload = [&](uint32_t total, uint32_t marker) -> std::optional<v1::Limits> {
+    std::ofstream(config.path()) << "[limits]\nmax_inflight_total = " << total
+                                 << "\nmax_op_bytes = " << marker << "\n";
+    if (::kill(daemon.pid(), SIGHUP) != 0) return std::nullopt;
+    std::optional<v1::Limits> seen;
+    WaitFor([&] {
+      auto st = client.GetStats();
+      if (st.ok() && st->limits().max_op_bytes() == marker) seen = st->limits();
+      return seen.has_value();
+    });
+    return seen;
+  };
+  auto lowered = reload(4, 4001);
+  ASSERT_TRUE(lowered.has_value());
+  EXPECT_EQ(lowered->max_inflight_total(), 4u);
+  auto raised = reload(8, 4002);  // back to what io_uring was sized for
+  ASSERT_TRUE(raised.has_value());
+  EXPECT_EQ(raised->max_inflight_total(), 8u);
+  auto past = reload(1000, 4003);  // past it: not applied, the rest is
+  ASSERT_TRUE(past.has_value());
+  EXPECT_EQ(past->max_inflight_total(), 8u);
+}
+
 TEST(LimitsTest, MaxBufferedBytesCountsReadBuffersAndWriteDataAcrossSessions) {
   ConfigFile config("[limits]\nmax_buffered_bytes = 8192\n");
   Daemon daemon(BackendMode::kIoUring, config.Args());
