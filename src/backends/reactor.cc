@@ -130,8 +130,11 @@ void Reactor::Shutdown() {
   while (submitting_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   asio::post(io_, [this] {
     const int64_t now = core::MonoNanos();
-    while (!waiters_.empty()) {
-      Waiter* w = waiters_.begin()->second;
+    // Taken out first: ending one erases it, and a flat map's begin() scans.
+    std::vector<Waiter*> all;
+    all.reserve(waiters_.size());
+    for (const auto& [op, w] : waiters_) all.push_back(w);
+    for (Waiter* w : all) {
       w->op->RequestEnd(w->gen, core::EndReason::kDrain, now);
       EndEarly(w);
     }

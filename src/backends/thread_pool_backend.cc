@@ -128,7 +128,8 @@ absl::Status ThreadPoolBackend::QueueRoomLocked(const Op& op) const {
         " operations wait for a worker, all sessions (limits.pool_queue_depth); retry later"));
   }
   const auto it = lane_of_.find(op.session);
-  if (it != lane_of_.end() && lanes_[it->second].queued >= session_queue_) {
+  if (it != lane_of_.end() &&
+      lanes_[it->second].queued + lanes_[it->second].inline_held >= session_queue_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "this session's share of the thread pool's queue is full: ", session_queue_,
         " of its operations wait for a worker (limits.max_pool_queued_per_session); retry later"));
@@ -191,7 +192,8 @@ uint32_t ThreadPoolBackend::LaneFor(const core::Session* session) {
   const auto [it, inserted] = lane_of_.try_emplace(session, free_lane_);
   if (!inserted) return it->second;
   const uint32_t l = free_lane_;
-  ASYNCD_CHECK(l != kNil);  // a lane per session with a node, and nodes are bounded
+  ASYNCD_CHECK(session != nullptr);  // nullptr marks a free lane
+  ASYNCD_CHECK(l != kNil);  // a lane per session with a node or an inline place, both bounded
   Lane& lane = lanes_[l];
   free_lane_ = lane.next;
   lane = Lane{};
@@ -215,7 +217,7 @@ void ThreadPoolBackend::Settle(uint32_t l) {
     return;
   }
   Unready(l);
-  if (lane.queued == 0 && lane.running == 0) {
+  if (lane.queued == 0 && lane.running == 0 && lane.inline_held == 0) {
     lane_of_.erase(lane.session);
     lane.session = nullptr;
     lane.next = free_lane_;
@@ -243,10 +245,13 @@ void ThreadPoolBackend::Unready(uint32_t l) {
 bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
   const int64_t now = core::MonoNanos();
   if (!MayRunInline(op, now)) return false;
+  uint32_t lane;
   {
     std::lock_guard lock(mu_);
     if (stopping_ || !QueueRoomLocked(op).ok()) return false;
     ++inline_;
+    lane = LaneFor(op.session);
+    ++lanes_[lane].inline_held;
   }
   int64_t result = -ECANCELED;
   bool must_wait = false;
@@ -254,29 +259,31 @@ bool ThreadPoolBackend::TryRunInline(Op& op) noexcept {
     result = RunNoWait(op);
     must_wait = InlineMustWait(op, result);
   }
+  const bool to_reactor = must_wait && Reactor::Takes(op);
   bool wake_timer = false;
-  if (must_wait && Reactor::Takes(op)) {
+  {
+    // The place held in the session's share becomes a queued op, or goes.
+    std::lock_guard lock(mu_);
+    --lanes_[lane].inline_held;
+    if (must_wait && !to_reactor) {
+      if (stopping_) {
+        // Shutdown has emptied the queue already: end it as Shutdown would.
+        op.RequestEnd(op.generation(), core::EndReason::kDrain, now);
+        result = -ECANCELED;
+        must_wait = false;
+      } else {
+        wake_timer = EnqueueLocked(&op);  // started: the worker does not start it again
+      }
+    }
+    Settle(lane);
+  }
+  if (to_reactor) {
     // Started already: the reactor resumes it. It refuses only once stopping.
     if (!reactor_.Submit(op)) {
       op.RequestEnd(op.generation(), core::EndReason::kDrain, now);
       completer_.Complete(op, -ECANCELED);
     }
-    std::lock_guard lock(mu_);
-    if (--inline_ == 0 && stopping_) inline_cv_.notify_all();
-    return true;
-  }
-  if (must_wait) {
-    std::lock_guard lock(mu_);
-    if (stopping_) {
-      // Shutdown has emptied the queue already: end it as Shutdown would.
-      op.RequestEnd(op.generation(), core::EndReason::kDrain, now);
-      result = -ECANCELED;
-      must_wait = false;
-    } else {
-      wake_timer = EnqueueLocked(&op);  // started: the worker does not start it again
-    }
-  }
-  if (must_wait) {
+  } else if (must_wait) {
     work_cv_.notify_one();
     if (wake_timer) timer_cv_.notify_one();
   } else {

@@ -39,12 +39,14 @@ struct ThreadPoolOptions {
 /// skipping a lane whose session already has session_running ops on
 /// workers. So one session flooding the pool (thousands of fsyncs, statx
 /// on a hung mount) delays another's op by at most one op per busy lane,
-/// and always leaves it a worker. A session queues at most session_queue
-/// ops and all sessions queue_capacity; Submit refuses beyond, naming the
-/// limit. Everything is mutex-protected and preallocated: queue_capacity +
-/// threads nodes (each naming an op and its generation), as many lanes, a
-/// session-to-lane map, an Op*-to-node hash index and the deadline heap, all
-/// sized at construction, so the steady state allocates nothing per op. The backend
+/// and, with session_running below threads, always leaves it a worker. A
+/// session queues at most session_queue ops (inline runs under way count)
+/// and all sessions queue_capacity; Submit refuses beyond, naming the
+/// limit. Everything is mutex-protected and sized at construction:
+/// queue_capacity + threads nodes (each naming an op and its generation), as
+/// many lanes, a session-to-lane map (reserved; it cleans up in place), an
+/// Op*-to-node hash index and the deadline heap, so the steady state
+/// allocates nothing per op. The backend
 /// keeps its bookkeeping in its own memory rather than in op.backend_data:
 /// Interrupt() may run while the op completes and its slot is reused (the
 /// submitter then rewrites backend_data), so it must be able to ask "is
@@ -92,9 +94,9 @@ class ThreadPoolBackend final : public core::Backend {
   core::Accepted Submit(std::span<core::Op* const> ops) noexcept override;
   /// A NOP, or a read that MayRunInline allows, run on the calling thread
   /// (the read with preadv2(RWF_NOWAIT)); one that must wait is queued,
-  /// started. Holds a queue place while it runs, so that queueing it never
-  /// fails; refuses (false) when the queue or the session's share of it is
-  /// full, or stopping.
+  /// started. Holds a queue place, and one in its session's share, while it
+  /// runs, so that queueing it never fails; refuses (false) when the queue
+  /// or the session's share of it is full, or stopping.
   bool TryRunInline(core::Op& op) noexcept override;
 
   /// A queued op is unlinked and completed (-ECANCELED) on this thread
@@ -140,6 +142,7 @@ class ThreadPoolBackend final : public core::Backend {
     uint32_t tail = kNil;
     uint32_t queued = 0;
     uint32_t running = 0;
+    uint32_t inline_held = 0;  // TryRunInline calls holding a place in its share
     uint32_t prev = kNil;  // links in the ready list (lanes a worker may serve)...
     uint32_t next = kNil;  // ...and the free-list link while free
     bool ready = false;

@@ -61,7 +61,7 @@ struct UringOptions {
 /// sleeps in one io_uring_enter; woken, it enters each busy shard to run
 /// its deferred completions, again while the kernel flags some left
 /// (IORING_SETUP_TASKRUN_FLAG: one entry runs a bounded batch). A ring once
-/// made stays until shutdown.
+/// made stays until shutdown. Without IORING_FEAT_NODROP there is one ring.
 ///
 /// Inline fast path (TryRunInline, for unary callers): what MayRunInline
 /// allows (a NOP, a read of a stream, a positional read of a file) runs on

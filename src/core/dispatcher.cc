@@ -170,6 +170,7 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
   size_t npending = 0;
   auto flush = [&](Pending& p) {
     const Accepted accepted = p.backend->Submit(std::span<Op* const>(p.ops, p.n));
+    ASYNCD_CHECK(accepted.count == p.n || !accepted.refusal.ok());  // a refusal says why
     for (size_t i = accepted.count; i < p.n; ++i) {
       Abandon(*p.ops[i]);
       out[p.index[i]] = accepted.refusal;

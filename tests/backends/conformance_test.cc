@@ -650,16 +650,15 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
     return *id;
   }
 
-  // Holds every pool worker `session` may use (the main session by
-  // default), so that its next pool op stays queued: blocking opens of a
-  // FIFO nobody has open for writing each wait for a peer on a worker (an
-  // open cannot wait on the reactor, where blocked reads wait).
-  // ReleaseWorkers lets them finish.
-  std::vector<uint64_t> HoldWorkers(const std::string& rel, core::Session* session = nullptr) {
+  // Holds every pool worker the session may use, so that its next pool op
+  // stays queued: blocking opens of a FIFO nobody has open for writing each
+  // wait for a peer on a worker (an open cannot wait on the reactor, where
+  // blocked reads wait). ReleaseWorkers lets them finish.
+  std::vector<uint64_t> HoldWorkers(const std::string& rel) {
     EXPECT_EQ(::mkfifo(InRoot(rel).c_str(), 0600), 0) << std::strerror(errno);
     std::vector<uint64_t> cookies(kPoolSessionRunning);
     for (auto& cookie : cookies) {
-      absl::StatusOr<OpId> id = Start(Open(Keep(rel), O_RDONLY), &cookie, session);
+      absl::StatusOr<OpId> id = Start(Open(Keep(rel), O_RDONLY), &cookie);
       EXPECT_TRUE(id.ok()) << id.status();
       if (id.ok()) EXPECT_TRUE(WaitForState(*id, OpState::kRunning)) << "the open never started";
     }
@@ -1410,7 +1409,7 @@ TEST_P(ConformanceTest, CancelQueuedOpNeverRuns) {
   ASSERT_TRUE(wid.ok()) << wid.status();
   auto snap = registry_.Snapshot(*wid);
   ASSERT_TRUE(snap.has_value());
-  ASSERT_EQ(snap->state, OpState::kDispatched) << "the write started with every worker held";
+  ASSERT_EQ(snap->state, OpState::kDispatched) << "the write started with every worker its session may use held";
   EXPECT_EQ(dispatcher_->Cancel(*wid, EndReason::kClientRequest), CancelResult::kCancelled);
   ReleaseWorkers("busy");
   Completion w = Await(wcookie);
@@ -1885,7 +1884,7 @@ TEST_P(ConformanceTest, DeadlineEndsQueuedOp) {
   ASSERT_TRUE(wid.ok()) << wid.status();
   auto snap = registry_.Snapshot(*wid);
   ASSERT_TRUE(snap.has_value());
-  ASSERT_EQ(snap->state, OpState::kDispatched) << "the write started with every worker held";
+  ASSERT_EQ(snap->state, OpState::kDispatched) << "the write started with every worker its session may use held";
   Completion c = Await(wcookie);  // the workers are still held
   EXPECT_EQ(c.state, OpState::kTimedOut);
   EXPECT_EQ(Slurp(InRoot("never-written")), "");

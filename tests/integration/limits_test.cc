@@ -78,6 +78,11 @@ TEST(LimitsTest, MaxInflightTotalRefusesTheNextOpAcrossSessionsAndChangesNothing
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->inflight(), 3u);
   EXPECT_EQ(stats->limits().max_inflight_total(), 3u);
+  // The thread pool's limits at their defaults: one worker always left over.
+  EXPECT_EQ(stats->limits().pool_queue_depth(), 8192u);
+  EXPECT_EQ(stats->limits().max_pool_queued_per_session(), 1024u);
+  EXPECT_EQ(stats->limits().max_pool_running_per_session(),
+            std::max(4u, 2 * std::thread::hardware_concurrency()) - 1);
   auto listed = client.ListAll(v1::OpSelector());
   ASSERT_TRUE(listed.ok());
   EXPECT_EQ(listed->size(), 3u);
@@ -94,8 +99,8 @@ TEST(LimitsTest, MaxInflightTotalRefusesTheNextOpAcrossSessionsAndChangesNothing
 }
 
 // io_uring is sized at start for max_inflight_total, so that its own
-// capacity is never the limit a client meets: a reload may lower the limit
-// but not raise it past that size (it needs a restart).
+// capacity is no limit beyond that one: a reload may lower the limit, or
+// raise it back, but not past that size (it needs a restart).
 TEST(LimitsTest, ReloadRaisesMaxInflightTotalOnlyAsFarAsIoUringWasSized) {
   ConfigFile config("[limits]\nmax_inflight_total = 8\n");
   Daemon daemon(BackendMode::kIoUring, config.Args());
@@ -278,10 +283,6 @@ TEST(LimitsTest, MaxOpBytesRefusesALargerReadOrWrite) {
   EXPECT_TRUE(client.Submit(*s, ReadOp(*file, 0, 4096)).ok());
 }
 
-// A stream client that keeps submitting 1 MiB reads and never reads a
-// completion: the daemon stops reading its requests once
-// max_inflight_per_session results are undelivered, so its memory stays
-// bounded, and everyone else is still served.
 v1::Operation OpenFifoOp(const std::string& path, uint64_t tag) {
   v1::Operation op;
   op.set_tag(tag);
@@ -319,19 +320,20 @@ TEST(LimitsTest, ThreadPoolLimitsKeepSessionsApartAndNameThemselves) {
   auto stream_a = StreamClient::Create(daemon.channel(), "flooder", *a);
   ASSERT_TRUE(stream_a.ok()) << stream_a.status();
   Completions done;
-  // Holds one worker until the FIFO gets a writer: `inflight` ops in all,
-  // none queued.
-  auto hold = [&](StreamClient& stream, uint64_t tag, uint64_t inflight) {
-    ASSERT_TRUE(stream.Submit({OpenFifoOp("hung", tag)}, done.Callback()).ok());
-    ASSERT_TRUE(WaitFor([&] {
+  // Waits until the daemon holds `inflight` ops, `queued` of them queued for
+  // a worker (not only counted in flight, which the daemon does first).
+  auto in_pool = [&](uint64_t inflight, uint64_t queued) {
+    return WaitFor([&] {
       auto st = client.GetStats();
-      return st.ok() && st->inflight() == inflight && st->queued() == 0;
-    }));
+      return st.ok() && st->inflight() == inflight && st->queued() == queued;
+    });
   };
-  // A's first open runs; A is then at its running share: two more queue.
-  hold(**stream_a, 1, 1);
+  // A's first open runs, holding a worker until the FIFO gets a writer; A is
+  // then at its running share: two more queue.
+  ASSERT_TRUE((*stream_a)->Submit({OpenFifoOp("hung", 1)}, done.Callback()).ok());
+  ASSERT_TRUE(in_pool(1, 0));
   ASSERT_TRUE((*stream_a)->Submit({OpenFifoOp("hung", 2), OpenFifoOp("hung", 3)}, done.Callback()).ok());
-  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 3; }));
+  ASSERT_TRUE(in_pool(3, 2));
   auto over_share = client.Submit(*a, StatxOp("hung"));
   EXPECT_EQ(over_share.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(over_share.status().message()),
@@ -345,16 +347,13 @@ TEST(LimitsTest, ThreadPoolLimitsKeepSessionsApartAndNameThemselves) {
   EXPECT_EQ(statx->outcome(), v1::OUTCOME_COMPLETED);
   EXPECT_EQ(statx->stat().file_type(), v1::FILE_TYPE_FIFO);
 
-  // B holds that worker too and queues one: the queue (4) is full.
+  // B holds that worker too and queues two: the queue (4) is full.
   auto stream_b = StreamClient::Create(daemon.channel(), "b", *b);
   ASSERT_TRUE(stream_b.ok()) << stream_b.status();
   ASSERT_TRUE((*stream_b)->Submit({OpenFifoOp("hung", 4)}, done.Callback()).ok());
-  ASSERT_TRUE(WaitFor([&] {
-    auto st = client.GetStats();
-    return st.ok() && st->inflight() == 4 && st->queued() == 2;
-  }));
+  ASSERT_TRUE(in_pool(4, 2));
   ASSERT_TRUE((*stream_b)->Submit({OpenFifoOp("hung", 5), OpenFifoOp("hung", 6)}, done.Callback()).ok());
-  ASSERT_TRUE(WaitFor([&] { return Inflight(client) == 6; }));
+  ASSERT_TRUE(in_pool(6, 4));
   auto c = client.OpenSession("c");
   ASSERT_TRUE(c.ok()) << c.status();
   auto over_depth = client.Submit(*c, StatxOp("hung"));
@@ -385,6 +384,10 @@ TEST(LimitsTest, ThreadPoolLimitsKeepSessionsApartAndNameThemselves) {
   EXPECT_TRUE((*stream_b)->Finish().ok());
 }
 
+// A stream client that keeps submitting 1 MiB reads and never reads a
+// completion: the daemon stops reading its requests once
+// max_inflight_per_session results are undelivered, so its memory stays
+// bounded, and everyone else is still served.
 TEST(LimitsTest, StreamClientThatNeverReadsLeavesDaemonMemoryBounded) {
   ConfigFile config("[limits]\nmax_inflight_per_session = 8\n");
   Daemon daemon(BackendMode::kIoUring, config.Args());
