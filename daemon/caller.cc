@@ -22,11 +22,18 @@ bool Listed(const std::vector<uint32_t>& ids, uint32_t id) {
 }  // namespace
 
 AdminRules AdminRules::FromConfig(const Config& config, uint32_t own_uid) {
-  return AdminRules{.own_uid = own_uid,
-                    .uids = config.admin_uids,
-                    .gids = config.admin_gids,
-                    .group_gids = config.admin_group_gids,
-                    .tls_cns = config.admin_tls_cns};
+  AdminRules rules{.own_uid = own_uid,
+                   .uids = config.admin_uids,
+                   .gids = config.admin_gids,
+                   .group_gids = config.admin_group_gids,
+                   .tls_cns = config.admin_tls_cns};
+  for (const ShareConfig& share : config.shares) {
+    ShareMembers& m = rules.shares.emplace_back();
+    m.uids = share.uids;
+    m.gids = share.gids;
+    m.gids.insert(m.gids.end(), share.group_gids.begin(), share.group_gids.end());
+  }
+  return rules;
 }
 
 Caller CallerFromPeerCred(const PeerCred& cred, const AdminRules& rules) {
@@ -45,6 +52,12 @@ Caller CallerFromPeerCred(const PeerCred& cred, const AdminRules& rules) {
   for (size_t i = 0; !c.admin && i < cred.groups.size(); ++i) {
     c.admin = admin_gid(cred.groups[i]);
   }
+  for (size_t i = 0; i < rules.shares.size(); ++i) {
+    const AdminRules::ShareMembers& m = rules.shares[i];
+    bool member = Listed(m.uids, c.uid) || Listed(m.gids, c.gid);
+    for (size_t g = 0; !member && g < cred.groups.size(); ++g) member = Listed(m.gids, cred.groups[g]);
+    if (member) c.shares |= uint64_t{1} << i;
+  }
   return c;
 }
 
@@ -56,7 +69,12 @@ Caller CallerFromCertificate(const std::string& peer, const std::optional<std::s
   const std::string& cn = *verified_cn;
   absl::StrAppend(&c.peer, " cert CN \"", cn, "\"");
   uint32_t uid = 0;
-  if (cn.rfind("uid:", 0) == 0 && absl::SimpleAtoi(cn.substr(4), &uid) && uid != 0) c.uid = uid;
+  if (cn.rfind("uid:", 0) == 0 && absl::SimpleAtoi(cn.substr(4), &uid) && uid != 0) {
+    c.uid = uid;
+    for (size_t i = 0; i < rules.shares.size(); ++i) {
+      if (Listed(rules.shares[i].uids, uid)) c.shares |= uint64_t{1} << i;
+    }
+  }
   c.admin = std::find(rules.tls_cns.begin(), rules.tls_cns.end(), cn) != rules.tls_cns.end();
   return c;
 }

@@ -23,6 +23,7 @@ struct Caller {
   uint32_t gid = 65534;
   uint32_t pid = 0;
   bool admin = false;
+  uint64_t shares = 0;  // bit i: may use Config::shares[i]
   std::string peer;  // for logs: "unix pid N" or the TCP peer and its cert CN
 };
 
@@ -33,18 +34,27 @@ struct AdminRules {
   std::vector<uint32_t> gids;        // matched against the primary and supplementary groups
   std::vector<uint32_t> group_gids;  // [admin] groups, resolved; matched as `gids`
   std::vector<std::string> tls_cns;  // client-certificate CNs
+  /// Who may use each [[share]], in Config::shares order: uids, and gids
+  /// matched as `gids` are.
+  struct ShareMembers {
+    std::vector<uint32_t> uids;
+    std::vector<uint32_t> gids;
+  };
+  std::vector<ShareMembers> shares;
   /// The rules of `config` ([admin]) for a daemon running as `own_uid`.
   static AdminRules FromConfig(const Config& config, uint32_t own_uid);
 };
 
 /// A caller on the unix socket, from the kernel's credentials of its peer.
-/// Admin by uid (0, own, listed) or by any of its groups. Pure; any thread.
+/// Admin by uid (0, own, listed) or by any of its groups; a share's member
+/// the same way. Pure; any thread.
 Caller CallerFromPeerCred(const PeerCred& cred, const AdminRules& rules);
 
 /// A caller on TCP. `peer` is gRPC's name for it; `verified_cn` the common
 /// name of a client certificate the TLS layer verified against
 /// server.tls_client_ca, or nullopt (then the caller is nobody). A CN
-/// "uid:N" (N != 0) names uid N; admin when the CN is in tls_cns. Pure; any
+/// "uid:N" (N != 0) names uid N, a member of the shares listing N in their
+/// uids; admin when the CN is in tls_cns. Pure; any
 /// thread.
 Caller CallerFromCertificate(const std::string& peer, const std::optional<std::string>& verified_cn,
                              const AdminRules& rules);

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "src/common/runtime_paths.h"
 
 namespace asyncd::daemon {
@@ -54,36 +55,46 @@ Setter Bool(bool Config::*field) {
   };
 }
 
+absl::StatusOr<std::vector<uint32_t>> ParseIds(const toml::node& n) {
+  const toml::array* a = n.as_array();
+  if (a == nullptr) return absl::InvalidArgumentError("must be an array of integers");
+  std::vector<uint32_t> out;
+  for (const toml::node& e : *a) {
+    auto v = e.value<int64_t>();
+    if (!v || *v < 0 || *v > 0xffffffffLL) {
+      return absl::InvalidArgumentError("must be an array of integers >= 0");
+    }
+    out.push_back(static_cast<uint32_t>(*v));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> ParseStrs(const toml::node& n) {
+  const toml::array* a = n.as_array();
+  if (a == nullptr) return absl::InvalidArgumentError("must be an array of strings");
+  std::vector<std::string> out;
+  for (const toml::node& e : *a) {
+    auto v = e.value<std::string>();
+    if (!v || v->empty()) return absl::InvalidArgumentError("must be an array of non-empty strings");
+    out.push_back(*v);
+  }
+  return out;
+}
+
 Setter Ids(std::vector<uint32_t> Config::*field) {
   return [=](const toml::node& n, Config& c) -> absl::Status {
-    const toml::array* a = n.as_array();
-    if (a == nullptr) return absl::InvalidArgumentError("must be an array of integers");
-    std::vector<uint32_t> out;
-    for (const toml::node& e : *a) {
-      auto v = e.value<int64_t>();
-      if (!v || *v < 0 || *v > 0xffffffffLL) {
-        return absl::InvalidArgumentError("must be an array of integers >= 0");
-      }
-      out.push_back(static_cast<uint32_t>(*v));
-    }
-    c.*field = std::move(out);
+    absl::StatusOr<std::vector<uint32_t>> ids = ParseIds(n);
+    if (!ids.ok()) return ids.status();
+    c.*field = *std::move(ids);
     return absl::OkStatus();
   };
 }
 
 Setter Strs(std::vector<std::string> Config::*field) {
   return [=](const toml::node& n, Config& c) -> absl::Status {
-    const toml::array* a = n.as_array();
-    if (a == nullptr) return absl::InvalidArgumentError("must be an array of strings");
-    std::vector<std::string> out;
-    for (const toml::node& e : *a) {
-      auto v = e.value<std::string>();
-      if (!v || v->empty()) {
-        return absl::InvalidArgumentError("must be an array of non-empty strings");
-      }
-      out.push_back(*v);
-    }
-    c.*field = std::move(out);
+    absl::StatusOr<std::vector<std::string>> strs = ParseStrs(n);
+    if (!strs.ok()) return strs.status();
+    c.*field = *std::move(strs);
     return absl::OkStatus();
   };
 }
@@ -100,19 +111,25 @@ absl::StatusOr<uint32_t> ResolveGroup(const std::string& name) {
   return static_cast<uint32_t>(found->gr_gid);
 }
 
-// [admin] groups: names resolved now, so a typo stops the start, not an admin.
+// Group names resolved now, so a typo stops the start, not a user.
+absl::StatusOr<std::vector<uint32_t>> ResolveGroups(const std::vector<std::string>& names) {
+  std::vector<uint32_t> gids;
+  for (const std::string& name : names) {
+    absl::StatusOr<uint32_t> gid = ResolveGroup(name);
+    if (!gid.ok()) return gid.status();
+    gids.push_back(*gid);
+  }
+  return gids;
+}
+
 Setter AdminGroups() {
   return [](const toml::node& n, Config& c) -> absl::Status {
-    Config tmp;
-    if (absl::Status s = Strs(&Config::admin_groups)(n, tmp); !s.ok()) return s;
-    std::vector<uint32_t> gids;
-    for (const std::string& name : tmp.admin_groups) {
-      absl::StatusOr<uint32_t> gid = ResolveGroup(name);
-      if (!gid.ok()) return gid.status();
-      gids.push_back(*gid);
-    }
-    c.admin_groups = std::move(tmp.admin_groups);
-    c.admin_group_gids = std::move(gids);
+    absl::StatusOr<std::vector<std::string>> names = ParseStrs(n);
+    if (!names.ok()) return names.status();
+    absl::StatusOr<std::vector<uint32_t>> gids = ResolveGroups(*names);
+    if (!gids.ok()) return gids.status();
+    c.admin_groups = *std::move(names);
+    c.admin_group_gids = *std::move(gids);
     return absl::OkStatus();
   };
 }
@@ -214,6 +231,93 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
   return *schema;
 }
 
+// A share's path: relative components beneath the root, none "." or
+// "..", the first not all digits (that names a uid's own area).
+absl::Status CheckSharePath(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("must not be empty");
+  if (path.front() == '/') return absl::InvalidArgumentError("must be relative to server.root");
+  const std::vector<std::string> parts = absl::StrSplit(path, '/');
+  for (const std::string& part : parts) {
+    if (part.empty() || part == "." || part == "..") {
+      return absl::InvalidArgumentError("must be plain names joined by '/' (no \"\", \".\" or \"..\")");
+    }
+    if (part.find('\0') != std::string::npos) return absl::InvalidArgumentError("contains NUL");
+  }
+  if (std::all_of(parts[0].begin(), parts[0].end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("must not start with a number: \"", parts[0], "\" is uid ", parts[0], "'s own area"));
+  }
+  return absl::OkStatus();
+}
+
+// True if `a` is `b` or a directory above it, component by component.
+bool Contains(const std::string& a, const std::string& b) {
+  return b.size() >= a.size() && b.compare(0, a.size(), a) == 0 &&
+         (b.size() == a.size() || b[a.size()] == '/');
+}
+
+// [[share]]: an array of tables, each {path, uids, gids, groups}.
+absl::Status LoadShares(const std::string& file, const toml::node& node,
+                        std::vector<ShareConfig>& out) {
+  const toml::array* tables = node.as_array();
+  if (tables == nullptr || !tables->is_array_of_tables()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Where(file, node.source()), ": share must be an array of tables ([[share]] sections)"));
+  }
+  if (tables->size() > kMaxShares) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Where(file, node.source()), ": at most ", kMaxShares, " [[share]] sections"));
+  }
+  std::vector<ShareConfig> shares;
+  for (const toml::node& t : *tables) {
+    ShareConfig share;
+    bool has_path = false;
+    for (const auto& [key_node, value] : *t.as_table()) {
+      const std::string key(key_node.str());
+      auto fail = [&](const absl::Status& s) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(Where(file, value.source()), ": share.", key, " ", s.message()));
+      };
+      if (key == "path") {
+        auto v = value.value<std::string>();
+        if (!v) return fail(absl::InvalidArgumentError("must be a string"));
+        if (absl::Status s = CheckSharePath(*v); !s.ok()) return fail(s);
+        share.path = *v;
+        has_path = true;
+      } else if (key == "uids" || key == "gids") {
+        absl::StatusOr<std::vector<uint32_t>> ids = ParseIds(value);
+        if (!ids.ok()) return fail(ids.status());
+        (key == "uids" ? share.uids : share.gids) = *std::move(ids);
+      } else if (key == "groups") {
+        absl::StatusOr<std::vector<std::string>> names = ParseStrs(value);
+        if (!names.ok()) return fail(names.status());
+        absl::StatusOr<std::vector<uint32_t>> gids = ResolveGroups(*names);
+        if (!gids.ok()) return fail(gids.status());
+        share.groups = *std::move(names);
+        share.group_gids = *std::move(gids);
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat(Where(file, value.source()), ": unknown key share.", key));
+      }
+    }
+    const std::string where = Where(file, t.source());
+    if (!has_path) return absl::InvalidArgumentError(absl::StrCat(where, ": [[share]] needs a path"));
+    if (share.uids.empty() && share.gids.empty() && share.groups.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": share \"", share.path, "\" names nobody: set uids, gids or groups"));
+    }
+    for (const ShareConfig& other : shares) {
+      if (Contains(other.path, share.path) || Contains(share.path, other.path)) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": share \"", share.path,
+                                                       "\" overlaps share \"", other.path, "\""));
+      }
+    }
+    shares.push_back(std::move(share));
+  }
+  out = std::move(shares);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base) {
@@ -229,6 +333,10 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base) {
   }
   for (const auto& [section_key, section_node] : table) {
     const std::string section(section_key.str());
+    if (section == "share") {
+      if (absl::Status s = LoadShares(path, section_node, base.shares); !s.ok()) return s;
+      continue;
+    }
     auto schema = Schema().find(section);
     if (schema == Schema().end() || !section_node.is_table()) {
       return absl::InvalidArgumentError(absl::StrCat(Where(path, section_node.source()),

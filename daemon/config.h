@@ -9,6 +9,20 @@
 
 namespace asyncd::daemon {
 
+/// A [[share]]: a directory beneath the root that the listed users and
+/// groups reach by its path, outside their own area.
+struct ShareConfig {
+  std::string path;  // relative to the root, e.g. "common" or "team/build"
+  std::vector<uint32_t> uids;
+  std::vector<uint32_t> gids;
+  std::vector<std::string> groups;      // names, resolved at load (getgrnam)
+  std::vector<uint32_t> group_gids;     // groups resolved
+  bool operator==(const ShareConfig&) const = default;
+};
+
+/// At most this many [[share]] tables (a caller's shares are a bit mask).
+inline constexpr size_t kMaxShares = 64;
+
 /// Every tunable, with the embedded default. deploy/asyncd.toml.example
 /// documents each key; `asyncd --help` documents the flags.
 struct Config {
@@ -59,6 +73,9 @@ struct Config {
   std::vector<std::string> admin_groups;   // group names, resolved at load (getgrnam)
   std::vector<uint32_t> admin_group_gids;  // admin_groups resolved
   std::vector<std::string> admin_tls_cns;  // client-cert CNs that are admins (mTLS on TCP)
+
+  // [[share]]
+  std::vector<ShareConfig> shares;
 
   bool operator==(const Config&) const = default;
 };

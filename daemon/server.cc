@@ -135,6 +135,9 @@ absl::Status Server::Init() {
   std::filesystem::create_directories(config_.root, ec);
   root_fd_ = open(config_.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (root_fd_ < 0) return absl::ErrnoToStatus(errno, absl::StrCat("root ", config_.root));
+  absl::StatusOr<std::unique_ptr<FileAreas>> areas = FileAreas::Open(root_fd_, config_.shares);
+  if (!areas.ok()) return areas.status();
+  areas_ = *std::move(areas);
 
   registry_ = std::make_unique<core::Registry>(core::Registry::Options{
       .max_sessions = config_.max_sessions,
@@ -221,7 +224,7 @@ absl::Status Server::Init() {
   }
 
   service_ = std::make_unique<Service>(config_, *registry_, *dispatcher_, *observer_,
-                                       listener_.get(), info);
+                                       listener_.get(), info, areas_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -404,6 +407,7 @@ std::string Server::Reload(const Config& config) {
   };
   differs("server.socket", config.socket != config_.socket);
   differs("server.root", config.root != config_.root);
+  differs("share", config.shares != config_.shares);
   differs("server.tcp", config.tcp != config_.tcp);
   differs("server.tcp_insecure", config.tcp_insecure != config_.tcp_insecure);
   differs("server.tls_cert", config.tls_cert != config_.tls_cert);

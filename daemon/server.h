@@ -26,6 +26,8 @@ class ThreadPoolBackend;
 
 namespace asyncd::daemon {
 
+class FileAreas;
+
 class MetricsServer;
 class Observer;
 class Service;
@@ -67,6 +69,7 @@ class Server {
 
   Config config_;
   int root_fd_ = -1;
+  std::unique_ptr<FileAreas> areas_;  // beneath root_fd_
   std::unique_ptr<core::Registry> registry_;
   std::unique_ptr<core::Dispatcher> dispatcher_;
   std::unique_ptr<Observer> observer_;

@@ -27,7 +27,8 @@ void FillCancelCounts(const core::CancelCounts& counts, v1::CancelCounts* out) {
 }  // namespace
 
 Service::Service(const Config& config, core::Registry& registry, core::Dispatcher& dispatcher,
-                 Observer& observer, const UnixListener* listener, BackendInfo backends)
+                 Observer& observer, const UnixListener* listener, BackendInfo backends,
+                 FileAreas* areas)
     : config_(config),
       registry_(registry),
       dispatcher_(dispatcher),
@@ -35,7 +36,7 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
       backends_(std::move(backends)),
       started_ns_(core::MonoNanos()),
       identifier_(AdminRules::FromConfig(config_, ::geteuid()), listener),
-      sessions_(registry, dispatcher, live_, config_.max_lease_ms),
+      sessions_(registry, dispatcher, live_, config_.max_lease_ms, areas),
       canceller_(registry, dispatcher, observer.counters(), observer.history()),
       listing_(registry, observer.history()),
       drainer_(registry, dispatcher, config_.state_dir, [this] { sessions_.NotifyDraining(); }) {}

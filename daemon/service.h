@@ -46,10 +46,12 @@ struct BackendInfo {
 /// (core::CompletionSink).
 class Service final : public v1::Asyncd::CallbackService {
  public:
-  /// `registry`, `dispatcher`, `observer` and `listener` (may be null: no
-  /// unix socket) must outlive the service.
+  /// `registry`, `dispatcher`, `observer`, `listener` (may be null: no
+  /// unix socket) and `areas` (may be null: every path beneath the whole
+  /// root) must outlive the service.
   Service(const Config& config, core::Registry& registry, core::Dispatcher& dispatcher,
-          Observer& observer, const UnixListener* listener, BackendInfo backends);
+          Observer& observer, const UnixListener* listener, BackendInfo backends,
+          FileAreas* areas);
   ~Service() override;
 
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,

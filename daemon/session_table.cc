@@ -77,12 +77,19 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> SessionTable::Open(const Caller& ca
     if (!lease.ok()) return lease.status();
     lease_ms = *lease;
   }
+  FileArea area;
+  if (areas_ != nullptr) {
+    absl::StatusOr<FileArea> found = areas_->For(caller);
+    if (!found.ok()) return found.status();
+    area = *found;
+  }
   absl::StatusOr<std::shared_ptr<core::Session>> session =
       registry_.OpenSession({name, caller.uid, caller.gid, caller.pid});
   if (!session.ok()) return NameLimit(session.status());
   auto meta = std::make_shared<SessionMeta>();
   meta->session = *session;
   meta->uid = caller.uid;
+  meta->area = area;
   meta->stream_owned = stream_owned;
   meta->lease_ms.store(stream_owned ? 0 : lease_ms);
   meta->lease_deadline_ns.store(core::MonoNanos() + int64_t{lease_ms} * 1'000'000);

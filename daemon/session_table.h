@@ -13,6 +13,7 @@
 #include "asyncd/v1/asyncd.pb.h"
 #include "daemon/caller.h"
 #include "daemon/config.h"
+#include "daemon/file_area.h"
 #include "src/core/dispatcher.h"
 
 namespace asyncd::daemon {
@@ -37,6 +38,7 @@ class SessionListener {
 struct SessionMeta {
   std::shared_ptr<core::Session> session;
   uint32_t uid = 0;
+  FileArea area;  // where its paths resolve: the opener's
   std::atomic<uint32_t> lease_ms{0};  // 0 = bound to a stream, no lease
   std::atomic<int64_t> lease_deadline_ns{0};
   std::atomic<int> streams{0};  // attached streams pause the lease
@@ -83,15 +85,22 @@ enum class SessionLifetime {
 /// that lock.
 class SessionTable {
  public:
-  /// `registry`, `dispatcher` and `live` must outlive the table.
+  /// `registry`, `dispatcher`, `live` and `areas` must outlive the table.
+  /// Without `areas` every session's paths resolve beneath the whole root.
   SessionTable(core::Registry& registry, core::Dispatcher& dispatcher, const LiveLimits& live,
-               uint32_t max_lease_ms)
-      : registry_(registry), dispatcher_(dispatcher), live_(live), max_lease_ms_(max_lease_ms) {}
+               uint32_t max_lease_ms, FileAreas* areas = nullptr)
+      : registry_(registry),
+        dispatcher_(dispatcher),
+        live_(live),
+        max_lease_ms_(max_lease_ms),
+        areas_(areas) {}
 
   /// Opens a session for `caller`. A leased one gets `lease_ms` (0 = the
-  /// default), which must be in [100, max_lease_ms]. INVALID_ARGUMENT (name
-  /// over 128 bytes, lease out of range); RESOURCE_EXHAUSTED naming
-  /// limits.max_sessions. Refusing while draining is the caller's part.
+  /// default), which must be in [100, max_lease_ms]. Its paths resolve in
+  /// the caller's file area. INVALID_ARGUMENT (name over 128 bytes, lease
+  /// out of range); RESOURCE_EXHAUSTED naming limits.max_sessions;
+  /// UNAVAILABLE when the caller's area cannot be made. Refusing while
+  /// draining is the caller's part.
   [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Open(const Caller& caller,
                                                                   const std::string& name,
                                                                   uint32_t lease_ms,
@@ -139,6 +148,7 @@ class SessionTable {
   core::Dispatcher& dispatcher_;
   const LiveLimits& live_;
   const uint32_t max_lease_ms_;
+  FileAreas* const areas_;
   mutable std::shared_mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;
 };

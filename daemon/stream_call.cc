@@ -293,6 +293,7 @@ absl::Status StreamCall::HandleSubmit() {
     c->charged = charge;
     core::OpRequest r;
     rejected[i] = ToOpRequest(sb.ops(i), max_op_bytes, no_deadline, c->buffers, r);
+    if (rejected[i].ok()) rejected[i] = meta_->area.Place(r);
     if (!rejected[i].ok()) {
       service_->budget().ReleaseOps(1);
       service_->budget().ReleaseBytes(c->charged);

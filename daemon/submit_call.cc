@@ -99,6 +99,7 @@ absl::Status SubmitCall::Run() {
   };
   core::OpRequest request;
   absl::Status s = ToOpRequest(req_->op(), max_op_bytes, call_deadline_ns_, buffers_, request);
+  if (s.ok()) s = (*meta)->area.Place(request);
   if (!s.ok()) {
     refund();
     return s;

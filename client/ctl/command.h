@@ -37,8 +37,9 @@ struct GlobalFlags {
 class Env {
  public:
   /// Resolves the flags: the daemons to talk to (--socket paths, then
-  /// --target addresses; neither: client::DefaultSocketPath(), i.e. $ASYNCD_SOCKET
-  /// or the per-user default), the timeout, the printer. Errors: usage.
+  /// --target addresses; neither: client::DefaultSocketPath(), i.e.
+  /// $ASYNCD_SOCKET, a listening per-user daemon, else the system one), the
+  /// timeout, the printer. Errors: usage.
   static absl::StatusOr<std::unique_ptr<Env>> Create(const GlobalFlags& flags);
 
   std::vector<std::unique_ptr<Daemon>>& daemons() { return daemons_; }

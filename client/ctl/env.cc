@@ -39,7 +39,8 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Create(const GlobalFlags& flags) {
     env->daemons_.push_back(std::make_unique<Daemon>(target, target, env->timeout_, tls));
   }
   if (env->daemons_.empty()) {
-    // The library's default socket ($ASYNCD_SOCKET, else the per-user one).
+    // The library's default: $ASYNCD_SOCKET, a listening per-user daemon,
+    // else the system one.
     env->daemons_.push_back(
         std::make_unique<Daemon>(/*target=*/"", client::DefaultSocketPath(), env->timeout_));
   }

@@ -22,7 +22,9 @@ constexpr const char* kFooter = R"(Daemons:
   repeat for a fleet view: ops list, ops history, sessions list, stats and
   health query every daemon and add a DAEMON column (-o json: a JSON array of
   {"target", "response"|"error"}). Other commands take exactly one daemon.
-  Default: $ASYNCD_SOCKET, else the per-user default socket.
+  Default: $ASYNCD_SOCKET; else, when not root, a per-user daemon's socket
+  ($XDG_RUNTIME_DIR/asyncd/asyncd.sock) if one listens there; else the
+  system daemon's /run/asyncd/asyncd.sock (members of group asyncd may use it).
 
 Ids: operation ids print as 0x<hex>; ids are accepted as 0x<hex> or decimal.
 Durations: 500ms, 30s, 2m, 1h30m, 1.5s, 250us, 2d.

@@ -1,6 +1,11 @@
 #include "asyncd/connection.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
@@ -25,7 +30,33 @@ constexpr std::string_view kSchemes[] = {"unix:", "unix-abstract:", "dns:", "ipv
 
 }  // namespace
 
-std::string DefaultSocketPath() { return common::DefaultSocketPath(); }
+namespace {
+
+// True if something accepts connections on unix socket `path` now. A
+// non-blocking connect completes at once (or EAGAIN: a full backlog) when
+// a daemon listens, and is refused for a stale socket file.
+bool Listening(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  std::copy(path.begin(), path.end(), addr.sun_path);
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 ||
+                  errno == EAGAIN;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+std::string DefaultSocketPath() {
+  std::string own = common::DefaultSocketPath();
+  const char* env = std::getenv("ASYNCD_SOCKET");
+  if (own == common::kSystemSocketPath || (env != nullptr && *env != '\0')) return own;
+  // No per-user daemon: a member of group asyncd reaches the system one.
+  return Listening(own) ? own : common::kSystemSocketPath;
+}
 
 std::string NormalizeTarget(std::string_view target) {
   if (target.empty()) return "unix:" + DefaultSocketPath();

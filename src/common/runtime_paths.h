@@ -9,13 +9,15 @@
 // dependencies, so the client library can use it without any core header.
 namespace asyncd::common {
 
-/// Where the daemon listens and clients connect when nothing says otherwise:
-/// $ASYNCD_SOCKET, else the systemd RuntimeDirectory (/run/asyncd) for root,
-/// else $XDG_RUNTIME_DIR/asyncd, else /tmp/asyncd-<uid>. Daemon and clients
-/// share this function so their defaults always agree.
+/// The system daemon's socket (asyncd.socket; systemd's RuntimeDirectory).
+inline constexpr const char* kSystemSocketPath = "/run/asyncd/asyncd.sock";
+
+/// Where the daemon listens when nothing says otherwise: $ASYNCD_SOCKET,
+/// else the system socket for root, else $XDG_RUNTIME_DIR/asyncd, else
+/// /tmp/asyncd-<uid>. Clients try this first (client::DefaultSocketPath).
 inline std::string DefaultSocketPath() {
   if (const char* env = std::getenv("ASYNCD_SOCKET"); env != nullptr && *env != '\0') return env;
-  if (geteuid() == 0) return "/run/asyncd/asyncd.sock";
+  if (geteuid() == 0) return kSystemSocketPath;
   if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
     return std::string(xdg) + "/asyncd/asyncd.sock";
   }

@@ -106,7 +106,7 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   if (request.kind == OpKind::kOpen || request.kind == OpKind::kMkdir) op->params.mode &= 0777;
   op->params.fd = use.fd;
   op->params.stream = use.stream;
-  op->params.dirfd = root_fd_;
+  if (op->params.dirfd < 0) op->params.dirfd = root_fd_;
   op->sink = request.sink;
   op->cookie = request.cookie;
   op->holds_handle = uses_handle;

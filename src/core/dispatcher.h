@@ -18,7 +18,9 @@ namespace asyncd::core {
 struct OpRequest {
   OpKind kind = OpKind::kNop;
   uint32_t handle = 0;  // for operations on an open handle, else 0
-  OpParams params;      // fd and dirfd are filled in by the dispatcher
+  // fd is filled in by the dispatcher; dirfd too unless the caller chose
+  // one (the daemon's per-user areas), else it is the dispatcher's root.
+  OpParams params;
   CompletionSink* sink = nullptr;
   uint64_t cookie = 0;
   uint64_t tag = 0;  // the client's, shown when the op is listed
@@ -53,7 +55,8 @@ class CompletionObserver {
 /// slot's retirement). The last backend must support every kind.
 class Dispatcher final : public OpCompleter {
  public:
-  /// `root_fd` is the directory every path resolves beneath; not owned.
+  /// `root_fd` is the directory paths resolve beneath unless a request
+  /// names its own (OpRequest.params.dirfd); not owned.
   /// Backends are set later (they need this object as their completer).
   Dispatcher(Registry& registry, int root_fd);
   ~Dispatcher() override;

@@ -1068,6 +1068,32 @@ TEST_P(ConformanceTest, ConfinementAbsolutePathMeansTheRoot) {
   }
 }
 
+// A request that names its own directory (the daemon's per-user areas)
+// resolves every path beneath it, not beneath the dispatcher's root.
+TEST_P(ConformanceTest, ARequestsOwnDirfdIsItsRoot) {
+  ASSERT_EQ(::mkdir(InRoot("area").c_str(), 0700), 0);
+  MakeFile("outside-area", "root's\n");
+  const int area = ::open(InRoot("area").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(area, 0);
+  auto in_area = [area](OpRequest r) {
+    r.params.dirfd = area;
+    return r;
+  };
+  Completion created = Run(in_area(Open("/f", O_WRONLY | O_CREAT, 0600)));
+  ASSERT_GT(created.result, 0);
+  EXPECT_EQ(::access(InRoot("area/f").c_str(), F_OK), 0);
+  EXPECT_EQ(Run(in_area(Open("../outside-area", O_RDONLY))).result, -ENOENT);
+  struct statx stx;
+  EXPECT_EQ(Run(in_area(StatxPath("/outside-area", &stx))).result, -ENOENT);
+  EXPECT_EQ(Run(in_area(StatxPath("f", &stx))).result, 0);
+  EXPECT_EQ(Run(in_area(Rename("f", "../g"))).result, 0);
+  EXPECT_EQ(::access(InRoot("area/g").c_str(), F_OK), 0);
+  EXPECT_EQ(Run(in_area(Unlink("/outside-area"))).result, -ENOENT);
+  EXPECT_EQ(::access(InRoot("outside-area").c_str(), F_OK), 0);
+  EXPECT_EQ(Run(in_area(Unlink("g"))).result, 0);
+  ::close(area);
+}
+
 class ConfinementTest : public ConformanceTest {
  protected:
   void SetUp() override {

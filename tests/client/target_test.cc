@@ -2,10 +2,17 @@
 // the status conversions keep code and message.
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 #include "asyncd/connection.h"
-#include "src/common/runtime_paths.h"
 
 namespace asyncd::client {
 namespace {
@@ -13,9 +20,72 @@ namespace {
 TEST(NormalizeTargetTest, EmptyIsDefaultSocket) {
   ::setenv("ASYNCD_SOCKET", "/tmp/x/asyncd.sock", 1);
   EXPECT_EQ(NormalizeTarget(""), "unix:/tmp/x/asyncd.sock");
+  EXPECT_EQ(DefaultSocketPath(), "/tmp/x/asyncd.sock");
   ::unsetenv("ASYNCD_SOCKET");
-  EXPECT_EQ(NormalizeTarget(""), "unix:" + asyncd::common::DefaultSocketPath());
-  EXPECT_EQ(DefaultSocketPath(), asyncd::common::DefaultSocketPath());
+  EXPECT_EQ(NormalizeTarget(""), "unix:" + DefaultSocketPath());
+}
+
+// Without $ASYNCD_SOCKET a non-root client connects to its user's daemon
+// where one listens, else to the system daemon's socket. Returns what went
+// wrong, or "" (run as a non-root uid).
+std::string CheckDefaultFallsBackToTheSystemSocket(const std::string& xdg) {
+  const std::string system = "/run/asyncd/asyncd.sock";
+  const std::string own = xdg + "/asyncd/asyncd.sock";
+  ::setenv("XDG_RUNTIME_DIR", xdg.c_str(), 1);
+  ::unsetenv("ASYNCD_SOCKET");
+  auto expect = [](const std::string& what, const std::string& want) {
+    const std::string got = DefaultSocketPath();
+    return got == want ? "" : what + ": got " + got + ", want " + want + "\n";
+  };
+  std::string errors = expect("no per-user socket", system);
+  if (::mkdir((xdg + "/asyncd").c_str(), 0700) != 0) return "mkdir failed";
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", own.c_str());
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return "bind failed";
+  errors += expect("a socket file nobody listens on", system);
+  ::listen(fd, 4);
+  errors += expect("a listening per-user daemon", own);
+  ::close(fd);
+  errors += expect("a stale per-user socket", system);
+  ::setenv("ASYNCD_SOCKET", "/tmp/x/asyncd.sock", 1);
+  errors += expect("$ASYNCD_SOCKET", "/tmp/x/asyncd.sock");
+  ::unsetenv("ASYNCD_SOCKET");
+  return errors;
+}
+
+TEST(DefaultSocketTest, PerUserDaemonWhereOneListensElseTheSystemOne) {
+  char tmpl[] = "/tmp/asyncd-xdg.XXXXXX";
+  const std::string xdg = ::mkdtemp(tmpl);
+  if (::geteuid() != 0) {
+    EXPECT_EQ(CheckDefaultFallsBackToTheSystemSocket(xdg), "");
+  } else {
+    // Root's default is the system socket; check a user's from nobody.
+    EXPECT_EQ(DefaultSocketPath(), "/run/asyncd/asyncd.sock");
+    ASSERT_EQ(::chown(xdg.c_str(), 65534, 65534), 0);
+    int pipe_fds[2];
+    ASSERT_EQ(::pipe(pipe_fds), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(pipe_fds[0]);
+      std::string errors = ::setgid(65534) == 0 && ::setuid(65534) == 0
+                               ? CheckDefaultFallsBackToTheSystemSocket(xdg)
+                               : "cannot become nobody";
+      if (::write(pipe_fds[1], errors.data(), errors.size()) < 0) ::_exit(2);
+      ::_exit(0);
+    }
+    ::close(pipe_fds[1]);
+    std::string errors;
+    char buf[512];
+    for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0;) errors.append(buf, n);
+    ::close(pipe_fds[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    EXPECT_EQ(errors, "");
+  }
+  std::filesystem::remove_all(xdg);
 }
 
 TEST(NormalizeTargetTest, GrpcSchemesPassThrough) {

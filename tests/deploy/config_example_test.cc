@@ -65,6 +65,7 @@ Config Poisoned() {
   c.admin_groups = {"poison"};
   c.admin_group_gids = {7};
   c.admin_tls_cns = {"poison"};
+  c.shares = {ShareConfig{.path = "poison", .uids = {7}}};
   return c;
 }
 
@@ -79,12 +80,16 @@ TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
   // would make the next test blind to it. Adding a key: poison it, and
   // document it in deploy/asyncd.toml.example.
   // Fails to compile when Config gains or loses a field.
-  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40] = Config{};
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41] = Config{};
   EXPECT_NE(Poisoned(), Config{});
 }
 
 TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
-  absl::StatusOr<Config> loaded = LoadConfigFile(ExamplePath(), Poisoned());
+  // No shares is written by writing none: the example shows one commented
+  // out (checked below), so that field starts at its default here.
+  Config poisoned = Poisoned();
+  poisoned.shares.clear();
+  absl::StatusOr<Config> loaded = LoadConfigFile(ExamplePath(), poisoned);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   const Config defaults;
   EXPECT_EQ(loaded->socket, defaults.socket);
@@ -128,6 +133,23 @@ TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
   EXPECT_EQ(loaded->admin_group_gids, defaults.admin_group_gids);
   EXPECT_EQ(loaded->admin_tls_cns, defaults.admin_tls_cns);
   EXPECT_EQ(*loaded, defaults);  // and nothing else differs
+}
+
+// The example's commented-out [[share]] is a working one once uncommented.
+TEST(ConfigExampleTest, TheCommentedShareExampleParses) {
+  std::ifstream in(ExamplePath());
+  std::string text, line;
+  bool in_share = false;
+  while (std::getline(in, line)) {
+    in_share = in_share || line == "# [[share]]";
+    text += (in_share && line.rfind("# ", 0) == 0 ? line.substr(2) : line) + "\n";
+  }
+  ASSERT_TRUE(in_share) << "no \"# [[share]]\" line in the example";
+  absl::StatusOr<Config> loaded = LoadConfigFile(WriteTemp("share.toml", text), Config{});
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->shares.size(), 1u);
+  EXPECT_EQ(loaded->shares[0].path, "common");
+  EXPECT_FALSE(loaded->shares[0].uids.empty());
 }
 
 TEST(ConfigExampleTest, UnknownKeyIsRefusedWithFileAndLine) {

@@ -4,9 +4,13 @@
 // and CNs in [admin] tls_cns to admins; a plaintext client and a client
 // without a certificate are refused; TCP without TLS does not start unless
 // server.tcp_insecure, which warns and makes every caller nobody.
+// Certificates for several uids also show per-uid file areas: each uid's
+// paths resolve beneath its own directory of the root, a [[share]] is
+// reached by its members only, and an admin sees the whole root.
 #include <gmock/gmock.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/numbers.h"
@@ -60,22 +64,23 @@ int ReadPort(const std::string& path) {
 // daemon's own uid is an admin of it), root, or nobody.
 uint32_t CertUid() { return geteuid() == 4242 ? 4243 : 4242; }
 
-class TlsTest : public ::testing::Test {
+// A daemon on TCP with mutual TLS, its config `config_text`, serving
+// clients with certificates for `clients` ({name, CN}).
+class TlsFixture {
  protected:
-  void SetUp() override {
+  void StartTls(const std::string& config_text,
+                const std::vector<std::pair<std::string, std::string>>& clients,
+                BackendMode mode = BackendMode::kThreadPoolOnly) {
     if (std::system("openssl version >/dev/null 2>&1") != 0) GTEST_SKIP() << "no openssl CLI";
-    files_ = std::make_unique<ConfigFile>("[admin]\ntls_cns = [\"ops-admin\"]\n");
+    files_ = std::make_unique<ConfigFile>(config_text);
     dir_ = files_->dir();
-    ASSERT_TRUE(MakeCerts(dir_, {{"client", absl::StrCat("uid:", CertUid())},
-                                 {"admin", "ops-admin"},
-                                 {"anon", "x"}}))
-        << "openssl failed; see " << dir_ << "/openssl.log";
+    ASSERT_TRUE(MakeCerts(dir_, clients)) << "openssl failed; see " << dir_ << "/openssl.log";
     std::vector<std::string> args = files_->Args();
     for (const char* a : {"--tcp", "127.0.0.1:0"}) args.push_back(a);
     args.insert(args.end(),
                 {"--tls-cert", dir_ + "/server.crt", "--tls-key", dir_ + "/server.key",
                  "--tls-client-ca", dir_ + "/ca.crt", "--tcp-port-file", dir_ + "/port"});
-    daemon_ = std::make_unique<Daemon>(BackendMode::kThreadPoolOnly, args);
+    daemon_ = std::make_unique<Daemon>(mode, args);
     ASSERT_TRUE(WaitFor([&] { return ReadPort(dir_ + "/port") != 0; })) << daemon_->Log();
     target_ = absl::StrCat("127.0.0.1:", ReadPort(dir_ + "/port"));
   }
@@ -93,6 +98,14 @@ class TlsTest : public ::testing::Test {
   std::string dir_;
   std::unique_ptr<Daemon> daemon_;
   std::string target_;
+};
+
+class TlsTest : public ::testing::Test, public TlsFixture {
+ protected:
+  void SetUp() override {
+    StartTls("[admin]\ntls_cns = [\"ops-admin\"]\n",
+             {{"client", absl::StrCat("uid:", CertUid())}, {"admin", "ops-admin"}, {"anon", "x"}});
+  }
 };
 
 TEST_F(TlsTest, ClientCertificateCnUidMapsToThatUidWithoutAdminRights) {
@@ -149,6 +162,178 @@ TEST_F(TlsTest, ClientWithoutCertificateIsRefusedUnderMutualTls) {
               s.status().code() == absl::StatusCode::kDeadlineExceeded)
       << s.status();
 }
+
+// Three users on certificates, none the daemon's own uid: A and B share
+// "common", C shares nothing.
+class FileAreaTest : public ::testing::TestWithParam<BackendMode>, public TlsFixture {
+ protected:
+  static constexpr uint32_t kBase = 4242;
+  uint32_t A() const { return Base(); }
+  uint32_t B() const { return Base() + 1; }
+  uint32_t C() const { return Base() + 2; }
+  static uint32_t Base() { return geteuid() >= kBase && geteuid() < kBase + 3 ? kBase + 10 : kBase; }
+
+  void SetUp() override {
+    StartTls(absl::StrCat("[[share]]\npath = \"common\"\nuids = [", A(), ", ", B(), "]\n"),
+             {{"a", absl::StrCat("uid:", A())},
+              {"b", absl::StrCat("uid:", B())},
+              {"c", absl::StrCat("uid:", C())}},
+             GetParam());
+  }
+
+  struct User {
+    Client client;
+    uint64_t session = 0;
+  };
+  User Login(const std::string& name) {
+    auto tls = client::ReadTls(dir_ + "/ca.crt", dir_ + "/" + name + ".crt",
+                               dir_ + "/" + name + ".key");
+    EXPECT_TRUE(tls.ok()) << tls.status();
+    User u{Client(client::Connect(target_, *tls),
+                  {.default_timeout = std::chrono::milliseconds(5000)})};
+    auto s = u.client.OpenSession(name);
+    EXPECT_TRUE(s.ok()) << s.status() << "\n" << daemon_->Log();
+    u.session = s.ok() ? *s : 0;
+    return u;
+  }
+  // The op's completion; a refusal as a completion with that status.
+  static v1::Completion Run(User& u, const v1::Operation& op) {
+    auto c = u.client.Submit(u.session, op);
+    if (c.ok()) return *c;
+    v1::Completion refused;
+    refused.set_status_code(static_cast<int>(c.status().code()));
+    refused.set_message(std::string(c.status().message()));
+    return refused;
+  }
+  static std::string Errno(const v1::Completion& c) {
+    if (c.status_code() != 0) return absl::StrCat("status ", c.status_code(), " ", c.message());
+    return c.error_number() == 0 ? "ok" : c.error_name();
+  }
+  static v1::Operation Open(const std::string& path, bool create) {
+    v1::Operation op;
+    op.mutable_open()->set_path(path);
+    op.mutable_open()->set_access(v1::OPEN_MODE_READ_WRITE);
+    op.mutable_open()->set_create(create);
+    op.mutable_open()->set_mode(0600);
+    return op;
+  }
+  static v1::Operation Stat(const std::string& path) {
+    v1::Operation op;
+    op.mutable_statx()->set_path(path);
+    return op;
+  }
+  static v1::Operation Rename(const std::string& from, const std::string& to) {
+    v1::Operation op;
+    op.mutable_rename()->set_old_path(from);
+    op.mutable_rename()->set_new_path(to);
+    return op;
+  }
+  static v1::Operation Unlink(const std::string& path) {
+    v1::Operation op;
+    op.mutable_unlink()->set_path(path);
+    return op;
+  }
+  // Creates `path` holding `data` as `u`.
+  static void Put(User& u, const std::string& path, const std::string& data) {
+    const v1::Completion opened = Run(u, Open(path, true));
+    ASSERT_EQ(Errno(opened), "ok") << path;
+    v1::Operation w;
+    w.mutable_write()->set_handle(opened.handle());
+    w.mutable_write()->set_data(data);
+    EXPECT_EQ(Run(u, w).result(), static_cast<int>(data.size()));
+    v1::Operation close;
+    close.mutable_close()->set_handle(opened.handle());
+    EXPECT_EQ(Errno(Run(u, close)), "ok");
+  }
+  // What `u` reads from `path`: its bytes, or the errno's name.
+  static std::string Get(User& u, const std::string& path) {
+    const v1::Completion opened = Run(u, Open(path, false));
+    if (Errno(opened) != "ok") return Errno(opened);
+    const v1::Completion read = Run(u, ReadOp(opened.handle(), 0, 100));
+    return Errno(read) == "ok" ? read.data() : Errno(read);
+  }
+  std::string OnDisk(const std::string& rel) const {
+    std::ifstream in(daemon_->root() + "/" + rel);
+    return in ? std::string(std::istreambuf_iterator<char>(in), {}) : "(absent)";
+  }
+};
+
+TEST_P(FileAreaTest, AUserCannotReachAnotherUsersFiles) {
+  User a = Login("a");
+  User b = Login("b");
+  Put(a, "secret", "a's");
+  const std::string a_dir = absl::StrCat(A());
+  EXPECT_EQ(OnDisk(a_dir + "/secret"), "a's");
+  EXPECT_EQ(std::filesystem::status(daemon_->root() + "/" + a_dir).permissions(),
+            std::filesystem::perms::owner_all);
+
+  // B's "secret" is B's own (absent); A's is out of its reach by any path.
+  const std::string theirs = "/" + a_dir + "/secret";
+  for (const std::string& path : {std::string("secret"), theirs, "./" + a_dir + "/secret"}) {
+    EXPECT_EQ(Get(b, path), "ENOENT") << path;
+    EXPECT_EQ(Errno(Run(b, Stat(path))), "ENOENT") << path;
+    EXPECT_EQ(Errno(Run(b, Rename(path, "mine"))), "ENOENT") << path;
+    EXPECT_EQ(Errno(Run(b, Unlink(path))), "ENOENT") << path;
+  }
+  const v1::Completion climb = Run(b, Stat("../" + a_dir + "/secret"));
+  EXPECT_EQ(climb.status_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(climb.message(), HasSubstr("climbs above the root"));
+  // Writing "secret" creates B's own file beside, never into, A's.
+  Put(b, "secret", "b's");
+  EXPECT_EQ(OnDisk(absl::StrCat(B(), "/secret")), "b's");
+  // Symlinks in B's area (made behind the daemon's back) stay in B's area.
+  const std::string b_root = absl::StrCat(daemon_->root(), "/", B());
+  std::filesystem::create_directory_symlink("../" + a_dir, b_root + "/up");
+  std::filesystem::create_directory_symlink("/" + a_dir, b_root + "/abs");
+  for (const char* path : {"up/secret", "abs/secret"}) {
+    EXPECT_EQ(Errno(Run(b, Stat(path))), "ENOENT") << path;
+    EXPECT_EQ(Get(b, path), "ENOENT") << path;
+    EXPECT_EQ(Errno(Run(b, Unlink(path))), "ENOENT") << path;
+  }
+  EXPECT_EQ(OnDisk(a_dir + "/secret"), "a's");
+  EXPECT_EQ(Get(a, "secret"), "a's");
+
+  // An admin (the daemon's own uid, on the unix socket) sees every area.
+  Client admin(daemon_->channel());
+  auto s = admin.OpenSession("admin");
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto st = admin.Submit(*s, Stat(a_dir + "/secret"));
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->error_number(), 0) << st->error_name();
+  EXPECT_EQ(st->stat().size_bytes(), 3u);
+}
+
+TEST_P(FileAreaTest, MembersShareAShareAndNobodyElseReachesIt) {
+  User a = Login("a");
+  User b = Login("b");
+  User c = Login("c");
+  Put(a, "common/report", "by a");
+  EXPECT_EQ(OnDisk("common/report"), "by a");
+  EXPECT_EQ(Get(b, "common/report"), "by a");
+  EXPECT_EQ(Get(b, "/common//./report"), "by a");
+  EXPECT_EQ(Errno(Run(b, Rename("common/report", "common/final"))), "ok");
+  EXPECT_EQ(Errno(Run(a, Stat("common/final"))), "ok");
+  // C is no member: "common" is a name in its own area.
+  EXPECT_EQ(Errno(Run(c, Stat("common/final"))), "ENOENT");
+  EXPECT_EQ(Errno(Run(c, Unlink("common/final"))), "ENOENT");
+  // A path may not leave a share by "..", nor a rename move between areas.
+  const v1::Completion out = Run(b, Stat("common/../secret"));
+  EXPECT_EQ(out.status_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(out.message(), HasSubstr("climbs out of share \"common\""));
+  const v1::Completion across = Run(b, Rename("common/final", "mine"));
+  EXPECT_EQ(across.status_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(across.message(), HasSubstr("different areas"));
+  EXPECT_EQ(OnDisk("common/final"), "by a");
+  // The share itself cannot be removed by a member.
+  EXPECT_NE(Errno(Run(b, Unlink("common"))), "ok");
+  EXPECT_TRUE(std::filesystem::is_directory(daemon_->root() + "/common"));
+  EXPECT_EQ(Errno(Run(b, Unlink("common/final"))), "ok");
+  EXPECT_EQ(OnDisk("common/final"), "(absent)");
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, FileAreaTest,
+                         ::testing::Values(BackendMode::kIoUring, BackendMode::kThreadPoolOnly),
+                         [](const auto& info) { return Name(info.param); });
 
 // Runs the daemon binary to its exit (it should not start); its output.
 int RunDaemonExpectingExit(const std::vector<std::string>& args, std::string* out) {

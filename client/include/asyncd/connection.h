@@ -20,10 +20,12 @@ namespace v1 = ::asyncd::v1;
 /// to be at least as large so we never refuse what the daemon sends.
 inline constexpr int kMaxMessageBytes = 64 << 20;
 
-/// The socket the daemon listens on when nothing says otherwise, the same
-/// default the daemon uses: $ASYNCD_SOCKET, else /run/asyncd/asyncd.sock for
-/// root, else $XDG_RUNTIME_DIR/asyncd/asyncd.sock, else
-/// /tmp/asyncd-<uid>/asyncd.sock. Reads the environment on every call.
+/// The socket to connect to when nothing says otherwise: $ASYNCD_SOCKET;
+/// else for root the system socket /run/asyncd/asyncd.sock; else the
+/// per-user daemon's socket ($XDG_RUNTIME_DIR/asyncd/asyncd.sock, else
+/// /tmp/asyncd-<uid>/asyncd.sock) when a daemon listens there, else the
+/// system socket. Reads the environment and probes the per-user socket
+/// (one non-blocking connect) on every call.
 [[nodiscard]] std::string DefaultSocketPath();
 
 /// Turns a user-supplied target into a gRPC target string. Pure; never blocks.
