@@ -412,6 +412,8 @@ std::string Server::Reload(const Config& config) {
   differs("server.socket_group", config.socket_gid != config_.socket_gid);
   differs("server.metrics", config.metrics != config_.metrics);
   differs("server.state_dir", config.state_dir != config_.state_dir);
+  differs("server.drain_manifests_keep",
+          config.drain_manifests_keep != config_.drain_manifests_keep);
   differs("server.socket_mode", config.socket_mode != config_.socket_mode);
   differs("backends.io_uring", config.io_uring != config_.io_uring);
   differs("backends.uring_entries", config.uring_entries != config_.uring_entries);

@@ -38,7 +38,11 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
       sessions_(registry, dispatcher, live_, config_.max_lease_ms),
       canceller_(registry, dispatcher, observer.counters(), observer.history()),
       listing_(registry, observer.history()),
-      drainer_(registry, dispatcher, config_.state_dir, [this] { sessions_.NotifyDraining(); }) {}
+      drainer_(registry, dispatcher,
+               {.state_dir = config_.state_dir,
+                .manifests_keep = config_.drain_manifests_keep,
+                .history = &observer.history(),
+                .on_start = [this] { sessions_.NotifyDraining(); }}) {}
 
 Service::~Service() = default;
 
