@@ -55,6 +55,7 @@ v1::DrainResponse Drainer::DrainAndWait(uint32_t grace_ms) {
   lock.unlock();
   cv_.notify_all();
   for (Done& done : waiting) done(result);
+  if (options_.on_end) options_.on_end();
   return result;
 }
 

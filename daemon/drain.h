@@ -55,6 +55,9 @@ class Drainer {
     /// Runs once, on the draining thread, as soon as new work is refused (the
     /// service ends its streams there).
     std::function<void()> on_start;
+    /// Runs once, on the draining thread, after the drain is over and every
+    /// `done` has been called (the daemon stops there). Must not block.
+    std::function<void()> on_end;
   };
 
   /// `registry` and `dispatcher` must outlive the drainer.

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -17,7 +18,8 @@ int main(int argc, char** argv) {
   CLI::App app{"asyncd: an async-syscall daemon (io_uring fast path, thread-pool fallback)"};
   app.footer(
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
-      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.");
+      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.\n"
+      "A Drain RPC (asyncctl drain) also stops the daemon once the drain is over.");
   std::string config_path, socket, root, tcp, metrics, log_level, path_resolver;
   std::string tls_cert, tls_key, tls_client_ca, tcp_port_file;
   bool no_uring = false;
@@ -107,10 +109,12 @@ int main(int argc, char** argv) {
       spdlog::error("cannot write --tcp-port-file {}", tcp_port_file);
     }
   }
+  std::atomic<bool> stopped{false};
   std::thread signal_thread([&] {
     for (;;) {
       int sig = 0;
       sigwait(&signals, &sig);
+      if (stopped.load()) return;  // woken by main: the daemon has stopped
       if (sig == SIGHUP) {
         asyncd::daemon::notify::Reloading();
         auto reloaded = load();
@@ -130,6 +134,9 @@ int main(int argc, char** argv) {
     }
   });
   (*server)->Wait();
+  // After a Drain RPC's stop the signal thread still waits for a signal.
+  stopped.store(true);
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
   signal_thread.join();
   return 0;
 }

@@ -220,8 +220,15 @@ absl::Status Server::Init() {
     listener_ = std::move(*bound);
   }
 
+  // A drain ends the daemon: Wait() stops it once the drain is over.
   service_ = std::make_unique<Service>(config_, *registry_, *dispatcher_, *observer_,
-                                       listener_.get(), info);
+                                       listener_.get(), info, [this] {
+                                         {
+                                           std::lock_guard lock(mu_);
+                                           drained_ = true;
+                                         }
+                                         cv_.notify_all();
+                                       });
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -328,6 +335,13 @@ Server::~Server() {
 
 void Server::Wait() {
   std::unique_lock lock(mu_);
+  cv_.wait(lock, [this] { return stopped_ || drained_; });
+  if (!stopping_) {
+    lock.unlock();
+    spdlog::info("drained (Drain RPC): stopping");
+    Shutdown();
+    lock.lock();
+  }
   cv_.wait(lock, [this] { return stopped_; });
 }
 

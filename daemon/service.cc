@@ -27,7 +27,8 @@ void FillCancelCounts(const core::CancelCounts& counts, v1::CancelCounts* out) {
 }  // namespace
 
 Service::Service(const Config& config, core::Registry& registry, core::Dispatcher& dispatcher,
-                 Observer& observer, const UnixListener* listener, BackendInfo backends)
+                 Observer& observer, const UnixListener* listener, BackendInfo backends,
+                 std::function<void()> on_drained)
     : config_(config),
       registry_(registry),
       dispatcher_(dispatcher),
@@ -42,7 +43,8 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
                {.state_dir = config_.state_dir,
                 .manifests_keep = config_.drain_manifests_keep,
                 .history = &observer.history(),
-                .on_start = [this] { sessions_.NotifyDraining(); }}) {}
+                .on_start = [this] { sessions_.NotifyDraining(); },
+                .on_end = std::move(on_drained)}) {}
 
 Service::~Service() = default;
 

@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -47,9 +48,12 @@ struct BackendInfo {
 class Service final : public v1::Asyncd::CallbackService {
  public:
   /// `registry`, `dispatcher`, `observer` and `listener` (may be null: no
-  /// unix socket) must outlive the service.
+  /// unix socket) must outlive the service. `on_drained` runs once, on the
+  /// draining thread, when a drain is over and its answers were handed to
+  /// gRPC (the server stops there); it must not block.
   Service(const Config& config, core::Registry& registry, core::Dispatcher& dispatcher,
-          Observer& observer, const UnixListener* listener, BackendInfo backends);
+          Observer& observer, const UnixListener* listener, BackendInfo backends,
+          std::function<void()> on_drained = {});
   ~Service() override;
 
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,

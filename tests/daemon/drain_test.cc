@@ -7,7 +7,8 @@
 // proto field names) listing each with its outcome, and keeps only the
 // newest manifests_keep; a drain with nothing in flight, or keep 0, writes
 // none. Every later drain gets the first one's result; health turns
-// NOT_SERVING; the drain thread is joined, never left running.
+// NOT_SERVING; on_end runs once, after the answers; the drain thread is
+// joined, never left running.
 #include "daemon/drain.h"
 
 #include <dirent.h>
@@ -275,6 +276,25 @@ TEST_F(DrainTest, UnwritableStateDirLeavesNoManifestPath) {
   const v1::DrainResponse result = drainer.DrainAndWait(0);
   EXPECT_EQ(result.cancelled(), 1u);
   EXPECT_TRUE(result.manifest_path().empty());
+}
+
+TEST_F(DrainTest, OnEndRunsOnceAfterTheAnswers) {
+  Answer answer;
+  std::atomic<int> ended{0};
+  bool answered_first = false;
+  Drainer drainer(registry_, dispatcher_,
+                  {.state_dir = state_dir_, .on_end = [&] {
+                     answered_first = answer.answered();
+                     ended.fetch_add(1);
+                   }});
+  drainer.Start(kLongGraceMs, answer.Callback());
+  drainer.Join();
+  EXPECT_EQ(ended.load(), 1);
+  EXPECT_TRUE(answered_first);
+  (void)drainer.DrainAndWait(0);  // over already: no second end
+  Answer late;
+  drainer.Start(0, late.Callback());
+  EXPECT_EQ(ended.load(), 1);
 }
 
 TEST_F(DrainTest, EveryLaterDrainGetsTheFirstResult) {
