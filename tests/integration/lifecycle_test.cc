@@ -1,7 +1,9 @@
-// The daemon's operator life cycle on the real binary: a Drain ends the
-// daemon with status 0 once it is over, its own socket file removed (a
-// socket-activated one left to systemd); `asyncctl drain` prints where the
-// manifest is, or why there is none.
+// The daemon's operator life cycle on the real binary: --check-config
+// validates file and flags as a start would (exit 0 and "ok", or 2 and
+// "FILE:LINE: reason") and touches nothing; a config error at start exits 2;
+// a Drain ends the daemon with status 0 once it is over, its own socket file
+// removed (a socket-activated one left to systemd); `asyncctl drain` prints
+// where the manifest is, or why there is none.
 #include <gmock/gmock.h>
 #include <google/protobuf/util/json_util.h>
 #include <sys/socket.h>
@@ -10,6 +12,7 @@
 #include <future>
 
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
 
 namespace asyncd::testing {
 namespace {
@@ -60,6 +63,88 @@ Ran Exec(std::vector<std::string> argv, std::vector<std::pair<std::string, std::
   Ran r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, Slurp(out), Slurp(err)};
   std::filesystem::remove_all(dir);
   return r;
+}
+
+// A scratch directory: --socket, --root and STATE_DIRECTORY beneath it,
+// none of which exist yet.
+class Scratch {
+ public:
+  Scratch() {
+    char tmpl[] = "/tmp/asyncd-life.XXXXXX";
+    dir_ = mkdtemp(tmpl);
+  }
+  ~Scratch() { std::filesystem::remove_all(dir_); }
+  std::vector<std::string> Args(std::vector<std::string> more) const {
+    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", dir_ + "/run/asyncd.sock",
+                                     "--root", dir_ + "/root"};
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  }
+  std::vector<std::pair<std::string, std::string>> Env() const {
+    return {{"STATE_DIRECTORY", dir_ + "/state"}};
+  }
+  bool Untouched() const { return std::filesystem::is_empty(dir_); }
+
+ private:
+  std::string dir_;
+};
+
+TEST(CheckConfigTest, AValidConfigPrintsOkAndTouchesNothing) {
+  Scratch scratch;
+  ConfigFile config("[server]\ndrain_manifests_keep = 3\n[limits]\nmax_sessions = 8\n");
+  const Ran r = Exec(scratch.Args({"--check-config", "--config", config.path()}), scratch.Env());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ok\n");
+  EXPECT_EQ(r.err, "");
+  EXPECT_TRUE(scratch.Untouched()) << "no socket, root or state directory";
+}
+
+TEST(CheckConfigTest, ErrorsExit2WithFileLineAndTouchNothing) {
+  Scratch scratch;
+  ConfigFile bad_key("[server]\nlog_level = \"info\"\nbogus = 1\n");
+  Ran r = Exec(scratch.Args({"--check-config", "--config", bad_key.path()}), scratch.Env());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err, "asyncd: " + bad_key.path() + ":3: unknown key server.bogus\n");
+
+  ConfigFile bad_value("[server]\ndrain_manifests_keep = -1\n");
+  r = Exec(scratch.Args({"--check-config", "--config", bad_value.path()}), scratch.Env());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "asyncd: " + bad_value.path() +
+                       ":2: server.drain_manifests_keep must be an integer in [0, 100000]\n");
+
+  // Flags count, and so do checks across keys.
+  r = Exec(scratch.Args({"--check-config", "--tcp", "127.0.0.1:0"}), scratch.Env());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("server.tcp (127.0.0.1:0) requires TLS"));
+  r = Exec(scratch.Args({"--check-config", "--log-level", "loud"}), scratch.Env());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--log-level"));
+
+  r = Exec(scratch.Args({"--check-config", "--config", "/nonexistent/asyncd.toml"}),
+           scratch.Env());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("/nonexistent/asyncd.toml"));
+  EXPECT_TRUE(scratch.Untouched());
+}
+
+TEST(CheckConfigTest, HelpDocumentsTheExitStatus) {
+  const Ran r = Exec({ASYNCD_BINARY, "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("--check-config"));
+  EXPECT_THAT(r.out, HasSubstr("2 config\nerror"));
+}
+
+TEST(StartTest, AConfigErrorExits2AndTouchesNothing) {
+  Scratch scratch;
+  ConfigFile bad("[limits]\nmax_sessions = 0\n");
+  const Ran r = Exec(scratch.Args({"--config", bad.path()}), scratch.Env());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "asyncd: " + bad.path() +
+                       ":2: limits.max_sessions must be an integer in [1, 65535]\n");
+  EXPECT_TRUE(scratch.Untouched());
+  EXPECT_EQ(Exec(scratch.Args({"--no-such-flag"}), scratch.Env()).exit_code, 2);
+  EXPECT_TRUE(scratch.Untouched());
 }
 
 // An op that keeps the daemon's drain busy: a 60 s timeout on a unary
