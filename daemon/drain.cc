@@ -2,7 +2,6 @@
 
 #include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
-
 #include <time.h>
 
 #include <algorithm>
@@ -150,8 +149,7 @@ std::string Drainer::WriteManifest(const v1::DrainManifest& manifest) {
   std::snprintf(stamp, sizeof(stamp), "%04d%02d%02dT%02d%02d%02d.%06dZ", utc.tm_year + 1900,
                 utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
                 static_cast<int>(started % 1'000'000'000 / 1000));
-  const std::string name =
-      std::string(kManifestPrefix) + stamp + std::string(kManifestSuffix);
+  const std::string name = std::string(kManifestPrefix) + stamp + std::string(kManifestSuffix);
   const std::string path = absl::StrCat(options_.state_dir, "/", name);
   // The same JSON as `asyncctl -o json`: proto field names, every field.
   google::protobuf::util::JsonPrintOptions json_options;

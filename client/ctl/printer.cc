@@ -418,8 +418,7 @@ class TablePrinter final : public Printer {
     } else if (r.inflight_at_start() == 0) {
       kv.Add("manifest", "none (nothing was in flight)");
     } else {
-      kv.Add("manifest",
-             "none written (server.drain_manifests_keep = 0, or see the daemon's log)");
+      kv.Add("manifest", "none written (server.drain_manifests_keep = 0, or see the daemon's log)");
     }
     out_ << "drained\n";
     kv.Render(out_, "  ");

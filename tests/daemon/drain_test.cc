@@ -12,8 +12,8 @@
 #include "daemon/drain.h"
 
 #include <dirent.h>
-#include <google/protobuf/util/json_util.h>
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -29,7 +29,6 @@
 #include <vector>
 
 #include "daemon/observer.h"
-
 #include "src/core/clock.h"
 #include "tests/mocks/fake_backend.h"
 
@@ -195,9 +194,9 @@ TEST_F(DrainTest, ManifestListsEveryOpInFlightWithItsOutcomeInAsyncctlsJson) {
   EXPECT_EQ(result.manifest_path(), state_dir_ + "/" + StateFiles()[0]);
   const std::string json = ReadFile(result.manifest_path());
   // asyncctl -o json's names: proto field names, never lowerCamelCase.
-  for (const char* field : {"\"op_id\"", "\"session_id\"", "\"inflight_at_start\"",
-                            "\"completed_during_grace\"", "\"end_reason\"",
-                            "\"started_unix_nanos\""}) {
+  for (const char* field :
+       {"\"op_id\"", "\"session_id\"", "\"inflight_at_start\"", "\"completed_during_grace\"",
+        "\"end_reason\"", "\"started_unix_nanos\""}) {
     EXPECT_THAT(json, ::testing::HasSubstr(field));
   }
   EXPECT_THAT(json, ::testing::Not(::testing::HasSubstr("opId")));
@@ -282,11 +281,10 @@ TEST_F(DrainTest, OnEndRunsOnceAfterTheAnswers) {
   Answer answer;
   std::atomic<int> ended{0};
   bool answered_first = false;
-  Drainer drainer(registry_, dispatcher_,
-                  {.state_dir = state_dir_, .on_end = [&] {
-                     answered_first = answer.answered();
-                     ended.fetch_add(1);
-                   }});
+  Drainer drainer(registry_, dispatcher_, {.state_dir = state_dir_, .on_end = [&] {
+                                             answered_first = answer.answered();
+                                             ended.fetch_add(1);
+                                           }});
   drainer.Start(kLongGraceMs, answer.Callback());
   drainer.Join();
   EXPECT_EQ(ended.load(), 1);
