@@ -18,9 +18,9 @@ namespace asyncd::testing {
 namespace {
 
 using client::Client;
-using ::testing::HasSubstr;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+using ::testing::HasSubstr;
 
 struct Ran {
   int exit_code = -1;
@@ -75,8 +75,8 @@ class Scratch {
   }
   ~Scratch() { std::filesystem::remove_all(dir_); }
   std::vector<std::string> Args(std::vector<std::string> more) const {
-    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", dir_ + "/run/asyncd.sock",
-                                     "--root", dir_ + "/root"};
+    std::vector<std::string> args = {ASYNCD_BINARY, "--socket", dir_ + "/run/asyncd.sock", "--root",
+                                     dir_ + "/root"};
     args.insert(args.end(), more.begin(), more.end());
     return args;
   }
@@ -121,8 +121,7 @@ TEST(CheckConfigTest, ErrorsExit2WithFileLineAndTouchNothing) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--log-level"));
 
-  r = Exec(scratch.Args({"--check-config", "--config", "/nonexistent/asyncd.toml"}),
-           scratch.Env());
+  r = Exec(scratch.Args({"--check-config", "--config", "/nonexistent/asyncd.toml"}), scratch.Env());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("/nonexistent/asyncd.toml"));
   EXPECT_TRUE(scratch.Untouched());
@@ -140,8 +139,8 @@ TEST(StartTest, AConfigErrorExits2AndTouchesNothing) {
   ConfigFile bad("[limits]\nmax_sessions = 0\n");
   const Ran r = Exec(scratch.Args({"--config", bad.path()}), scratch.Env());
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_EQ(r.err, "asyncd: " + bad.path() +
-                       ":2: limits.max_sessions must be an integer in [1, 65535]\n");
+  EXPECT_EQ(r.err,
+            "asyncd: " + bad.path() + ":2: limits.max_sessions must be an integer in [1, 65535]\n");
   EXPECT_TRUE(scratch.Untouched());
   EXPECT_EQ(Exec(scratch.Args({"--no-such-flag"}), scratch.Env()).exit_code, 2);
   EXPECT_TRUE(scratch.Untouched());
@@ -151,9 +150,8 @@ TEST(StartTest, AConfigErrorExits2AndTouchesNothing) {
 // Submit (cancelled at once by a drain). Returns once it is in flight.
 std::future<absl::StatusOr<v1::Completion>> InFlight(Client& client) {
   const uint64_t s = *client.OpenSession("busy");
-  auto pending = std::async(std::launch::async, [&client, s] {
-    return client.Submit(s, TimeoutOp(seconds(60)));
-  });
+  auto pending = std::async(std::launch::async,
+                            [&client, s] { return client.Submit(s, TimeoutOp(seconds(60))); });
   EXPECT_TRUE(WaitFor([&] {
     auto all = client.ListAll(v1::OpSelector());
     return all.ok() && !all->empty();
@@ -253,6 +251,26 @@ TEST_P(DrainEndsTheDaemonTest, AsyncctlDrainPrintsTheManifest) {
   EXPECT_THAT(json.out, HasSubstr("\"manifest_path\": \"\""));
   EXPECT_EQ(idle.WaitExit(seconds(5)), 0) << idle.Log();
   EXPECT_FALSE(std::filesystem::exists(idle.dir() + "/state")) << "nothing written";
+}
+
+// server.drain_manifests_keep needs a restart: a reload says so and the
+// running value stays.
+TEST(DrainManifestsKeepTest, AReloadLeavesItAndSaysItNeedsARestart) {
+  ConfigFile config("[server]\ndrain_manifests_keep = 1\n");
+  std::vector<std::string> args = config.Args();
+  args.insert(args.end(), {"--log-level", "info"});
+  Daemon daemon(BackendMode::kThreadPoolOnly, args);
+  Client client(daemon.channel());
+  std::ofstream(config.path()) << "[server]\ndrain_manifests_keep = 0\n";
+  ASSERT_EQ(kill(daemon.pid(), SIGHUP), 0);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Log().find("reloaded:") != std::string::npos; }));
+  EXPECT_THAT(daemon.Log(), HasSubstr("not applied, needs a restart: server.drain_manifests_keep"));
+  auto pending = InFlight(client);
+  auto drained = client.Drain(1000);
+  ASSERT_TRUE(drained.ok()) << drained.status();
+  EXPECT_TRUE(std::filesystem::exists(drained->manifest_path())) << drained->manifest_path();
+  EXPECT_EQ(daemon.WaitExit(seconds(5)), 0) << daemon.Log();
+  (void)pending.get();
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DrainEndsTheDaemonTest,
