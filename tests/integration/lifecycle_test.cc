@@ -171,8 +171,39 @@ bool Connects(const std::string& path) {
 
 class DrainEndsTheDaemonTest : public ::testing::TestWithParam<BackendMode> {};
 
+// A datagram socket playing systemd's NOTIFY_SOCKET: what the daemon told it.
+class NotifySocket {
+ public:
+  NotifySocket() {
+    char tmpl[] = "/tmp/asyncd-notify.XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path().c_str());
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  }
+  ~NotifySocket() {
+    close(fd_);
+    std::filesystem::remove_all(dir_);
+  }
+  std::string path() const { return dir_ + "/notify"; }
+  // Every message received so far, in order, each followed by "|".
+  std::string Received() {
+    char buf[4096];
+    for (ssize_t n; (n = recv(fd_, buf, sizeof(buf), 0)) > 0;) text_.append(buf, n) += "|";
+    return text_;
+  }
+
+ private:
+  std::string dir_, text_;
+  int fd_ = -1;
+};
+
 TEST_P(DrainEndsTheDaemonTest, ItExits0AndItsSocketIsGone) {
-  Daemon daemon(GetParam(), {"--log-level", "info"});
+  NotifySocket notify;
+  Daemon daemon(GetParam(), DaemonOptions{.extra_args = {"--log-level", "info"},
+                                          .env = {{"NOTIFY_SOCKET", notify.path()}}});
   Client client(daemon.channel());
   auto pending = InFlight(client);
   const auto start = std::chrono::steady_clock::now();
@@ -187,6 +218,10 @@ TEST_P(DrainEndsTheDaemonTest, ItExits0AndItsSocketIsGone) {
                              drained->manifest_path()));
   EXPECT_THAT(log, HasSubstr("drained (Drain RPC): stopping"));
   EXPECT_THAT(log, HasSubstr("asyncd stopped"));
+  // systemd heard it stop: STOPPING=1 after READY=1.
+  const std::string told = notify.Received();
+  ASSERT_NE(told.find("READY=1"), std::string::npos) << told;
+  EXPECT_NE(told.find("STOPPING=1", told.find("READY=1")), std::string::npos) << told;
   // It removed the socket file it bound: a second client finds no daemon.
   EXPECT_FALSE(std::filesystem::exists(daemon.socket()));
   EXPECT_FALSE(Connects(daemon.socket()));
