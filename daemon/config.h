@@ -41,6 +41,7 @@ struct Config {
   std::string socket_group;  // group of the socket file (name); empty = the daemon's group
   int64_t socket_gid = -1;   // socket_group resolved at load; -1 = unchanged
   uint32_t drain_grace_ms = 10000;
+  uint32_t drain_manifests_keep = 10;  // newest drain manifests kept; 0 = write none
 
   // [backends]
   bool io_uring = true;

@@ -2,11 +2,16 @@
 
 #include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
+#include <time.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -49,6 +54,7 @@ v1::DrainResponse Drainer::DrainAndWait(uint32_t grace_ms) {
   lock.unlock();
   cv_.notify_all();
   for (Done& done : waiting) done(result);
+  if (options_.on_end) options_.on_end();
   return result;
 }
 
@@ -64,25 +70,35 @@ void Drainer::Join() {
 v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
   draining_.store(true, std::memory_order_release);
   if (auto* health = health_.load()) health->SetServingStatus(false);  // every service name
-  if (on_start_) on_start_();
+  if (options_.on_start) options_.on_start();
+  v1::DrainManifest manifest;
+  manifest.set_started_unix_nanos(core::UnixNanos());
+  manifest.set_grace_ms(grace_ms);
   const uint64_t at_start = registry_.live_ops();
   spdlog::info("draining: {} operations in flight, grace {} ms", at_start, grace_ms);
-  v1::ListHistoryResponse manifest;  // what we cancelled, for the record
+  // Every op in flight now, for the manifest: as it is now, and who owns it
+  // (its session may be gone by the time the manifest is written).
+  struct Listed {
+    core::OpSnapshot snap;
+    core::ClientInfo client;
+  };
+  std::vector<Listed> listed;
+  registry_.ForEach([&](const core::OpSnapshot& s, const std::shared_ptr<core::Session>& owner) {
+    if (!core::IsTerminal(s.state)) listed.push_back({s, owner->client()});
+    return true;
+  });
+  const int64_t listed_ns = core::MonoNanos();
   uint32_t cancelled = 0;
   auto cancel_where = [&](auto&& pred) {
-    std::vector<std::pair<core::OpSnapshot, std::shared_ptr<core::Session>>> targets;
-    registry_.ForEach([&](const core::OpSnapshot& s, const std::shared_ptr<core::Session>& owner) {
-      if (!core::IsTerminal(s.state) && pred(s)) targets.emplace_back(s, owner);
+    std::vector<core::OpId> targets;
+    registry_.ForEach([&](const core::OpSnapshot& s, const std::shared_ptr<core::Session>&) {
+      if (!core::IsTerminal(s.state) && pred(s)) targets.push_back(s.id);
       return true;
     });
-    const int64_t now = core::MonoNanos();
-    for (const auto& [s, session] : targets) {
-      if (dispatcher_.Cancel(s.id, core::EndReason::kDrain) != core::CancelResult::kCancelled) {
-        continue;
+    for (const core::OpId id : targets) {
+      if (dispatcher_.Cancel(id, core::EndReason::kDrain) == core::CancelResult::kCancelled) {
+        ++cancelled;
       }
-      ++cancelled;
-      const core::ClientInfo& client = session->client();
-      ToOperationInfo(s, client.uid, client.pid, client.name, false, now, *manifest.add_ops());
     }
   };
   // Ops that may wait forever are cancelled at once; the rest get the grace.
@@ -101,24 +117,88 @@ v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
   result.set_cancelled(cancelled);
   result.set_completed_during_grace(
       static_cast<uint32_t>(at_start > left + cancelled ? at_start - left - cancelled : 0));
-  std::error_code ec;
-  std::filesystem::create_directories(state_dir_, ec);
-  const std::string path =
-      absl::StrCat(state_dir_, "/drain-manifest-", core::UnixNanos() / 1'000'000'000, ".json");
-  std::string json;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  (void)google::protobuf::util::MessageToJsonString(manifest, &json, options);
-  std::ofstream out(path);
-  out << json;
-  if (out.good()) {
-    result.set_manifest_path(path);
-  } else {
-    spdlog::error("drain: could not write the manifest {}", path);
+  if (!listed.empty() && options_.manifests_keep > 0) {
+    manifest.set_finished_unix_nanos(core::UnixNanos());
+    manifest.set_inflight_at_start(result.inflight_at_start());
+    manifest.set_completed_during_grace(result.completed_during_grace());
+    manifest.set_cancelled(result.cancelled());
+    for (const Listed& op : listed) {
+      std::optional<FinishedOp> finished;
+      if (options_.history != nullptr) finished = options_.history->FindFinished(op.snap.id.value);
+      if (finished) {
+        ToOperationInfo(finished->snap, finished->uid, finished->pid, finished->client, false,
+                        core::MonoNanos(), *manifest.add_ops());
+      } else {
+        ToOperationInfo(op.snap, op.client.uid, op.client.pid, op.client.name, false, listed_ns,
+                        *manifest.add_ops());
+      }
+    }
+    result.set_manifest_path(WriteManifest(manifest));
   }
   spdlog::info("drained: {} in flight at start, {} cancelled, manifest {}", at_start, cancelled,
-               result.manifest_path());
+               result.manifest_path().empty() ? "none" : result.manifest_path());
   return result;
+}
+
+std::string Drainer::WriteManifest(const v1::DrainManifest& manifest) {
+  const int64_t started = manifest.started_unix_nanos();
+  const time_t secs = static_cast<time_t>(started / 1'000'000'000);
+  tm utc{};
+  gmtime_r(&secs, &utc);
+  char stamp[32];
+  std::snprintf(stamp, sizeof(stamp), "%04d%02d%02dT%02d%02d%02d.%06dZ", utc.tm_year + 1900,
+                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                static_cast<int>(started % 1'000'000'000 / 1000));
+  const std::string name = std::string(kManifestPrefix) + stamp + std::string(kManifestSuffix);
+  const std::string path = absl::StrCat(options_.state_dir, "/", name);
+  // The same JSON as `asyncctl -o json`: proto field names, every field.
+  google::protobuf::util::JsonPrintOptions json_options;
+  json_options.add_whitespace = true;
+  json_options.always_print_primitive_fields = true;
+  json_options.preserve_proto_field_names = true;
+  std::string json;
+  if (auto s = google::protobuf::util::MessageToJsonString(manifest, &json, json_options);
+      !s.ok()) {
+    spdlog::error("drain: no manifest: {}", s.ToString());
+    return "";
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options_.state_dir, ec);
+  // Written whole under a hidden name, then renamed: a reader never sees half.
+  const std::string tmp = absl::StrCat(options_.state_dir, "/.", name, ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << json;
+    out.close();
+    if (!out) {
+      spdlog::error("drain: could not write the manifest {}: {}", tmp, std::strerror(errno));
+      std::filesystem::remove(tmp, ec);
+      return "";
+    }
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    spdlog::error("drain: could not write the manifest {}: {}", path, ec.message());
+    std::filesystem::remove(tmp, ec);
+    return "";
+  }
+  // Keep the newest manifests_keep: names sort by age.
+  std::vector<std::string> manifests;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.state_dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (file.size() > kManifestPrefix.size() + kManifestSuffix.size() &&
+        file.starts_with(kManifestPrefix) && file.ends_with(kManifestSuffix)) {
+      manifests.push_back(file);
+    }
+  }
+  std::sort(manifests.begin(), manifests.end());
+  for (size_t i = 0; i + options_.manifests_keep < manifests.size(); ++i) {
+    const std::string old = absl::StrCat(options_.state_dir, "/", manifests[i]);
+    if (!std::filesystem::remove(old, ec) && ec) {
+      spdlog::warn("drain: could not remove the old manifest {}: {}", old, ec.message());
+    }
+  }
+  return path;
 }
 
 }  // namespace asyncd::daemon

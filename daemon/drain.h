@@ -9,10 +9,12 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "asyncd/v1/asyncd.pb.h"
+#include "daemon/history.h"
 #include "src/core/dispatcher.h"
 
 namespace asyncd::daemon {
@@ -22,8 +24,9 @@ namespace v1 = ::asyncd::v1;
 /// Drains the daemon, once: from then on it takes no new work; ops that may
 /// wait forever (may_block: pipes, sockets, polls, timeouts) are cancelled at
 /// once, the others get a grace period and are cancelled when it ends;
-/// non-cancellable ones run to completion. What it cancelled is written, as
-/// JSON, to a manifest in state_dir. Later drains get the first one's result.
+/// non-cancellable ones run to completion. A drain that found ops in flight
+/// writes a manifest of them (v1::DrainManifest, as JSON) to state_dir and
+/// prunes older manifests there. Later drains get the first one's result.
 ///
 /// The Drain RPC drains on a thread the Drainer owns (a reactor must not
 /// wait); shutdown drains on its own thread. The thread is joined by Join()
@@ -36,16 +39,30 @@ class Drainer {
 
   /// Drain grace periods are at most one hour.
   static constexpr uint32_t kMaxGraceMs = 3600000;
+  /// Manifests are drain-manifest-YYYYMMDDTHHMMSS.ffffffZ.json (UTC, when the
+  /// drain began), so their names sort by age.
+  static constexpr std::string_view kManifestPrefix = "drain-manifest-";
+  static constexpr std::string_view kManifestSuffix = ".json";
 
-  /// `registry` and `dispatcher` must outlive the drainer. `on_start` runs
-  /// once, on the draining thread, as soon as new work is refused (the
-  /// service ends its streams there).
-  Drainer(core::Registry& registry, core::Dispatcher& dispatcher, std::string state_dir,
-          std::function<void()> on_start = {})
-      : registry_(registry),
-        dispatcher_(dispatcher),
-        state_dir_(std::move(state_dir)),
-        on_start_(std::move(on_start)) {}
+  struct Options {
+    std::string state_dir;
+    /// The newest manifests kept in state_dir (older ones are deleted after
+    /// a new one is written); 0 = write none.
+    uint32_t manifests_keep = 10;
+    /// Where a finished op's final state is looked up for the manifest. Not
+    /// owned; may be null (ops then appear as they were when the drain began).
+    const History* history = nullptr;
+    /// Runs once, on the draining thread, as soon as new work is refused (the
+    /// service ends its streams there).
+    std::function<void()> on_start;
+    /// Runs once, on the draining thread, after the drain is over and every
+    /// `done` has been called (the daemon stops there). Must not block.
+    std::function<void()> on_end;
+  };
+
+  /// `registry` and `dispatcher` must outlive the drainer.
+  Drainer(core::Registry& registry, core::Dispatcher& dispatcher, Options options)
+      : registry_(registry), dispatcher_(dispatcher), options_(std::move(options)) {}
   /// Joins the drain thread (see Join).
   ~Drainer();
 
@@ -75,10 +92,13 @@ class Drainer {
   // The drain itself. Blocks.
   v1::DrainResponse Run(uint32_t grace_ms);
 
+  // Writes `manifest` to a new file in state_dir and prunes older ones;
+  // returns its path, or "" if it could not be written (logged).
+  std::string WriteManifest(const v1::DrainManifest& manifest);
+
   core::Registry& registry_;
   core::Dispatcher& dispatcher_;
-  const std::string state_dir_;
-  const std::function<void()> on_start_;
+  const Options options_;
   std::atomic<bool> draining_{false};
   std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
 

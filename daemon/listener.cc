@@ -217,4 +217,26 @@ std::optional<PeerCred> UnixListener::Lookup(const std::string& peer) const {
   return it->second;
 }
 
+size_t CloseActivatedConnections(size_t max) {
+  const int n = sd_listen_fds(0);
+  size_t closed = 0;
+  for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
+    if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, /*listening=*/1) <= 0) continue;
+    // poll first: the descriptor is shared with systemd, so its blocking
+    // mode is left alone.
+    for (size_t i = 0; i < max; ++i) {
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 0) <= 0 || (p.revents & POLLIN) == 0) break;
+      const int conn = accept4(fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (conn < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        break;
+      }
+      close(conn);
+      ++closed;
+    }
+  }
+  return closed;
+}
+
 }  // namespace asyncd::daemon

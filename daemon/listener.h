@@ -76,4 +76,11 @@ class UnixListener {
   std::unordered_map<int, PeerCred> peers_;
 };
 
+/// For a daemon that will not serve (its config is bad): accepts and closes
+/// the connections already pending on every listening stream socket systemd
+/// passed (sd_listen_fds), at most `max` per socket, without waiting. A
+/// connection left pending would make systemd start the daemon again at once,
+/// until the start limit fails asyncd.socket. Returns how many it closed.
+size_t CloseActivatedConnections(size_t max);
+
 }  // namespace asyncd::daemon

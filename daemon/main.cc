@@ -2,12 +2,15 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include "daemon/config.h"
+#include "daemon/listener.h"
 #include "daemon/server.h"
 #include "daemon/systemd_notify.h"
 #include "src/common/runtime_paths.h"
@@ -17,12 +20,20 @@ int main(int argc, char** argv) {
   CLI::App app{"asyncd: an async-syscall daemon (io_uring fast path, thread-pool fallback)"};
   app.footer(
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
-      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.");
+      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.\n"
+      "A Drain RPC (asyncctl drain) also stops the daemon once the drain is over.\n"
+      "Exit status: 0 stopped after a drain (signal or Drain RPC), or --check-config found\n"
+      "the config valid; 1 could not start (socket, root, TLS files, backends); 2 config\n"
+      "error (file, flags or their combination: FILE:LINE: reason on stderr).");
   std::string config_path, socket, root, tcp, metrics, log_level, path_resolver;
   std::string tls_cert, tls_key, tls_client_ca, tcp_port_file;
   bool no_uring = false;
+  bool check_config = false;
   bool tcp_insecure = false;
   app.add_option("--config", config_path, "TOML config file (see deploy/asyncd.toml.example)");
+  app.add_flag("--check-config", check_config,
+               "load and validate the config (file, flags) as a start would, print \"ok\" and "
+               "exit 0, or exit 2 with the error; binds nothing, creates nothing");
   app.add_option("--socket", socket,
                  "unix socket path (default: $ASYNCD_SOCKET, /run/asyncd/asyncd.sock as root, "
                  "else $XDG_RUNTIME_DIR/asyncd/asyncd.sock)");
@@ -50,7 +61,12 @@ int main(int argc, char** argv) {
                  "how paths are confined beneath the root: auto (default), openat2 or userspace "
                  "(config key backends.path_resolver)")
       ->check(CLI::IsMember({"auto", "openat2", "userspace"}));
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Bad flags are config errors too: 2, never CLI11's own codes.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   auto load = [&]() -> absl::StatusOr<Config> {
     Config config;
@@ -77,7 +93,21 @@ int main(int argc, char** argv) {
   absl::StatusOr<Config> config = load();
   if (!config.ok()) {
     std::fprintf(stderr, "asyncd: %s\n", std::string(config.status().message()).c_str());
+    if (!check_config) {
+      // systemd starts us again at once for any connection left pending on
+      // its socket, until its start limit fails asyncd.socket.
+      if (const size_t closed = asyncd::daemon::CloseActivatedConnections(1024); closed > 0) {
+        std::fprintf(stderr,
+                     "asyncd: config error: closed %zu pending connection(s) on the "
+                     "socket-activated listener, so systemd does not restart asyncd for them\n",
+                     closed);
+      }
+    }
     return 2;
+  }
+  if (check_config) {
+    std::printf("ok\n");
+    return 0;
   }
   asyncd::daemon::SetUpLogging();  // the journal under systemd, else the console
   spdlog::set_level(spdlog::level::from_str(config->log_level));
@@ -107,10 +137,12 @@ int main(int argc, char** argv) {
       spdlog::error("cannot write --tcp-port-file {}", tcp_port_file);
     }
   }
+  std::atomic<bool> stopped{false};
   std::thread signal_thread([&] {
     for (;;) {
       int sig = 0;
       sigwait(&signals, &sig);
+      if (stopped.load()) return;  // woken by main: the daemon has stopped
       if (sig == SIGHUP) {
         asyncd::daemon::notify::Reloading();
         auto reloaded = load();
@@ -130,6 +162,9 @@ int main(int argc, char** argv) {
     }
   });
   (*server)->Wait();
+  // After a Drain RPC's stop the signal thread still waits for a signal.
+  stopped.store(true);
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
   signal_thread.join();
   return 0;
 }

@@ -223,8 +223,15 @@ absl::Status Server::Init() {
     listener_ = std::move(*bound);
   }
 
+  // A drain ends the daemon: Wait() stops it once the drain is over.
   service_ = std::make_unique<Service>(config_, *registry_, *dispatcher_, *observer_,
-                                       listener_.get(), info, areas_.get());
+                                       listener_.get(), info, areas_.get(), [this] {
+                                         {
+                                           std::lock_guard lock(mu_);
+                                           drained_ = true;
+                                         }
+                                         cv_.notify_all();
+                                       });
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -331,6 +338,13 @@ Server::~Server() {
 
 void Server::Wait() {
   std::unique_lock lock(mu_);
+  cv_.wait(lock, [this] { return stopped_ || drained_; });
+  if (!stopping_) {
+    lock.unlock();
+    spdlog::info("drained (Drain RPC): stopping");
+    Shutdown();
+    lock.lock();
+  }
   cv_.wait(lock, [this] { return stopped_; });
 }
 
@@ -416,6 +430,8 @@ std::string Server::Reload(const Config& config) {
   differs("server.socket_group", config.socket_gid != config_.socket_gid);
   differs("server.metrics", config.metrics != config_.metrics);
   differs("server.state_dir", config.state_dir != config_.state_dir);
+  differs("server.drain_manifests_keep",
+          config.drain_manifests_keep != config_.drain_manifests_keep);
   differs("server.socket_mode", config.socket_mode != config_.socket_mode);
   differs("backends.io_uring", config.io_uring != config_.io_uring);
   differs("backends.uring_entries", config.uring_entries != config_.uring_entries);

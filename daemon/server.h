@@ -43,7 +43,8 @@ class Server {
   static absl::StatusOr<std::unique_ptr<Server>> Start(const Config& config);
   ~Server();
 
-  /// Blocks until Shutdown() has finished.
+  /// Blocks until the daemon has stopped: Shutdown() has finished, or a
+  /// Drain RPC's drain is over and Wait() itself shut down (same path).
   void Wait();
   /// Drains (the configured grace), then stops. Any thread; idempotent.
   void Shutdown();
@@ -90,6 +91,7 @@ class Server {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool stopped_ = false;
+  bool drained_ = false;  // a drain is over (the Drain RPC's or Shutdown's)
 };
 
 }  // namespace asyncd::daemon

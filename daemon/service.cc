@@ -28,7 +28,7 @@ void FillCancelCounts(const core::CancelCounts& counts, v1::CancelCounts* out) {
 
 Service::Service(const Config& config, core::Registry& registry, core::Dispatcher& dispatcher,
                  Observer& observer, const UnixListener* listener, BackendInfo backends,
-                 FileAreas* areas)
+                 FileAreas* areas, std::function<void()> on_drained)
     : config_(config),
       registry_(registry),
       dispatcher_(dispatcher),
@@ -39,7 +39,12 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
       sessions_(registry, dispatcher, live_, config_.max_lease_ms, areas),
       canceller_(registry, dispatcher, observer.counters(), observer.history()),
       listing_(registry, observer.history()),
-      drainer_(registry, dispatcher, config_.state_dir, [this] { sessions_.NotifyDraining(); }) {}
+      drainer_(registry, dispatcher,
+               {.state_dir = config_.state_dir,
+                .manifests_keep = config_.drain_manifests_keep,
+                .history = &observer.history(),
+                .on_start = [this] { sessions_.NotifyDraining(); },
+                .on_end = std::move(on_drained)}) {}
 
 Service::~Service() = default;
 

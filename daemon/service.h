@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,10 +49,12 @@ class Service final : public v1::Asyncd::CallbackService {
  public:
   /// `registry`, `dispatcher`, `observer`, `listener` (may be null: no
   /// unix socket) and `areas` (may be null: every path beneath the whole
-  /// root) must outlive the service.
+  /// root) must outlive the service. `on_drained` runs once, on the
+  /// draining thread, when a drain is over and its answers were handed to
+  /// gRPC (the server stops there); it must not block.
   Service(const Config& config, core::Registry& registry, core::Dispatcher& dispatcher,
           Observer& observer, const UnixListener* listener, BackendInfo backends,
-          FileAreas* areas);
+          FileAreas* areas, std::function<void()> on_drained = {});
   ~Service() override;
 
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,

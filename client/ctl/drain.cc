@@ -42,7 +42,8 @@ void AddDrainCommand(CLI::App& app, Action* action) {
   CLI::App* drain = app.add_subcommand(
       "drain",
       "Drain the daemon (admin): refuse new work, cancel waits at once, give bounded "
-      "operations --grace to finish, then cancel them; waits until all have ended");
+      "operations --grace to finish, then cancel them; waits until all have ended. The "
+      "daemon then exits; prints where the manifest of what was in flight is");
   drain->add_option("--grace", *grace, "How long bounded operations may take, e.g. 10s")
       ->default_str("10s");
   drain->callback(

@@ -413,7 +413,13 @@ class TablePrinter final : public Printer {
     kv.Add("inflight_at_start", std::to_string(r.inflight_at_start()));
     kv.Add("completed_during_grace", std::to_string(r.completed_during_grace()));
     kv.Add("cancelled", std::to_string(r.cancelled()));
-    kv.Add("manifest", OrDash(r.manifest_path()));
+    if (!r.manifest_path().empty()) {
+      kv.Add("manifest", r.manifest_path());
+    } else if (r.inflight_at_start() == 0) {
+      kv.Add("manifest", "none (nothing was in flight)");
+    } else {
+      kv.Add("manifest", "none written (server.drain_manifests_keep = 0, or see the daemon's log)");
+    }
     out_ << "drained\n";
     kv.Render(out_, "  ");
   }

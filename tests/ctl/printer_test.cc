@@ -174,6 +174,35 @@ TEST(TablePrinterTest, FailedTargetsPrintNothingOnStdout) {
   EXPECT_EQ(err, "");  // no "No sessions." when nobody answered
 }
 
+// The value of the "manifest:" line of `asyncctl drain`'s table output.
+std::string ManifestLine(const std::string& out) {
+  const size_t at = out.find("  manifest:");
+  if (at == std::string::npos) return "<no manifest line>";
+  const size_t value = out.find_first_not_of(' ', at + 11);
+  return out.substr(value, out.find('\n', value) - value);
+}
+
+TEST(TablePrinterTest, DrainSaysWhereTheManifestIsOrWhyThereIsNone) {
+  v1::DrainResponse r;
+  r.set_inflight_at_start(2);
+  r.set_cancelled(2);
+  r.set_manifest_path("/var/lib/asyncd/drain-manifest-20261205T023512.123456Z.json");
+  std::string out = Print(OutputFormat::kTable, false, [&](Printer& p) { p.Drain(r); });
+  EXPECT_EQ(out.rfind("drained\n", 0), 0u) << out;
+  EXPECT_EQ(ManifestLine(out), "/var/lib/asyncd/drain-manifest-20261205T023512.123456Z.json");
+  r.clear_manifest_path();
+  out = Print(OutputFormat::kTable, false, [&](Printer& p) { p.Drain(r); });
+  EXPECT_EQ(ManifestLine(out),
+            "none written (server.drain_manifests_keep = 0, or see the daemon's log)");
+  r.set_inflight_at_start(0);
+  r.set_cancelled(0);
+  out = Print(OutputFormat::kTable, false, [&](Printer& p) { p.Drain(r); });
+  EXPECT_EQ(ManifestLine(out), "none (nothing was in flight)");
+  // JSON: the response itself, manifest_path present even when empty.
+  out = Print(OutputFormat::kJson, false, [&](Printer& p) { p.Drain(r); });
+  EXPECT_NE(out.find("\"manifest_path\": \"\""), std::string::npos) << out;
+}
+
 TEST(OutputFormatTest, Parses) {
   EXPECT_EQ(*ParseOutputFormat("table"), OutputFormat::kTable);
   EXPECT_EQ(*ParseOutputFormat("wide"), OutputFormat::kWide);

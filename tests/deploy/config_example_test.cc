@@ -33,6 +33,7 @@ Config Poisoned() {
   c.state_dir = "/poison-state";
   c.socket_mode = 0600;
   c.drain_grace_ms = 1;
+  c.drain_manifests_keep = 3;
   c.io_uring = false;
   c.uring_entries = 8;
   c.thread_pool_threads = 3;
@@ -80,7 +81,7 @@ TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
   // would make the next test blind to it. Adding a key: poison it, and
   // document it in deploy/asyncd.toml.example.
   // Fails to compile when Config gains or loses a field.
-  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41] = Config{};
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41,f42] = Config{};
   EXPECT_NE(Poisoned(), Config{});
 }
 
@@ -100,6 +101,7 @@ TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
   EXPECT_EQ(loaded->state_dir, defaults.state_dir);
   EXPECT_EQ(loaded->socket_mode, defaults.socket_mode);
   EXPECT_EQ(loaded->drain_grace_ms, defaults.drain_grace_ms);
+  EXPECT_EQ(loaded->drain_manifests_keep, defaults.drain_manifests_keep);
   EXPECT_EQ(loaded->io_uring, defaults.io_uring);
   EXPECT_EQ(loaded->uring_entries, defaults.uring_entries);
   EXPECT_EQ(loaded->thread_pool_threads, defaults.thread_pool_threads);

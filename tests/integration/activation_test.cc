@@ -2,7 +2,10 @@
 // socket itself and hands it to the daemon as fd 3 with LISTEN_FDS. The
 // daemon serves on it (peer credentials included), warns where the .socket
 // unit's path and permissions differ from its config (they cannot apply), and
-// refuses a descriptor that is not a listening unix stream socket.
+// refuses a descriptor that is not a listening unix stream socket. With a
+// config error it closes the connections pending on the socket (else systemd
+// starts it again at once for them, until asyncd.socket fails) and exits 2,
+// changing nothing else.
 #include <gmock/gmock.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -134,6 +137,70 @@ TEST(ActivationTest, RefusesADescriptorThatIsNotAListeningUnixSocket) {
   close(unlistened);
   EXPECT_NE(status, 0);
   EXPECT_THAT(log, HasSubstr("not a listening unix stream socket"));
+}
+
+TEST(ActivationTest, ConfigErrorClosesPendingConnectionsAndExits2) {
+  const std::string dir = TempDir();
+  const std::string unit_path = dir + "/asyncd.sock";
+  const int fd = ListenAt(unit_path, 0660);
+  // The connection that made systemd start the daemon, waiting in the queue.
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", unit_path.c_str());
+  const int pending = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_EQ(connect(pending, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ConfigFile config("[server]\ndrain_grace_ms = 10\nbogus = 1\n");
+  const std::string log = dir + "/log", own_socket = dir + "/own.sock", root = dir + "/root",
+                    state = dir + "/state";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int out = open(log.c_str(), O_WRONLY | O_CREAT, 0644);
+    dup2(out, 1);
+    dup2(out, 2);
+    // dup2 onto itself would keep close-on-exec.
+    if (fd == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(fd, 3) != 3) _exit(125);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    setenv("STATE_DIRECTORY", state.c_str(), 1);
+    execl(ASYNCD_BINARY, ASYNCD_BINARY, "--config", config.path().c_str(), "--socket",
+          own_socket.c_str(), "--root", root.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = -1;
+  for (int i = 0; i < 200 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (kill(pid, 0) == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    FAIL() << "the daemon kept running with a bad config";
+  }
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr(config.path() + ":3: unknown key server.bogus"));
+  EXPECT_THAT(text, HasSubstr("config error: closed 1 pending connection(s) on the "
+                              "socket-activated listener, so systemd does not restart asyncd "
+                              "for them"));
+  // The pending connection was accepted and closed: its reader sees the end.
+  const timeval five_s{5, 0};
+  setsockopt(pending, SOL_SOCKET, SO_RCVTIMEO, &five_s, sizeof(five_s));
+  char byte;
+  const ssize_t n = recv(pending, &byte, 1, 0);
+  EXPECT_TRUE(n == 0 || (n < 0 && errno == ECONNRESET)) << n << " " << std::strerror(errno);
+  close(pending);
+  // Nothing else changed: the unit's socket still listens, and the daemon
+  // created no socket, root or state directory of its own.
+  const int later = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  EXPECT_EQ(connect(later, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+      << std::strerror(errno);
+  close(later);
+  close(fd);
+  EXPECT_FALSE(std::filesystem::exists(own_socket));
+  EXPECT_FALSE(std::filesystem::exists(root));
+  EXPECT_FALSE(std::filesystem::exists(state));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -234,6 +234,23 @@ class Daemon {
     return exit_status_ = -1;
   }
 
+  /// Waits up to `timeout` for the daemon to exit on its own (no signal);
+  /// returns its exit status, or -1 if it is still running or was killed by
+  /// a signal.
+  int WaitExit(std::chrono::milliseconds timeout) {
+    if (pid_ <= 0) return exit_status_;
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    do {
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } while (std::chrono::steady_clock::now() < until);
+    return -1;
+  }
+
   bool Accepting() const {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
