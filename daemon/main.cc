@@ -18,6 +18,7 @@
 int main(int argc, char** argv) {
   using asyncd::daemon::Config;
   CLI::App app{"asyncd: an async-syscall daemon (io_uring fast path, thread-pool fallback)"};
+  app.set_version_flag("--version", "asyncd " ASYNCD_VERSION);
   app.footer(
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.\n"

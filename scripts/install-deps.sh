@@ -9,15 +9,16 @@ packages=(
   liburing-dev libboost-dev libspdlog-dev libfmt-dev libabsl-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libsystemd-dev libtomlplusplus-dev
+  libsystemd-dev libtomlplusplus-dev help2man
 )
 # Test-only tools: the Python interop client, fio for the comparison bench,
 # openssl for TLS test certificates; for the real-systemd test, cpack's DEB
 # generator (dpkg-shlibdeps from dpkg-dev, which runs file) and debootstrap +
-# nspawn; clang for libFuzzer.
+# nspawn; lintian for the package test; clang for libFuzzer. (help2man,
+# above: the build makes the man pages with it.)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3 python3-grpcio python3-protobuf protobuf-compiler-grpc fio clang openssl
-             file dpkg-dev debootstrap systemd-container
+             file dpkg-dev debootstrap systemd-container lintian
              libclang-rt-14-dev systemd)
 fi
 

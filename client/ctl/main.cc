@@ -43,7 +43,7 @@ int Main(int argc, char** argv) {
   CLI::App app("asyncctl: list, inspect and cancel asyncd operations", "asyncctl");
   app.fallthrough();  // global flags may follow the subcommand (inherited)
   app.require_subcommand(1);
-  app.set_version_flag("--version", "asyncctl 0.1.0 (API asyncd.v1)");
+  app.set_version_flag("--version", "asyncctl " ASYNCD_VERSION " (API asyncd.v1)");
 
   GlobalFlags flags;
   app.add_option("--socket", flags.sockets,

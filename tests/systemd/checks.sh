@@ -28,6 +28,8 @@ wait_active() {  # up to $1 s for asyncd.service to be active with a new pid != 
 journal_has() { journalctl -b -u asyncd.service -o cat --no-pager | grep -q "$1"; }
 nop_ok() { $CTL submit nop | grep -q 'outcome: *completed'; }
 FILES=/var/lib/asyncd/files  # the daemon's root under the unit ($STATE_DIRECTORY/files)
+BENCH=/usr/lib/asyncd/asyncd-bench  # outside PATH: an operator's measuring tool
+DEBS=/var/cache/asyncd-test  # run.sh puts the packages here, for the life-cycle checks
 
 # sub ARGS...: one op in session $S, its output in $LAST (and the log);
 # true if it completed without an errno.
@@ -104,7 +106,7 @@ check "log: openat2 refused by the unit's filter, paths walk in user space" \
   journal_has "paths resolve beneath .* in user space (openat2: ENOSYS"
 every_op shipped io_uring
 check "asyncd-bench through the socket" \
-  asyncd-bench --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+  $BENCH --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
 check "logs go to the journal (SYSLOG_IDENTIFIER=asyncd)" \
   bash -c "journalctl -b -t asyncd -o cat --no-pager | grep -q 'asyncd serving on'"
 check "watchdog enabled (WatchdogUSec=10s)" \
@@ -124,10 +126,16 @@ check "stats show the reloaded limit" \
   bash -c "$CTL stats -o json | grep -q '\"max_op_bytes\": 65536'"
 cp /usr/share/doc/asyncd/asyncd.toml.example /etc/asyncd/asyncd.toml
 echo 'bogus = 1' >>/etc/asyncd/asyncd.toml
-systemctl reload asyncd.service
-check "a bad file is refused on reload with FILE:LINE" \
-  bash -c "journalctl -b -u asyncd -o cat --no-pager | grep -q 'reload refused.*/etc/asyncd/asyncd.toml:[0-9]*: unknown key admin.bogus'"
+pid=$(main_pid)
+# ExecReload= checks the file first (asyncd --check-config): the reload fails
+# and says why, and the running daemon never sees the signal.
+check "systemctl reload fails on a bad file" \
+  bash -c "! systemctl reload asyncd.service >/tmp/reload.out 2>&1"
+check "the failed reload names FILE:LINE: unknown key" \
+  bash -c "{ cat /tmp/reload.out; journalctl -b -u asyncd -o cat --no-pager; } | grep -q '/etc/asyncd/asyncd.toml:[0-9]*: unknown key admin.bogus'"
 check "still serving after a refused reload" nop_ok
+check "a refused reload keeps the same process" \
+  bash -c "[ \"\$(systemctl show -p MainPID --value asyncd)\" = $pid ]"
 cp /usr/share/doc/asyncd/asyncd.toml.example /etc/asyncd/asyncd.toml
 
 # --- stop drains (manifest), socket activation starts it again.
@@ -179,7 +187,7 @@ check "no-io_uring: log says fallback" journal_has "serving every operation from
 check "no-io_uring: a NOP completes on the thread pool" \
   bash -c "$CTL submit nop | grep -q 'backend: *thread_pool'"
 check "no-io_uring: asyncd-bench" \
-  asyncd-bench --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+  $BENCH --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
 every_op no-io-uring thread_pool
 rm -f /run/systemd/system/asyncd.service.d/asyncd-no-io-uring.conf
 
@@ -195,6 +203,125 @@ check "container profile: log says openat2 EPERM" journal_has "in user space (op
 every_op container thread_pool
 rm -f /run/systemd/system/asyncd.service.d/container-profile.conf
 systemctl daemon-reload
+
+# --- Clients in group asyncd: the system socket by default, files per uid.
+useradd -m member && usermod -aG asyncd member
+useradd -m other && usermod -aG asyncd other
+MEMBER_UID=$(id -u member)
+as() { local u=$1; shift; runuser -u "$u" -- env -u ASYNCD_SOCKET asyncctl --timeout 5s "$@"; }
+check "a member of group asyncd reaches the system daemon without --socket" \
+  bash -c "$(declare -f as); as member health | grep -q SERVING"
+check "a member's file lands in files/<uid>/" \
+  bash -c "$(declare -f as); as member submit open f --access rw --create | grep -q '^outcome: *completed' && test -f $FILES/$MEMBER_UID/f"
+check "another uid cannot stat it by name" \
+  bash -c "$(declare -f as); as other submit stat f 2>&1 | grep -q 'ENOENT\|NOT_FOUND\|PERMISSION_DENIED'"
+check "another uid cannot stat it through .." \
+  bash -c "$(declare -f as); as other submit stat ../$MEMBER_UID/f 2>&1 | grep -q 'ENOENT\|NOT_FOUND\|PERMISSION_DENIED'"
+check "another uid cannot stat it on disk" runuser -u other -- bash -c "! stat $FILES/$MEMBER_UID/f"
+
+# --- A config error at start: not retried, the socket stays and starts a
+# fixed daemon.
+cp /etc/asyncd/asyncd.toml /tmp/asyncd.toml.good
+echo 'bogus = 1' >>/etc/asyncd/asyncd.toml
+systemctl reset-failed asyncd.service
+restarts=$(systemctl show -p NRestarts --value asyncd)
+systemctl restart asyncd.service >/dev/null 2>&1
+sleep 3  # longer than RestartSec=1s: a retry would have happened
+check "bad config at start: service failed" \
+  bash -c "[ \"\$(systemctl is-active asyncd.service)\" = failed ]"
+check "bad config at start: not retried (NRestarts unchanged)" \
+  bash -c "[ \"\$(systemctl show -p NRestarts --value asyncd)\" = $restarts ]"
+check "bad config at start: the log names FILE:LINE" journal_has "asyncd.toml:[0-9]*: unknown key admin.bogus"
+check "bad config at start: socket still active" systemctl is-active asyncd.socket
+check "bad config at start: the socket file is still there" test -S "$SOCK"
+check "bad config: a connection fails" bash -c "! $CTL health"
+sleep 2
+check "bad config: the socket survives the failed activation" \
+  bash -c "systemctl is-active asyncd.socket && test -S $SOCK"
+cp /tmp/asyncd.toml.good /etc/asyncd/asyncd.toml
+check "fixed config: a connection starts a serving daemon" bash -c "$CTL health | grep -q SERVING"
+check "fixed config: service active" wait_active 10
+# Whatever failed above, the checks below start from a serving daemon.
+systemctl reset-failed asyncd.service asyncd.socket 2>/dev/null
+systemctl start asyncd.socket asyncd.service
+wait_active 10
+
+# --- asyncctl drain: a clean exit (no restart), one manifest naming what was
+# in flight, then socket activation again.
+rm -f /var/lib/asyncd/drain-manifest-*.json
+restarts=$(systemctl show -p NRestarts --value asyncd)
+asyncctl --socket "$SOCK" --timeout 2m submit timeout 60s >/tmp/held.out 2>&1 &
+held=$!
+for _ in $(seq 1 25); do  # until the daemon has it in flight
+  $CTL ops list 2>/dev/null | grep -qi timeout && break
+  sleep 0.2
+done
+$CTL drain >/tmp/drain.out 2>&1
+echo "drain: $(cat /tmp/drain.out)" >>/tmp/check.log
+manifest=$(grep -o '/[^ ]*drain-manifest[^ ]*\.json' /tmp/drain.out | head -1)
+check "asyncctl drain printed the manifest path" test -n "$manifest"
+check "the printed manifest exists" test -f "$manifest"
+check "the manifest names the held op with snake_case fields (op_id)" \
+  bash -c "grep -q '\"op_id\"' '$manifest' && ! grep -q '\"opId\"' '$manifest'"
+check "one manifest per drain" \
+  bash -c "[ \"\$(ls /var/lib/asyncd/drain-manifest-*.json | wc -l)\" = 1 ]"
+wait "$held"
+sleep 2  # longer than RestartSec=1s
+check "after drain: service inactive (exit 0, not failed)" \
+  bash -c "[ \"\$(systemctl is-active asyncd.service)\" = inactive ]"
+check "after drain: not restarted" \
+  bash -c "[ \"\$(systemctl show -p NRestarts --value asyncd)\" = $restarts ]"
+check "after drain: socket active" systemctl is-active asyncd.socket
+check "after drain: a connection reactivates the daemon" bash -c "$CTL health | grep -q SERVING"
+
+# --- The state directory is private (StateDirectoryMode=0700).
+systemctl restart asyncd.service
+wait_active 10
+check "/var/lib/asyncd is 0700 after a restart" \
+  bash -c "[ \"\$(stat -c %a /var/lib/asyncd)\" = 700 ]"
+
+# --- The package's life cycle: remove, install, upgrade, purge.
+DEB=$(ls $DEBS/asyncd_*.deb | head -1)
+dpkg -r asyncd >/tmp/dpkg-r.log 2>&1
+check "dpkg -r: succeeded" grep -q 'Removing asyncd' /tmp/dpkg-r.log
+check "dpkg -r: daemon stopped" bash -c "! systemctl is-active asyncd.service"
+check "dpkg -r: socket stopped and its file gone" \
+  bash -c "! systemctl is-active asyncd.socket && [ ! -e $SOCK ]"
+check "dpkg -r: binaries gone" bash -c "[ ! -e /usr/sbin/asyncd ] && ! command -v asyncctl"
+check "dpkg -r: config kept" test -f /etc/asyncd/asyncd.toml
+dpkg -i "$DEB" >/tmp/dpkg-i.log 2>&1
+check "dpkg -i again: succeeded" grep -q 'Setting up asyncd' /tmp/dpkg-i.log
+check "dpkg -i again: units enabled" systemctl is-enabled asyncd.socket asyncd.service
+check "dpkg -i again: socket active" systemctl is-active asyncd.socket
+check "dpkg -i again: serving" bash -c "$CTL health | grep -q SERVING"
+wait_active 10
+pid=$(main_pid)
+dpkg -i $DEBS/next/asyncd_next.deb >/tmp/dpkg-u.log 2>&1
+check "upgrade: succeeded" grep -q 'Unpacking asyncd .* over (' /tmp/dpkg-u.log
+check "upgrade: the running daemon was restarted" wait_active 10 "$pid"
+check "upgrade: it runs the installed binary, not the replaced one" \
+  bash -c "! readlink /proc/\$(systemctl show -p MainPID --value asyncd)/exe | grep -q deleted"
+check "upgrade: serving" nop_ok
+
+touch /var/lib/asyncd/drain-manifest-0.json  # one the purge must take
+$CTL submit open kept --access rw --create >/dev/null  # a client's file it must keep
+dpkg --purge asyncd >/tmp/dpkg-p.log 2>&1
+check "purge: succeeded" grep -q 'Purging configuration files for asyncd' /tmp/dpkg-p.log
+check "purge: /etc/asyncd gone" test ! -e /etc/asyncd
+check "purge: drain manifests gone" bash -c "! ls /var/lib/asyncd/drain-manifest-* 2>/dev/null"
+check "purge: /run/asyncd gone" test ! -e /run/asyncd
+check "purge: units gone" bash -c "! ls /lib/systemd/system/asyncd.* /usr/lib/systemd/system/asyncd.* 2>/dev/null"
+check "purge: deb-systemd-helper forgot them" \
+  bash -c "! grep -rqs asyncd /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked"
+check "purge: no enable symlinks or masks left in /etc/systemd/system" \
+  bash -c "[ -z \"\$(find /etc/systemd/system -name 'asyncd.s*')\" ]"
+check "purge: systemd forgot the units" \
+  bash -c "! systemctl list-unit-files 'asyncd.*' --no-legend | grep -q asyncd"
+# What the operator guide says stays.
+check "purge keeps: the asyncd user" getent passwd asyncd
+check "purge keeps: client files" bash -c "find $FILES -type f -name kept | grep -q ."
+check "purge keeps: a member's files" test -f "$FILES/$MEMBER_UID/f"
+check "purge takes: empty client directories" bash -c "[ ! -e $FILES/$(id -u other) ]"
 
 systemctl status asyncd.service --no-pager >>/tmp/check.log 2>&1
 if [ "$failures" = 0 ]; then log "RESULT: PASS"; else

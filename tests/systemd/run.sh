@@ -7,11 +7,15 @@
 # manifest, Restart=on-failure after SIGKILL, the watchdog restarting a
 # SIGSTOPped daemon; and every op kind, checked on disk, under the shipped
 # unit (io_uring), with the no-io_uring drop-in (thread pool), and with a
-# drop-in refusing io_uring and openat2 as container runtimes do. Exit 0 = pass, 1 = fail, 77 = skipped (not root, no
+# drop-in refusing io_uring and openat2 as container runtimes do; then the
+# operator's life cycle: group members as clients, a bad config at reload and
+# at start, asyncctl drain, dpkg -r, -i, an upgrade and --purge (the package,
+# and a copy with a higher version, wait in /var/cache/asyncd-test in the
+# tree). Exit 0 = pass, 1 = fail, 77 = skipped (not root, no
 # debootstrap/nspawn, nspawn cannot start a container here, as inside some
 # containers, no network for debootstrap).
 #
-#   tests/systemd/run.sh [BUILD_DIR]      (~1.5 min, +1 min first run)
+#   tests/systemd/run.sh [BUILD_DIR]      (~1 min, +1 min first run)
 #   ctest --test-dir BUILD_DIR -L systemd
 #
 # As root it works in BUILD_DIR/systemd-test. As a user it builds the package
@@ -41,7 +45,8 @@ if [ -z "${ASYNCD_SYSTEMD_DEB:-}" ]; then
   [ "$(id -u)" = 0 ] || LOGS=$BUILD/systemd-test-logs
   mkdir -p "$LOGS"
   echo "== building the package"
-  cmake --build "$BUILD" --target asyncd asyncctl asyncd-bench -- -j2 >"$LOGS/build.log" 2>&1 \
+  cmake --build "$BUILD" --target asyncd asyncctl asyncd-bench asyncd_client asyncd-man \
+    -- -j2 >"$LOGS/build.log" 2>&1 \
     || fail "build failed (see $LOGS/build.log)"
   (cd "$BUILD" && cpack -G DEB >"$LOGS/cpack.log" 2>&1) || fail "cpack failed (see $LOGS/cpack.log)"
   DEB=$(ls -t "$BUILD"/asyncd_*.deb | head -1)
@@ -67,7 +72,7 @@ mkdir -p "$WORK"
 
 # 2. The base tree: debootstrap once, then reuse a tarball of it.
 # The package's Depends (dpkg -i does not fetch them); the cache is per list.
-DEPS=systemd,dbus,procps,liburing2,libgrpc++1.51,libprotobuf32,libspdlog1.10,libsystemd0,libtomlplusplus3,libabsl20220623,libfmt9
+DEPS=systemd,dbus,procps,adduser,init-system-helpers,liburing2,libgrpc++1.51,libprotobuf32,libspdlog1.10,libsystemd0,libtomlplusplus3,libabsl20220623,libfmt9
 BASE_TAR=$WORK/systemd-root-$(echo "$DEPS" | md5sum | cut -c1-8).tar
 if [ ! -s "$BASE_TAR" ]; then
   echo "== debootstrap (about a minute; cached in $BASE_TAR)"
@@ -86,8 +91,14 @@ fi
 echo "== preparing $ROOT"
 rm -rf "$ROOT" && mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$BASE_TAR" || fail "cannot unpack $BASE_TAR"
-cp "$DEB" "$ROOT/tmp/asyncd.deb"
-chroot "$ROOT" dpkg -i /tmp/asyncd.deb >"$WORK/dpkg.log" 2>&1 \
+mkdir -p "$ROOT/var/cache/asyncd-test/next"
+cp "$DEB" "$ROOT/var/cache/asyncd-test/"
+# The upgrade: the same files under a higher version (no second build).
+rm -rf "$WORK/next" && dpkg-deb -R "$DEB" "$WORK/next" &&
+  sed -i 's/^Version: .*/&+next1/' "$WORK/next/DEBIAN/control" &&
+  dpkg-deb -b "$WORK/next" "$ROOT/var/cache/asyncd-test/next/asyncd_next.deb" >/dev/null ||
+  fail "cannot repack $DEB with a higher version"
+chroot "$ROOT" dpkg -i "/var/cache/asyncd-test/$(basename "$DEB")" >"$WORK/dpkg.log" 2>&1 \
   || { cat "$WORK/dpkg.log"; fail "dpkg -i failed: a missing runtime dependency?"; }
 install -m755 "$HERE/checks.sh" "$ROOT/usr/local/bin/asyncd-checks"
 cat >"$ROOT/etc/systemd/system/asyncd-checks.service" <<'UNIT'
