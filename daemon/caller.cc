@@ -19,6 +19,14 @@ bool Listed(const std::vector<uint32_t>& ids, uint32_t id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+// `cred`'s uid is in `uids`, or its primary or a supplementary group is one
+// `gid_listed` accepts.
+template <typename GidListed>
+bool Member(const PeerCred& cred, const std::vector<uint32_t>& uids, GidListed gid_listed) {
+  return Listed(uids, cred.uid) || gid_listed(cred.gid) ||
+         std::any_of(cred.groups.begin(), cred.groups.end(), gid_listed);
+}
+
 }  // namespace
 
 AdminRules AdminRules::FromConfig(const Config& config, uint32_t own_uid) {
@@ -44,19 +52,14 @@ Caller CallerFromPeerCred(const PeerCred& cred, const AdminRules& rules) {
   c.peer = absl::StrCat("unix pid ", c.pid);
   // The daemon's own user can signal and trace it anyway: an admin of it,
   // so a daemon a user runs for themselves can be drained by them.
-  c.admin = c.uid == 0 || c.uid == rules.own_uid || Listed(rules.uids, c.uid);
-  auto admin_gid = [&](uint32_t gid) {
-    return Listed(rules.gids, gid) || Listed(rules.group_gids, gid);
-  };
-  if (!c.admin) c.admin = admin_gid(c.gid);
-  for (size_t i = 0; !c.admin && i < cred.groups.size(); ++i) {
-    c.admin = admin_gid(cred.groups[i]);
-  }
+  c.admin = c.uid == 0 || c.uid == rules.own_uid || Member(cred, rules.uids, [&](uint32_t gid) {
+              return Listed(rules.gids, gid) || Listed(rules.group_gids, gid);
+            });
   for (size_t i = 0; i < rules.shares.size(); ++i) {
     const AdminRules::ShareMembers& m = rules.shares[i];
-    bool member = Listed(m.uids, c.uid) || Listed(m.gids, c.gid);
-    for (size_t g = 0; !member && g < cred.groups.size(); ++g) member = Listed(m.gids, cred.groups[g]);
-    if (member) c.shares |= uint64_t{1} << i;
+    if (Member(cred, m.uids, [&](uint32_t gid) { return Listed(m.gids, gid); })) {
+      c.shares |= uint64_t{1} << i;
+    }
   }
   return c;
 }

@@ -22,6 +22,27 @@ constexpr uint64_t kMaxTimeoutUs = 24ull * 3600 * 1'000'000;
 
 const int64_t kMonoToUnix = core::UnixNanos() - core::MonoNanos();
 
+}  // namespace
+
+bool ClimbsAbove(std::string_view path) {
+  int depth = 0;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    const std::string_view part = path.substr(i, j - i);
+    if (part == "..") {
+      if (--depth < 0) return true;
+    } else if (!part.empty() && part != ".") {
+      ++depth;
+    }
+    i = j + 1;
+  }
+  return false;
+}
+
+namespace {
+
 absl::Status Invalid(std::string_view field, std::string_view why) {
   return absl::InvalidArgumentError(std::string(field) + ": " + std::string(why));
 }
@@ -32,19 +53,7 @@ absl::Status CheckPath(std::string_view field, const std::string& path) {
   if (path.empty()) return Invalid(field, "must not be empty");
   if (path.size() > kMaxPath) return Invalid(field, "longer than 4095 bytes");
   if (path.find('\0') != std::string::npos) return Invalid(field, "contains a NUL byte");
-  int depth = 0;
-  size_t i = 0;
-  while (i < path.size()) {
-    size_t j = path.find('/', i);
-    if (j == std::string::npos) j = path.size();
-    std::string_view part(path.data() + i, j - i);
-    if (part == "..") {
-      if (--depth < 0) return Invalid(field, "climbs above the root");
-    } else if (!part.empty() && part != ".") {
-      ++depth;
-    }
-    i = j + 1;
-  }
+  if (ClimbsAbove(path)) return Invalid(field, "climbs above the root");
   return absl::OkStatus();
 }
 

@@ -21,6 +21,10 @@ struct OpBuffers {
   struct statx stx;
 };
 
+/// True if `path`'s ".." components, taken lexically, climb above where it
+/// starts ("..", "a/../../b"). Pure.
+[[nodiscard]] bool ClimbsAbove(std::string_view path);
+
 /// Validates `op` and fills `out` (params borrow from `op` and `buffers`,
 /// which must outlive the operation). INVALID_ARGUMENT names the bad field;
 /// RESOURCE_EXHAUSTED for a payload over `max_op_bytes`. Changes nothing.

@@ -74,19 +74,20 @@ v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
   v1::DrainManifest manifest;
   manifest.set_started_unix_nanos(core::UnixNanos());
   manifest.set_grace_ms(grace_ms);
-  const uint64_t at_start = registry_.live_ops();
-  spdlog::info("draining: {} operations in flight, grace {} ms", at_start, grace_ms);
   // Every op in flight now, for the manifest: as it is now, and who owns it
-  // (its session may be gone by the time the manifest is written).
-  struct Listed {
+  // (its session may be gone by the time the manifest is written). The
+  // count in the answer is the same snapshot's, so the two always agree.
+  struct InFlightAtStart {
     core::OpSnapshot snap;
     core::ClientInfo client;
   };
-  std::vector<Listed> listed;
+  std::vector<InFlightAtStart> listed;
   registry_.ForEach([&](const core::OpSnapshot& s, const std::shared_ptr<core::Session>& owner) {
     if (!core::IsTerminal(s.state)) listed.push_back({s, owner->client()});
     return true;
   });
+  const uint64_t at_start = listed.size();
+  spdlog::info("draining: {} operations in flight, grace {} ms", at_start, grace_ms);
   const int64_t listed_ns = core::MonoNanos();
   uint32_t cancelled = 0;
   auto cancel_where = [&](auto&& pred) {
@@ -122,7 +123,7 @@ v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
     manifest.set_inflight_at_start(result.inflight_at_start());
     manifest.set_completed_during_grace(result.completed_during_grace());
     manifest.set_cancelled(result.cancelled());
-    for (const Listed& op : listed) {
+    for (const InFlightAtStart& op : listed) {
       std::optional<FinishedOp> finished;
       if (options_.history != nullptr) finished = options_.history->FindFinished(op.snap.id.value);
       if (finished) {

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "daemon/convert.h"
 
 namespace asyncd::daemon {
 namespace {
@@ -65,17 +66,12 @@ absl::StatusOr<FileArea::Target> FileArea::Locate(const char* path) const {
     if (rest == nullptr) continue;
     // The rest must stay beneath the share: the resolver would clamp a
     // climb at the share's top, which is not where the caller pointed.
-    int depth = 0;
-    for (const char* p = rest;;) {
-      std::string_view part = NextComponent(p);
-      if (part.empty()) break;
-      depth += part == ".." ? -1 : 1;
-      if (depth < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("path \"", path, "\" climbs out of share \"", share.path, "\""));
-      }
+    if (ClimbsAbove(rest)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("path \"", path, "\" climbs out of share \"", share.path, "\""));
     }
-    return Target{share.fd, *rest == '\0' ? "." : rest};
+    if (*rest == '\0') return Target{share.fd, "."};
+    return Target{share.fd, rest, static_cast<uint16_t>(rest - path)};
   }
   return Target{home_fd_, path};
 }
@@ -100,6 +96,8 @@ absl::Status FileArea::Place(core::OpRequest& request) const {
     p.path2 = to->path;
   }
   p.dirfd = from->dirfd;
+  if (from->path != p.path) request.shown_path = p.path;
+  p.shown_prefix = from->cut;
   p.path = from->path;
   return absl::OkStatus();
 }
@@ -130,8 +128,8 @@ absl::StatusOr<FileArea> FileAreas::For(const Caller& caller) {
   if (it == homes_.end()) {
     const int fd = MakeDirs(root_fd_, std::to_string(caller.uid));
     if (fd < 0) {
-      return absl::UnavailableError(absl::StrCat("cannot make the file area of uid ", caller.uid,
-                                                 ": ", std::strerror(-fd)));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot make the file area of uid ", caller.uid, ": ", std::strerror(-fd)));
     }
     it = homes_.emplace(caller.uid, fd).first;
   }

@@ -32,6 +32,13 @@ class FileArea {
   /// areas. Changes nothing on error. Pure; any thread.
   [[nodiscard]] absl::Status Place(core::OpRequest& request) const;
 
+  /// True if `caller` reaches all this area reaches: an admin's whole root
+  /// only for admins, a share only for its members. A session keeps its
+  /// opener's area, so only such a caller may use it.
+  bool CoveredBy(const Caller& caller) const {
+    return caller.admin || (areas_ != nullptr && (shares_ & ~caller.shares) == 0);
+  }
+
  private:
   friend class FileAreas;
   FileArea(const FileAreas* areas, int home_fd, uint64_t shares)
@@ -40,6 +47,7 @@ class FileArea {
   struct Target {
     int dirfd;
     const char* path;
+    uint16_t cut = 0;  // bytes of the client's path before `path` (0: "." for a share itself)
   };
   absl::StatusOr<Target> Locate(const char* path) const;
 
@@ -60,8 +68,10 @@ class FileAreas {
   FileAreas(const FileAreas&) = delete;
   FileAreas& operator=(const FileAreas&) = delete;
 
-  /// `caller`'s area, making its directory on first use. UNAVAILABLE when
-  /// that directory cannot be made or opened. Any thread.
+  /// `caller`'s area, making its directory on first use.
+  /// FAILED_PRECONDITION when that directory cannot be made or opened (a
+  /// file in its place, no space, permissions: retrying will not help).
+  /// Any thread.
   absl::StatusOr<FileArea> For(const Caller& caller);
 
  private:

@@ -221,9 +221,10 @@ size_t CloseActivatedConnections(size_t max) {
   const int n = sd_listen_fds(0);
   size_t closed = 0;
   for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
-    if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, /*listening=*/1) <= 0) continue;
-    // poll first: the descriptor is shared with systemd, so its blocking
-    // mode is left alone.
+    // Unix sockets only: an aborted connection there cannot leave accept()
+    // blocking between poll and accept, as one on TCP can. poll first: the
+    // descriptor is shared with systemd, so its blocking mode is left alone.
+    if (sd_is_socket(fd, AF_UNIX, SOCK_STREAM, /*listening=*/1) <= 0) continue;
     for (size_t i = 0; i < max; ++i) {
       pollfd p{fd, POLLIN, 0};
       if (poll(&p, 1, 0) <= 0 || (p.revents & POLLIN) == 0) break;

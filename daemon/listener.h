@@ -77,7 +77,7 @@ class UnixListener {
 };
 
 /// For a daemon that will not serve (its config is bad): accepts and closes
-/// the connections already pending on every listening stream socket systemd
+/// the connections already pending on every listening unix stream socket systemd
 /// passed (sd_listen_fds), at most `max` per socket, without waiting. A
 /// connection left pending would make systemd start the daemon again at once,
 /// until the start limit fails asyncd.socket. Returns how many it closed.

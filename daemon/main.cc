@@ -150,9 +150,11 @@ int main(int argc, char** argv) {
         if (!reloaded.ok()) {
           spdlog::error("reload refused, keeping the running config: {}",
                         std::string(reloaded.status().message()));
+        } else if (std::optional<std::string> what = (*server)->Reload(*reloaded); !what) {
+          spdlog::info("reload ignored: stopping");
+          continue;  // no READY=1 after STOPPING=1
         } else {
-          const std::string what = (*server)->Reload(*reloaded);
-          spdlog::info("reloaded{}{}", what.empty() ? "" : ": ", what);
+          spdlog::info("reloaded{}{}", what->empty() ? "" : ": ", *what);
         }
         asyncd::daemon::notify::Ready((*server)->StatusLine());
         continue;

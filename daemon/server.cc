@@ -381,7 +381,10 @@ void Server::Shutdown() {
   cv_.notify_all();
 }
 
-std::string Server::Reload(const Config& config) {
+std::optional<std::string> Server::Reload(const Config& config) {
+  // Held throughout: Shutdown sets stopping_ under it, then reads config_.
+  std::lock_guard lock(mu_);
+  if (stopping_) return std::nullopt;
   std::vector<std::string> applied;
   std::vector<std::string> not_applied;
   auto live = [&](const char* key, auto Config::*field) {

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -51,8 +52,10 @@ class Server {
   /// Applies what can change live from a new config (log level; limits
   /// max_batch_ops, max_op_bytes, default_lease_ms; server.drain_grace_ms)
   /// and says what it applied and what needs a restart. Called by one thread
-  /// (the signal thread) at a time.
-  std::string Reload(const Config& config);
+  /// (the signal thread) at a time. Once stopping (a signal or a Drain
+  /// RPC's stop) it changes nothing and returns nullopt: the stop reads the
+  /// config it had.
+  std::optional<std::string> Reload(const Config& config);
   /// A short live summary for systemd's STATUS=, e.g. "serving: 3 sessions,
   /// 12 in flight, io_uring". Any thread.
   std::string StatusLine() const;

@@ -107,6 +107,11 @@ absl::StatusOr<std::shared_ptr<SessionMeta>> SessionTable::Own(const Caller& cal
     return Deny(caller, absl::StrCat("session ", session_id, " belongs to another user (uid ",
                                      caller.uid, " may use only its own sessions)"));
   }
+  if (areas_ != nullptr && !meta->area.CoveredBy(caller)) {
+    return Deny(caller, absl::StrCat("session ", session_id,
+                                     " reaches files this caller may not (it was opened by an "
+                                     "admin, or by a member of a share this caller is not)"));
+  }
   if (meta->session->closing()) {
     return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " has ended"));
   }

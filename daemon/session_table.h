@@ -99,16 +99,18 @@ class SessionTable {
   /// default), which must be in [100, max_lease_ms]. Its paths resolve in
   /// the caller's file area. INVALID_ARGUMENT (name over 128 bytes, lease
   /// out of range); RESOURCE_EXHAUSTED naming limits.max_sessions;
-  /// UNAVAILABLE when the caller's area cannot be made. Refusing while
-  /// draining is the caller's part.
+  /// FAILED_PRECONDITION when the caller's area cannot be made. Refusing
+  /// while draining is the caller's part.
   [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Open(const Caller& caller,
                                                                   const std::string& name,
                                                                   uint32_t lease_ms,
                                                                   SessionLifetime lifetime);
   /// The caller's own open session `session_id`. INVALID_ARGUMENT (0),
-  /// NOT_FOUND (never issued), PERMISSION_DENIED (another uid's; admins
-  /// too), FAILED_PRECONDITION (it is ending or has ended: ids are never
-  /// reused, so that holds forever).
+  /// NOT_FOUND (never issued), PERMISSION_DENIED (another uid's, admins
+  /// too; or its file area reaches what the caller may not: an admin's
+  /// session, or a share the caller is no member of), FAILED_PRECONDITION
+  /// (it is ending or has ended: ids are never reused, so that holds
+  /// forever).
   [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Own(const Caller& caller,
                                                                  uint64_t session_id) const;
   /// KeepAlive: renews the caller's own session's lease from `now_ns` and

@@ -9,6 +9,8 @@
 
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <string>
+#include <string_view>
 
 #include "asyncd/connection.h"
 #include "client/ctl/command.h"
@@ -45,9 +47,19 @@ int Main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "asyncctl " ASYNCD_VERSION " (API asyncd.v1)");
 
+  // --help shows the default socket computed for whoever runs it. Only
+  // then: finding it probes (and would wake) a per-user daemon's socket.
+  bool wants_help = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    wants_help = wants_help || arg == "-h" || arg == "--help";
+  }
+  const std::string default_socket =
+      wants_help ? client::DefaultSocketPath() : "(see Daemons below)";
+
   GlobalFlags flags;
   app.add_option("--socket", flags.sockets,
-                 "Daemon unix socket (repeatable); default " + client::DefaultSocketPath())
+                 "Daemon unix socket (repeatable); default " + default_socket)
       ->type_name("PATH")
       ->allow_extra_args(false);
   app.add_option("--target", flags.targets, "Daemon gRPC target (repeatable)")

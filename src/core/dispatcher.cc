@@ -86,7 +86,9 @@ absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& reque
   // A handle op shows the path its handle was opened with (Snapshot falls
   // back to "h:<handle>"); a path op its path.
   std::string_view target = use.path;
-  if (!uses_handle && request.params.path != nullptr) target = request.params.path;
+  if (!uses_handle && request.params.path != nullptr) {
+    target = request.shown_path != nullptr ? request.shown_path : request.params.path;
+  }
   const bool creates =
       request.kind == OpKind::kOpen && (request.params.flags & (O_CREAT | O_TRUNC)) != 0;
   absl::StatusOr<Op*> registered =
@@ -270,7 +272,7 @@ void Dispatcher::Complete(Op& op, int64_t result) noexcept {
     if (end != OpState::kCompleted) {
       ::close(fd);  // the client asked for the open to end: it never sees this descriptor
     } else if (absl::StatusOr<uint32_t> h = session.handles().Insert(
-                   fd, op.params.path != nullptr ? op.params.path : "");
+                   fd, op.params.path != nullptr ? op.params.path - op.params.shown_prefix : "");
                h.ok()) {
       op.result.store(static_cast<int32_t>(*h), std::memory_order_relaxed);
     } else {

@@ -21,6 +21,9 @@ struct OpRequest {
   // fd is filled in by the dispatcher; dirfd too unless the caller chose
   // one (the daemon's per-user areas), else it is the dispatcher's root.
   OpParams params;
+  // The path as the client named it, for listings, when params.path is
+  // only what resolves beneath params.dirfd; else params.path.
+  const char* shown_path = nullptr;
   CompletionSink* sink = nullptr;
   uint64_t cookie = 0;
   uint64_t tag = 0;  // the client's, shown when the op is listed

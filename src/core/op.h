@@ -53,6 +53,9 @@ struct OpParams {
   uint32_t flags = 0;  // open(2) flags, RENAME_*, POLL* events, AT_* for statx, datasync bit
   uint32_t mode = 0;   // open/mkdir mode, fallocate mode
   bool stream = false;  // fd is a pipe, FIFO, socket or character device (no file position)
+  // The client named `path - shown_prefix`: what precedes `path` there was
+  // taken off (the daemon's shares). A handle opened shows the whole name.
+  uint16_t shown_prefix = 0;
   int64_t offset = -1;  // -1 = current position (pipes, sockets)
   int64_t length = 0;   // fallocate/ftruncate length
   void* buf = nullptr;  // read destination, write source, struct statx for statx

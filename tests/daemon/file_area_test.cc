@@ -177,6 +177,11 @@ TEST_F(FileAreasTest, APathGoesToItsShareOrTheCallersOwnArea) {
     ASSERT_TRUE(member.Place(r).ok()) << path;
     EXPECT_EQ(Where(r.params.dirfd), want.first) << path;
     EXPECT_EQ(std::string(r.params.path), want.second) << path;
+    // Listings show what the client named where the path was cut.
+    EXPECT_EQ(r.shown_path, r.params.path == path ? nullptr : path) << path;
+    if (r.params.path != path && want.second != ".") {
+      EXPECT_EQ(r.params.path - r.params.shown_prefix, path) << path;  // a handle's name
+    }
   }
   // No member: "common" is a name in its own area.
   core::OpRequest r = PathOp("common/a");
@@ -212,6 +217,28 @@ TEST_F(FileAreasTest, ClimbingOutOfAShareOrRenamingAcrossAreasIsRefusedUnchanged
   EXPECT_STREQ(r.params.path2, "/b");
 }
 
+TEST_F(FileAreasTest, ASessionsAreaIsCoveredOnlyByCallersWithItsAccess) {
+  Caller admin;
+  admin.admin = true;
+  Caller member;
+  member.uid = 1001;
+  member.shares = 0b11;
+  Caller half = member;
+  half.shares = 0b01;
+  Caller none = member;
+  none.shares = 0;
+  const FileArea whole = AreaOf(0, /*admin=*/true);
+  EXPECT_TRUE(whole.CoveredBy(admin));
+  EXPECT_FALSE(whole.CoveredBy(member));
+  const FileArea both = AreaOf(1001);  // a member of both shares
+  EXPECT_TRUE(both.CoveredBy(member));
+  EXPECT_TRUE(both.CoveredBy(admin));
+  EXPECT_FALSE(both.CoveredBy(half));
+  EXPECT_FALSE(both.CoveredBy(none));
+  const FileArea plain = AreaOf(1002);  // no shares
+  EXPECT_TRUE(plain.CoveredBy(none));
+}
+
 TEST_F(FileAreasTest, AnAdminKeepsTheWholeRoot) {
   core::OpRequest r = PathOp("1001/x");
   ASSERT_TRUE(AreaOf(0, /*admin=*/true).Place(r).ok());
@@ -220,12 +247,12 @@ TEST_F(FileAreasTest, AnAdminKeepsTheWholeRoot) {
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/0"));
 }
 
-TEST_F(FileAreasTest, AnAreaThatCannotBeMadeIsUnavailable) {
+TEST_F(FileAreasTest, AnAreaThatCannotBeMadeIsAFailedPrecondition) {
   std::ofstream(dir_.path() + "/1003") << "a file where the directory goes";
   Caller caller;
   caller.uid = 1003;
   auto area = areas_->For(caller);
-  EXPECT_EQ(area.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(area.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(area.status().message()), HasSubstr("uid 1003"));
 }
 

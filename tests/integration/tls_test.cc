@@ -174,10 +174,13 @@ class FileAreaTest : public ::testing::TestWithParam<BackendMode>, public TlsFix
   static uint32_t Base() { return geteuid() >= kBase && geteuid() < kBase + 3 ? kBase + 10 : kBase; }
 
   void SetUp() override {
-    StartTls(absl::StrCat("[[share]]\npath = \"common\"\nuids = [", A(), ", ", B(), "]\n"),
+    StartTls(absl::StrCat("[[share]]\npath = \"common\"\nuids = [", A(), ", ", B(),
+                          "]\n[admin]\ntls_cns = [\"boss\"]\n"),
              {{"a", absl::StrCat("uid:", A())},
               {"b", absl::StrCat("uid:", B())},
-              {"c", absl::StrCat("uid:", C())}},
+              {"c", absl::StrCat("uid:", C())},
+              {"boss", "boss"},    // an admin, uid 65534
+              {"anon", "nobody"}},  // uid 65534 too, no admin
              GetParam());
   }
 
@@ -327,8 +330,30 @@ TEST_P(FileAreaTest, MembersShareAShareAndNobodyElseReachesIt) {
   // The share itself cannot be removed by a member.
   EXPECT_NE(Errno(Run(b, Unlink("common"))), "ok");
   EXPECT_TRUE(std::filesystem::is_directory(daemon_->root() + "/common"));
+  // Listings and the history show the path as the client named it.
+  auto history = a.client.ListHistory(v1::OpSelector());
+  ASSERT_TRUE(history.ok()) << history.status();
+  std::vector<std::string> targets;
+  for (const v1::OperationInfo& op : *history) targets.push_back(op.target());
+  EXPECT_THAT(targets, ::testing::Contains("common/report"));
+  EXPECT_THAT(targets, ::testing::Not(::testing::Contains("/report")));
   EXPECT_EQ(Errno(Run(b, Unlink("common/final"))), "ok");
   EXPECT_EQ(OnDisk("common/final"), "(absent)");
+}
+
+// A session keeps its opener's area: a caller of the same uid with less
+// access (no admin) cannot use an admin's session to reach the whole root.
+TEST_P(FileAreaTest, ASessionIsUsableOnlyWithItsOpenersAccess) {
+  User a = Login("a");
+  Put(a, "kept", "a's");
+  User boss = Login("boss");
+  User anon = Login("anon");
+  const std::string kept = absl::StrCat(A(), "/kept");
+  EXPECT_EQ(Errno(Run(boss, Stat(kept))), "ok");  // an admin sees it
+  anon.session = boss.session;  // same uid (65534), so it is "its own"
+  const v1::Completion c = Run(anon, Stat(kept));
+  EXPECT_EQ(c.status_code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(c.message(), HasSubstr("opened by an admin"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FileAreaTest,

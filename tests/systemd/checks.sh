@@ -138,12 +138,28 @@ check "a refused reload keeps the same process" \
   bash -c "[ \"\$(systemctl show -p MainPID --value asyncd)\" = $pid ]"
 cp /usr/share/doc/asyncd/asyncd.toml.example /etc/asyncd/asyncd.toml
 
-# --- stop drains (manifest), socket activation starts it again.
+# --- stop drains (a manifest when ops were in flight), socket activation
+# starts it again.
 rm -f /var/lib/asyncd/drain-manifest-*.json
+check "systemctl stop with nothing in flight" systemctl stop asyncd.service
+check "an idle stop writes no manifest" bash -c "! ls /var/lib/asyncd/drain-manifest-*.json"
+check "journal: drained, no manifest" journal_has "drained: 0 in flight at start.*manifest none"
+# hold_op: a 60 s timeout in flight (in the background, its pid in $held).
+hold_op() {
+  asyncctl --socket "$SOCK" --timeout 2m submit timeout 60s >/tmp/held.out 2>&1 &
+  held=$!
+  for _ in $(seq 1 25); do  # until the daemon has it in flight
+    $CTL ops list 2>/dev/null | grep -qi timeout && return 0
+    sleep 0.2
+  done
+  return 1
+}
+check "an op in flight (socket activation starts the daemon)" hold_op
 check "systemctl stop" systemctl stop asyncd.service
-check "stop drained: manifest in /var/lib/asyncd" \
-  bash -c "ls /var/lib/asyncd/drain-manifest-*.json"
-check "journal: drained" journal_has "drained: "
+wait "$held"
+check "stop drained: one manifest in /var/lib/asyncd" \
+  bash -c "[ \"\$(ls /var/lib/asyncd/drain-manifest-*.json | wc -l)\" = 1 ]"
+check "journal: drained" journal_has "drained: [1-9][0-9]* in flight at start"
 check "service inactive, socket still listening" \
   bash -c "[ \"\$(systemctl is-active asyncd.service)\" = inactive ] && [ \"\$(systemctl is-active asyncd.socket)\" = active ]"
 check "socket activation: a connection starts the service" bash -c "$CTL health | grep -q SERVING"
@@ -250,12 +266,7 @@ wait_active 10
 # in flight, then socket activation again.
 rm -f /var/lib/asyncd/drain-manifest-*.json
 restarts=$(systemctl show -p NRestarts --value asyncd)
-asyncctl --socket "$SOCK" --timeout 2m submit timeout 60s >/tmp/held.out 2>&1 &
-held=$!
-for _ in $(seq 1 25); do  # until the daemon has it in flight
-  $CTL ops list 2>/dev/null | grep -qi timeout && break
-  sleep 0.2
-done
+check "an op in flight before the drain" hold_op
 $CTL drain >/tmp/drain.out 2>&1
 echo "drain: $(cat /tmp/drain.out)" >>/tmp/check.log
 manifest=$(grep -o '/[^ ]*drain-manifest[^ ]*\.json' /tmp/drain.out | head -1)
