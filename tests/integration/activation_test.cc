@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "tests/integration/daemon_fixture.h"
 #include "tests/integration/security_util.h"
@@ -93,6 +95,19 @@ TEST(ActivationTest, MatchingUnitAndConfigRaiseNoWarning) {
 
 // Runs the daemon with `fd` as its activated descriptor; returns its exit
 // status and output.
+// Waits up to 10 s for child `pid` to exit: its wait status, or nullopt
+// when it kept running (then it is killed).
+std::optional<int> WaitForExit(pid_t pid) {
+  int status = -1;
+  for (int i = 0; i < 200 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (kill(pid, 0) != 0) return status;
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return std::nullopt;
+}
+
 std::pair<int, std::string> RunActivated(int fd) {
   const std::string dir = TempDir();
   const std::string log = dir + "/log";
@@ -110,15 +125,9 @@ std::pair<int, std::string> RunActivated(int fd) {
           static_cast<char*>(nullptr));
     _exit(127);
   }
-  int status = -1;
-  for (int i = 0; i < 200 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (kill(pid, 0) == 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    ADD_FAILURE() << "the daemon kept running on a bad descriptor";
-  }
+  const std::optional<int> exited = WaitForExit(pid);
+  if (!exited) ADD_FAILURE() << "the daemon kept running on a bad descriptor";
+  const int status = exited.value_or(-1);
   std::ifstream in(log);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::filesystem::remove_all(dir);
@@ -166,15 +175,9 @@ TEST(ActivationTest, ConfigErrorClosesPendingConnectionsAndExits2) {
           own_socket.c_str(), "--root", root.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  int status = -1;
-  for (int i = 0; i < 200 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (kill(pid, 0) == 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    FAIL() << "the daemon kept running with a bad config";
-  }
+  const std::optional<int> exited = WaitForExit(pid);
+  ASSERT_TRUE(exited) << "the daemon kept running with a bad config";
+  const int status = *exited;
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 2);
   std::ifstream in(log);

@@ -230,9 +230,11 @@ check "a member of group asyncd reaches the system daemon without --socket" \
 check "a member's file lands in files/<uid>/" \
   bash -c "$(declare -f as); as member submit open f --access rw --create | grep -q '^outcome: *completed' && test -f $FILES/$MEMBER_UID/f"
 check "another uid cannot stat it by name" \
-  bash -c "$(declare -f as); as other submit stat f 2>&1 | grep -q 'ENOENT\|NOT_FOUND\|PERMISSION_DENIED'"
-check "another uid cannot stat it through .." \
-  bash -c "$(declare -f as); as other submit stat ../$MEMBER_UID/f 2>&1 | grep -q 'ENOENT\|NOT_FOUND\|PERMISSION_DENIED'"
+  bash -c "$(declare -f as); as other submit stat f 2>&1 | grep -q ENOENT"
+check "another uid cannot stat it through .. (INVALID_ARGUMENT: climbs above the root)" \
+  bash -c "$(declare -f as); as other submit stat ../$MEMBER_UID/f 2>&1 | grep -q 'INVALID_ARGUMENT.*climbs above the root'"
+check "another uid cannot stat it by an absolute path (its own /$MEMBER_UID: ENOENT)" \
+  bash -c "$(declare -f as); as other submit stat /$MEMBER_UID/f 2>&1 | grep -q ENOENT"
 check "another uid cannot stat it on disk" runuser -u other -- bash -c "! stat $FILES/$MEMBER_UID/f"
 
 # --- A config error at start: not retried, the socket stays and starts a
