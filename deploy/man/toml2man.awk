@@ -1,6 +1,7 @@
 # asyncd.toml(5) from deploy/asyncd.toml.example: the comments before the
 # first [section] are the description; each key becomes a tagged paragraph
-# (name = default) with the comments above it; each [section] a subsection.
+# (name = default) with the comments above it; each [section] a subsection,
+# and so is a commented-out [[table]], shown as an example.
 #   awk -v version=0.1.0 -f toml2man.awk asyncd.toml.example > asyncd.toml.5
 function esc(s) {
   gsub(/\\/, "\\e", s)
@@ -24,11 +25,26 @@ BEGIN {
 /^#/ {
   line = $0
   sub(/^# ?/, "", line)
+  if (in_example) { print esc(line); next }
+  # A commented-out table ("# [[share]]"): a subsection, the comments above
+  # it as its description, the rest of the block as a literal example.
+  if (!in_header && line ~ /^\[\[[a-z_]+\]\]$/) {
+    print ".SS " esc(line)
+    flush()
+    print ".PP"
+    print "For example:"
+    print ".PP"
+    print ".nf"
+    print esc(line)
+    in_example = 1
+    next
+  }
   if (in_header && line == "") { text[++n] = ".PP"; next }
   text[++n] = esc(line)
   next
 }
 /^[[:space:]]*$/ {
+  if (in_example) { print ".fi"; in_example = 0 }
   if (in_header) { flush(); print ".PP" } else n = 0
   next
 }
@@ -47,6 +63,7 @@ BEGIN {
   next
 }
 END {
+  if (in_example) print ".fi"
   print ".SH FILES"
   print ".TP"
   print ".I /etc/asyncd/asyncd.toml"

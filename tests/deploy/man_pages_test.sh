@@ -2,7 +2,8 @@
 # The generated man pages say what the binaries and the config example say:
 # every long option of `asyncd --help` is in asyncd(8), every one of
 # `asyncctl --help` in asyncctl(1), every key of deploy/asyncd.toml.example
-# in asyncd.toml(5); none names the build tree. Exit 77 without help2man.
+# in asyncd.toml(5), and so does each table it shows commented out; none
+# names the build tree. Exit 77 without help2man.
 #
 #   tests/deploy/man_pages_test.sh BUILD_DIR
 set -uo pipefail
@@ -33,6 +34,10 @@ keys=$(grep -o '^[a-z_]* =' "$SRC/deploy/asyncd.toml.example" | sed 's/ =$//')
 [ -n "$keys" ] || bad "no keys found in the example"
 for k in $keys; do
   grep -qF "\\fB$k\\fR =" "$MAN/asyncd.toml.5" || bad "asyncd.toml.5 lacks $k"
+done
+# Tables the example shows commented out ("# [[share]]") have their own part.
+for t in $(grep -o '^# \[\[[a-z_]*\]\]$' "$SRC/deploy/asyncd.toml.example" | cut -c3-); do
+  grep -qF ".SS $t" "$MAN/asyncd.toml.5" || bad "asyncd.toml.5 lacks $t"
 done
 [ "$failures" = 0 ] || { echo "$failures failed"; exit 1; }
 echo "man pages: OK ($(echo "$keys" | wc -l) config keys)"
