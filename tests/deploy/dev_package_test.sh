@@ -39,6 +39,7 @@ else
 fi
 [ "$(id -u)" = 0 ] || skip "needs root, or sudo without a password prompt (debootstrap, chroot)"
 mkdir -p "$WORK"
+cd "$WORK" || fail "cannot enter $WORK"  # debootstrap's wget leaves logs in the cwd
 
 BASE_TAR=$WORK/bookworm-minbase.tar
 MIRROR=$(grep -m1 '^URIs:' /etc/apt/sources.list.d/debian.sources 2>/dev/null | awk '{print $2}')
