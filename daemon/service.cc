@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "daemon/checkpoint.h"
 #include "daemon/convert.h"
 #include "daemon/stream_call.h"
 #include "daemon/submit_call.h"
@@ -209,6 +210,21 @@ grpc::ServerUnaryReactor* Service::Drain(grpc::CallbackServerContext* ctx,
     reactor->Finish(grpc::Status::OK);
   });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* Service::GetCheckpoint(grpc::CallbackServerContext* ctx,
+                                                 const v1::GetCheckpointRequest*,
+                                                 v1::GetCheckpointResponse* resp) {
+  const Caller caller = Identify(ctx);
+  if (!caller.admin) {
+    return Done(ctx, Deny(caller,
+                          "checkpoint needs an admin (uid 0, the daemon's own uid, "
+                          "or one named in [admin])"));
+  }
+  const state::Checkpoint checkpoint = TakeCheckpoint(
+      sessions_, registry_, observer_.history(), config_.history_capacity);
+  *resp->mutable_checkpoint() = Seal(checkpoint);
+  return Done(ctx, absl::OkStatus());
 }
 
 v1::DrainResponse Service::DrainAndWait(uint32_t grace_ms) {

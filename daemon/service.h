@@ -90,6 +90,9 @@ class Service final : public v1::Asyncd::CallbackService {
                                      const v1::GetStatsRequest* req, v1::Stats* resp) override;
   grpc::ServerUnaryReactor* Drain(grpc::CallbackServerContext* ctx, const v1::DrainRequest* req,
                                   v1::DrainResponse* resp) override;
+  grpc::ServerUnaryReactor* GetCheckpoint(grpc::CallbackServerContext* ctx,
+                                          const v1::GetCheckpointRequest* req,
+                                          v1::GetCheckpointResponse* resp) override;
 
   /// Ends sessions whose lease ran out. Called periodically by the server's
   /// housekeeping thread.

@@ -190,11 +190,7 @@ void SessionTable::List(const Caller& caller, int64_t now_ns, v1::ListSessionsRe
     info->set_inflight(s.inflight_ops());
     info->set_handles(meta->session->handles().open_count());
     info->set_age_us((now_ns - s.created_ns()) / 1000);
-    // No lease runs while a stream holds the session.
-    if (meta->lease_ms.load() != 0 && meta->streams.load() == 0) {
-      const int64_t left = meta->lease_deadline_ns.load() - now_ns;
-      info->set_lease_remaining_ms(left > 0 ? static_cast<uint32_t>(left / 1'000'000) : 0);
-    }
+    info->set_lease_remaining_ms(meta->LeaseRemainingMs(now_ns));
     info->set_bound_to_stream(meta->stream_owned);
   }
   lock.unlock();
@@ -202,6 +198,19 @@ void SessionTable::List(const Caller& caller, int64_t now_ns, v1::ListSessionsRe
             [](const v1::SessionInfo& a, const v1::SessionInfo& b) {
               return a.session_id() < b.session_id();
             });
+}
+
+std::vector<std::shared_ptr<SessionMeta>> SessionTable::All() const {
+  std::vector<std::shared_ptr<SessionMeta>> out;
+  {
+    std::shared_lock lock(mu_);
+    out.reserve(sessions_.size());
+    for (const auto& [id, meta] : sessions_) out.push_back(meta);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a->session->id() < b->session->id();
+  });
+  return out;
 }
 
 }  // namespace asyncd::daemon

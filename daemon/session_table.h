@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -47,6 +48,15 @@ struct SessionMeta {
   /// The lease runs lease_ms from `now_ns` (MonoNanos). Any thread.
   void RenewLease(int64_t now_ns) {
     lease_deadline_ns.store(now_ns + int64_t{lease_ms.load()} * 1'000'000);
+  }
+  /// Time left before the lease runs out at `now_ns`, at most its length (a
+  /// renewal after `now_ns` was taken); 0 while no lease runs (a stream
+  /// holds the session, or it is bound to one).
+  uint32_t LeaseRemainingMs(int64_t now_ns) const {
+    const uint32_t length = lease_ms.load();
+    if (length == 0 || streams.load() != 0) return 0;
+    const int64_t left = lease_deadline_ns.load() - now_ns;
+    return left > 0 ? static_cast<uint32_t>(std::min<int64_t>(left / 1'000'000, length)) : 0;
   }
   /// A stream attaches: its lease pauses, and it hears of the session's end.
   void Attach(SessionListener* listener);
@@ -135,6 +145,8 @@ class SessionTable {
   /// ListSessions: the sessions `caller` may see (its own; every one for an
   /// admin), by id, as of `now_ns`.
   void List(const Caller& caller, int64_t now_ns, v1::ListSessionsResponse* out) const;
+  /// Every open session, by id: a copy of the table's references.
+  std::vector<std::shared_ptr<SessionMeta>> All() const;
   /// Validates a lease length asked for (OpenSessionRequest.lease_ms,
   /// StreamOpen.lease_ms): 0 = `zero_means`, else [100, max_lease_ms].
   /// INVALID_ARGUMENT naming `field`.

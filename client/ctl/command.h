@@ -2,7 +2,8 @@
 
 // What asyncctl's commands share: the global flags, the run-time Env built
 // from them, and the registration function of each noun (one file each:
-// ops.cc, sessions.cc, stats.cc, drain.cc, health.cc, submit.cc).
+// ops.cc, sessions.cc, stats.cc, drain.cc, checkpoint.cc, health.cc,
+// submit.cc).
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -70,6 +71,7 @@ void AddOpsCommand(CLI::App& app, Action* action);
 void AddSessionsCommand(CLI::App& app, Action* action);
 void AddStatsCommand(CLI::App& app, Action* action);
 void AddDrainCommand(CLI::App& app, Action* action);
+void AddCheckpointCommand(CLI::App& app, Action* action);
 void AddHealthCommand(CLI::App& app, Action* action);
 void AddSubmitCommand(CLI::App& app, Action* action);
 

@@ -84,6 +84,7 @@ int Main(int argc, char** argv) {
   AddSessionsCommand(app, &action);
   AddStatsCommand(app, &action);
   AddDrainCommand(app, &action);
+  AddCheckpointCommand(app, &action);
   AddHealthCommand(app, &action);
   AddSubmitCommand(app, &action);
   // Set last, so subcommands (which inherit settings at creation) do not

@@ -424,6 +424,55 @@ class TablePrinter final : public Printer {
     kv.Render(out_, "  ");
   }
 
+  void Checkpoint(const ::asyncd::state::v1::Checkpoint& cp) override {
+    // The listing commands' tables, filled from the checkpoint.
+    TargetResult<v1::ListSessionsResponse> sessions;
+    TargetResult<v1::ListOperationsResponse> ops;
+    Table handles({{"SESSION", Align::kRight}, {"HANDLE", Align::kRight}, {"FD", Align::kRight},
+                   {"FLAGS", Align::kRight}, {"STREAM"}, {"PATH"}});
+    for (const auto& s : cp.sessions()) {
+      v1::SessionInfo* info = sessions.response.add_sessions();
+      info->set_session_id(s.session_id());
+      info->set_client_name(s.client_name());
+      info->set_uid(s.uid());
+      info->set_gid(s.gid());
+      info->set_pid(s.pid());
+      info->set_inflight(static_cast<uint32_t>(s.ops_size()));
+      info->set_handles(static_cast<uint32_t>(s.handles_size()));
+      info->set_age_us(s.age_us());
+      info->set_lease_remaining_ms(s.lease_remaining_ms());
+      info->set_bound_to_stream(s.bound_to_stream());
+      for (const auto& h : s.handles()) {
+        char flags[16];
+        std::snprintf(flags, sizeof flags, "0%o", static_cast<unsigned>(h.open_flags()));
+        handles.AddRow({std::to_string(s.session_id()), std::to_string(h.handle()),
+                        std::to_string(h.fd()), flags, YesNo(h.stream()), OrDash(h.path())});
+      }
+      for (const auto& op : s.ops()) *ops.response.add_ops() = op;
+    }
+    ops.response.set_total_matched(static_cast<uint64_t>(ops.response.ops_size()));
+    KeyValues kv;
+    kv.Add("daemon", "asyncd " + cp.daemon_version());
+    kv.Add("taken", FormatTimestamp(cp.taken_unix_nanos()) + " in " + FormatMicros(cp.took_us()));
+    kv.Add("sessions", std::to_string(cp.sessions_size()));
+    kv.Add("handles", std::to_string(handles.rows()));
+    kv.Add("outstanding", std::to_string(ops.response.ops_size()));
+    kv.Add("history", std::to_string(cp.history_size()));
+    out_ << "checkpoint\n";
+    kv.Render(out_, "  ");
+    if (cp.sessions_size() == 0) return;
+    out_ << '\n';
+    Sessions({sessions});
+    if (handles.rows() > 0) {
+      out_ << '\n';
+      handles.Render(out_);
+    }
+    if (ops.response.ops_size() > 0) {
+      out_ << '\n';
+      Operations({ops});
+    }
+  }
+
   void Health(const std::vector<TargetResult<client::HealthStatus>>& results) override {
     if (!multi_) {
       for (const auto& r : results) {
@@ -568,6 +617,7 @@ class JsonPrinter final : public Printer {
   void SessionKeptAlive(uint64_t, const v1::KeepAliveResponse& r) override { One(r); }
   void Stats(const std::vector<TargetResult<v1::Stats>>& r) override { Fleet(r); }
   void Drain(const v1::DrainResponse& r) override { One(r); }
+  void Checkpoint(const ::asyncd::state::v1::Checkpoint& cp) override { One(cp); }
   void Completion(const v1::Completion& c) override { One(c); }
 
   void Health(const std::vector<TargetResult<client::HealthStatus>>& results) override {

@@ -66,6 +66,9 @@ class Printer {
   virtual void Stats(const std::vector<TargetResult<v1::Stats>>& r) = 0;
   /// drain.
   virtual void Drain(const v1::DrainResponse& response) = 0;
+  /// checkpoint: a summary, then every session, handle and outstanding op.
+  /// JSON: the whole checkpoint.
+  virtual void Checkpoint(const ::asyncd::state::v1::Checkpoint& checkpoint) = 0;
   /// health.
   virtual void Health(const std::vector<TargetResult<client::HealthStatus>>& r) = 0;
   /// submit: the completion of the submitted operation.

@@ -330,6 +330,30 @@ absl::StatusOr<v1::DrainResponse> Client::Drain(uint32_t grace_ms, const CallOpt
   return response;
 }
 
+absl::StatusOr<::asyncd::state::v1::Checkpoint> Client::GetCheckpoint() {
+  // The format this library reads (daemon/checkpoint.h's kCheckpointFormat).
+  constexpr uint32_t kFormat = 1;
+  v1::GetCheckpointRequest request;
+  v1::GetCheckpointResponse response;
+  if (absl::Status s = Call(&v1::Asyncd::Stub::GetCheckpoint, request, &response); !s.ok()) {
+    return s;
+  }
+  ::asyncd::state::v1::Sealed sealed;
+  ::asyncd::state::v1::Checkpoint checkpoint;
+  if (!sealed.ParseFromString(response.checkpoint())) {
+    return absl::DataLossError("the daemon's checkpoint does not decode");
+  }
+  if (sealed.format() > kFormat) {
+    return absl::FailedPreconditionError(absl::StrCat("the daemon's checkpoint format ",
+                                                      sealed.format(), " is newer than ",
+                                                      kFormat, ", the newest this client reads"));
+  }
+  if (!checkpoint.ParseFromString(sealed.checkpoint())) {
+    return absl::DataLossError("the daemon's checkpoint does not decode");
+  }
+  return checkpoint;
+}
+
 absl::Status Client::Watch(const v1::OpSelector& filter, const std::vector<v1::EventType>& types,
                            const std::function<WatchNext(const v1::WatchEvent&)>& on_event,
                            const CallOptions& options) {

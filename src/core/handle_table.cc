@@ -59,6 +59,7 @@ absl::StatusOr<uint32_t> HandleTable::Insert(int fd, std::string_view path) {
   e.open = true;
   e.stream = stream;
   e.nonblock = nonblock;
+  e.status_flags = fl >= 0 ? fl : 0;
   e.path = std::move(owned_path);
   ++open_;
   return (uint32_t{e.gen} << 16) | index;
@@ -127,6 +128,18 @@ void HandleTable::FreeLocked(Entry& e) {
   e.path.reset();
   e.gen = (e.gen + 1) & kGenMask;  // 0 is fine: index >= 1 keeps a handle nonzero
   free_.push_back(static_cast<uint32_t>(&e - entries_.data()) + 1);
+}
+
+void HandleTable::List(std::vector<Listed>* open, std::vector<uint32_t>* slot_generations) const {
+  std::lock_guard lock(mu_);
+  slot_generations->reserve(entries_.size());
+  for (uint32_t i = 0; i < entries_.size(); ++i) {
+    const Entry& e = entries_[i];
+    slot_generations->push_back(e.gen);
+    if (e.fd < 0 || !e.open) continue;
+    open->push_back(Listed{(uint32_t{e.gen} << 16) | (i + 1), e.fd, e.stream, e.status_flags,
+                           e.path ? *e.path : std::string()});
+  }
 }
 
 uint32_t HandleTable::open_count() const {

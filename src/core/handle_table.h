@@ -61,6 +61,19 @@ class HandleTable {
   void CloseAll();
   uint32_t open_count() const;
 
+  /// One open handle, as a checkpoint records it.
+  struct Listed {
+    uint32_t handle = 0;
+    int fd = -1;  // still owned by the table
+    bool stream = false;
+    int status_flags = 0;  // fcntl F_GETFL when it was opened
+    std::string path;
+  };
+  /// Every open handle, by handle slot, and each slot's current generation
+  /// (so a successor never hands out a handle seen here). A copy, under the
+  /// table's lock.
+  void List(std::vector<Listed>* open, std::vector<uint32_t>* slot_generations) const;
+
  private:
   static constexpr uint16_t kGenMask = 0x7fff;  // 15 bits: handles stay below 2^31
   struct Entry {
@@ -70,6 +83,7 @@ class HandleTable {
     bool open = false;
     bool stream = false;
     bool nonblock = false;
+    int status_flags = 0;
     // Heap-held so Use::path survives the table growing.
     std::unique_ptr<const std::string> path;
   };

@@ -269,6 +269,20 @@ void Registry::Remove(Session& session) {
   lock.unlock();
 }
 
+std::vector<Registry::IndexCounters> Registry::Counters() const {
+  std::vector<IndexCounters> out;
+  std::shared_lock lock(mu_);
+  for (uint32_t index = 0; index < table_.size(); ++index) {
+    const Entry& e = table_[index];
+    if (e.serial == 0) continue;
+    // As Remove would set it; a live session may still bump each slot once more.
+    const uint32_t next_gen =
+        e.session != nullptr ? NextGen(NextGen(e.session->max_generation())) : e.next_gen;
+    out.push_back(IndexCounters{index, e.serial, next_gen});
+  }
+  return out;
+}
+
 std::vector<std::shared_ptr<Session>> Registry::Sessions() const {
   std::vector<std::shared_ptr<Session>> out;
   std::shared_lock lock(mu_);

@@ -240,6 +240,18 @@ class Registry {
   template <typename Fn>
   void Walk(OpId after, Fn&& fn) const;
 
+  /// The id counters of one session table index that has held a session.
+  struct IndexCounters {
+    uint32_t index = 0;
+    uint64_t serial = 0;    // sessions opened on it so far
+    uint32_t next_gen = 0;  // op generations of its next session start here
+  };
+  /// The counters of every index used so far, in index order: what a
+  /// successor needs so that no session id or op id named here is ever
+  /// issued again. For a live session's index, next_gen is above every
+  /// generation it has handed out as of the call.
+  std::vector<IndexCounters> Counters() const;
+
   uint64_t live_ops() const;
   /// Ops registered and not finished, over every session.
   uint64_t inflight_ops() const;

@@ -209,6 +209,64 @@ TEST(HandleTableTest, HandlesStayPositiveInt32AsTheirSlotIsReused) {
   }
 }
 
+// What a checkpoint needs of the registry: per index, the sessions opened so
+// far and a generation above every op id issued there, live session or not.
+TEST(RegistryTest, CountersCoverEverySessionAndOpIdIssued) {
+  Registry registry(Registry::Options{.max_sessions = 4});
+  auto a = Open(registry, "a");
+  Op& op = **a->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  const OpId first = op.id();
+  FinishAndRetire(op);
+  Op& second = **a->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  const OpId live = second.id();
+  std::vector<Registry::IndexCounters> counters = registry.Counters();
+  ASSERT_EQ(counters.size(), 1u);
+  EXPECT_EQ(counters[0].index, a->index());
+  EXPECT_EQ(counters[0].serial, 1u);
+  EXPECT_GT(counters[0].next_gen, std::max(first.generation(), live.generation()));
+
+  // Ended, its index's counters stay; reopened there, the serial counts on.
+  FinishAndRetire(second);
+  ASSERT_NE(registry.BeginClose(a->id()), nullptr);
+  counters = registry.Counters();
+  ASSERT_EQ(counters.size(), 1u);
+  EXPECT_EQ(counters[0].serial, 1u);
+  EXPECT_GT(counters[0].next_gen, live.generation());
+  auto b = Open(registry, "b");
+  counters = registry.Counters();
+  uint64_t serials = 0;
+  for (const auto& c : counters) serials += c.serial;
+  EXPECT_EQ(serials, 2u);
+  for (const auto& c : counters) {
+    if (c.index == b->index()) EXPECT_EQ(b->id(), (c.serial << OpId::kSessionBits) | c.index);
+  }
+}
+
+TEST(HandleTableTest, ListsOpenHandlesAndEverySlotsGeneration) {
+  HandleTable table(8);
+  const int a = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const int b = ::open("/dev/null", O_WRONLY | O_APPEND | O_CLOEXEC);
+  const uint32_t ha = *table.Insert(a, "a");
+  const uint32_t hb = *table.Insert(b, "b");
+  ::close(*table.Detach(ha));  // slot 1 moves to its next generation
+  std::vector<HandleTable::Listed> open;
+  std::vector<uint32_t> generations;
+  table.List(&open, &generations);
+  ASSERT_EQ(open.size(), 1u);
+  EXPECT_EQ(open[0].handle, hb);
+  EXPECT_EQ(open[0].fd, b);
+  EXPECT_EQ(open[0].path, "b");
+  EXPECT_TRUE(open[0].stream);  // /dev/null is a character device
+  EXPECT_EQ(open[0].status_flags & O_ACCMODE, O_WRONLY);
+  EXPECT_NE(open[0].status_flags & O_APPEND, 0);
+  ASSERT_EQ(generations.size(), 2u);
+  EXPECT_EQ(generations[0], (ha >> 16) + 1);
+  EXPECT_EQ(generations[1], hb >> 16);
+  // The next open of slot 1 is the generation listed.
+  const uint32_t hc = *table.Insert(::open("/dev/null", O_RDONLY | O_CLOEXEC), "c");
+  EXPECT_EQ(hc, (generations[0] << 16) | 1);
+}
+
 TEST(RegistryTest, ClosingSessionRefusesNewOpsAndLeavesWhenDrained) {
   Registry registry;
   auto s = Open(registry);

@@ -2,10 +2,11 @@
 // user: the test runs as root, and a child process drops to uid/gid 65534
 // (nobody/nogroup) before it connects (peer credentials are taken at
 // connect). That "other user" must not see, get, cancel, keep alive, close
-// or submit into root's sessions and operations, nor drain; its denials are
-// PERMISSION_DENIED and logged. A member of the configured admin group (by
+// or submit into root's sessions and operations, nor drain or take a
+// checkpoint; its denials are PERMISSION_DENIED and logged. A member of the configured admin group (by
 // name, through a supplementary group: SO_PEERGROUPS) may see and cancel
-// everything and drain. The socket file gets the configured group and mode.
+// everything, take a checkpoint holding it, and drain. The socket file gets
+// the configured group and mode.
 #include <gmock/gmock.h>
 #include <grp.h>
 #include <sys/socket.h>
@@ -83,6 +84,9 @@ void ActAsOtherUser(const std::string& socket) {
   auto drain = c.Drain(0);
   EXPECT_EQ(drain.status().code(), denied);
   EXPECT_THAT(std::string(drain.status().message()), HasSubstr("admin"));
+  auto checkpoint = c.GetCheckpoint();
+  EXPECT_EQ(checkpoint.status().code(), denied);
+  EXPECT_THAT(std::string(checkpoint.status().message()), HasSubstr("admin"));
   // Its own session works, under its own uid.
   auto mine = c.OpenSession("nobody's");
   ASSERT_TRUE(mine.ok()) << mine.status();
@@ -106,6 +110,13 @@ void ActAsAdmin(const std::string& socket) {
   auto sessions = c.ListSessions();
   ASSERT_TRUE(sessions.ok());
   EXPECT_FALSE(sessions->empty());
+  auto checkpoint = c.GetCheckpoint();
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  bool in_checkpoint = false;
+  for (const auto& s : checkpoint->sessions()) {
+    for (const auto& o : s.ops()) in_checkpoint |= s.session_id() == session && o.op_id() == op;
+  }
+  EXPECT_TRUE(in_checkpoint) << "an admin's checkpoint holds every session's operations";
   auto cancel = c.Cancel(op);
   ASSERT_TRUE(cancel.ok()) << cancel.status();
   ASSERT_EQ(cancel->outcomes_size(), 1);

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "asyncd/connection.h"
+#include "asyncd/state/v1/state.pb.h"
 #include "asyncd/v1/asyncd.grpc.pb.h"
 
 namespace asyncd::client {
@@ -192,6 +193,10 @@ class Client {
   /// drain goes on.
   [[nodiscard]] absl::StatusOr<v1::DrainResponse> Drain(uint32_t grace_ms,
                                                         const CallOptions& options);
+  /// The checkpoint of the daemon's whole state (admin only), taken without
+  /// stopping it, unsealed. FAILED_PRECONDITION when the daemon writes a
+  /// format newer than this library reads; DATA_LOSS when it does not decode.
+  [[nodiscard]] absl::StatusOr<::asyncd::state::v1::Checkpoint> GetCheckpoint();
 
   /// Streams the events of operations matching `filter` as they happen (no
   /// replay), only those of `types` (empty = all), calling `on_event` for
