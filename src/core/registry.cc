@@ -188,6 +188,7 @@ uint32_t Session::max_generation() const {
   for (uint32_t s = 0; s < n; ++s) {
     Slab* slab = slabs_[s].load(std::memory_order_acquire);
     for (const Op& op : slab->slots) {
+      if (op.session == nullptr) continue;  // tail of a partial last slab
       // Generations grow modulo 2^28 from gen_base_; compare by distance.
       const uint32_t g = op.generation();
       if (((g - gen_base_) & OpId::kGenMask) > ((max_gen - gen_base_) & OpId::kGenMask)) {

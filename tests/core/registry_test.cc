@@ -242,6 +242,22 @@ TEST(RegistryTest, CountersCoverEverySessionAndOpIdIssued) {
   }
 }
 
+// An op limit that is not a multiple of the slab size leaves the last
+// slab's tail without slots: the counters skip it.
+TEST(RegistryTest, CountersOfASessionWithAShortLastSlab) {
+  Registry registry(Registry::Options{.max_ops_per_session = Session::kSlabSlots + 10});
+  auto s = Open(registry);
+  std::vector<Op*> ops;
+  for (uint32_t i = 0; i < Session::kSlabSlots + 10; ++i) {
+    ops.push_back(*s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1));
+  }
+  for (Op* op : ops) FinishAndRetire(*op);
+  ASSERT_EQ(registry.Counters().size(), 1u);
+  EXPECT_EQ(registry.Counters()[0].next_gen, 4u);  // each slot went 1 -> 2; 2 more may follow
+  ASSERT_NE(registry.BeginClose(s->id()), nullptr);
+  EXPECT_EQ(registry.Counters()[0].next_gen, 4u);
+}
+
 TEST(HandleTableTest, ListsOpenHandlesAndEverySlotsGeneration) {
   HandleTable table(8);
   const int a = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
