@@ -70,56 +70,91 @@ Backend* Dispatcher::BackendOf(BackendKind kind) const {
   return nullptr;
 }
 
-absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& request, int64_t now) {
+absl::StatusOr<HandleTable::Use> Dispatcher::AcquireHandle(Session& session,
+                                                           const OpRequest& request) {
   // First: a closing session has closed its handles too, and an op on its
   // way when the session ended must say so, not that its handle is unknown.
   if (session.closing()) {
     return absl::FailedPreconditionError(absl::StrCat("session ", session.id(), " is closing"));
   }
+  if (!UsesHandle(request)) return HandleTable::Use{};
+  return session.handles().Acquire(request.handle);
+}
+
+absl::StatusOr<Op*> Dispatcher::Prepare(Session& session, const OpRequest& request, int64_t now) {
+  absl::StatusOr<HandleTable::Use> use = AcquireHandle(session, request);
+  if (!use.ok()) return use.status();
   const bool uses_handle = UsesHandle(request);
-  HandleTable::Use use;
-  if (uses_handle) {
-    absl::StatusOr<HandleTable::Use> acquired = session.handles().Acquire(request.handle);
-    if (!acquired.ok()) return acquired.status();
-    use = *acquired;
-  }
   // A handle op shows the path its handle was opened with (Snapshot falls
   // back to "h:<handle>"); a path op its path.
-  std::string_view target = use.path;
+  std::string_view target = use->path;
   if (!uses_handle && request.params.path != nullptr) {
     target = request.shown_path != nullptr ? request.shown_path : request.params.path;
   }
   const bool creates =
       request.kind == OpKind::kOpen && (request.params.flags & (O_CREAT | O_TRUNC)) != 0;
-  absl::StatusOr<Op*> registered =
-      session.Register(request.kind, SafetyOf(request.kind, creates, use.stream),
-                       uses_handle ? request.handle : 0, target, now, request.tag,
-                       request.params.deadline_ns);
+  absl::StatusOr<Op*> registered = session.Register(
+      request.kind, SafetyOf(request.kind, creates, use->stream), uses_handle ? request.handle : 0,
+      target, now, request.tag, request.params.deadline_ns);
   if (!registered.ok()) {
     if (uses_handle) session.handles().Release(request.handle);
     return registered.status();
   }
-  Op* op = *registered;
-  op->head->may_block.store(MayBlock(request.kind, use.stream && !use.nonblock),
-                      std::memory_order_relaxed);
-  op->params = request.params;
+  Fill(session, **registered, request, *use);
+  return *registered;
+}
+
+absl::StatusOr<Op*> Dispatcher::PrepareRestored(Session& session, OpId id,
+                                                const OpRequest& request) {
+  Op* op =
+      id.session_index() == session.index() ? session.Find(id.slot(), id.generation()) : nullptr;
+  if (op == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no operation ", id.value, " in session ", session.id()));
+  }
+  // Restored and never submitted: still queued, with no backend.
+  if (op->state() != OpState::kQueued ||
+      op->head->backend.load(std::memory_order_relaxed) != BackendKind::kNone) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("operation ", id.value, " was submitted already"));
+  }
+  if (op->head->kind.load(std::memory_order_relaxed) != request.kind ||
+      op->head->handle.load(std::memory_order_relaxed) !=
+          (UsesHandle(request) ? request.handle : 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("operation ", id.value, ": the request is not the restored one"));
+  }
+  absl::StatusOr<HandleTable::Use> use = AcquireHandle(session, request);
+  if (!use.ok()) {
+    Abandon(*op);
+    return use.status();
+  }
+  Fill(session, *op, request, *use);
+  return op;
+}
+
+void Dispatcher::Fill(Session& session, Op& op, const OpRequest& request,
+                      const HandleTable::Use& use) {
+  const bool uses_handle = UsesHandle(request);
+  op.head->may_block.store(MayBlock(request.kind, use.stream && !use.nonblock),
+                           std::memory_order_relaxed);
+  op.params = request.params;
   // Set-id and sticky bits are never created, whoever calls core: seccomp
   // (systemd's RestrictSUIDSGID=) does not see io_uring's openat2.
-  if (request.kind == OpKind::kOpen || request.kind == OpKind::kMkdir) op->params.mode &= 0777;
-  op->params.fd = use.fd;
-  op->params.stream = use.stream;
-  if (op->params.dirfd < 0) op->params.dirfd = root_fd_;
-  op->sink = request.sink;
-  op->cookie = request.cookie;
-  op->holds_handle = uses_handle;
-  op->backend_data[0] = op->backend_data[1] = 0;
+  if (request.kind == OpKind::kOpen || request.kind == OpKind::kMkdir) op.params.mode &= 0777;
+  op.params.fd = use.fd;
+  op.params.stream = use.stream;
+  if (op.params.dirfd < 0) op.params.dirfd = root_fd_;
+  op.sink = request.sink;
+  op.cookie = request.cookie;
+  op.holds_handle = uses_handle;
+  op.backend_data[0] = op.backend_data[1] = 0;
   if (request.kind == OpKind::kClose) {
     // The handle disappears now; the descriptor closes when its last user is done.
     absl::StatusOr<int> detached = session.handles().Detach(request.handle);
-    op->holds_handle = false;
-    op->params.fd = detached.ok() ? *detached : -1;
+    op.holds_handle = false;
+    op.params.fd = detached.ok() ? *detached : -1;
   }
-  return op;
 }
 
 void Dispatcher::Abandon(Op& op) {
@@ -144,6 +179,14 @@ absl::StatusOr<OpId> Dispatcher::Submit(Session& session, const OpRequest& reque
   return out;
 }
 
+absl::StatusOr<OpId> Dispatcher::SubmitRestored(Session& session, OpId id,
+                                                const OpRequest& request) {
+  absl::StatusOr<OpId> out;
+  SubmitBatch(session, std::span<const OpRequest>(&request, 1),
+              std::span<absl::StatusOr<OpId>>(&out, 1), false, &id);
+  return out;
+}
+
 absl::StatusOr<OpId> Dispatcher::RunOrSubmit(Session& session, const OpRequest& request) {
   absl::StatusOr<OpId> out;
   SubmitBatch(session, std::span<const OpRequest>(&request, 1),
@@ -157,7 +200,8 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
 }
 
 void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> requests,
-                             std::span<absl::StatusOr<OpId>> out, bool run_inline) {
+                             std::span<absl::StatusOr<OpId>> out, bool run_inline,
+                             const OpId* restored) {
   ASYNCD_CHECK(out.size() >= requests.size());
   constexpr size_t kChunk = 64;
   const int64_t now = MonoNanos();
@@ -180,7 +224,9 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
     p.n = 0;
   };
   for (size_t i = 0; i < requests.size(); ++i) {
-    absl::StatusOr<Op*> prepared = Prepare(session, requests[i], now);
+    absl::StatusOr<Op*> prepared = restored != nullptr
+                                       ? PrepareRestored(session, *restored, requests[i])
+                                       : Prepare(session, requests[i], now);
     if (!prepared.ok()) {
       out[i] = prepared.status();
       continue;

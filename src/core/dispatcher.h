@@ -80,6 +80,19 @@ class Dispatcher final : public OpCompleter {
   /// returns. Otherwise as Submit.
   [[nodiscard]] absl::StatusOr<OpId> RunOrSubmit(Session& session, const OpRequest& request);
 
+  /// Submit for an op Session::Restore registered: `request` gives what
+  /// Register does not keep (params, sink, cookie); its kind and handle must
+  /// be the op's. Call it once per restored op, from the restoring thread,
+  /// after every op of the session is restored. Returns `id`.
+  /// Errors about the op itself change nothing: NOT_FOUND no such live op in
+  /// `session`, FAILED_PRECONDITION it was submitted already,
+  /// INVALID_ARGUMENT the request's kind or handle is not the op's. Refused
+  /// as Submit refuses (session closing, unknown handle, backend full), the
+  /// op ends without a completion, as a refused Submit leaves none: the
+  /// caller tells its client. On success as Submit.
+  [[nodiscard]] absl::StatusOr<OpId> SubmitRestored(Session& session, OpId id,
+                                                    const OpRequest& request);
+
   /// The same for many ops, handing each backend its share in one batch.
   /// out[i] receives ops[i]'s id or why it was refused.
   void SubmitBatch(Session& session, std::span<const OpRequest> requests,
@@ -111,12 +124,21 @@ class Dispatcher final : public OpCompleter {
   Backend* BackendOf(BackendKind kind) const;
   // Registers and fills; the op is kQueued and not yet handed to anyone.
   absl::StatusOr<Op*> Prepare(Session& session, const OpRequest& request, int64_t now);
+  // Prepare for the restored op `id`: fills it (see SubmitRestored).
+  absl::StatusOr<Op*> PrepareRestored(Session& session, OpId id, const OpRequest& request);
+  // The session is open and the request's handle, if it uses one, is held.
+  absl::StatusOr<HandleTable::Use> AcquireHandle(Session& session, const OpRequest& request);
+  // Sets what a backend needs of the registered `op`; it takes over the
+  // reference AcquireHandle took.
+  void Fill(Session& session, Op& op, const OpRequest& request, const HandleTable::Use& use);
   // Undoes Prepare for an op no backend took: nothing was run or reported.
   void Abandon(Op& op);
   // Ends an op without a backend (a close whose descriptor is still in use).
   void CompleteInline(Op& op, int64_t result);
+  // `restored`: the one request is for that restored op, not a new one.
   void SubmitBatch(Session& session, std::span<const OpRequest> requests,
-                   std::span<absl::StatusOr<OpId>> out, bool run_inline);
+                   std::span<absl::StatusOr<OpId>> out, bool run_inline,
+                   const OpId* restored = nullptr);
 
   Registry& registry_;
   const int root_fd_;

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -26,13 +28,29 @@ HandleTable::Entry* HandleTable::Find(uint32_t handle) {
   return &e;
 }
 
-absl::StatusOr<uint32_t> HandleTable::Insert(int fd, std::string_view path) {
+HandleTable::FdTraits HandleTable::Inspect(int fd) {
   struct stat st;
-  const bool stream = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) &&
-                      !S_ISBLK(st.st_mode);
-  // Clients cannot change a handle's flags, so this holds for its life.
   const int fl = fcntl(fd, F_GETFL);
-  const bool nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0;
+  return FdTraits{.stream = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) &&
+                            !S_ISBLK(st.st_mode),
+                  .nonblock = fl >= 0 && (fl & O_NONBLOCK) != 0,
+                  .status_flags = fl >= 0 ? fl : 0};
+}
+
+void HandleTable::OpenLocked(Entry& e, int fd, const FdTraits& traits,
+                             std::unique_ptr<const std::string> path) {
+  e.fd = fd;
+  e.refs = 0;
+  e.open = true;
+  e.stream = traits.stream;
+  e.nonblock = traits.nonblock;
+  e.status_flags = traits.status_flags;
+  e.path = std::move(path);
+  ++open_;
+}
+
+absl::StatusOr<uint32_t> HandleTable::Insert(int fd, std::string_view path) {
+  const FdTraits traits = Inspect(fd);
   auto owned_path = std::make_unique<const std::string>(path);
   std::lock_guard lock(mu_);
   if (closed_) {
@@ -54,15 +72,67 @@ absl::StatusOr<uint32_t> HandleTable::Insert(int fd, std::string_view path) {
         absl::StrCat("session holds the maximum of ", max_handles_, " handles"));
   }
   Entry& e = entries_[index - 1];
-  e.fd = fd;
-  e.refs = 0;
-  e.open = true;
-  e.stream = stream;
-  e.nonblock = nonblock;
-  e.status_flags = fl >= 0 ? fl : 0;
-  e.path = std::move(owned_path);
-  ++open_;
+  OpenLocked(e, fd, traits, std::move(owned_path));
   return (uint32_t{e.gen} << 16) | index;
+}
+
+absl::Status HandleTable::Restore(std::span<const uint32_t> slot_generations,
+                                  std::span<const RestoredHandle> handles) {
+  if (slot_generations.size() > max_handles_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(slot_generations.size(), " handle slots, over the limit of ", max_handles_));
+  }
+  for (size_t i = 0; i < slot_generations.size(); ++i) {
+    if (slot_generations[i] > kGenMask) {
+      return absl::InvalidArgumentError(absl::StrCat("handle slot ", i + 1, " has generation ",
+                                                     slot_generations[i], ", over 15 bits"));
+    }
+  }
+  std::vector<bool> named(slot_generations.size());
+  std::vector<int> fds;
+  fds.reserve(handles.size());
+  for (const RestoredHandle& h : handles) {
+    const uint32_t slot = h.handle & 0xffff;
+    if (slot == 0 || slot > slot_generations.size() ||
+        h.handle >> 16 != slot_generations[slot - 1]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("handle ", h.handle, " is not the handle of any of the slots"));
+    }
+    if (named[slot - 1]) {
+      return absl::InvalidArgumentError(absl::StrCat("handle slot ", slot, " named twice"));
+    }
+    named[slot - 1] = true;
+    if (h.fd < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("handle ", h.handle, ": no descriptor"));
+    }
+    fds.push_back(h.fd);
+  }
+  // One descriptor in two handles would be closed twice.
+  std::sort(fds.begin(), fds.end());
+  if (auto twice = std::adjacent_find(fds.begin(), fds.end()); twice != fds.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("descriptor ", *twice, " named twice"));
+  }
+  std::vector<FdTraits> traits;
+  traits.reserve(handles.size());
+  for (const RestoredHandle& h : handles) traits.push_back(Inspect(h.fd));
+
+  std::lock_guard lock(mu_);
+  if (!entries_.empty() || closed_) {
+    return absl::FailedPreconditionError("handles are restored only into an unused table");
+  }
+  entries_.resize(slot_generations.size());
+  for (size_t i = 0; i < slot_generations.size(); ++i) {
+    entries_[i].gen = static_cast<uint16_t>(slot_generations[i]);
+  }
+  for (size_t i = 0; i < handles.size(); ++i) {
+    OpenLocked(entries_[(handles[i].handle & 0xffff) - 1], handles[i].fd, traits[i],
+               std::make_unique<const std::string>(handles[i].path));
+  }
+  // Lowest slot on top: Insert takes it first.
+  for (uint32_t slot = static_cast<uint32_t>(entries_.size()); slot > 0; --slot) {
+    if (entries_[slot - 1].fd < 0) free_.push_back(slot);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<HandleTable::Use> HandleTable::Acquire(uint32_t handle) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -74,6 +75,27 @@ class HandleTable {
   /// table's lock.
   void List(std::vector<Listed>* open, std::vector<uint32_t>* slot_generations) const;
 
+  /// One handle to restore: its number, and the descriptor it names now.
+  struct RestoredHandle {
+    uint32_t handle = 0;
+    int fd = -1;
+    std::string path;
+  };
+  /// Takes over a predecessor's List(): slot i + 1 gets generation
+  /// slot_generations[i], each handle its exact number and its descriptor,
+  /// learnt from the descriptor as Insert does (stream, O_NONBLOCK, status
+  /// flags). Handles are then acquired, detached and listed as before the
+  /// restart; the other slots are free, and Insert hands them out in the
+  /// generation given. On success the table owns every descriptor; on error
+  /// it owns none (the caller closes them) and nothing changed.
+  /// FAILED_PRECONDITION unless the table has never held a handle (nor
+  /// closed). INVALID_ARGUMENT for more slots than max_handles, a generation
+  /// over 15 bits, a handle whose slot is 0 or past the slots or whose
+  /// generation is not its slot's, a slot or a descriptor named twice, or a
+  /// negative descriptor.
+  [[nodiscard]] absl::Status Restore(std::span<const uint32_t> slot_generations,
+                                     std::span<const RestoredHandle> handles);
+
  private:
   static constexpr uint16_t kGenMask = 0x7fff;  // 15 bits: handles stay below 2^31
   struct Entry {
@@ -87,6 +109,17 @@ class HandleTable {
     // Heap-held so Use::path survives the table growing.
     std::unique_ptr<const std::string> path;
   };
+  // What a handle keeps of its descriptor. Clients cannot change a handle's
+  // flags, so it holds for the handle's life.
+  struct FdTraits {
+    bool stream = false;
+    bool nonblock = false;
+    int status_flags = 0;
+  };
+  static FdTraits Inspect(int fd);
+  // Fills the free entry `e` with an open handle; under mu_.
+  void OpenLocked(Entry& e, int fd, const FdTraits& traits,
+                  std::unique_ptr<const std::string> path);
   Entry* Find(uint32_t handle);
   // Frees the entry's slot; the next handle in it gets a new generation.
   void FreeLocked(Entry& e);

@@ -34,6 +34,7 @@ Session::Session(Registry* registry, uint32_t index, uint64_t id, uint32_t gen_b
       max_slots_(std::min(max_ops, OpId::kMaxSlots)),
       created_ns_(MonoNanos()),
       slabs_(new std::atomic<Slab*>[(max_slots_ + kSlabSlots - 1) / kSlabSlots]),
+      oldest_gen_(gen_base),
       handles_(max_handles) {
   const uint32_t n = (max_slots_ + kSlabSlots - 1) / kSlabSlots;
   for (uint32_t i = 0; i < n; ++i) slabs_[i].store(nullptr, std::memory_order_relaxed);
@@ -49,15 +50,15 @@ Op& Session::SlotAt(uint32_t slot) const {
   return slab->slots[slot % kSlabSlots];
 }
 
-bool Session::Grow() {
-  std::lock_guard lock(grow_mu_);
-  if (free_head_.load(std::memory_order_acquire) & 0xffffffffu) return true;  // someone grew
+uint32_t Session::SlabSlots(uint32_t slab) const {
+  return std::min(kSlabSlots, max_slots_ - slab * kSlabSlots);
+}
+
+Session::Slab* Session::AddSlab() {
   const uint32_t n = slab_count_.load(std::memory_order_relaxed);
-  if (uint64_t{n} * kSlabSlots >= max_slots_) return false;
   auto* slab = new Slab;
   const uint32_t first = n * kSlabSlots;
-  const uint32_t count = std::min(kSlabSlots, max_slots_ - first);
-  for (uint32_t i = 0; i < count; ++i) {
+  for (uint32_t i = 0; i < SlabSlots(n); ++i) {
     Op& op = slab->slots[i];
     op.head = &slab->heads[i];
     op.slot_index = first + i;
@@ -66,8 +67,17 @@ bool Session::Grow() {
   }
   slabs_[n].store(slab, std::memory_order_release);
   slab_count_.store(n + 1, std::memory_order_release);
+  return slab;
+}
+
+bool Session::Grow() {
+  std::lock_guard lock(grow_mu_);
+  if (free_head_.load(std::memory_order_acquire) & 0xffffffffu) return true;  // someone grew
+  const uint32_t n = slab_count_.load(std::memory_order_relaxed);
+  if (uint64_t{n} * kSlabSlots >= max_slots_) return false;
+  Slab* slab = AddSlab();
   // Push the new slots in reverse so the lowest index is taken first.
-  for (uint32_t i = count; i-- > 0;) PushFree(slab->slots[i]);
+  for (uint32_t i = SlabSlots(n); i-- > 0;) PushFree(slab->slots[i]);
   return true;
 }
 
@@ -116,30 +126,119 @@ absl::StatusOr<Op*> Session::Register(OpKind kind, CancelSafety safety, uint32_t
     }
     op = PopFree();
   }
+  Describe(*op, op->generation(), kind, safety, handle, target, now_ns, tag, deadline_ns);
+  return op;
+}
+
+void Session::Describe(Op& op, uint32_t gen, OpKind kind, CancelSafety safety, uint32_t handle,
+                       std::string_view target, int64_t now_ns, uint64_t tag, int64_t deadline_ns) {
   // Pairs with the acquire fence in Snapshot: a reader that sees any field
   // written below also sees this slot's retirement (the generation change).
   std::atomic_thread_fence(std::memory_order_release);
-  const uint64_t w = op->head->word.load(std::memory_order_relaxed);
-  ASYNCD_CHECK(OpWord::State(w) == OpState::kFree);
-  op->head->kind.store(kind, std::memory_order_relaxed);
-  op->head->backend.store(BackendKind::kNone, std::memory_order_relaxed);
-  op->head->safety.store(safety, std::memory_order_relaxed);
-  op->head->may_block.store(MayBlock(kind, /*blocking_stream=*/false), std::memory_order_relaxed);
-  op->head->handle.store(handle, std::memory_order_relaxed);
-  op->head->submitted_ns.store(now_ns, std::memory_order_relaxed);
-  op->dispatched_ns.store(0, std::memory_order_relaxed);
-  op->started_ns.store(0, std::memory_order_relaxed);
-  op->cancel_requested_ns.store(0, std::memory_order_relaxed);
-  op->finished_ns.store(0, std::memory_order_relaxed);
-  op->result.store(0, std::memory_order_relaxed);
-  op->bytes_done.store(0, std::memory_order_relaxed);
-  op->tag.store(tag, std::memory_order_relaxed);
-  op->deadline_ms.store(DeadlineMs(deadline_ns, now_ns), std::memory_order_relaxed);
-  op->SetTarget(target);
-  op->sink = nullptr;
-  op->holds_handle = false;
-  op->head->word.store(OpWord::Make(OpWord::Gen(w), OpState::kQueued), std::memory_order_release);
-  return op;
+  ASYNCD_CHECK(OpWord::State(op.head->word.load(std::memory_order_relaxed)) == OpState::kFree);
+  op.head->kind.store(kind, std::memory_order_relaxed);
+  op.head->backend.store(BackendKind::kNone, std::memory_order_relaxed);
+  op.head->safety.store(safety, std::memory_order_relaxed);
+  op.head->may_block.store(MayBlock(kind, /*blocking_stream=*/false), std::memory_order_relaxed);
+  op.head->handle.store(handle, std::memory_order_relaxed);
+  op.head->submitted_ns.store(now_ns, std::memory_order_relaxed);
+  op.dispatched_ns.store(0, std::memory_order_relaxed);
+  op.started_ns.store(0, std::memory_order_relaxed);
+  op.cancel_requested_ns.store(0, std::memory_order_relaxed);
+  op.finished_ns.store(0, std::memory_order_relaxed);
+  op.result.store(0, std::memory_order_relaxed);
+  op.bytes_done.store(0, std::memory_order_relaxed);
+  op.tag.store(tag, std::memory_order_relaxed);
+  op.deadline_ms.store(DeadlineMs(deadline_ns, now_ns), std::memory_order_relaxed);
+  op.SetTarget(target);
+  op.sink = nullptr;
+  op.holds_handle = false;
+  op.head->word.store(OpWord::Make(gen, OpState::kQueued), std::memory_order_release);
+}
+
+// While ops are restored the free list holds every free slot of the grown
+// slabs in ascending order, so a slot's predecessor on it is the highest
+// free slot below it. A restored slot is off the list and its link spare:
+// it points down to where that search goes on, shortened as it is followed.
+uint32_t Session::FreeBelow(uint32_t slot) {
+  uint32_t found = slot;
+  while (found != 0 && SlotAt(found - 1).state() != OpState::kFree) {
+    found = SlotAt(found - 1).next_free.load(std::memory_order_relaxed);
+  }
+  for (uint32_t at = slot; at != found;) {
+    Op& op = SlotAt(at - 1);
+    at = op.next_free.load(std::memory_order_relaxed);
+    op.next_free.store(found, std::memory_order_relaxed);
+  }
+  return found;
+}
+
+absl::StatusOr<Op*> Session::Restore(OpId id, OpKind kind, CancelSafety safety, uint32_t handle,
+                                     std::string_view target, int64_t now_ns, uint64_t tag,
+                                     int64_t deadline_ns) {
+  std::lock_guard lock(grow_mu_);
+  const uint64_t head = free_head_.load(std::memory_order_acquire);
+  if (static_cast<uint32_t>(head >> 32) != restore_tag_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", id_, " is in use: its ops can no longer be restored"));
+  }
+  if (closing()) return absl::FailedPreconditionError(absl::StrCat("session ", id_, " is closing"));
+  const uint32_t slot = id.slot();
+  const uint32_t gen = id.generation();
+  if (id.session_index() != index_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("operation ", id.value, " is not of session ", id_, " (index ", index_, ")"));
+  }
+  if (slot >= max_slots_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("operation ", id.value, ": slot ", slot, " over the limit of ", max_slots_));
+  }
+  if (gen == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("operation ", id.value, ": generation 0 is never issued"));
+  }
+  const uint32_t grown = slab_count_.load(std::memory_order_relaxed) * kSlabSlots;
+  if (slot < grown && SlotAt(slot).state() != OpState::kFree) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("operation ", id.value, ": slot ", slot, " holds an operation"));
+  }
+
+  uint32_t top = static_cast<uint32_t>(head);
+  while (slab_count_.load(std::memory_order_relaxed) * kSlabSlots <= slot) {
+    const uint32_t n = slab_count_.load(std::memory_order_relaxed);
+    const uint32_t first = n * kSlabSlots;
+    const uint32_t count = SlabSlots(n);
+    Slab* slab = AddSlab();
+    for (uint32_t i = 0; i < count; ++i) {
+      slab->slots[i].next_free.store(i + 1 < count ? first + i + 2 : 0, std::memory_order_relaxed);
+    }
+    // Appended: every slot already on the list is below this slab.
+    if (const uint32_t tail = FreeBelow(first); tail != 0) {
+      SlotAt(tail - 1).next_free.store(first + 1, std::memory_order_relaxed);
+    } else {
+      top = first + 1;
+    }
+  }
+  Op& op = SlotAt(slot);
+  const uint32_t next = op.next_free.load(std::memory_order_relaxed);
+  if (const uint32_t before = FreeBelow(slot); before != 0) {
+    SlotAt(before - 1).next_free.store(next, std::memory_order_relaxed);
+  } else {
+    top = next;  // the lowest free slot heads the list
+  }
+  op.next_free.store(slot, std::memory_order_relaxed);  // search on from slot - 1
+  ++restore_tag_;
+  free_head_.store((uint64_t{restore_tag_} << 32) | top, std::memory_order_release);
+
+  // The predecessor issued `gen` below this session's first generation; its
+  // slot goes on from there, so max_generation must count from it.
+  const uint32_t oldest = oldest_gen_.load(std::memory_order_relaxed);
+  if (((oldest - gen) & OpId::kGenMask) < (OpId::kGenMask >> 1)) {
+    oldest_gen_.store(gen, std::memory_order_relaxed);
+  }
+  state_.fetch_add(1, std::memory_order_acq_rel);
+  Describe(op, gen, kind, safety, handle, target, now_ns, tag, deadline_ns);
+  return &op;
 }
 
 void Session::Retire(Op& op) {
@@ -183,15 +282,17 @@ void Session::ForEachSlot(const std::function<void(Op&)>& fn) {
 }
 
 uint32_t Session::max_generation() const {
+  // Slabs not yet grown will start at gen_base_: it is the least answer.
   uint32_t max_gen = gen_base_;
+  const uint32_t oldest = oldest_gen_.load(std::memory_order_relaxed);
   const uint32_t n = slab_count_.load(std::memory_order_acquire);
   for (uint32_t s = 0; s < n; ++s) {
     Slab* slab = slabs_[s].load(std::memory_order_acquire);
     for (const Op& op : slab->slots) {
       if (op.session == nullptr) continue;  // tail of a partial last slab
-      // Generations grow modulo 2^28 from gen_base_; compare by distance.
+      // Generations grow modulo 2^28 from the oldest; compare by distance.
       const uint32_t g = op.generation();
-      if (((g - gen_base_) & OpId::kGenMask) > ((max_gen - gen_base_) & OpId::kGenMask)) {
+      if (((g - oldest) & OpId::kGenMask) > ((max_gen - oldest) & OpId::kGenMask)) {
         max_gen = g;
       }
     }
@@ -218,6 +319,7 @@ absl::StatusOr<std::shared_ptr<Session>> Registry::OpenSession(ClientInfo client
   }
   const uint32_t index = free_.back();
   free_.pop_back();
+  opened_ = true;
   Entry& e = table_[index];
   ++e.serial;
   // The session id carries the table index in its low bits for O(1) lookup
@@ -226,6 +328,67 @@ absl::StatusOr<std::shared_ptr<Session>> Registry::OpenSession(ClientInfo client
   e.session = std::make_shared<Session>(this, index, id, e.next_gen, std::move(client),
                                         options_.max_ops_per_session,
                                         options_.max_handles_per_session);
+  ++open_;
+  return e.session;
+}
+
+absl::Status Registry::RestoreCounters(std::span<const IndexCounters> counters) {
+  std::unique_lock lock(mu_);
+  if (opened_ || restored_counters_) {
+    return absl::FailedPreconditionError(
+        "id counters are restored once, before any session is opened");
+  }
+  std::vector<bool> named(table_.size());
+  for (const IndexCounters& c : counters) {
+    const std::string at = absl::StrCat("session index ", c.index);
+    if (c.index >= table_.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": over the limit of ", table_.size(), " sessions"));
+    }
+    if (named[c.index]) return absl::InvalidArgumentError(absl::StrCat(at, ": named twice"));
+    named[c.index] = true;
+    // The serial must leave room for its successors in a session id's 48 bits.
+    if (c.serial == 0 || c.serial >= (uint64_t{1} << (64 - OpId::kSessionBits)) - 1) {
+      return absl::InvalidArgumentError(absl::StrCat(at, ": serial ", c.serial, " out of range"));
+    }
+    if (c.next_gen == 0 || c.next_gen > OpId::kGenMask) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": generation ", c.next_gen, " is not one an op id can carry"));
+    }
+  }
+  for (const IndexCounters& c : counters) {
+    table_[c.index].serial = c.serial;
+    table_[c.index].next_gen = c.next_gen;
+  }
+  restored_counters_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Session>> Registry::RestoreSession(uint64_t session_id,
+                                                                  ClientInfo client) {
+  const uint32_t index = static_cast<uint32_t>(session_id & (OpId::kMaxSessions - 1));
+  const uint64_t serial = session_id >> OpId::kSessionBits;
+  std::unique_lock lock(mu_);
+  if (index >= table_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("session ", session_id, ": index ", index,
+                                                   " over the limit of ", table_.size()));
+  }
+  Entry& e = table_[index];
+  if (serial == 0 || serial > e.serial) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session ", session_id, " was not issued by the restored id counters"));
+  }
+  if (e.session != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, ": index ", index,
+                                                      " holds session ", e.session->id()));
+  }
+  const auto in_free = std::find(free_.begin(), free_.end(), index);
+  ASYNCD_CHECK(in_free != free_.end());  // an index without a session is free
+  free_.erase(in_free);
+  opened_ = true;
+  e.session =
+      std::make_shared<Session>(this, index, session_id, e.next_gen, std::move(client),
+                                options_.max_ops_per_session, options_.max_handles_per_session);
   ++open_;
   return e.session;
 }

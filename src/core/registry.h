@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -95,6 +96,24 @@ class Session : public std::enable_shared_from_this<Session> {
   [[nodiscard]] absl::StatusOr<Op*> Register(OpKind kind, CancelSafety safety, uint32_t handle,
                                              std::string_view target, int64_t now_ns,
                                              uint64_t tag = 0, int64_t deadline_ns = 0);
+  /// Registers a queued op in exactly slot id.slot(), generation
+  /// id.generation(): an op a predecessor daemon had in flight, with the
+  /// description Register takes. It runs once handed to a backend
+  /// (Dispatcher::SubmitRestored); a cancel or its session's close takes
+  /// effect only then.
+  ///
+  /// Only while nobody else uses the session: the restoring thread calls it
+  /// for every op of the session before the session is published or any of
+  /// its ops is submitted. It takes the slot off the free list without
+  /// atomics, which a concurrent Register or Retire would corrupt; once
+  /// either has run it answers FAILED_PRECONDITION, as for a closing
+  /// session. INVALID_ARGUMENT for an id of another session index, a slot at
+  /// or over the op limit, generation 0 (never issued), or a slot holding an
+  /// op. Allocates the slabs up to the slot. On error nothing changed.
+  [[nodiscard]] absl::StatusOr<Op*> Restore(OpId id, OpKind kind, CancelSafety safety,
+                                            uint32_t handle, std::string_view target,
+                                            int64_t now_ns, uint64_t tag = 0,
+                                            int64_t deadline_ns = 0);
   /// Returns a finished op's slot to the free list. Called once, after its
   /// completion was delivered. Any thread. Lock-free, allocates nothing.
   void Retire(Op& op);
@@ -143,8 +162,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   Op& SlotAt(uint32_t slot) const;
   bool Grow();  // adds a slab; false at the limit
+  Slab* AddSlab();  // under grow_mu_: a slab of free slots, not yet on the free list
+  uint32_t SlabSlots(uint32_t slab) const;  // slots in slab number `slab` (the last may be short)
   void PushFree(Op& op);
   Op* PopFree();
+  // Writes the description of the free slot `op` and publishes it kQueued in `gen`.
+  void Describe(Op& op, uint32_t gen, OpKind kind, CancelSafety safety, uint32_t handle,
+                std::string_view target, int64_t now_ns, uint64_t tag, int64_t deadline_ns);
+  // Restore only: the highest free slot below `slot`, plus one (0 = none).
+  uint32_t FreeBelow(uint32_t slot);
 
   // Drops one live count; whoever leaves a closing session with none removes
   // it from the registry (a refused Register may do so a second time: harmless).
@@ -174,6 +200,13 @@ class Session : public std::enable_shared_from_this<Session> {
   std::mutex grow_mu_;
   std::unique_ptr<std::atomic<Slab*>[]> slabs_;
   std::atomic<uint32_t> slab_count_{0};
+
+  // The oldest generation a slot may hold: gen_base_, or a restored op's,
+  // which the predecessor issued below it. max_generation counts from here.
+  std::atomic<uint32_t> oldest_gen_;
+  // The free list's ABA tag as Restore last left it: another value means
+  // Register or Retire has used the list since, and Restore may not.
+  uint32_t restore_tag_ = 0;
 
   HandleTable handles_;
 };
@@ -251,6 +284,26 @@ class Registry {
   /// issued again. For a live session's index, next_gen is above every
   /// generation it has handed out as of the call.
   std::vector<IndexCounters> Counters() const;
+  /// Takes over a predecessor's Counters(): OpenSession on such an index then
+  /// issues serial + 1, with op generations from next_gen, so no session id
+  /// or op id the predecessor issued is issued again. Once, on a registry
+  /// that has not opened or restored a session: FAILED_PRECONDITION
+  /// otherwise. INVALID_ARGUMENT, naming the index, for an index at or over
+  /// max_sessions or named twice, serial 0 or leaving its successor no room
+  /// in a session id's 48 bits, next_gen 0 or over 28 bits. On error
+  /// nothing changed. Takes the table lock.
+  [[nodiscard]] absl::Status RestoreCounters(std::span<const IndexCounters> counters);
+  /// Opens a session with exactly `session_id`, one the predecessor issued
+  /// (its serial at most its index's restored serial, see RestoreCounters);
+  /// its ops' generations start at the index's next_gen. Then it is as any
+  /// open session: FindSession, Issued, BeginClose. INVALID_ARGUMENT for
+  /// serial 0 or above the index's serial, or an index at or over
+  /// max_sessions; FAILED_PRECONDITION when the index holds a session. Its
+  /// handles and ops are restored through the session
+  /// (HandleTable::Restore, Session::Restore) before it is published.
+  /// O(max_sessions); takes the table lock.
+  [[nodiscard]] absl::StatusOr<std::shared_ptr<Session>> RestoreSession(uint64_t session_id,
+                                                                        ClientInfo client);
 
   uint64_t live_ops() const;
   /// Ops registered and not finished, over every session.
@@ -275,6 +328,8 @@ class Registry {
   std::vector<Entry> table_;
   std::vector<uint32_t> free_;
   uint32_t open_ = 0;
+  bool restored_counters_ = false;
+  bool opened_ = false;  // a session was opened or restored here
 };
 
 template <typename Fn>
