@@ -21,6 +21,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/handover.h"
+#include "daemon/passed_fds.h"
 
 namespace asyncd::daemon {
 namespace {
@@ -217,10 +219,25 @@ std::optional<PeerCred> UnixListener::Lookup(const std::string& peer) const {
   return it->second;
 }
 
+std::optional<int> TakeActivatedSocket() {
+  std::optional<int> stray;
+  for (const PassedFd& passed : UntakenPassedFds()) {
+    if (passed.name == kHandoverFdName) continue;
+    if (sd_is_socket(passed.fd, AF_UNSPEC, 0, -1) > 0) {
+      if (TakePassedFdAt(passed.fd)) return passed.fd;
+    } else if (!stray) {
+      stray = passed.fd;
+    }
+  }
+  if (stray && TakePassedFdAt(*stray)) return stray;
+  return std::nullopt;
+}
+
 size_t CloseActivatedConnections(size_t max) {
-  const int n = sd_listen_fds(0);
   size_t closed = 0;
-  for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
+  for (const PassedFd& passed : UntakenPassedFds()) {
+    if (passed.name == kHandoverFdName) continue;
+    const int fd = passed.fd;
     // Unix sockets only: an aborted connection there cannot leave accept()
     // blocking between poll and accept, as one on TCP can. poll first: the
     // descriptor is shared with systemd, so its blocking mode is left alone.

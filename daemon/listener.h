@@ -76,11 +76,22 @@ class UnixListener {
   std::unordered_map<int, PeerCred> peers_;
 };
 
+/// Takes the socket systemd passed for socket activation (asyncd.socket) from
+/// the passed descriptors (daemon/passed_fds.h); the caller owns it and
+/// adopts it with UnixListener::Adopt. The descriptor store's entries travel
+/// in the same range, so the first socket not named kHandoverFdName is taken,
+/// whatever its place. A passed descriptor that is no socket and not the
+/// store's is a misconfigured unit: it is taken for Adopt to refuse by
+/// number, rather than silently binding a path of our own. nullopt when
+/// systemd passed nothing else.
+std::optional<int> TakeActivatedSocket();
+
 /// For a daemon that will not serve (its config is bad): accepts and closes
-/// the connections already pending on every listening unix stream socket systemd
-/// passed (sd_listen_fds), at most `max` per socket, without waiting. A
-/// connection left pending would make systemd start the daemon again at once,
-/// until the start limit fails asyncd.socket. Returns how many it closed.
+/// the connections already pending on every listening unix stream socket
+/// systemd passed for activation (the descriptor store's entries are left
+/// alone), at most `max` per socket, without waiting. A connection left
+/// pending would make systemd start the daemon again at once, until the start
+/// limit fails asyncd.socket. Returns how many it closed.
 size_t CloseActivatedConnections(size_t max);
 
 }  // namespace asyncd::daemon

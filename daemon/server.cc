@@ -1,7 +1,6 @@
 #include "daemon/server.h"
 
 #include <fcntl.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -16,9 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/decode_guard.h"
+#include "daemon/handover.h"
 #include "daemon/listener.h"
 #include "daemon/metrics.h"
 #include "daemon/observer.h"
+#include "daemon/passed_fds.h"
 #include "daemon/service.h"
 #include "daemon/systemd_notify.h"
 #include "src/backends/probe.h"
@@ -209,18 +210,39 @@ absl::Status Server::Init() {
   }
   info_ = std::make_unique<BackendInfo>(info);
 
-  // Socket activation: systemd hands us the listening socket.
-  const int activated = sd_listen_fds(1);
-  if (activated >= 1) {
-    auto adopted = UnixListener::Adopt(SD_LISTEN_FDS_START, config_.socket, config_.socket_mode,
-                                       config_.socket_gid);
-    if (!adopted.ok()) return adopted.status();
+  // Socket activation: systemd hands us the listening socket, next to what
+  // its descriptor store holds for us.
+  if (const std::optional<int> activated = TakeActivatedSocket()) {
+    auto adopted =
+        UnixListener::Adopt(*activated, config_.socket, config_.socket_mode, config_.socket_gid);
+    if (!adopted.ok()) {
+      close(*activated);
+      return adopted.status();
+    }
     listener_ = std::move(*adopted);
     spdlog::info("listening on socket-activated descriptor ({})", listener_->path());
   } else {
     auto bound = UnixListener::Bind(config_.socket, config_.socket_mode, config_.socket_gid);
     if (!bound.ok()) return bound.status();
     listener_ = std::move(*bound);
+  }
+  // A predecessor's handover package. Restoring from one is not built yet;
+  // it leaves the store too, else every later start would get it again while
+  // it holds the old descriptors open.
+  if (const std::optional<int> handover = TakePassedFd(kHandoverFdName)) {
+    spdlog::warn(
+        "systemd passed a handover package ({}, descriptor {}); this daemon cannot "
+        "restore from one: discarding it and starting with no sessions",
+        kHandoverFdName, *handover);
+    close(*handover);
+    RemoveFromDescriptorStore(kHandoverFdName);
+  }
+  // Anything else passed is not ours to use; holding it would keep it open.
+  for (const PassedFd& passed : UntakenPassedFds()) {
+    if (!TakePassedFdAt(passed.fd)) continue;
+    spdlog::warn("systemd passed descriptor {} ({}), which asyncd does not use: closing it",
+                 passed.fd, passed.name);
+    close(passed.fd);
   }
 
   // A drain ends the daemon: Wait() stops it once the drain is over.

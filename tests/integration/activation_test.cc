@@ -5,8 +5,11 @@
 // refuses a descriptor that is not a listening unix stream socket. With a
 // config error it closes the connections pending on the socket (else systemd
 // starts it again at once for them, until asyncd.socket fails) and exits 2,
-// changing nothing else.
+// changing nothing else. A handover package systemd passes from the
+// descriptor store next to the socket (named asyncd-handover, before or after
+// it) is never taken for the listener, and the daemon does not keep it open.
 #include <gmock/gmock.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -91,6 +94,41 @@ TEST(ActivationTest, MatchingUnitAndConfigRaiseNoWarning) {
   EXPECT_THAT(daemon.Log(), Not(HasSubstr("socket activation")));
   daemon.Stop();
   std::filesystem::remove_all(dir);
+}
+
+TEST(ActivationTest, AHandoverPackageNextToTheSocketIsNeitherAdoptedNorKept) {
+  for (const bool handover_first : {true, false}) {
+    SCOPED_TRACE(handover_first ? "handover package at fd 3, socket at 4"
+                                : "socket at fd 3, handover package at 4");
+    const std::string dir = TempDir();
+    const int listening = ListenAt(dir + "/asyncd.sock", 0660);
+    // A package's receiving end is a unix socket too, which is what makes it
+    // a candidate for the listener unless its name rules it out.
+    int package[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, package), 0);
+    std::vector<std::pair<int, std::string>> passed = {{listening, "asyncd.socket"},
+                                                       {package[1], "asyncd-handover"}};
+    if (handover_first) std::swap(passed[0], passed[1]);
+    {
+      Daemon daemon(BackendMode::kThreadPoolOnly, DaemonOptions{.dir = dir, .passed_fds = passed});
+      close(listening);
+      close(package[1]);
+      ASSERT_TRUE(daemon.Alive()) << daemon.Log();
+      Client c(daemon.channel());
+      auto s = c.OpenSession("activated");
+      ASSERT_TRUE(s.ok()) << s.status();
+      EXPECT_TRUE(c.Submit(*s, NopOp()).ok());
+      // It closed its copy of the package's end before serving: ours hangs up.
+      pollfd p{package[0], 0, 0};
+      EXPECT_EQ(poll(&p, 1, 5000), 1);
+      EXPECT_TRUE(p.revents & POLLHUP) << "the daemon still holds the handover package";
+      EXPECT_THAT(daemon.Log(), HasSubstr("systemd passed a handover package (asyncd-handover"));
+      EXPECT_THAT(daemon.Log(), Not(HasSubstr("socket activation")));
+      EXPECT_EQ(daemon.Stop(), 0);
+    }
+    close(package[0]);
+    std::filesystem::remove_all(dir);
+  }
 }
 
 // Runs the daemon with `fd` as its activated descriptor; returns its exit

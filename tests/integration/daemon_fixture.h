@@ -101,6 +101,10 @@ struct DaemonOptions {
   /// With listen_fd: the --socket the daemon is given, when it should differ
   /// from the activated socket's path (dir/asyncd.sock, which the test binds).
   std::string configured_socket;
+  /// Instead of listen_fd: descriptors passed as systemd passes a socket
+  /// unit's next to its descriptor store's, as fd 3, 4, ... in this order
+  /// (LISTEN_FDS, LISTEN_PID), each with its LISTEN_FDNAMES name.
+  std::vector<std::pair<int, std::string>> passed_fds;
   /// Run the daemon as this uid and gid (no supplementary groups); the
   /// directory is given to them. Needs root.
   std::optional<std::pair<uid_t, gid_t>> run_as;
@@ -147,6 +151,10 @@ class Daemon {
     // Another user may not reach the binary by its path (a clone under
     // /root is 0700): it runs from a descriptor opened now.
     const int exe = options.run_as ? open(ASYNCD_BINARY, O_PATH | O_CLOEXEC) : -1;
+    std::string passed_names;
+    for (const auto& [fd, name] : options.passed_fds) {
+      passed_names += (passed_names.empty() ? "" : ":") + name;
+    }
     pid_ = fork();
     if (pid_ == 0) {
       const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -159,6 +167,20 @@ class Daemon {
           _exit(125);
         }
         setenv("LISTEN_FDS", "1", 1);
+        setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+      }
+      if (!options.passed_fds.empty()) {
+        // Out of the way first: a source may sit where another one goes.
+        const int n = static_cast<int>(options.passed_fds.size());
+        std::vector<int> moved;
+        for (const auto& [fd, name] : options.passed_fds) {
+          moved.push_back(fcntl(fd, F_DUPFD_CLOEXEC, 3 + n));
+        }
+        for (int i = 0; i < n; ++i) {
+          if (moved[i] < 0 || dup2(moved[i], 3 + i) != 3 + i) _exit(125);
+        }
+        setenv("LISTEN_FDS", std::to_string(n).c_str(), 1);
+        setenv("LISTEN_FDNAMES", passed_names.c_str(), 1);
         setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
       }
       if (options.nofile_limit) {
