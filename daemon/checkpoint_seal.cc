@@ -135,11 +135,13 @@ absl::StatusOr<state::Checkpoint> LoadCheckpoint(std::string_view bytes,
     if (c.index() >= max_index) {
       return Invalid(absl::StrCat(at, ": over the limit of ", limits.max_sessions, " sessions"));
     }
-    if (c.serial() == 0 || c.serial() >= (uint64_t{1} << (64 - core::OpId::kSessionBits))) {
+    // The next session opened there must still have an id: serial + 1 fits.
+    if (c.serial() == 0 || c.serial() >= (uint64_t{1} << (64 - core::OpId::kSessionBits)) - 1) {
       return Invalid(absl::StrCat(at, ": serial ", c.serial(), " out of range"));
     }
-    if (c.next_generation() > core::OpId::kGenMask) {
-      return Invalid(absl::StrCat(at, ": generation ", c.next_generation(), " over 28 bits"));
+    if (c.next_generation() == 0 || c.next_generation() > core::OpId::kGenMask) {
+      return Invalid(absl::StrCat(at, ": generation ", c.next_generation(),
+                                  " out of range (1 to 28 bits)"));
     }
     by_index[c.index()] = &c;
   }
@@ -173,6 +175,10 @@ absl::StatusOr<state::Checkpoint> LoadCheckpoint(std::string_view bytes,
     if (s.bound_to_stream() && s.lease_ms() != 0) {
       return Invalid(absl::StrCat(at, ": bound to a stream, yet leased"));
     }
+    if (s.whole_root() && s.shares_size() > 0) {
+      return Invalid(absl::StrCat(at, ": beneath the whole root, yet named shares"));
+    }
+    if (s.shares_size() > 64) return Invalid(absl::StrCat(at, ": over 64 shares"));
     if (absl::Status st = CheckHandles(s, at, limits); !st.ok()) return st;
     if (absl::Status st = CheckOps(s, at, limits); !st.ok()) return st;
   }

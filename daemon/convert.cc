@@ -471,6 +471,47 @@ v1::EventType TerminalEvent(core::OpState s) {
 
 int64_t ToUnixNanos(int64_t mono_ns) { return mono_ns == 0 ? 0 : mono_ns + kMonoToUnix; }
 
+bool FromOperationInfo(const v1::OperationInfo& info, core::OpSnapshot& out) {
+  const core::OpState state = FromProto(info.state());
+  if (!core::IsTerminal(state)) return false;
+  // CLOCK_MONOTONIC is the host's: a predecessor's timestamps map back as ours.
+  auto mono = [](int64_t unix_nanos) { return unix_nanos == 0 ? 0 : unix_nanos - kMonoToUnix; };
+  out = core::OpSnapshot{};
+  out.id = core::OpId{info.op_id()};
+  out.session_id = info.session_id();
+  out.kind = FromProto(info.kind());
+  out.state = state;
+  switch (info.backend()) {
+    case v1::BACKEND_IO_URING: out.backend = core::BackendKind::kIoUring; break;
+    case v1::BACKEND_THREAD_POOL: out.backend = core::BackendKind::kThreadPool; break;
+    case v1::BACKEND_INLINE: out.backend = core::BackendKind::kInline; break;
+    default: out.backend = core::BackendKind::kNone; break;
+  }
+  out.safety = info.cancel_safety() == v1::CANCEL_SAFETY_ALWAYS ? core::CancelSafety::kAlways
+                                                                 : core::CancelSafety::kOnlyBeforeStart;
+  out.end_requested = info.end_reason() != v1::END_REASON_UNSPECIFIED;
+  out.end_reason = static_cast<core::EndReason>(info.end_reason());
+  out.cancel_requested = info.cancel_requested();
+  out.handle = info.handle();
+  out.submitted_ns = mono(info.submitted_unix_nanos());
+  out.finished_ns = mono(info.finished_unix_nanos());
+  out.result = info.error_number() != 0 ? -int64_t{info.error_number()} : info.result();
+  out.bytes_done = info.bytes_done();
+  out.tag = info.tag();
+  out.deadline_ms = info.deadline_ms();
+  std::snprintf(out.target, sizeof out.target, "%s", info.target().c_str());
+  for (const v1::Event& e : info.timeline()) {
+    switch (e.type()) {
+      case v1::EVENT_TYPE_DISPATCHED: out.dispatched_ns = mono(e.unix_nanos()); break;
+      case v1::EVENT_TYPE_STARTED: out.started_ns = mono(e.unix_nanos()); break;
+      case v1::EVENT_TYPE_CANCEL_REQUESTED: out.cancel_requested_ns = mono(e.unix_nanos()); break;
+      case v1::EVENT_TYPE_DEADLINE_EXPIRED: out.deadline_passed = true; break;
+      default: break;
+    }
+  }
+  return true;
+}
+
 void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,
                      std::string_view client, bool include_timeline, int64_t now_mono_ns,
                      v1::OperationInfo& out) {

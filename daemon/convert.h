@@ -60,6 +60,11 @@ v1::EventType TerminalEvent(core::OpState s);
 /// MonoNanos() to Unix nanoseconds; 0 stays 0 (never happened).
 int64_t ToUnixNanos(int64_t mono_ns);
 
+/// The finished op `info` shows (a predecessor's history, with its
+/// timeline), as ToOperationInfo would show it again. False for an op that
+/// is not finished. Pure.
+[[nodiscard]] bool FromOperationInfo(const v1::OperationInfo& info, core::OpSnapshot& out);
+
 /// The snapshot of a live or finished op as the API shows it; its age counts
 /// up to `now_mono_ns` while it runs. The timeline only on request.
 void ToOperationInfo(const core::OpSnapshot& s, uint32_t uid, uint32_t pid,

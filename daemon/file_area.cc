@@ -136,4 +136,10 @@ absl::StatusOr<FileArea> FileAreas::For(const Caller& caller) {
   return FileArea(this, it->second, caller.shares);
 }
 
+std::vector<std::string> FileAreas::SharePaths() const {
+  std::vector<std::string> paths;
+  for (const Share& share : shares_) paths.push_back(share.path);
+  return paths;
+}
+
 }  // namespace asyncd::daemon

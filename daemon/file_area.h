@@ -38,6 +38,10 @@ class FileArea {
   bool CoveredBy(const Caller& caller) const {
     return caller.admin || (areas_ != nullptr && (shares_ & ~caller.shares) == 0);
   }
+  /// Beneath the whole root: an admin's area.
+  bool whole_root() const { return areas_ == nullptr; }
+  /// The shares it reaches (Caller::shares bits).
+  uint64_t shares() const { return shares_; }
 
  private:
   friend class FileAreas;
@@ -73,6 +77,9 @@ class FileAreas {
   /// file in its place, no space, permissions: retrying will not help).
   /// Any thread.
   absl::StatusOr<FileArea> For(const Caller& caller);
+  /// The configured shares' paths, in Config::shares order (Caller::shares
+  /// bits).
+  std::vector<std::string> SharePaths() const;
 
  private:
   friend class FileArea;

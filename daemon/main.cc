@@ -4,13 +4,18 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/str_cat.h"
 #include "daemon/config.h"
+#include "daemon/handover.h"
 #include "daemon/listener.h"
+#include "daemon/passed_fds.h"
 #include "daemon/server.h"
 #include "daemon/systemd_notify.h"
 #include "src/common/runtime_paths.h"
@@ -21,7 +26,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "asyncd " ASYNCD_VERSION);
   app.footer(
       "Defaults are embedded: no config file is needed. Flags override the config file.\n"
-      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.\n"
+      "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file; SIGUSR2\n"
+      "hands the sessions and handles to the next daemon through systemd's descriptor\n"
+      "store, then stops (a restart: the unit's ExecStop sends it).\n"
       "A Drain RPC (asyncctl drain) also stops the daemon once the drain is over.\n"
       "Exit status: 0 stopped after a drain (signal or Drain RPC), or --check-config found\n"
       "the config valid; 1 could not start (socket, root, TLS files, backends); 2 config\n"
@@ -113,16 +120,35 @@ int main(int argc, char** argv) {
   asyncd::daemon::SetUpLogging();  // the journal under systemd, else the console
   spdlog::set_level(spdlog::level::from_str(config->log_level));
 
+  // A predecessor's handover, kept for us by systemd across a restart.
+  std::optional<asyncd::daemon::Handover> handover;
+  std::string refused;
+  if (std::optional<int> fd = asyncd::daemon::TakePassedFd(asyncd::daemon::kHandoverFdName)) {
+    // Out of the store at once: a crash from here on must not restore it twice.
+    asyncd::daemon::RemoveFromDescriptorStore(asyncd::daemon::kHandoverFdName);
+    absl::StatusOr<asyncd::daemon::Handover> unpacked = asyncd::daemon::UnpackHandover(*fd);
+    if (unpacked.ok()) {
+      handover = *std::move(unpacked);
+    } else {
+      refused = absl::StrCat("the handover is refused: ", unpacked.status().message());
+      spdlog::error("the predecessor's handover is refused, starting without its state: {}",
+                    std::string(unpacked.status().message()));
+    }
+  }
+
   // Signals are taken by one thread with sigwait, never by async handlers.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  auto server = asyncd::daemon::Server::Start(*config);
+  auto server =
+      asyncd::daemon::Server::Start(*config, handover ? &*handover : nullptr, std::move(refused));
+  handover.reset();  // descriptors the restore did not take are closed
   if (!server.ok()) {
     spdlog::critical("cannot start: {}", std::string(server.status().message()));
     return 1;
@@ -158,6 +184,17 @@ int main(int argc, char** argv) {
         }
         asyncd::daemon::notify::Ready((*server)->StatusLine());
         continue;
+      }
+      if (sig == SIGUSR2) {
+        if (getenv("NOTIFY_SOCKET") == nullptr) {
+          spdlog::warn("SIGUSR2 ignored: handing over needs systemd's descriptor store");
+          continue;
+        }
+        spdlog::info("SIGUSR2: handing over to the next daemon, then stopping");
+        (*server)->HandOver([](int fd) {
+          return asyncd::daemon::PushToDescriptorStore(fd, asyncd::daemon::kHandoverFdName);
+        });
+        return;
       }
       spdlog::info("{}: draining and stopping", strsignal(sig));
       (*server)->Shutdown();

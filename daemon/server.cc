@@ -14,12 +14,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/checkpoint.h"
+#include "daemon/convert.h"
 #include "daemon/decode_guard.h"
 #include "daemon/handover.h"
 #include "daemon/listener.h"
 #include "daemon/metrics.h"
 #include "daemon/observer.h"
 #include "daemon/passed_fds.h"
+#include "daemon/restore.h"
 #include "daemon/service.h"
 #include "daemon/systemd_notify.h"
 #include "src/backends/probe.h"
@@ -124,13 +127,27 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const Co
 
 Server::Server(const Config& config) : config_(config) {}
 
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
+// Session serials start from the clock: 256 per millisecond since 2025,
+// above any a predecessor that left no counters (killed, or stopped) can
+// have reached, so a client's old session id is never issued again.
+uint64_t FreshSerialBase() {
+  constexpr int64_t k2025UnixMs = 1'735'689'600'000;
+  const int64_t ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count() -
+                     k2025UnixMs;
+  return ms > 0 ? (static_cast<uint64_t>(ms) << 8) + 1 : 1;
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config, Handover* handover,
+                                                     std::string refused) {
   std::unique_ptr<Server> server(new Server(config));
-  if (absl::Status s = server->Init(); !s.ok()) return s;
+  if (absl::Status s = server->Init(handover, std::move(refused)); !s.ok()) return s;
   return server;
 }
 
-absl::Status Server::Init() {
+absl::Status Server::Init(Handover* handover, std::string refused) {
+  restore_error_ = std::move(refused);
   if (absl::Status s = ValidateConfig(config_); !s.ok()) return s;
   std::error_code ec;
   std::filesystem::create_directories(config_.root, ec);
@@ -143,7 +160,28 @@ absl::Status Server::Init() {
   registry_ = std::make_unique<core::Registry>(core::Registry::Options{
       .max_sessions = config_.max_sessions,
       .max_ops_per_session = config_.max_inflight_per_session,
-      .max_handles_per_session = config_.max_handles_per_session});
+      .max_handles_per_session = config_.max_handles_per_session,
+      .first_serial = FreshSerialBase()});
+  // The predecessor's id counters first: no id it issued is issued again,
+  // whether or not its sessions come back.
+  std::optional<state::Checkpoint> checkpoint;
+  if (handover != nullptr) {
+    absl::StatusOr<state::Checkpoint> loaded = LoadCheckpoint(
+        handover->sealed_checkpoint,
+        CheckpointLimits{.max_sessions = config_.max_sessions,
+                         .max_handles_per_session = config_.max_handles_per_session,
+                         .max_ops_per_session = config_.max_inflight_per_session});
+    if (!loaded.ok()) {
+      restore_error_ = std::string(loaded.status().message());
+      spdlog::error("the predecessor's state is refused, starting without it: {}", restore_error_);
+    } else if (absl::Status s = registry_->RestoreCounters(CountersOf(*loaded)); !s.ok()) {
+      restore_error_ = std::string(s.message());
+      spdlog::error("the predecessor's id counters are refused, starting without its state: {}",
+                    restore_error_);
+    } else {
+      checkpoint = *std::move(loaded);
+    }
+  }
   dispatcher_ = std::make_unique<core::Dispatcher>(*registry_, root_fd_);
   observer_ = std::make_unique<Observer>(config_.history_capacity, config_.slow_history_capacity);
   dispatcher_->SetObserver(observer_.get());
@@ -199,15 +237,7 @@ absl::Status Server::Init() {
   dispatcher_->SetBackends(order);
 
   watchdog_usec_ = notify::WatchdogUsec();
-  if (watchdog_usec_ > 0) {
-    auto session = registry_->OpenSession({"asyncd-watchdog", static_cast<uint32_t>(getuid()),
-                                           static_cast<uint32_t>(getgid()),
-                                           static_cast<uint32_t>(getpid())});
-    if (!session.ok()) return session.status();
-    probe_ = std::make_unique<WatchdogProbe>(*dispatcher_, *session);
-    observer_->IgnoreSession(probe_->session_id());
-    info.internal_sessions = 1;
-  }
+  if (watchdog_usec_ > 0) info.internal_sessions = 1;  // opened once restored sessions took their ids
   info_ = std::make_unique<BackendInfo>(info);
 
   // Socket activation: systemd hands us the listening socket, next to what
@@ -226,17 +256,6 @@ absl::Status Server::Init() {
     if (!bound.ok()) return bound.status();
     listener_ = std::move(*bound);
   }
-  // A predecessor's handover package. Restoring from one is not built yet;
-  // it leaves the store too, else every later start would get it again while
-  // it holds the old descriptors open.
-  if (const std::optional<int> handover = TakePassedFd(kHandoverFdName)) {
-    spdlog::warn(
-        "systemd passed a handover package ({}, descriptor {}); this daemon cannot "
-        "restore from one: discarding it and starting with no sessions",
-        kHandoverFdName, *handover);
-    close(*handover);
-    RemoveFromDescriptorStore(kHandoverFdName);
-  }
   // Anything else passed is not ours to use; holding it would keep it open.
   for (const PassedFd& passed : UntakenPassedFds()) {
     if (!TakePassedFdAt(passed.fd)) continue;
@@ -254,6 +273,40 @@ absl::Status Server::Init() {
                                          }
                                          cv_.notify_all();
                                        });
+  v1::Restart restart;
+  if (checkpoint) {
+    absl::StatusOr<RestoreSummary> restored = RestoreCheckpoint(
+        *checkpoint, std::move(handover->fds), *registry_, service_->sessions());
+    if (restored.ok()) {
+      spdlog::info("restored the predecessor's {} sessions and {} handles ({} bytes of checkpoint)",
+                   restored->sessions, restored->handles, handover->sealed_checkpoint.size());
+      restart.set_sessions(restored->sessions);
+      restart.set_handles(restored->handles);
+    } else {
+      restore_error_ = std::string(restored.status().message());
+      spdlog::error("the predecessor's sessions are lost: {}", restore_error_);
+    }
+    restart.set_checkpoint_unix_nanos(checkpoint->taken_unix_nanos());
+    // The operators' history goes on where the predecessor's ended.
+    for (auto it = checkpoint->history().rbegin(); it != checkpoint->history().rend(); ++it) {
+      FinishedOp f;
+      if (!FromOperationInfo(*it, f.snap)) continue;
+      f.uid = it->uid();
+      f.pid = it->pid();
+      std::snprintf(f.client, sizeof f.client, "%s", it->client().c_str());
+      observer_->history().Record(f);
+    }
+  }
+  if (handover != nullptr) restart.set_checkpoint_bytes(handover->sealed_checkpoint.size());
+  restart.set_error(restore_error_);
+  if (watchdog_usec_ > 0) {
+    auto session = registry_->OpenSession({"asyncd-watchdog", static_cast<uint32_t>(getuid()),
+                                           static_cast<uint32_t>(getgid()),
+                                           static_cast<uint32_t>(getpid())});
+    if (!session.ok()) return session.status();
+    probe_ = std::make_unique<WatchdogProbe>(*dispatcher_, *session);
+    observer_->IgnoreSession(probe_->session_id());
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -265,6 +318,13 @@ absl::Status Server::Init() {
     auto creds = TcpCredentials(config_);
     if (!creds.ok()) return creds.status();
     builder.AddListeningPort(config_.tcp, *creds, &tcp_port_);
+  }
+  if (handover != nullptr || !restore_error_.empty()) {
+    const int64_t now = ToUnixNanos(core::MonoNanos());
+    if (restart.checkpoint_unix_nanos() > 0 && now > restart.checkpoint_unix_nanos()) {
+      restart.set_handover_us((now - restart.checkpoint_unix_nanos()) / 1000);
+    }
+    service_->SetLastRestart(restart);
   }
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr) return absl::UnavailableError("gRPC server failed to start");
@@ -370,7 +430,11 @@ void Server::Wait() {
   cv_.wait(lock, [this] { return stopped_; });
 }
 
-void Server::Shutdown() {
+void Server::Shutdown() { Stop(nullptr); }
+
+void Server::HandOver(HandOverTo send) { Stop(&send); }
+
+void Server::Stop(const HandOverTo* send) {
   {
     std::lock_guard lock(mu_);
     if (stopping_) {
@@ -379,7 +443,8 @@ void Server::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
-  notify::Stopping(absl::StrCat("draining ", registry_ != nullptr ? registry_->live_ops() : 0,
+  notify::Stopping(absl::StrCat(send != nullptr ? "handing over; " : "", "draining ",
+                                registry_ != nullptr ? registry_->live_ops() : 0,
                                 " in-flight ops"));
   if (housekeeping_.joinable()) housekeeping_.join();
   if (service_ != nullptr) {
@@ -390,8 +455,13 @@ void Server::Shutdown() {
   if (listener_ != nullptr) listener_->Stop();
   spdlog::debug("shutdown: stopping gRPC");
   // Every accepted op has ended by now; what is left are idle streams and
-  // connections, cancelled after a short grace for their last writes.
-  if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  // connections, cancelled after a short grace for their last writes. An
+  // open connection holds the shutdown for the whole grace: a handover, whose
+  // clients wait for the next daemon, keeps it short.
+  const auto grace = send != nullptr ? std::chrono::milliseconds(100) : std::chrono::seconds(1);
+  if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + grace);
+  // Nothing runs or is served any more: the sessions and handles hold still.
+  if (send != nullptr && service_ != nullptr) SendState(*send);
   spdlog::debug("shutdown: stopping backends");
   if (uring_ != nullptr) uring_->Shutdown();
   if (pool_ != nullptr) pool_->Shutdown();
@@ -401,6 +471,29 @@ void Server::Shutdown() {
     stopped_ = true;
   }
   cv_.notify_all();
+}
+
+void Server::SendState(const HandOverTo& send) {
+  const int64_t started = core::MonoNanos();
+  const state::Checkpoint checkpoint = TakeCheckpoint(service_->sessions(), *registry_,
+                                                      observer_->history(),
+                                                      config_.history_capacity);
+  std::vector<int> fds;
+  for (const state::Session& s : checkpoint.sessions()) {
+    for (const state::Handle& h : s.handles()) fds.push_back(h.fd());
+  }
+  const std::string sealed = Seal(checkpoint);
+  absl::StatusOr<int> packed = PackHandover(sealed, fds);
+  absl::Status sent = packed.ok() ? send(*packed) : packed.status();
+  if (packed.ok()) close(*packed);
+  if (!sent.ok()) {
+    spdlog::error("cannot hand over ({}): {} sessions end with this daemon",
+                  std::string(sent.message()), checkpoint.sessions_size());
+    return;
+  }
+  spdlog::info("handed over {} sessions and {} handles ({} bytes of checkpoint) in {} us",
+               checkpoint.sessions_size(), fds.size(), sealed.size(),
+               (core::MonoNanos() - started) / 1000);
 }
 
 std::optional<std::string> Server::Reload(const Config& config) {

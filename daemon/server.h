@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,6 +29,7 @@ class ThreadPoolBackend;
 namespace asyncd::daemon {
 
 class FileAreas;
+struct Handover;
 
 class MetricsServer;
 class Observer;
@@ -41,7 +43,14 @@ struct BackendInfo;
 class Server {
  public:
   /// Starts serving. Adopts a socket-activated listener when systemd passed one.
-  static absl::StatusOr<std::unique_ptr<Server>> Start(const Config& config);
+  /// With `handover` (a predecessor's, see HandOver) it first restores the
+  /// sessions and handles it holds; a checkpoint that does not load, or a
+  /// restore that fails, is logged and the daemon starts without them (but
+  /// never reissues their ids). `refused` says why a predecessor's handover
+  /// could not even be unpacked; Stats.last_restart shows either.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const Config& config,
+                                                       Handover* handover = nullptr,
+                                                       std::string refused = {});
   ~Server();
 
   /// Blocks until the daemon has stopped: Shutdown() has finished, or a
@@ -49,6 +58,15 @@ class Server {
   void Wait();
   /// Drains (the configured grace), then stops. Any thread; idempotent.
   void Shutdown();
+  /// Where a handover goes: systemd's descriptor store, or a successor's
+  /// takeover connection. Gets the packed handover's descriptor (not owned).
+  using HandOverTo = std::function<absl::Status(int handover_fd)>;
+  /// Stops as Shutdown does, but keeps the sessions and their handles: once
+  /// no op is in flight and no call is served, packs a checkpoint with the
+  /// handles' descriptors (PackHandover) and gives it to `send`. When that
+  /// fails (logged), the sessions end with this daemon, as after a drain.
+  /// Any thread; a no-op once stopping.
+  void HandOver(HandOverTo send);
   /// Applies what can change live from a new config (log level; limits
   /// max_batch_ops, max_op_bytes, default_lease_ms; server.drain_grace_ms)
   /// and says what it applied and what needs a restart. Called by one thread
@@ -67,7 +85,11 @@ class Server {
 
  private:
   explicit Server(const Config& config);
-  absl::Status Init();
+  absl::Status Init(Handover* handover, std::string refused);
+  // Shutdown, and HandOver when `send` is set.
+  void Stop(const HandOverTo* send);
+  // Packs the sessions and handles and gives them to `send`. Logged.
+  void SendState(const HandOverTo& send);
   // The housekeeping thread: leases, the watchdog probe, STATUS= updates.
   void Housekeeping();
 
@@ -95,6 +117,7 @@ class Server {
   bool stopping_ = false;
   bool stopped_ = false;
   bool drained_ = false;  // a drain is over (the Drain RPC's or Shutdown's)
+  std::string restore_error_;  // why the predecessor's state was not (all) restored
 };
 
 }  // namespace asyncd::daemon

@@ -186,6 +186,7 @@ void Service::FillStats(v1::Stats* resp) const {
   resp->set_draining(draining());
   *resp->mutable_limits() = LimitsProto();
   resp->set_buffered_bytes(budget_.bytes());
+  if (last_restart_) *resp->mutable_last_restart() = *last_restart_;
   observer_.counters().FillStats(*resp);
 }
 

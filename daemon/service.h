@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -108,6 +109,8 @@ class Service final : public v1::Asyncd::CallbackService {
   void SetHealth(grpc::HealthCheckServiceInterface* health) { drainer_.SetHealth(health); }
   /// What GetStats answers; also the source of GET /metrics. Any thread.
   void FillStats(v1::Stats* stats) const;
+  /// The restart this daemon took over, for Stats. Before serving.
+  void SetLastRestart(const v1::Restart& restart) { last_restart_ = restart; }
   /// Ends every Watch stream (shutdown). Any thread.
   void StopWatchers();
 
@@ -140,6 +143,7 @@ class Service final : public v1::Asyncd::CallbackService {
   core::Dispatcher& dispatcher_;
   Observer& observer_;
   const BackendInfo backends_;
+  std::optional<v1::Restart> last_restart_;  // set before serving, then read-only
   const int64_t started_ns_;
 
   const Identifier identifier_;

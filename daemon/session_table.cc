@@ -44,6 +44,13 @@ void SessionTable::NotifyDraining() const {
 }
 
 absl::Status SessionTable::Missing(uint64_t session_id) const {
+  {
+    std::shared_lock lock(mu_);
+    if (auto it = lost_.find(session_id); it != lost_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("session ", session_id, " was lost when the daemon restarted: ", it->second));
+    }
+  }
   if (registry_.Issued(session_id)) {
     return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " has ended"));
   }
@@ -58,6 +65,30 @@ absl::StatusOr<uint32_t> SessionTable::LeaseMs(uint32_t asked, uint32_t zero_mea
         absl::StrCat(std::string(field), ": must be 0 or in [100, ", max_lease_ms_, "]"));
   }
   return asked;
+}
+
+absl::Status SessionTable::Restore(std::shared_ptr<core::Session> session, const Caller& opener,
+                                   uint32_t lease_ms, uint32_t lease_left_ms, int64_t now_ns) {
+  FileArea area;
+  if (areas_ != nullptr) {
+    absl::StatusOr<FileArea> found = areas_->For(opener);
+    if (!found.ok()) return found.status();
+    area = *found;
+  }
+  auto meta = std::make_shared<SessionMeta>();
+  meta->session = std::move(session);
+  meta->uid = opener.uid;
+  meta->area = area;
+  meta->lease_ms.store(lease_ms);
+  meta->lease_deadline_ns.store(now_ns + int64_t{lease_left_ms} * 1'000'000);
+  std::unique_lock lock(mu_);
+  sessions_[meta->session->id()] = std::move(meta);
+  return absl::OkStatus();
+}
+
+void SessionTable::NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why) {
+  std::unique_lock lock(mu_);
+  for (uint64_t id : session_ids) lost_[id] = why;
 }
 
 std::shared_ptr<SessionMeta> SessionTable::Find(uint64_t session_id) const {

@@ -145,8 +145,20 @@ class SessionTable {
   /// ListSessions: the sessions `caller` may see (its own; every one for an
   /// admin), by id, as of `now_ns`.
   void List(const Caller& caller, int64_t now_ns, v1::ListSessionsResponse* out) const;
+  /// Takes a session restored from a predecessor's checkpoint: `session`
+  /// (restored in core with its id), opened by `opener` (whose file area it
+  /// keeps), leased `lease_ms` with `lease_left_ms` of it left as of
+  /// `now_ns`. Before the daemon serves. FAILED_PRECONDITION when the
+  /// opener's area cannot be made.
+  [[nodiscard]] absl::Status Restore(std::shared_ptr<core::Session> session, const Caller& opener,
+                                     uint32_t lease_ms, uint32_t lease_left_ms, int64_t now_ns);
+  /// Sessions a restart could not keep: from now on each answers
+  /// FAILED_PRECONDITION naming `why`, not merely "has ended".
+  void NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why);
   /// Every open session, by id: a copy of the table's references.
   std::vector<std::shared_ptr<SessionMeta>> All() const;
+  /// Where sessions' paths resolve; null: beneath the whole root.
+  FileAreas* areas() const { return areas_; }
   /// Validates a lease length asked for (OpenSessionRequest.lease_ms,
   /// StreamOpen.lease_ms): 0 = `zero_means`, else [100, max_lease_ms].
   /// INVALID_ARGUMENT naming `field`.
@@ -165,6 +177,7 @@ class SessionTable {
   FileAreas* const areas_;
   mutable std::shared_mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;
+  std::unordered_map<uint64_t, std::string> lost_;  // session id -> why a restart lost it
 };
 
 }  // namespace asyncd::daemon

@@ -564,6 +564,15 @@ class TablePrinter final : public Printer {
                           std::to_string(s.cancels_not_found()));
     kv.Add("rejected", std::to_string(s.rejected()));
     kv.Add("draining", YesNo(s.draining()));
+    if (s.has_last_restart()) {
+      const v1::Restart& r = s.last_restart();
+      kv.Add("last_restart",
+             r.error().empty()
+                 ? std::to_string(r.sessions()) + " sessions, " + std::to_string(r.handles()) +
+                       " handles restored from " + std::to_string(r.checkpoint_bytes()) +
+                       " bytes; handover " + FormatMicros(r.handover_us())
+                 : "state lost: " + r.error());
+    }
     if (wide_ && s.has_limits()) AddLimits(kv, s.limits());
     kv.Render(out_);
     if (s.kinds_size() == 0) return;

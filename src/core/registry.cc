@@ -302,7 +302,11 @@ uint32_t Session::max_generation() const {
 
 Registry::Registry(Options options) : options_(options) {
   options_.max_sessions = std::clamp(options_.max_sessions, 1u, OpId::kMaxSessions);
+  // Leave room for its sessions in a session id's 48 bits of serial.
+  options_.first_serial = std::clamp<uint64_t>(options_.first_serial, 1,
+                                               uint64_t{1} << (64 - OpId::kSessionBits - 1));
   table_.resize(options_.max_sessions);
+  for (Entry& e : table_) e.serial = options_.first_serial - 1;
   free_.reserve(options_.max_sessions);
   for (uint32_t i = options_.max_sessions; i-- > 0;) free_.push_back(i);
 }
@@ -438,7 +442,7 @@ std::vector<Registry::IndexCounters> Registry::Counters() const {
   std::shared_lock lock(mu_);
   for (uint32_t index = 0; index < table_.size(); ++index) {
     const Entry& e = table_[index];
-    if (e.serial == 0) continue;
+    if (e.serial == options_.first_serial - 1 && e.session == nullptr) continue;  // never used
     // As Remove would set it; a live session may still bump each slot once more.
     const uint32_t next_gen =
         e.session != nullptr ? NextGen(NextGen(e.session->max_generation())) : e.next_gen;

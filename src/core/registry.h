@@ -220,6 +220,11 @@ class Registry {
     uint32_t max_sessions = 4096;
     uint32_t max_ops_per_session = 65536;
     uint32_t max_handles_per_session = 4096;
+    /// The serial of the first session opened on each index. A daemon that
+    /// starts without its predecessor's counters starts above every serial
+    /// that one may have issued, so no session id is issued twice; the ids
+    /// below count as issued (ended).
+    uint64_t first_serial = 1;
   };
   explicit Registry(Options options);
   Registry();

@@ -283,6 +283,21 @@ TEST(HandleTableTest, ListsOpenHandlesAndEverySlotsGeneration) {
   EXPECT_EQ(hc, (generations[0] << 16) | 1);
 }
 
+// A registry that starts above its predecessors' serials: its ids start
+// there, the ids below count as issued (ended), and only used indexes have
+// counters to hand on.
+TEST(RegistryTest, SerialsStartAtTheFirstSerialAndTheOnesBelowCountAsIssued) {
+  constexpr uint64_t kFirst = uint64_t{1} << 40;
+  Registry registry(Registry::Options{.max_sessions = 4, .first_serial = kFirst});
+  auto s = Open(registry);
+  EXPECT_EQ(s->id() >> OpId::kSessionBits, kFirst);
+  EXPECT_TRUE(registry.Issued((uint64_t{5} << OpId::kSessionBits) | 2));  // an older daemon's
+  EXPECT_FALSE(registry.Issued(((kFirst + 1) << OpId::kSessionBits) | s->index()));
+  std::vector<Registry::IndexCounters> counters = registry.Counters();
+  ASSERT_EQ(counters.size(), 1u);
+  EXPECT_EQ(counters[0].serial, kFirst);
+}
+
 TEST(RegistryTest, ClosingSessionRefusesNewOpsAndLeavesWhenDrained) {
   Registry registry;
   auto s = Open(registry);

@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "daemon/convert.h"
 #include "daemon/history.h"
 #include "daemon/session_table.h"
 #include "src/core/clock.h"
@@ -242,7 +243,18 @@ TEST_F(CheckpointTest, ContradictionsAreRefusedNamingWhatIsWrong) {
        "id counter of index 0: serial 0 out of range"},
       {"generation past 28 bits",
        [](auto& cp) { cp.mutable_id_counters(0)->set_next_generation(1u << 28); },
-       "over 28 bits"},
+       "generation 268435456 out of range"},
+      {"generation 0", [](auto& cp) { cp.mutable_id_counters(0)->set_next_generation(0); },
+       "generation 0 out of range"},
+      {"a serial whose next would overflow",
+       [](auto& cp) { cp.mutable_id_counters(0)->set_serial((uint64_t{1} << 48) - 1); },
+       "out of range"},
+      {"whole root with shares",
+       [](auto& cp) {
+         cp.mutable_sessions(0)->set_whole_root(true);
+         cp.mutable_sessions(0)->add_shares("common");
+       },
+       "beneath the whole root, yet named shares"},
       {"sessions out of order", [](auto& cp) { cp.mutable_sessions()->SwapElements(0, 1); },
        "sessions are not unique and in id order"},
       {"session above its counter",
@@ -356,6 +368,57 @@ TEST_F(CheckpointTest, TakenUnderChurnEveryCheckpointLoads) {
   stop.store(true);
   for (auto& t : churn) t.join();
   EXPECT_GT(taken, 10);
+}
+
+// The history a successor takes back shows as the predecessor showed it.
+TEST(CheckpointHistoryTest, AFinishedOpRoundTripsThroughItsOperationInfo) {
+  int seen = 0;
+  core::OpSnapshot done;
+  done.id = core::OpId::Make(1, 2, 3);
+  done.session_id = (uint64_t{5} << 16) | 1;
+  done.kind = core::OpKind::kRead;
+  done.state = core::OpState::kCompleted;
+  done.backend = core::BackendKind::kIoUring;
+  done.handle = 65537;
+  done.submitted_ns = core::MonoNanos() - 5'000'000;
+  done.dispatched_ns = done.submitted_ns + 1000;
+  done.finished_ns = done.submitted_ns + 3'000'000;
+  done.result = 12;
+  done.bytes_done = 12;
+  done.tag = 9;
+  done.deadline_ms = 100;
+  std::snprintf(done.target, sizeof done.target, "%s", "fifo");
+  core::OpSnapshot cancelled = done;
+  cancelled.id = core::OpId::Make(1, 3, 3);
+  cancelled.kind = core::OpKind::kTimeout;
+  cancelled.state = core::OpState::kCancelled;
+  cancelled.backend = core::BackendKind::kThreadPool;
+  cancelled.end_requested = true;
+  cancelled.end_reason = core::EndReason::kClientRequest;
+  cancelled.cancel_requested = true;
+  cancelled.started_ns = done.submitted_ns + 2000;
+  cancelled.cancel_requested_ns = done.submitted_ns + 2'000'000;
+  core::OpSnapshot failed = done;
+  failed.state = core::OpState::kFailed;
+  failed.result = -ENOMEM;
+  failed.safety = core::CancelSafety::kOnlyBeforeStart;
+  for (const core::OpSnapshot& s : {done, cancelled, failed}) {
+    v1::OperationInfo shown;
+    ToOperationInfo(s, 1000, 42, "client", /*include_timeline=*/true, core::MonoNanos(), shown);
+    core::OpSnapshot back;
+    ASSERT_TRUE(FromOperationInfo(shown, back));
+    v1::OperationInfo again;
+    ToOperationInfo(back, 1000, 42, "client", /*include_timeline=*/true, core::MonoNanos(), again);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(shown, again))
+        << shown.DebugString() << "\nvs\n" << again.DebugString();
+    ++seen;
+  }
+  EXPECT_EQ(seen, 3);
+  // An op in flight is no history.
+  v1::OperationInfo running;
+  running.set_state(v1::OP_STATE_RUNNING);
+  core::OpSnapshot none;
+  EXPECT_FALSE(FromOperationInfo(running, none));
 }
 
 }  // namespace

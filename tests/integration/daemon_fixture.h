@@ -98,13 +98,14 @@ struct DaemonOptions {
   /// Hand this descriptor to the daemon as a socket-activated one (fd 3,
   /// LISTEN_FDS=1, LISTEN_PID), as systemd does for a .socket unit.
   int listen_fd = -1;
+  /// Descriptors passed as systemd passes a socket unit's next to its
+  /// descriptor store's: after listen_fd (named asyncd.socket), or from fd
+  /// 3 without it, in this order, each with its LISTEN_FDNAMES name. The
+  /// test keeps its own copies.
+  std::vector<std::pair<int, std::string>> passed_fds;
   /// With listen_fd: the --socket the daemon is given, when it should differ
   /// from the activated socket's path (dir/asyncd.sock, which the test binds).
   std::string configured_socket;
-  /// Instead of listen_fd: descriptors passed as systemd passes a socket
-  /// unit's next to its descriptor store's, as fd 3, 4, ... in this order
-  /// (LISTEN_FDS, LISTEN_PID), each with its LISTEN_FDNAMES name.
-  std::vector<std::pair<int, std::string>> passed_fds;
   /// Run the daemon as this uid and gid (no supplementary groups); the
   /// directory is given to them. Needs root.
   std::optional<std::pair<uid_t, gid_t>> run_as;
@@ -151,10 +152,13 @@ class Daemon {
     // Another user may not reach the binary by its path (a clone under
     // /root is 0700): it runs from a descriptor opened now.
     const int exe = options.run_as ? open(ASYNCD_BINARY, O_PATH | O_CLOEXEC) : -1;
+    // Built before fork: the child must not allocate.
+    std::vector<std::pair<int, std::string>> passed;
+    if (options.listen_fd >= 0) passed.emplace_back(options.listen_fd, "asyncd.socket");
+    passed.insert(passed.end(), options.passed_fds.begin(), options.passed_fds.end());
     std::string passed_names;
-    for (const auto& [fd, name] : options.passed_fds) {
-      passed_names += (passed_names.empty() ? "" : ":") + name;
-    }
+    for (const auto& [fd, name] : passed) passed_names += (passed_names.empty() ? "" : ":") + name;
+    const std::string passed_count = std::to_string(passed.size());
     pid_ = fork();
     if (pid_ == 0) {
       const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -162,24 +166,17 @@ class Daemon {
       dup2(fd, 2);
       setenv("STATE_DIRECTORY", (dir_ + "/state").c_str(), 1);
       for (const auto& [name, value] : options.env) setenv(name.c_str(), value.c_str(), 1);
-      if (options.listen_fd >= 0) {
-        if (options.listen_fd == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(options.listen_fd, 3) != 3) {
-          _exit(125);
-        }
-        setenv("LISTEN_FDS", "1", 1);
-        setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
-      }
-      if (!options.passed_fds.empty()) {
-        // Out of the way first: a source may sit where another one goes.
-        const int n = static_cast<int>(options.passed_fds.size());
-        std::vector<int> moved;
-        for (const auto& [fd, name] : options.passed_fds) {
-          moved.push_back(fcntl(fd, F_DUPFD_CLOEXEC, 3 + n));
+      if (!passed.empty()) {
+        // Out of the way of 3.. first: a source may sit where another one goes.
+        const int n = static_cast<int>(passed.size());
+        for (auto& [fd, name] : passed) {
+          fd = fcntl(fd, F_DUPFD_CLOEXEC, 3 + n);
+          if (fd < 0) _exit(125);
         }
         for (int i = 0; i < n; ++i) {
-          if (moved[i] < 0 || dup2(moved[i], 3 + i) != 3 + i) _exit(125);
+          if (dup2(passed[i].first, 3 + i) != 3 + i) _exit(125);
         }
-        setenv("LISTEN_FDS", std::to_string(n).c_str(), 1);
+        setenv("LISTEN_FDS", passed_count.c_str(), 1);
         setenv("LISTEN_FDNAMES", passed_names.c_str(), 1);
         setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
       }

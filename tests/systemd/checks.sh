@@ -296,6 +296,41 @@ wait_active 10
 check "/var/lib/asyncd is 0700 after a restart" \
   bash -c "[ \"\$(stat -c %a /var/lib/asyncd)\" = 700 ]"
 
+# --- systemctl restart hands every session and handle to the next daemon
+# (SIGUSR2 from asyncd-stop, the descriptor store); a plain stop drains.
+handles_held() {  # handles_held SESSION N: opens N handles, prints them
+  local i
+  for i in $(seq 1 "$2"); do
+    $CTL submit --session "$1" open "held/$i" --access rw --create | awk '$1 == "handle:" { print $2 }'
+  done
+}
+mkdir -p "$FILES/held"
+S=$($CTL sessions open --lease 10m)
+check "restart: a session with a file written" sub open kept-across --access rw --create
+H=$(echo "$LAST" | awk '$1 == "handle:" { print $2 }')
+check "restart: write before" sub write --handle "$H" --data before
+HELD=$(handles_held "$S" 1000 | sort -n)
+check "restart: 1000 more handles open" bash -c "[ \"$(echo "$HELD" | grep -c .)\" = 1000 ]"
+pid=$(main_pid)
+check "restart: systemctl restart" systemctl restart asyncd.service
+check "restart: a new daemon" wait_active 10 "$pid"
+check "restart: the old one handed over" journal_has "handed over [1-9][0-9]* sessions and 1001 handles"
+check "restart: the new one restored them" \
+  journal_has "restored the predecessor's [1-9][0-9]* sessions and 1001 handles"
+check "restart: the session lives on" $CTL sessions keepalive "$S"
+check "restart: its handle writes on at its offset" sub write --handle "$H" --data -after
+check "restart: the file holds both writes" grep -qx before-after "$FILES/kept-across"
+check "restart: the checkpoint lists the same 1001 handles" \
+  bash -c "[ \"\$($CTL checkpoint -o json | grep -c '\"handle\":')\" = 1001 ]"
+check "restart: the last of them still works" sub stat --handle "$(echo "$HELD" | tail -1)"
+pid=$(main_pid)
+check "restart: systemctl stop" systemctl stop asyncd.service
+check "stop: drained, no handover" \
+  bash -c "journalctl -b -u asyncd.service -o cat --no-pager | tail -20 | grep -q 'drained: ' && ! journalctl -b -u asyncd.service -o cat --no-pager | tail -20 | grep -q 'handed over'"
+check "stop: the next daemon (socket activation) has not kept the session" \
+  bash -c "$CTL sessions keepalive $S 2>&1 | grep -q FAILED_PRECONDITION"
+$CTL sessions list >/dev/null 2>&1
+
 # --- The package's life cycle: remove, install, upgrade, purge.
 DEB=$(ls $DEBS/asyncd_*.deb | head -1)
 dpkg -r asyncd >/tmp/dpkg-r.log 2>&1

@@ -1,0 +1,108 @@
+#include "daemon/restore.h"
+
+#include <unistd.h>
+
+#include <span>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "daemon/file_area.h"
+#include "daemon/session_table.h"
+#include "src/core/clock.h"
+#include "src/core/registry.h"
+
+namespace asyncd::daemon {
+
+namespace {
+
+// The opener of `s` as far as its file area goes, with the shares it
+// reached that are still configured.
+Caller Opener(const state::Session& s, const std::vector<std::string>& share_paths) {
+  Caller opener{.uid = s.uid(), .gid = s.gid(), .pid = s.pid(), .admin = s.whole_root()};
+  for (const std::string& share : s.shares()) {
+    for (size_t i = 0; i < share_paths.size() && i < 64; ++i) {
+      if (share_paths[i] == share) opener.shares |= uint64_t{1} << i;
+    }
+  }
+  return opener;
+}
+
+}  // namespace
+
+std::vector<core::Registry::IndexCounters> CountersOf(const state::Checkpoint& checkpoint) {
+  std::vector<core::Registry::IndexCounters> counters;
+  for (const state::IdCounter& c : checkpoint.id_counters()) {
+    counters.push_back({c.index(), c.serial(), c.next_generation()});
+  }
+  return counters;
+}
+
+absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkpoint,
+                                                 std::vector<int> fds, core::Registry& registry,
+                                                 SessionTable& sessions) {
+  size_t next_fd = 0;  // fds[next_fd..] are still ours to close
+  absl::Cleanup close_rest = [&] {
+    for (size_t i = next_fd; i < fds.size(); ++i) ::close(fds[i]);
+  };
+  std::vector<uint64_t> ids;
+  size_t handles = 0;
+  for (const state::Session& s : checkpoint.sessions()) {
+    ids.push_back(s.session_id());
+    handles += static_cast<size_t>(s.handles_size());
+  }
+  if (handles != fds.size()) {
+    const std::string why = absl::StrCat("the checkpoint names ", handles,
+                                         " handles, but ", fds.size(), " descriptors came with it");
+    sessions.NoteLost(ids, why);
+    return absl::InvalidArgumentError(why);
+  }
+
+  const std::vector<std::string> share_paths =
+      sessions.areas() != nullptr ? sessions.areas()->SharePaths() : std::vector<std::string>();
+  const int64_t now = core::MonoNanos();
+  RestoreSummary summary;
+  std::vector<uint64_t> restored;
+  absl::Status failed;
+  for (const state::Session& s : checkpoint.sessions()) {
+    const std::string at = absl::StrCat("session ", s.session_id(), ": ");
+    std::span<int> own(fds.data() + next_fd, static_cast<size_t>(s.handles_size()));
+    if (s.bound_to_stream()) {
+      // Its stream ended with the predecessor, and the session with it.
+      for (int fd : own) ::close(fd);
+      next_fd += own.size();
+      continue;
+    }
+    const Caller opener = Opener(s, share_paths);
+    absl::StatusOr<std::shared_ptr<core::Session>> session = registry.RestoreSession(
+        s.session_id(), core::ClientInfo{s.client_name(), s.uid(), s.gid(), s.pid()});
+    if (!session.ok()) {
+      failed = absl::Status(session.status().code(), at + std::string(session.status().message()));
+      break;
+    }
+    std::vector<core::HandleTable::RestoredHandle> restored_handles;
+    for (int i = 0; i < s.handles_size(); ++i) {
+      restored_handles.push_back({s.handles(i).handle(), own[i], s.handles(i).path()});
+    }
+    const std::vector<uint32_t> generations(s.handle_slot_generations().begin(),
+                                            s.handle_slot_generations().end());
+    absl::Status st = (*session)->handles().Restore(generations, restored_handles);
+    if (st.ok()) next_fd += own.size();  // the table owns them now
+    if (st.ok()) st = sessions.Restore(*session, opener, s.lease_ms(), s.lease_remaining_ms(), now);
+    if (!st.ok()) {
+      // Registered in core but not in the table: end it there.
+      restored.push_back(s.session_id());
+      failed = absl::Status(st.code(), at + std::string(st.message()));
+      break;
+    }
+    restored.push_back(s.session_id());
+    ++summary.sessions;
+    summary.handles += static_cast<uint32_t>(own.size());
+  }
+  if (failed.ok()) return summary;
+  for (uint64_t id : restored) (void)sessions.End(id, core::EndReason::kSessionClosed);
+  sessions.NoteLost(ids, std::string(failed.message()));
+  return failed;
+}
+
+}  // namespace asyncd::daemon

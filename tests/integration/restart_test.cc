@@ -1,0 +1,233 @@
+// A restart that keeps every session and handle, through the protocol
+// systemd speaks, with the test as the service manager: the daemon hands
+// over on SIGUSR2 by pushing one descriptor (FDSTORE=1,
+// FDNAME=asyncd-handover) to $NOTIFY_SOCKET and exiting 0; the next daemon
+// gets it back as a passed descriptor (LISTEN_FDS, LISTEN_FDNAMES), and its
+// clients carry on with the same session ids and handles, their files and
+// offsets intact, while no session or op id is issued twice. A handover
+// that does not unpack or load is refused: the daemon starts without it,
+// and says so. A plain SIGTERM still drains and hands nothing over.
+#include <gmock/gmock.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <set>
+
+#include "tests/integration/daemon_fixture.h"
+#include "tests/integration/service_manager.h"
+
+namespace asyncd::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+class RestartTest : public ::testing::TestWithParam<BackendMode> {
+ protected:
+  RestartTest() {
+    char tmpl[] = "/tmp/asyncd-restart-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    notify_ = std::make_unique<NotifySocket>(dir_ + "/notify.sock");
+  }
+  ~RestartTest() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  std::unique_ptr<Daemon> StartFirst() {
+    return std::make_unique<Daemon>(GetParam(), DaemonOptions{.extra_args = {"--log-level", "info"},
+                                                              .env = {{"NOTIFY_SOCKET", notify_->path()}},
+                                                              .dir = dir_});
+  }
+  std::unique_ptr<Daemon> StartNext(int handover_fd) {
+    DaemonOptions options{.extra_args = {"--log-level", "info"},
+                          .env = {{"NOTIFY_SOCKET", notify_->path()}},
+                          .dir = dir_};
+    if (handover_fd >= 0) options.passed_fds = {{handover_fd, "asyncd-handover"}};
+    return std::make_unique<Daemon>(GetParam(), options);
+  }
+  // SIGUSR2 to `d`: returns the descriptor it pushed to the store once it
+  // exited 0, or -1.
+  int HandOver(Daemon& d) {
+    kill(d.pid(), SIGUSR2);
+    std::optional<NotifySocket::Message> m = notify_->WaitFor("FDSTORE=1", seconds(20));
+    EXPECT_EQ(d.WaitExit(seconds(20)), 0) << d.Log();
+    if (!m) return -1;
+    EXPECT_NE(m->text.find("FDNAME=asyncd-handover"), std::string::npos) << m->text;
+    EXPECT_EQ(m->fds.size(), 1u) << m->text;
+    for (size_t i = 1; i < m->fds.size(); ++i) close(m->fds[i]);
+    return m->fds.empty() ? -1 : m->fds[0];
+  }
+
+  std::string dir_;
+  std::unique_ptr<NotifySocket> notify_;
+};
+
+TEST_P(RestartTest, SessionsAndHandlesSurviveAHandover) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel());
+  const uint64_t one = *c.OpenSession("one");
+  const uint64_t two = *c.OpenSession("two");
+  const uint32_t closed = *c.Open(one, "gone", v1::OPEN_MODE_READ_WRITE, {.create = true});
+  ASSERT_TRUE(c.Close(one, closed).ok());
+  const uint32_t data = *c.Open(one, "data", v1::OPEN_MODE_READ_WRITE, {.create = true});
+  ASSERT_TRUE(c.Write(one, data, -1, "hello ").ok());  // the offset moves to 6
+  ASSERT_EQ(mkfifo((first->root() + "/fifo").c_str(), 0600), 0);
+  const uint32_t fifo = *c.Open(two, "fifo", v1::OPEN_MODE_READ_WRITE);
+  std::set<uint64_t> op_ids;
+  for (int i = 0; i < 5; ++i) {
+    auto done = c.Submit(one, NopOp());
+    ASSERT_TRUE(done.ok());
+    op_ids.insert(done->op_id());
+  }
+  auto before = c.GetCheckpoint();
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  EXPECT_NE(first->Log().find("handed over 2 sessions and 2 handles"), std::string::npos)
+      << first->Log();
+  auto next = StartNext(handover);
+  close(handover);
+  EXPECT_NE(next->Log().find("restored the predecessor's 2 sessions and 2 handles"),
+            std::string::npos)
+      << next->Log();
+
+  client::Client d(next->NewChannel());
+  // The same sessions, leases running, under the same names. The first
+  // call may meet the connection the old daemon closed (UNAVAILABLE), and
+  // is retried, as the proto asks.
+  absl::StatusOr<uint32_t> kept;
+  ASSERT_TRUE(WaitFor([&] {
+    kept = d.KeepAlive(one);
+    return kept.status().code() != absl::StatusCode::kUnavailable;
+  }));
+  EXPECT_TRUE(kept.ok()) << kept.status();
+  EXPECT_TRUE(d.KeepAlive(two).ok());
+  auto sessions = d.ListSessions();
+  ASSERT_TRUE(sessions.ok());
+  std::map<uint64_t, std::string> names;
+  for (const auto& s : *sessions) names[s.session_id()] = s.client_name();
+  EXPECT_EQ(names, (std::map<uint64_t, std::string>{{one, "one"}, {two, "two"}}));
+  // The same handles: the file's offset carried on, the FIFO works.
+  ASSERT_TRUE(d.Write(one, data, -1, "world").ok());
+  auto read = d.Read(one, data, 0, 64);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, "hello world");
+  ASSERT_TRUE(d.Write(two, fifo, -1, "ping").ok());
+  auto piped = d.Read(two, fifo, -1, 4);
+  ASSERT_TRUE(piped.ok()) << piped.status();
+  EXPECT_EQ(*piped, "ping");
+  // A closed handle stays closed; the next open does not reuse its number.
+  EXPECT_EQ(d.Read(one, closed, 0, 1).status().code(), absl::StatusCode::kNotFound);
+  const uint32_t reopened = *d.Open(one, "gone", v1::OPEN_MODE_READ_ONLY);
+  EXPECT_NE(reopened, closed);
+  EXPECT_NE(reopened, data);
+  // No id is issued twice: sessions, ops.
+  const uint64_t three = *d.OpenSession("three");
+  EXPECT_NE(three, one);
+  EXPECT_NE(three, two);
+  for (uint64_t s : {one, three}) {
+    for (int i = 0; i < 5; ++i) {
+      auto done = d.Submit(s, NopOp());
+      ASSERT_TRUE(done.ok());
+      EXPECT_TRUE(op_ids.insert(done->op_id()).second) << "op id " << done->op_id() << " twice";
+    }
+  }
+  // Stats tell the restart's figures, and so does asyncctl.
+  auto stats = d.GetStats();
+  ASSERT_TRUE(stats.ok());
+  ASSERT_TRUE(stats->has_last_restart());
+  EXPECT_EQ(stats->last_restart().sessions(), 2u);
+  EXPECT_EQ(stats->last_restart().handles(), 2u);
+  EXPECT_GT(stats->last_restart().checkpoint_bytes(), 0u);
+  EXPECT_GT(stats->last_restart().checkpoint_unix_nanos(), 0);
+  EXPECT_GT(stats->last_restart().handover_us(), 0u);
+  EXPECT_EQ(stats->last_restart().error(), "");
+  std::string shown;
+  if (FILE* p = popen((std::string(ASYNCCTL_BINARY) + " --socket " + next->socket() + " stats").c_str(),
+                      "r")) {
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) shown.append(buf, n);
+    pclose(p);
+  }
+  EXPECT_NE(shown.find("2 sessions, 2 handles restored from"), std::string::npos) << shown;
+  // The history goes on: an op the old daemon finished is still there.
+  auto finished = d.GetOperation(*op_ids.begin());
+  ASSERT_TRUE(finished.ok()) << finished.status();
+  EXPECT_EQ(finished->outcome(), v1::OUTCOME_COMPLETED);
+  EXPECT_EQ(finished->kind(), v1::OP_KIND_NOP);
+  EXPECT_EQ(finished->session_id(), one);
+  // What the checkpoint holds came back whole.
+  auto after = d.GetCheckpoint();
+  ASSERT_TRUE(after.ok());
+  for (const auto& was : before->sessions()) {
+    bool found = false;
+    for (const auto& is : after->sessions()) {
+      if (is.session_id() != was.session_id()) continue;
+      found = true;
+      EXPECT_EQ(is.client_name(), was.client_name());
+      EXPECT_EQ(is.uid(), was.uid());
+      std::vector<uint32_t> kept;
+      for (const auto& h : is.handles()) kept.push_back(h.handle());
+      for (const auto& h : was.handles()) {
+        EXPECT_NE(std::find(kept.begin(), kept.end(), h.handle()), kept.end()) << h.handle();
+      }
+    }
+    EXPECT_TRUE(found) << was.session_id();
+  }
+}
+
+TEST_P(RestartTest, AHandoverThatDoesNotUnpackIsRefusedAndTheDaemonStartsWithoutIt) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel());
+  const uint64_t one = *c.OpenSession("one");
+  ASSERT_TRUE(first->Stop() == 0);
+  // A handover cut short: a package with no end message.
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+  ASSERT_EQ(send(pair[0], "junk", 4, 0), 4);
+  close(pair[0]);
+  auto next = StartNext(pair[1]);
+  close(pair[1]);
+  EXPECT_NE(next->Log().find("handover is refused, starting without its state"),
+            std::string::npos)
+      << next->Log();
+  client::Client d(next->NewChannel());
+  absl::StatusOr<uint32_t> kept;
+  ASSERT_TRUE(WaitFor([&] {
+    kept = d.KeepAlive(one);
+    return kept.status().code() != absl::StatusCode::kUnavailable;
+  }));
+  // Its id is not issued again, nor taken for one never issued.
+  EXPECT_EQ(kept.status().code(), absl::StatusCode::kFailedPrecondition) << kept.status();
+  auto stats = d.GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_THAT(stats->last_restart().error(), ::testing::HasSubstr("the handover is refused"));
+  EXPECT_EQ(stats->last_restart().sessions(), 0u);
+  EXPECT_TRUE(d.OpenSession("fresh").ok());
+}
+
+TEST_P(RestartTest, SigtermStillDrainsAndHandsNothingOver) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel());
+  ASSERT_TRUE(c.OpenSession("one").ok());
+  EXPECT_EQ(first->Stop(), 0);
+  EXPECT_FALSE(notify_->WaitFor("FDSTORE=1", milliseconds(300)).has_value());
+  EXPECT_EQ(first->Log().find("handed over"), std::string::npos);
+}
+
+TEST_P(RestartTest, SigusrTwoWithoutAServiceManagerIsIgnored) {
+  Daemon alone(GetParam());
+  kill(alone.pid(), SIGUSR2);
+  client::Client c(alone.channel());
+  ASSERT_TRUE(WaitFor([&] { return alone.Log().find("SIGUSR2 ignored") != std::string::npos; }));
+  EXPECT_TRUE(c.OpenSession("still serving").ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, RestartTest,
+                         ::testing::Values(BackendMode::kIoUring, BackendMode::kThreadPoolOnly),
+                         [](const auto& info) { return Name(info.param); });
+
+}  // namespace
+}  // namespace asyncd::testing
