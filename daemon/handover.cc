@@ -87,27 +87,8 @@ void RaiseBuffers(int sender, int receiver) {
 }
 
 // Sends one message without blocking: `header` and `fds` as SCM_RIGHTS.
-// Returns 0 or the errno.
-int SendMessage(int sock, const HandoverHeader& header, std::span<const int> fds) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  iovec iov{const_cast<HandoverHeader*>(&header), sizeof(header)};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  }
-  for (;;) {
-    // A SOCK_SEQPACKET message goes whole or not at all.
-    if (sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return 0;
-    if (errno != EINTR) return errno;
-  }
+std::span<const char> AsBytes(const HandoverHeader& header) {
+  return {reinterpret_cast<const char*>(&header), sizeof(header)};
 }
 
 absl::Status SendError(int err, int sock, size_t packed, size_t total) {
@@ -173,6 +154,29 @@ absl::StatusOr<std::string> ReadCheckpoint(int memfd, uint64_t size) {
 
 }  // namespace
 
+int SendWithDescriptors(int sock, std::span<const char> payload, std::span<const int> fds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  if (fds.size() > kMaxFdsPerMessage) return EINVAL;
+  iovec iov{const_cast<char*>(payload.data()), payload.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    // A SOCK_SEQPACKET message goes whole or not at all.
+    if (sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return 0;
+    if (errno != EINTR) return errno;
+  }
+}
+
 absl::StatusOr<int> PackHandover(std::string_view sealed_checkpoint, std::span<const int> fds) {
   if (fds.size() >= std::numeric_limits<uint32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat("handover: ", fds.size(), " descriptors"));
@@ -201,7 +205,7 @@ absl::StatusOr<int> PackHandover(std::string_view sealed_checkpoint, std::span<c
     const size_t count = std::min<size_t>(kMaxFdsPerMessage, fds.size() - first);
     header.first = static_cast<uint32_t>(first);
     header.count = static_cast<uint32_t>(count);
-    if (int err = SendMessage(sender.get(), header, fds.subspan(first, count)); err != 0) {
+    if (int err = SendWithDescriptors(sender.get(), AsBytes(header), fds.subspan(first, count)); err != 0) {
       return SendError(err, sender.get(), first, fds.size());
     }
   }
@@ -210,7 +214,7 @@ absl::StatusOr<int> PackHandover(std::string_view sealed_checkpoint, std::span<c
   header.count = 0;
   header.checkpoint_size = sealed_checkpoint.size();
   const int memfd_fd = memfd.get();
-  if (int err = SendMessage(sender.get(), header, std::span(&memfd_fd, 1)); err != 0) {
+  if (int err = SendWithDescriptors(sender.get(), AsBytes(header), std::span(&memfd_fd, 1)); err != 0) {
     return SendError(err, sender.get(), fds.size(), fds.size());
   }
   return receiver.release();
@@ -379,7 +383,9 @@ absl::Status PushToDescriptorStore(int fd, std::string_view name) {
                      "\" is not a valid FDNAME (1..255 printable ASCII, no ':')"));
   }
   if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("descriptor store: descriptor ", fd));
-  const std::string state = absl::StrCat("FDSTORE=1\nFDNAME=", std::string(name));
+  // FDPOLL=0: systemd would otherwise drop it at its first POLLHUP, which a
+  // package shows from the start (its sending end is closed).
+  const std::string state = absl::StrCat("FDSTORE=1\nFDPOLL=0\nFDNAME=", std::string(name));
   const int r = sd_pid_notify_with_fds(0, /*unset_environment=*/0, state.c_str(), &fd, 1);
   if (r < 0) {
     return absl::InternalError(absl::StrCat("descriptor store: sending ", std::string(name),

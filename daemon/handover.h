@@ -54,6 +54,11 @@ struct HandoverHeader {
 };
 static_assert(sizeof(HandoverHeader) == 24, "the header is a wire format: no padding");
 
+/// Sends one message without blocking: `payload`, and `fds` (at most
+/// kMaxFdsPerMessage) as SCM_RIGHTS. Returns 0 or the errno. PackHandover
+/// sends each message with it; tests forge packages with it.
+int SendWithDescriptors(int sock, std::span<const char> payload, std::span<const int> fds);
+
 /// Packs `fds` (in this order) and `sealed_checkpoint` into a new package and
 /// returns its receiving end (close-on-exec; the caller owns it). The kernel
 /// duplicates `fds`: the caller keeps its own. Never blocks: when the queue is
@@ -94,7 +99,9 @@ struct Handover {
 /// no half-restores. Any thread.
 [[nodiscard]] absl::StatusOr<Handover> UnpackHandover(int fd);
 
-/// Stores `fd` in systemd's descriptor store as `name` (FDSTORE=1, FDNAME=);
+/// Stores `fd` in systemd's descriptor store as `name` (FDSTORE=1, FDNAME=,
+/// and FDPOLL=0: a package's end shows POLLHUP from the start, at which
+/// systemd would drop it);
 /// systemd keeps its own duplicate and passes it at the next start. The
 /// caller keeps `fd`. FAILED_PRECONDITION when not under systemd ($NOTIFY_SOCKET
 /// unset); INVALID_ARGUMENT for a name systemd would refuse; INTERNAL when

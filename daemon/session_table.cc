@@ -50,6 +50,12 @@ absl::Status SessionTable::Missing(uint64_t session_id) const {
       return absl::FailedPreconditionError(
           absl::StrCat("session ", session_id, " was lost when the daemon restarted: ", it->second));
     }
+    const uint64_t serial = session_id >> core::OpId::kSessionBits;
+    if (!lost_before_start_.empty() && serial != 0 &&
+        serial < registry_.options().first_serial) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session ", session_id, " was lost when the daemon restarted: ", lost_before_start_));
+    }
   }
   if (registry_.Issued(session_id)) {
     return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " has ended"));
@@ -84,6 +90,11 @@ absl::Status SessionTable::Restore(std::shared_ptr<core::Session> session, const
   std::unique_lock lock(mu_);
   sessions_[meta->session->id()] = std::move(meta);
   return absl::OkStatus();
+}
+
+void SessionTable::NoteLostBeforeStart(const std::string& why) {
+  std::unique_lock lock(mu_);
+  lost_before_start_ = why;
 }
 
 void SessionTable::NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why) {

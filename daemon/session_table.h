@@ -155,6 +155,10 @@ class SessionTable {
   /// Sessions a restart could not keep: from now on each answers
   /// FAILED_PRECONDITION naming `why`, not merely "has ended".
   void NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why);
+  /// The same for every session issued before this daemon started (serials
+  /// below the registry's first_serial): its predecessor's handover was
+  /// refused, so which ones it held is not known.
+  void NoteLostBeforeStart(const std::string& why);
   /// Every open session, by id: a copy of the table's references.
   std::vector<std::shared_ptr<SessionMeta>> All() const;
   /// Where sessions' paths resolve; null: beneath the whole root.
@@ -178,6 +182,7 @@ class SessionTable {
   mutable std::shared_mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;
   std::unordered_map<uint64_t, std::string> lost_;  // session id -> why a restart lost it
+  std::string lost_before_start_;  // why a refused handover lost the predecessor's sessions
 };
 
 }  // namespace asyncd::daemon

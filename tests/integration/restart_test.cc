@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <future>
 #include <set>
 
 #include "tests/integration/daemon_fixture.h"
@@ -21,6 +22,18 @@ namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+
+// KeepAlive on a fresh channel to the next daemon: the first call may meet
+// the connection the old one closed (UNAVAILABLE) and is retried, as the
+// proto asks.
+absl::StatusOr<uint32_t> KeepAliveRetried(client::Client& c, uint64_t session) {
+  absl::StatusOr<uint32_t> kept;
+  WaitFor([&] {
+    kept = c.KeepAlive(session);
+    return kept.status().code() != absl::StatusCode::kUnavailable;
+  });
+  return kept;
+}
 
 class RestartTest : public ::testing::TestWithParam<BackendMode> {
  protected:
@@ -54,6 +67,8 @@ class RestartTest : public ::testing::TestWithParam<BackendMode> {
     EXPECT_EQ(d.WaitExit(seconds(20)), 0) << d.Log();
     if (!m) return -1;
     EXPECT_NE(m->text.find("FDNAME=asyncd-handover"), std::string::npos) << m->text;
+    // The package shows POLLHUP at once: systemd must not watch it.
+    EXPECT_NE(m->text.find("FDPOLL=0"), std::string::npos) << m->text;
     EXPECT_EQ(m->fds.size(), 1u) << m->text;
     for (size_t i = 1; i < m->fds.size(); ++i) close(m->fds[i]);
     return m->fds.empty() ? -1 : m->fds[0];
@@ -94,14 +109,8 @@ TEST_P(RestartTest, SessionsAndHandlesSurviveAHandover) {
       << next->Log();
 
   client::Client d(next->NewChannel());
-  // The same sessions, leases running, under the same names. The first
-  // call may meet the connection the old daemon closed (UNAVAILABLE), and
-  // is retried, as the proto asks.
-  absl::StatusOr<uint32_t> kept;
-  ASSERT_TRUE(WaitFor([&] {
-    kept = d.KeepAlive(one);
-    return kept.status().code() != absl::StatusCode::kUnavailable;
-  }));
+  // The same sessions, leases running, under the same names.
+  absl::StatusOr<uint32_t> kept = KeepAliveRetried(d, one);
   EXPECT_TRUE(kept.ok()) << kept.status();
   EXPECT_TRUE(d.KeepAlive(two).ok());
   auto sessions = d.ListSessions();
@@ -194,13 +203,11 @@ TEST_P(RestartTest, AHandoverThatDoesNotUnpackIsRefusedAndTheDaemonStartsWithout
             std::string::npos)
       << next->Log();
   client::Client d(next->NewChannel());
-  absl::StatusOr<uint32_t> kept;
-  ASSERT_TRUE(WaitFor([&] {
-    kept = d.KeepAlive(one);
-    return kept.status().code() != absl::StatusCode::kUnavailable;
-  }));
-  // Its id is not issued again, nor taken for one never issued.
+  absl::StatusOr<uint32_t> kept = KeepAliveRetried(d, one);
+  // Its id is not issued again, nor taken for one never issued, and says why.
   EXPECT_EQ(kept.status().code(), absl::StatusCode::kFailedPrecondition) << kept.status();
+  EXPECT_THAT(std::string(kept.status().message()),
+              ::testing::HasSubstr("was lost when the daemon restarted: the handover is refused"));
   auto stats = d.GetStats();
   ASSERT_TRUE(stats.ok());
   EXPECT_THAT(stats->last_restart().error(), ::testing::HasSubstr("the handover is refused"));
@@ -211,10 +218,42 @@ TEST_P(RestartTest, AHandoverThatDoesNotUnpackIsRefusedAndTheDaemonStartsWithout
 TEST_P(RestartTest, SigtermStillDrainsAndHandsNothingOver) {
   auto first = StartFirst();
   client::Client c(first->NewChannel());
-  ASSERT_TRUE(c.OpenSession("one").ok());
+  const uint64_t one = *c.OpenSession("one");
   EXPECT_EQ(first->Stop(), 0);
   EXPECT_FALSE(notify_->WaitFor("FDSTORE=1", milliseconds(300)).has_value());
   EXPECT_EQ(first->Log().find("handed over"), std::string::npos);
+  // The stop ended the session: the next daemon has not got it.
+  auto next = StartNext(-1);
+  client::Client d(next->NewChannel());
+  absl::StatusOr<uint32_t> kept = KeepAliveRetried(d, one);
+  EXPECT_EQ(kept.status().code(), absl::StatusCode::kFailedPrecondition) << kept.status();
+}
+
+// The restart drains first: an op in flight ends as in Drain, delivered to
+// its caller, and its session goes on.
+TEST_P(RestartTest, AnOpInFlightEndsAsInADrainAndItsSessionGoesOn) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel());
+  const uint64_t one = *c.OpenSession("one");
+  ASSERT_EQ(mkfifo((first->root() + "/fifo").c_str(), 0600), 0);
+  const uint32_t fifo = *c.Open(one, "fifo", v1::OPEN_MODE_READ_WRITE);
+  auto blocked = std::async(std::launch::async, [&] { return c.Submit(one, ReadOp(fifo, -1, 8)); });
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = c.GetStats();
+    return st.ok() && st->inflight() == 1;
+  }));
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  absl::StatusOr<v1::Completion> ended = blocked.get();
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(ended->end_reason(), v1::END_REASON_DRAIN);
+  auto next = StartNext(handover);
+  close(handover);
+  client::Client d(next->NewChannel());
+  EXPECT_TRUE(KeepAliveRetried(d, one).ok());
+  ASSERT_TRUE(d.Write(one, fifo, -1, "x").ok());
+  EXPECT_EQ(*d.Read(one, fifo, -1, 8), "x");
 }
 
 TEST_P(RestartTest, SigusrTwoWithoutAServiceManagerIsIgnored) {

@@ -304,29 +304,34 @@ handles_held() {  # handles_held SESSION N: opens N handles, prints them
     $CTL submit --session "$1" open "held/$i" --access rw --create | awk '$1 == "handle:" { print $2 }'
   done
 }
-mkdir -p "$FILES/held"
 S=$($CTL sessions open --lease 10m)
+check "restart: a directory for the handles" sub mkdir held
 check "restart: a session with a file written" sub open kept-across --access rw --create
 H=$(echo "$LAST" | awk '$1 == "handle:" { print $2 }')
-check "restart: write before" sub write --handle "$H" --data before
+check "restart: write before" sub write --handle "$H" --data before --offset -1
 HELD=$(handles_held "$S" 1000 | sort -n)
 check "restart: 1000 more handles open" bash -c "[ \"$(echo "$HELD" | grep -c .)\" = 1000 ]"
 pid=$(main_pid)
 check "restart: systemctl restart" systemctl restart asyncd.service
 check "restart: a new daemon" wait_active 10 "$pid"
+journalctl -b -u asyncd.service -o cat --no-pager |
+  grep -E 'SIGUSR2|handed over|restored|refused|lost' >>/tmp/check.log
 check "restart: the old one handed over" journal_has "handed over [1-9][0-9]* sessions and 1001 handles"
 check "restart: the new one restored them" \
   journal_has "restored the predecessor's [1-9][0-9]* sessions and 1001 handles"
 check "restart: the session lives on" $CTL sessions keepalive "$S"
-check "restart: its handle writes on at its offset" sub write --handle "$H" --data -after
-check "restart: the file holds both writes" grep -qx before-after "$FILES/kept-across"
+check "restart: its handle writes on at its offset" sub write --handle "$H" --data ,after --offset -1
+check "restart: the file holds both writes" grep -qx before,after "$FILES/kept-across"
 check "restart: the checkpoint lists the same 1001 handles" \
-  bash -c "[ \"\$($CTL checkpoint -o json | grep -c '\"handle\":')\" = 1001 ]"
+  bash -c "[ \"\$($CTL checkpoint -o json | grep -c '\"open_flags\":')\" = 1001 ]"
 check "restart: the last of them still works" sub stat --handle "$(echo "$HELD" | tail -1)"
-pid=$(main_pid)
+count_logged() { journalctl -b -u asyncd.service -o cat --no-pager | grep -c "$1"; }
+handovers=$(count_logged 'handed over')
+drains=$(count_logged 'drained: ')
 check "restart: systemctl stop" systemctl stop asyncd.service
-check "stop: drained, no handover" \
-  bash -c "journalctl -b -u asyncd.service -o cat --no-pager | tail -20 | grep -q 'drained: ' && ! journalctl -b -u asyncd.service -o cat --no-pager | tail -20 | grep -q 'handed over'"
+check "stop: drained" bash -c "[ \$(journalctl -b -u asyncd.service -o cat --no-pager | grep -c 'drained: ') -gt $drains ]"
+check "stop: handed nothing over" \
+  bash -c "[ \$(journalctl -b -u asyncd.service -o cat --no-pager | grep -c 'handed over') = $handovers ]"
 check "stop: the next daemon (socket activation) has not kept the session" \
   bash -c "$CTL sessions keepalive $S 2>&1 | grep -q FAILED_PRECONDITION"
 $CTL sessions list >/dev/null 2>&1
@@ -347,9 +352,15 @@ check "dpkg -i again: socket active" systemctl is-active asyncd.socket
 check "dpkg -i again: serving" bash -c "$CTL health | grep -q SERVING"
 wait_active 10
 pid=$(main_pid)
+S=$($CTL sessions open --lease 10m)
+check "upgrade: a session holds a file before" sub open kept-upgrade --access rw --create
+H=$(echo "$LAST" | awk '$1 == "handle:" { print $2 }')
 dpkg -i $DEBS/next/asyncd_next.deb >/tmp/dpkg-u.log 2>&1
 check "upgrade: succeeded" grep -q 'Unpacking asyncd .* over (' /tmp/dpkg-u.log
 check "upgrade: the running daemon was restarted" wait_active 10 "$pid"
+check "upgrade: the session lives on" $CTL sessions keepalive "$S"
+check "upgrade: its handle too" sub write --handle "$H" --data kept
+check "upgrade: the write reached its file" grep -qx kept "$FILES/kept-upgrade"
 check "upgrade: it runs the installed binary, not the replaced one" \
   bash -c "! readlink /proc/\$(systemctl show -p MainPID --value asyncd)/exe | grep -q deleted"
 check "upgrade: serving" nop_ok

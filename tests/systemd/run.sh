@@ -9,7 +9,9 @@
 # unit (io_uring), with the no-io_uring drop-in (thread pool), and with a
 # drop-in refusing io_uring and openat2 as container runtimes do; then the
 # operator's life cycle: group members as clients, a bad config at reload and
-# at start, asyncctl drain, dpkg -r, -i, an upgrade and --purge (the package,
+# at start, asyncctl drain, systemctl restart keeping a session and its 1,001
+# handles (the descriptor store) where a stop drains, dpkg -r, -i, an
+# upgrade keeping a session and --purge (the package,
 # and a copy with a higher version, wait in /var/cache/asyncd-test in the
 # tree). Exit 0 = pass, 1 = fail, 77 = skipped (not root, no
 # debootstrap/nspawn, nspawn cannot start a container here, as inside some
