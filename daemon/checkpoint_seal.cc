@@ -172,8 +172,9 @@ absl::StatusOr<state::Checkpoint> LoadCheckpoint(std::string_view bytes,
     if (s.lease_ms() > kMaxLeaseMs || s.lease_remaining_ms() > s.lease_ms()) {
       return Invalid(absl::StrCat(at, ": lease out of range"));
     }
-    if (s.bound_to_stream() && s.lease_ms() != 0) {
-      return Invalid(absl::StrCat(at, ": bound to a stream, yet leased"));
+    if (s.bound_to_stream() != (s.lease_ms() == 0)) {
+      return Invalid(absl::StrCat(at, s.bound_to_stream() ? ": bound to a stream, yet leased"
+                                                          : ": neither leased nor bound to a stream"));
     }
     if (s.whole_root() && s.shares_size() > 0) {
       return Invalid(absl::StrCat(at, ": beneath the whole root, yet named shares"));

@@ -86,7 +86,6 @@ void RaiseBuffers(int sender, int receiver) {
   }
 }
 
-// Sends one message without blocking: `header` and `fds` as SCM_RIGHTS.
 std::span<const char> AsBytes(const HandoverHeader& header) {
   return {reinterpret_cast<const char*>(&header), sizeof(header)};
 }

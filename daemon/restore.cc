@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <span>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/convert.h"
 #include "daemon/file_area.h"
 #include "daemon/session_table.h"
 #include "src/core/clock.h"
@@ -61,6 +63,10 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
   const std::vector<std::string> share_paths =
       sessions.areas() != nullptr ? sessions.areas()->SharePaths() : std::vector<std::string>();
   const int64_t now = core::MonoNanos();
+  // The time the package waited (in the store, through a start) counts
+  // against every lease.
+  const int64_t waited_ms =
+      std::max<int64_t>(0, (ToUnixNanos(now) - checkpoint.taken_unix_nanos()) / 1'000'000);
   RestoreSummary summary;
   std::vector<uint64_t> restored;
   absl::Status failed;
@@ -77,7 +83,7 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
     absl::StatusOr<std::shared_ptr<core::Session>> session = registry.RestoreSession(
         s.session_id(), core::ClientInfo{s.client_name(), s.uid(), s.gid(), s.pid()});
     if (!session.ok()) {
-      failed = absl::Status(session.status().code(), at + std::string(session.status().message()));
+      failed = session.status();  // it names the session
       break;
     }
     std::vector<core::HandleTable::RestoredHandle> restored_handles;
@@ -88,14 +94,14 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
                                             s.handle_slot_generations().end());
     absl::Status st = (*session)->handles().Restore(generations, restored_handles);
     if (st.ok()) next_fd += own.size();  // the table owns them now
-    if (st.ok()) st = sessions.Restore(*session, opener, s.lease_ms(), s.lease_remaining_ms(), now);
+    const auto lease_left =
+        static_cast<uint32_t>(std::max<int64_t>(0, int64_t{s.lease_remaining_ms()} - waited_ms));
+    if (st.ok()) st = sessions.Restore(*session, opener, s.lease_ms(), lease_left, now);
+    restored.push_back(s.session_id());  // in core at least: ended there on failure
     if (!st.ok()) {
-      // Registered in core but not in the table: end it there.
-      restored.push_back(s.session_id());
       failed = absl::Status(st.code(), at + std::string(st.message()));
       break;
     }
-    restored.push_back(s.session_id());
     ++summary.sessions;
     summary.handles += static_cast<uint32_t>(own.size());
   }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -123,13 +124,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const Co
   return grpc::SslServerCredentials(options);
 }
 
-}  // namespace
-
-Server::Server(const Config& config) : config_(config) {}
-
 // Session serials start from the clock: 256 per millisecond since 2025,
 // above any a predecessor that left no counters (killed, or stopped) can
-// have reached, so a client's old session id is never issued again.
+// have reached, so a client's old session id is not issued again (unless
+// the clock was stepped back across the restart).
 uint64_t FreshSerialBase() {
   constexpr int64_t k2025UnixMs = 1'735'689'600'000;
   const int64_t ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -138,6 +136,10 @@ uint64_t FreshSerialBase() {
                      k2025UnixMs;
   return ms > 0 ? (static_cast<uint64_t>(ms) << 8) + 1 : 1;
 }
+
+}  // namespace
+
+Server::Server(const Config& config) : config_(config) {}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config, Handover* handover,
                                                      std::string refused) {
@@ -477,9 +479,14 @@ void Server::Stop(const HandOverTo* send) {
 
 void Server::SendState(const HandOverTo& send) {
   const int64_t started = core::MonoNanos();
-  const state::Checkpoint checkpoint = TakeCheckpoint(service_->sessions(), *registry_,
-                                                      observer_->history(),
-                                                      config_.history_capacity);
+  state::Checkpoint checkpoint = TakeCheckpoint(service_->sessions(), *registry_,
+                                                observer_->history(), config_.history_capacity);
+  // A session bound to a stream ended with it; one whose end is still on its
+  // way would close its descriptors under the package.
+  auto* sessions = checkpoint.mutable_sessions();
+  sessions->erase(std::remove_if(sessions->begin(), sessions->end(),
+                                 [](const state::Session& s) { return s.bound_to_stream(); }),
+                  sessions->end());
   std::vector<int> fds;
   for (const state::Session& s : checkpoint.sessions()) {
     for (const state::Handle& h : s.handles()) fds.push_back(h.fd());

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 
@@ -12,11 +13,13 @@
 namespace asyncd::ctl {
 namespace {
 
-// Writes `text` to `path` whole or not at all (a temporary file renamed over
-// it), readable by its owner only: a checkpoint names every user's files.
+// Writes `text` to `path` whole or not at all (a new temporary file, mode
+// 0600, renamed over it), readable by its owner only: a checkpoint names
+// every user's files. mkstemp: nothing planted at the temporary name is
+// followed or reused.
 absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  std::string tmp = path + ".XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) return absl::InternalError(tmp + ": " + std::strerror(errno));
   size_t done = 0;
   while (done < text.size()) {

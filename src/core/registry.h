@@ -281,7 +281,7 @@ class Registry {
   /// The id counters of one session table index that has held a session.
   struct IndexCounters {
     uint32_t index = 0;
-    uint64_t serial = 0;    // sessions opened on it so far
+    uint64_t serial = 0;    // the serial of the last session opened on it
     uint32_t next_gen = 0;  // op generations of its next session start here
   };
   /// The counters of every index used so far, in index order: what a

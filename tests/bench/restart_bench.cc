@@ -55,25 +55,34 @@ int Run(int sessions, int handles, int blocked) {
       return 1;
     }
   }
+  // The blocked reads: a thousand per session (under its in-flight limit),
+  // each session's on its own stream and FIFO handle.
   mkfifo((first->root() + "/fifo").c_str(), 0600);
-  const uint64_t reader = ids[0];
-  const uint32_t fifo = *setup.Open(reader, "fifo", v1::OPEN_MODE_READ_WRITE);
-  auto stream = client::StreamClient::Create(first->NewChannel(), "blocked", reader);
   std::atomic<int> ended{0};
-  std::vector<v1::Operation> reads;
-  for (int i = 0; i < blocked; ++i) reads.push_back(ReadOp(fifo, -1, 8));
-  if (blocked > 0 && (!stream.ok() || !(*stream)->Submit(std::move(reads), [&](const v1::Completion&) {
-                                               ended.fetch_add(1);
-                                             }).ok())) {
-    std::fprintf(stderr, "cannot block the reads\n");
-    return 1;
+  std::vector<std::unique_ptr<client::StreamClient>> streams;
+  for (int done = 0, g = 0; done < blocked; ++g) {
+    const int n = std::min(1000, blocked - done);
+    const uint64_t reader = ids[static_cast<size_t>(g) % ids.size()];
+    const uint32_t fifo = *setup.Open(reader, "fifo", v1::OPEN_MODE_READ_WRITE);
+    auto stream = client::StreamClient::Create(first->NewChannel(), "blocked", reader);
+    std::vector<v1::Operation> reads;
+    for (int i = 0; i < n; ++i) reads.push_back(ReadOp(fifo, -1, 8));
+    if (!stream.ok() ||
+        !(*stream)->Submit(std::move(reads), [&](const v1::Completion&) { ended.fetch_add(1); })
+             .ok()) {
+      std::fprintf(stderr, "cannot block the reads\n");
+      return 1;
+    }
+    streams.push_back(*std::move(stream));
+    done += n;
   }
   WaitFor([&] {
     auto st = setup.GetStats();
     return st.ok() && st->inflight() >= static_cast<uint64_t>(blocked);
   }, std::chrono::seconds(60));
   std::printf("populated: %d sessions, %d handles, %d blocked reads in %.1f s\n", sessions,
-              handles + 1, blocked, std::chrono::duration<double>(Clock::now() - t0).count());
+              handles + static_cast<int>(streams.size()), blocked,
+              std::chrono::duration<double>(Clock::now() - t0).count());
 
   // One client calls through the restart: each call's latency counts its
   // retries, as an application retrying UNAVAILABLE sees it.
@@ -116,7 +125,7 @@ int Run(int sessions, int handles, int blocked) {
   std::this_thread::sleep_for(std::chrono::seconds(1));
   stop.store(true);
   load.join();
-  stream->reset();
+  streams.clear();
 
   client::Client check(next->NewChannel(), {.default_timeout = std::chrono::seconds(30)});
   auto stats = check.GetStats();

@@ -272,6 +272,12 @@ TEST_F(CheckpointTest, ContradictionsAreRefusedNamingWhatIsWrong) {
       {"leased and bound to a stream",
        [](auto& cp) { cp.mutable_sessions(0)->set_bound_to_stream(true); },
        "session 196608: bound to a stream, yet leased"},
+      {"neither leased nor bound",
+       [](auto& cp) {
+         cp.mutable_sessions(0)->set_lease_ms(0);
+         cp.mutable_sessions(0)->set_lease_remaining_ms(0);
+       },
+       "session 196608: neither leased nor bound to a stream"},
       {"lease left over its length",
        [](auto& cp) { cp.mutable_sessions(0)->set_lease_remaining_ms(2000); },
        "session 196608: lease out of range"},
