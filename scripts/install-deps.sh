@@ -10,6 +10,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsystemd-dev libtomlplusplus-dev help2man
+  zlib1g-dev  # CRC-32 of checkpoints (protobuf depends on it already)
 )
 # Test-only tools: the Python interop client, fio for the comparison bench,
 # openssl for TLS test certificates; for the real-systemd test, cpack's DEB
