@@ -187,7 +187,12 @@ int main(int argc, char** argv) {
         continue;
       }
       if (sig == SIGUSR2) {
-        if (getenv("NOTIFY_SOCKET") == nullptr) {
+        // A service of systemd's: a notify socket alone may be a container
+        // manager's (nspawn sets one), which keeps no descriptors.
+        const char* notify_socket = getenv("NOTIFY_SOCKET");
+        const char* invocation = getenv("INVOCATION_ID");
+        if (notify_socket == nullptr || *notify_socket == '\0' || invocation == nullptr ||
+            *invocation == '\0') {
           spdlog::warn("SIGUSR2 ignored: handing over needs systemd's descriptor store");
           continue;
         }

@@ -38,7 +38,8 @@ int Run(int sessions, int handles, int blocked) {
     std::fclose(f);
   }
   const DaemonOptions options{.extra_args = {"--config", dir + "/asyncd.toml"},
-                              .env = {{"NOTIFY_SOCKET", notify.path()}},
+                              .env = {{"NOTIFY_SOCKET", notify.path()},
+                                      {"INVOCATION_ID", "0123456789abcdef"}},
                               .dir = dir,
                               .listen_fd = listener};
   auto first = std::make_unique<Daemon>(BackendMode::kIoUring, options);
