@@ -570,7 +570,14 @@ TEST(HandoverRefusalTest, DescriptorsCutShortByTheReceiversLimit) {
 TEST(HandoverResourceTest, MoreDescriptorsInFlightThanTheLimitIsResourceExhausted) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to become a user without the capability";
   const std::string failure = InChild([]() -> std::string {
-    // Above the limit to come, so the package's own socket and memfd still fit.
+    // Above the limit to come, so the package's own socket and memfd still fit;
+    // room for that first (a soft limit of 1024 refuses descriptor 1024).
+    rlimit room{};
+    getrlimit(RLIMIT_NOFILE, &room);
+    room.rlim_cur = room.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &room) != 0 || room.rlim_cur < 1024 + 800) {
+      return absl::StrCat("needs RLIMIT_NOFILE of 1824, has ", room.rlim_max);
+    }
     std::vector<int> fds = DistinctFds(800);
     for (int& fd : fds) {
       const int high = fcntl(fd, F_DUPFD_CLOEXEC, 1024);
