@@ -14,8 +14,8 @@ namespace asyncd::daemon {
 
 namespace {
 
-void AddSession(const SessionMeta& meta, const std::vector<std::string>& share_paths,
-                int64_t now, state::Session& out) {
+void AddSession(const SessionMeta& meta, const FileAreas* areas, int64_t now,
+                state::Session& out) {
   core::Session& s = *meta.session;
   const core::ClientInfo& client = s.client();
   out.set_session_id(s.id());
@@ -28,8 +28,10 @@ void AddSession(const SessionMeta& meta, const std::vector<std::string>& share_p
   out.set_bound_to_stream(meta.stream_owned);
   out.set_age_us((now - s.created_ns()) / 1000);
   out.set_whole_root(meta.area.whole_root());
-  for (size_t i = 0; i < share_paths.size() && i < 64; ++i) {
-    if ((meta.area.shares() >> i) & 1) out.add_shares(share_paths[i]);
+  if (areas != nullptr) {
+    for (std::string& share : areas->SharePaths(meta.area.shares())) {
+      out.add_shares(std::move(share));
+    }
   }
 
   std::vector<core::HandleTable::Listed> handles;
@@ -63,10 +65,8 @@ state::Checkpoint TakeCheckpoint(const SessionTable& sessions, const core::Regis
   state::Checkpoint cp;
   cp.set_daemon_version(ASYNCD_VERSION);
   cp.set_taken_unix_nanos(ToUnixNanos(started));
-  const std::vector<std::string> share_paths =
-      sessions.areas() != nullptr ? sessions.areas()->SharePaths() : std::vector<std::string>();
   for (const std::shared_ptr<SessionMeta>& meta : sessions.All()) {
-    AddSession(*meta, share_paths, started, *cp.add_sessions());
+    AddSession(*meta, sessions.areas(), started, *cp.add_sessions());
   }
   for (const FinishedOp& f : history.Recent(Filter{}, history_limit)) {
     ToOperationInfo(f.snap, f.uid, f.pid, f.client, /*include_timeline=*/true, started,

@@ -1,5 +1,7 @@
 #include "daemon/file_area.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -136,10 +138,22 @@ absl::StatusOr<FileArea> FileAreas::For(const Caller& caller) {
   return FileArea(this, it->second, caller.shares);
 }
 
-std::vector<std::string> FileAreas::SharePaths() const {
+std::vector<std::string> FileAreas::SharePaths(uint64_t bits) const {
   std::vector<std::string> paths;
-  for (const Share& share : shares_) paths.push_back(share.path);
+  for (size_t i = 0; i < shares_.size() && i < 64; ++i) {
+    if ((bits >> i) & 1) paths.push_back(shares_[i].path);
+  }
   return paths;
+}
+
+uint64_t FileAreas::ShareBits(const std::vector<std::string>& paths) const {
+  uint64_t bits = 0;
+  for (size_t i = 0; i < shares_.size() && i < 64; ++i) {
+    if (std::find(paths.begin(), paths.end(), shares_[i].path) != paths.end()) {
+      bits |= uint64_t{1} << i;
+    }
+  }
+  return bits;
 }
 
 }  // namespace asyncd::daemon

@@ -77,9 +77,12 @@ class FileAreas {
   /// file in its place, no space, permissions: retrying will not help).
   /// Any thread.
   absl::StatusOr<FileArea> For(const Caller& caller);
-  /// The configured shares' paths, in Config::shares order (Caller::shares
-  /// bits).
-  std::vector<std::string> SharePaths() const;
+  /// The paths of the shares `bits` (Caller::shares) names, as configured:
+  /// how a checkpoint records a session's area.
+  std::vector<std::string> SharePaths(uint64_t bits) const;
+  /// The Caller::shares bits of the configured shares among `paths`; paths
+  /// no longer configured are dropped.
+  uint64_t ShareBits(const std::vector<std::string>& paths) const;
 
  private:
   friend class FileArea;

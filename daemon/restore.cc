@@ -20,12 +20,11 @@ namespace {
 
 // The opener of `s` as far as its file area goes, with the shares it
 // reached that are still configured.
-Caller Opener(const state::Session& s, const std::vector<std::string>& share_paths) {
+Caller Opener(const state::Session& s, const FileAreas* areas) {
   Caller opener{.uid = s.uid(), .gid = s.gid(), .pid = s.pid(), .admin = s.whole_root()};
-  for (const std::string& share : s.shares()) {
-    for (size_t i = 0; i < share_paths.size() && i < 64; ++i) {
-      if (share_paths[i] == share) opener.shares |= uint64_t{1} << i;
-    }
+  if (areas != nullptr) {
+    opener.shares =
+        areas->ShareBits(std::vector<std::string>(s.shares().begin(), s.shares().end()));
   }
   return opener;
 }
@@ -60,8 +59,6 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
     return absl::InvalidArgumentError(why);
   }
 
-  const std::vector<std::string> share_paths =
-      sessions.areas() != nullptr ? sessions.areas()->SharePaths() : std::vector<std::string>();
   const int64_t now = core::MonoNanos();
   // The time the package waited (in the store, through a start) counts
   // against every lease.
@@ -79,7 +76,7 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
       next_fd += own.size();
       continue;
     }
-    const Caller opener = Opener(s, share_paths);
+    const Caller opener = Opener(s, sessions.areas());
     absl::StatusOr<std::shared_ptr<core::Session>> session = registry.RestoreSession(
         s.session_id(), core::ClientInfo{s.client_name(), s.uid(), s.gid(), s.pid()});
     if (!session.ok()) {

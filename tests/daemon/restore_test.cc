@@ -8,6 +8,7 @@
 #include "daemon/restore.h"
 
 #include <dirent.h>
+#include <filesystem>
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/file_area.h"
 #include "daemon/history.h"
 #include "daemon/session_table.h"
 #include "src/core/clock.h"
@@ -196,6 +198,46 @@ TEST(RestoreTest, AFailurePartWayEndsWhatWasRestoredAndClosesEveryDescriptor) {
   }
   squatters.clear();
   EXPECT_EQ(OpenFdCount(), fds_before);
+}
+
+// A session keeps its opener's file area: the shares it reached are
+// recorded by path, and come back as the bits of the next daemon's config,
+// whatever their order there; a share no longer configured is dropped.
+TEST(RestoreTest, ASessionsSharesComeBackByPath) {
+  char tmpl[] = "/tmp/asyncd-restore-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const int root_fd = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  auto old_areas = FileAreas::Open(root_fd, {ShareConfig{.path = "common"},
+                                             ShareConfig{.path = "gone"}});
+  auto next_areas = FileAreas::Open(root_fd, {ShareConfig{.path = "other"},
+                                              ShareConfig{.path = "common"}});
+  ASSERT_TRUE(old_areas.ok() && next_areas.ok());
+  Daemon old;
+  SessionTable old_table{old.registry, old.dispatcher, old.live, old.config.max_lease_ms,
+                         old_areas->get()};
+  auto meta = old_table.Open(Caller{.uid = 1000, .gid = 1000, .shares = 0b11}, "s", 0,
+                             SessionLifetime::kLeased);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  const state::Checkpoint cp = TakeCheckpoint(old_table, old.registry, old.history, 0);
+  ASSERT_EQ(cp.sessions_size(), 1);
+  const auto& shares = cp.sessions(0).shares();
+  EXPECT_EQ(std::vector<std::string>(shares.begin(), shares.end()),
+            (std::vector<std::string>{"common", "gone"}));
+  EXPECT_FALSE(cp.sessions(0).whole_root());
+
+  Daemon next(uint64_t{1} << 30);
+  SessionTable next_table{next.registry, next.dispatcher, next.live, next.config.max_lease_ms,
+                          next_areas->get()};
+  ASSERT_TRUE(next.registry.RestoreCounters(CountersOf(cp)).ok());
+  ASSERT_TRUE(RestoreCheckpoint(cp, {}, next.registry, next_table).ok());
+  auto restored =
+      next_table.Own(Caller{.uid = 1000, .gid = 1000, .shares = 0b10}, (*meta)->session->id());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ((*restored)->area.shares(), 0b10u);  // "common", second in the next config
+  (void)next_table.End((*meta)->session->id(), core::EndReason::kSessionClosed);
+  (void)old_table.End((*meta)->session->id(), core::EndReason::kSessionClosed);
+  close(root_fd);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
