@@ -3,6 +3,7 @@
 #include <memory>
 #include <vector>
 
+#include "daemon/carry.h"
 #include "daemon/convert.h"
 #include "daemon/history.h"
 #include "daemon/selector.h"
@@ -46,6 +47,7 @@ void AddSession(const SessionMeta& meta, const FileAreas* areas, int64_t now,
     handle->set_fd(h.fd);
   }
   out.mutable_handle_slot_generations()->Add(generations.begin(), generations.end());
+  if (std::shared_ptr<Carry> carry = meta.carry()) carry->Fill(out);
 
   // Slot order is op-id order within a session; a finished op still in its
   // slot has not been delivered to its client yet.

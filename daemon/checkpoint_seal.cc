@@ -92,6 +92,53 @@ absl::Status CheckOps(const state::Session& s, const std::string& where,
   return absl::OkStatus();
 }
 
+// A resumable stream's state: numbered messages in order below next_seq,
+// and ops to run again that are the session's, once each.
+absl::Status CheckCarry(const state::Session& s, const std::string& where,
+                        const CheckpointLimits& limits) {
+  if (!s.resumable()) {
+    if (s.next_seq() != 0 || s.unacked_size() > 0 || s.undelivered_size() > 0 ||
+        s.resubmit_size() > 0) {
+      return Invalid(absl::StrCat(where, ": a stream's state, yet not resumable"));
+    }
+    return absl::OkStatus();
+  }
+  if (s.next_seq() == 0) return Invalid(absl::StrCat(where, ": resumable, yet no next_seq"));
+  const uint64_t most = limits.max_ops_per_session;
+  if (static_cast<uint64_t>(s.unacked_size()) > most ||
+      static_cast<uint64_t>(s.undelivered_size()) > most ||
+      static_cast<uint64_t>(s.resubmit_size()) > most) {
+    return Invalid(absl::StrCat(where, ": more of a stream's messages or operations than the limit of ",
+                                most));
+  }
+  uint64_t previous_seq = 0;
+  for (const v1::StreamResponse& m : s.unacked()) {
+    if (m.seq() <= previous_seq || m.seq() >= s.next_seq()) {
+      return Invalid(absl::StrCat(where, ": unacknowledged message ", m.seq(),
+                                  " out of order or not below next_seq ", s.next_seq()));
+    }
+    previous_seq = m.seq();
+  }
+  const uint32_t index = static_cast<uint32_t>(s.session_id() & (core::OpId::kMaxSessions - 1));
+  uint64_t previous_op = 0;
+  for (const state::Resubmit& r : s.resubmit()) {
+    const core::OpId id{r.op_id()};
+    const std::string at = absl::StrCat(where, ", operation ", r.op_id(), " to run again");
+    if (r.op_id() <= previous_op) {
+      return Invalid(absl::StrCat(at, ": operations are not unique and in order"));
+    }
+    previous_op = r.op_id();
+    if (id.session_index() != index || id.generation() == 0 ||
+        id.slot() >= limits.max_ops_per_session) {
+      return Invalid(absl::StrCat(at, ": not an operation id of its session"));
+    }
+    if (r.op().kind_case() == v1::Operation::KIND_NOT_SET) {
+      return Invalid(absl::StrCat(at, ": no kind"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string Seal(const state::Checkpoint& checkpoint) {
@@ -182,6 +229,7 @@ absl::StatusOr<state::Checkpoint> LoadCheckpoint(std::string_view bytes,
     if (s.shares_size() > 64) return Invalid(absl::StrCat(at, ": over 64 shares"));
     if (absl::Status st = CheckHandles(s, at, limits); !st.ok()) return st;
     if (absl::Status st = CheckOps(s, at, limits); !st.ok()) return st;
+    if (absl::Status st = CheckCarry(s, at, limits); !st.ok()) return st;
   }
   if (cp.history_size() > kMaxHistory) {
     return Invalid(absl::StrCat(cp.history_size(), " finished operations, over ", kMaxHistory));

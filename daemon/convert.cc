@@ -316,6 +316,8 @@ std::string_view CancelledBy(core::EndReason reason) {
       return "its RPC was cancelled or broke";
     case core::EndReason::kDrain:
       return "the daemon drained";
+    case core::EndReason::kRestart:
+      return "the daemon restarted before it ran; submit it again";
     default:
       return "cancelled";
   }

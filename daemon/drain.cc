@@ -33,11 +33,11 @@ void Drainer::Start(uint32_t grace_ms, Done done) {
   }
   waiting_.push_back(std::move(done));
   if (state_ == State::kIdle && !thread_.joinable()) {
-    thread_ = std::thread([this, grace_ms] { DrainAndWait(grace_ms); });
+    thread_ = std::thread([this, grace_ms] { DrainAndWait(grace_ms, false); });
   }
 }
 
-v1::DrainResponse Drainer::DrainAndWait(uint32_t grace_ms) {
+v1::DrainResponse Drainer::DrainAndWait(uint32_t grace_ms, bool restart) {
   std::unique_lock lock(mu_);
   if (state_ != State::kIdle) {
     cv_.wait(lock, [this] { return state_ == State::kDone; });
@@ -45,7 +45,7 @@ v1::DrainResponse Drainer::DrainAndWait(uint32_t grace_ms) {
   }
   state_ = State::kRunning;
   lock.unlock();
-  const v1::DrainResponse result = Run(grace_ms);
+  const v1::DrainResponse result = Run(grace_ms, restart);
   lock.lock();
   result_ = result;
   state_ = State::kDone;
@@ -67,10 +67,11 @@ void Drainer::Join() {
   if (thread.joinable()) thread.join();
 }
 
-v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
+v1::DrainResponse Drainer::Run(uint32_t grace_ms, bool restart) {
+  restart_.store(restart, std::memory_order_release);
   draining_.store(true, std::memory_order_release);
   if (auto* health = health_.load()) health->SetServingStatus(false);  // every service name
-  if (options_.on_start) options_.on_start();
+  if (options_.on_start) options_.on_start(restart);
   v1::DrainManifest manifest;
   manifest.set_started_unix_nanos(core::UnixNanos());
   manifest.set_grace_ms(grace_ms);
@@ -87,9 +88,11 @@ v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
     return true;
   });
   const uint64_t at_start = listed.size();
-  spdlog::info("draining: {} operations in flight, grace {} ms", at_start, grace_ms);
+  spdlog::info("{}: {} operations in flight, grace {} ms", restart ? "handing over" : "draining",
+               at_start, grace_ms);
   const int64_t listed_ns = core::MonoNanos();
   uint32_t cancelled = 0;
+  const core::EndReason reason = restart ? core::EndReason::kRestart : core::EndReason::kDrain;
   auto cancel_where = [&](auto&& pred) {
     std::vector<core::OpId> targets;
     registry_.ForEach([&](const core::OpSnapshot& s, const std::shared_ptr<core::Session>&) {
@@ -97,7 +100,7 @@ v1::DrainResponse Drainer::Run(uint32_t grace_ms) {
       return true;
     });
     for (const core::OpId id : targets) {
-      if (dispatcher_.Cancel(id, core::EndReason::kDrain) == core::CancelResult::kCancelled) {
+      if (dispatcher_.Cancel(id, reason) == core::CancelResult::kCancelled) {
         ++cancelled;
       }
     }

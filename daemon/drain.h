@@ -53,8 +53,8 @@ class Drainer {
     /// owned; may be null (ops then appear as they were when the drain began).
     const History* history = nullptr;
     /// Runs once, on the draining thread, as soon as new work is refused (the
-    /// service ends its streams there).
-    std::function<void()> on_start;
+    /// service ends its streams there); `restart` as given to DrainAndWait.
+    std::function<void(bool restart)> on_start;
     /// Runs once, on the draining thread, after the drain is over and every
     /// `done` has been called (the daemon stops there). Must not block.
     std::function<void()> on_end;
@@ -72,6 +72,9 @@ class Drainer {
   void SetHealth(grpc::HealthCheckServiceInterface* health) { health_.store(health); }
   /// Whether a drain has started (it never stops). Any thread.
   bool draining() const { return draining_.load(std::memory_order_acquire); }
+  /// Whether the drain is a live restart's. Any thread; meaningful once
+  /// draining() is true.
+  bool restarting() const { return restart_.load(std::memory_order_acquire); }
 
   /// For the Drain RPC: starts draining with `grace_ms` on the drainer's
   /// thread unless a drain has started already, and calls `done` with the
@@ -81,7 +84,10 @@ class Drainer {
   /// Drains with `grace_ms` on the calling thread, or waits for the drain
   /// that has started; returns its result. Blocks up to the grace period
   /// plus the time non-cancellable ops need. Any thread but the drainer's.
-  v1::DrainResponse DrainAndWait(uint32_t grace_ms);
+  /// `restart`: for a live restart, whose cancels say so (end reason
+  /// kRestart: the next daemon runs a resumable stream's ops again, a
+  /// client may submit the others again).
+  v1::DrainResponse DrainAndWait(uint32_t grace_ms, bool restart = false);
   /// Waits for the drainer's thread, if Start started one, to end (its
   /// drain over and every `done` called). Blocks. Idempotent; not from a
   /// `done` callback.
@@ -90,7 +96,7 @@ class Drainer {
  private:
   enum class State { kIdle, kRunning, kDone };
   // The drain itself. Blocks.
-  v1::DrainResponse Run(uint32_t grace_ms);
+  v1::DrainResponse Run(uint32_t grace_ms, bool restart);
 
   // Writes `manifest` to a new file in state_dir and prunes older ones;
   // returns its path, or "" if it could not be written (logged).
@@ -100,6 +106,7 @@ class Drainer {
   core::Dispatcher& dispatcher_;
   const Options options_;
   std::atomic<bool> draining_{false};
+  std::atomic<bool> restart_{false};
   std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
 
   std::mutex mu_;

@@ -8,6 +8,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/carry.h"
 #include "daemon/convert.h"
 #include "daemon/file_area.h"
 #include "daemon/session_table.h"
@@ -70,7 +71,7 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
   for (const state::Session& s : checkpoint.sessions()) {
     const std::string at = absl::StrCat("session ", s.session_id(), ": ");
     std::span<int> own(fds.data() + next_fd, static_cast<size_t>(s.handles_size()));
-    if (s.bound_to_stream()) {
+    if (s.bound_to_stream() && !s.resumable()) {
       // Its stream ended with the predecessor, and the session with it.
       for (int fd : own) ::close(fd);
       next_fd += own.size();
@@ -91,9 +92,27 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
                                             s.handle_slot_generations().end());
     absl::Status st = (*session)->handles().Restore(generations, restored_handles);
     if (st.ok()) next_fd += own.size();  // the table owns them now
+    auto meta = std::make_shared<SessionMeta>();
+    meta->session = *session;
+    meta->uid = s.uid();
+    if (st.ok()) {
+      absl::StatusOr<FileArea> area = sessions.AreaOf(opener);
+      if (area.ok()) meta->area = *area;
+      st = area.status();
+    }
+    if (st.ok() && s.resumable()) {
+      auto carry = std::make_shared<Carry>();
+      st = carry->Restore(s, waited_ms, **session, sessions.dispatcher(), meta->area,
+                          sessions.live().max_op_bytes());
+      meta->SetCarry(std::move(carry));
+    }
+    // A session bound to its stream waits for that stream to resume, as
+    // long as a lease of the default length.
+    const uint32_t lease_ms = s.bound_to_stream() ? sessions.live().default_lease_ms() : s.lease_ms();
+    const uint32_t lease_remaining = s.bound_to_stream() ? lease_ms : s.lease_remaining_ms();
     const auto lease_left =
-        static_cast<uint32_t>(std::max<int64_t>(0, int64_t{s.lease_remaining_ms()} - waited_ms));
-    if (st.ok()) st = sessions.Restore(*session, opener, s.lease_ms(), lease_left, now);
+        static_cast<uint32_t>(std::max<int64_t>(0, int64_t{lease_remaining} - waited_ms));
+    if (st.ok()) st = sessions.Restore(meta, lease_ms, lease_left, s.bound_to_stream(), now);
     restored.push_back(s.session_id());  // in core at least: ended there on failure
     if (!st.ok()) {
       failed = absl::Status(st.code(), at + std::string(st.message()));

@@ -25,8 +25,9 @@ std::vector<core::Registry::IndexCounters> CountersOf(const state::Checkpoint& c
 /// daemon that serves nothing yet and whose registry has restored its id
 /// counters (CountersOf) and opened no session of a client: every session with its id, owner, file area, the lease
 /// left and its handles, each with its number and descriptor (`fds`: one
-/// per handle, in checkpoint order; owned). Sessions bound to a stream end
-/// with it and are not restored.
+/// per handle, in checkpoint order; owned), and for a session a resumable
+/// stream held, that stream's state, whose ops run again at once. Other
+/// sessions bound to a stream ended with it and are not restored.
 ///
 /// All or nothing: on an error (INVALID_ARGUMENT when `fds` does not match
 /// the handles; else what failed) the sessions restored so far end, every

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <unordered_set>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -452,7 +453,7 @@ void Server::Stop(const HandOverTo* send) {
                                 " in-flight ops"));
   if (housekeeping_.joinable()) housekeeping_.join();
   if (service_ != nullptr) {
-    service_->DrainAndWait(config_.drain_grace_ms);
+    service_->DrainAndWait(config_.drain_grace_ms, /*restart=*/send != nullptr);
     service_->StopWatchers();
   }
   if (metrics_ != nullptr) metrics_->Stop();
@@ -465,7 +466,12 @@ void Server::Stop(const HandOverTo* send) {
   const auto grace = send != nullptr ? std::chrono::milliseconds(100) : std::chrono::seconds(1);
   if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + grace);
   // Nothing runs or is served any more: the sessions and handles hold still.
-  if (send != nullptr && service_ != nullptr) SendState(*send);
+  if (send != nullptr && service_ != nullptr) {
+    if (!service_->WaitResumableStreams(std::chrono::seconds(2))) {
+      spdlog::warn("handing over: a resumable stream did not end in 2 s; its state may be left out");
+    }
+    SendState(*send);
+  }
   spdlog::debug("shutdown: stopping backends");
   if (uring_ != nullptr) uring_->Shutdown();
   if (pool_ != nullptr) pool_->Shutdown();
@@ -481,12 +487,25 @@ void Server::SendState(const HandOverTo& send) {
   const int64_t started = core::MonoNanos();
   state::Checkpoint checkpoint = TakeCheckpoint(service_->sessions(), *registry_,
                                                 observer_->history(), config_.history_capacity);
-  // A session bound to a stream ended with it; one whose end is still on its
-  // way would close its descriptors under the package.
+  // A session bound to a stream ended with it, unless the stream is
+  // resumable; one whose end is still on its way would close its
+  // descriptors under the package.
   auto* sessions = checkpoint.mutable_sessions();
   sessions->erase(std::remove_if(sessions->begin(), sessions->end(),
-                                 [](const state::Session& s) { return s.bound_to_stream(); }),
+                                 [](const state::Session& s) {
+                                   return s.bound_to_stream() && !s.resumable();
+                                 }),
                   sessions->end());
+  // An op the next daemon runs again has not finished: the restart's
+  // cancel is no outcome of it.
+  std::unordered_set<uint64_t> again;
+  for (const state::Session& s : checkpoint.sessions()) {
+    for (const state::Resubmit& r : s.resubmit()) again.insert(r.op_id());
+  }
+  auto* history = checkpoint.mutable_history();
+  history->erase(std::remove_if(history->begin(), history->end(),
+                                [&](const v1::OperationInfo& op) { return again.contains(op.op_id()); }),
+                 history->end());
   std::vector<int> fds;
   for (const state::Session& s : checkpoint.sessions()) {
     for (const state::Handle& h : s.handles()) fds.push_back(h.fd());

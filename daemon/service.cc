@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <thread>
+
 #include "daemon/checkpoint.h"
 #include "daemon/convert.h"
 #include "daemon/stream_call.h"
@@ -44,7 +46,7 @@ Service::Service(const Config& config, core::Registry& registry, core::Dispatche
                {.state_dir = config_.state_dir,
                 .manifests_keep = config_.drain_manifests_keep,
                 .history = &observer.history(),
-                .on_start = [this] { sessions_.NotifyDraining(); },
+                .on_start = [this](bool restart) { sessions_.NotifyDraining(restart); },
                 .on_end = std::move(on_drained)}) {}
 
 Service::~Service() = default;
@@ -228,8 +230,17 @@ grpc::ServerUnaryReactor* Service::GetCheckpoint(grpc::CallbackServerContext* ct
   return Done(ctx, absl::OkStatus());
 }
 
-v1::DrainResponse Service::DrainAndWait(uint32_t grace_ms) {
-  v1::DrainResponse result = drainer_.DrainAndWait(grace_ms);
+bool Service::WaitResumableStreams(std::chrono::milliseconds timeout) const {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (resumable_streams_.load() > 0) {
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+v1::DrainResponse Service::DrainAndWait(uint32_t grace_ms, bool restart) {
+  v1::DrainResponse result = drainer_.DrainAndWait(grace_ms, restart);
   drainer_.Join();
   return result;
 }

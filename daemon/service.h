@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -98,12 +100,15 @@ class Service final : public v1::Asyncd::CallbackService {
   /// Ends sessions whose lease ran out. Called periodically by the server's
   /// housekeeping thread.
   void ExpireLeases();
-  /// Drains at shutdown (see Drainer::DrainAndWait), then joins the thread a
+  /// Drains at shutdown (see Drainer::DrainAndWait; `restart` for a live
+  /// restart), then joins the thread a
   /// Drain RPC started, so that its reply has been handed to gRPC. Blocks up
   /// to the grace period plus the time non-cancellable ops need.
   /// Idempotent: later callers get the first result.
-  v1::DrainResponse DrainAndWait(uint32_t grace_ms);
+  v1::DrainResponse DrainAndWait(uint32_t grace_ms, bool restart = false);
   bool draining() const { return drainer_.draining(); }
+  /// Whether the drain is a live restart's (see DrainAndWait).
+  bool restarting() const { return drainer_.restarting(); }
   /// The gRPC health service to turn NOT_SERVING when draining starts, so
   /// health checkers stop sending work before the daemon refuses it.
   void SetHealth(grpc::HealthCheckServiceInterface* health) { drainer_.SetHealth(health); }
@@ -113,6 +118,13 @@ class Service final : public v1::Asyncd::CallbackService {
   void SetLastRestart(const v1::Restart& restart) { last_restart_ = restart; }
   /// Ends every Watch stream (shutdown). Any thread.
   void StopWatchers();
+  /// Resumable streams attached now: one attaches, one is done (OnDone).
+  void ResumableAttached() { resumable_streams_.fetch_add(1); }
+  void ResumableDone() { resumable_streams_.fetch_sub(1); }
+  /// Waits, at most `timeout`, until every resumable stream is done: at a
+  /// restart, each has then left its state to its session's carry. False
+  /// if one is not done by then.
+  bool WaitResumableStreams(std::chrono::milliseconds timeout) const;
 
   // --- the parts, for the reactors ---
 
@@ -152,6 +164,7 @@ class Service final : public v1::Asyncd::CallbackService {
   const Listing listing_;
   Drainer drainer_;
   WatchCalls watch_calls_;
+  std::atomic<int> resumable_streams_{0};
 };
 
 }  // namespace asyncd::daemon

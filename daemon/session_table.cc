@@ -28,19 +28,43 @@ void SessionMeta::NotifyEnded() {
   for (SessionListener* l : listeners_) l->OnSessionEnded();
 }
 
-void SessionMeta::NotifyDraining() {
+void SessionMeta::NotifyDraining(bool restart) {
   std::lock_guard lock(listeners_mu_);
-  for (SessionListener* l : listeners_) l->OnDraining();
+  for (SessionListener* l : listeners_) l->OnDraining(restart);
 }
 
-void SessionTable::NotifyDraining() const {
+absl::StatusOr<std::shared_ptr<Carry>> SessionMeta::AttachResumable(bool opened_it) {
+  std::lock_guard lock(listeners_mu_);
+  if (stream_owned && !opened_it && !(carry_ != nullptr && carry_->waiting())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", session->id(), " is bound to the stream that opened it"));
+  }
+  if (resumable_attached_.exchange(true)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", session->id(), " has a resumable stream attached already"));
+  }
+  if (carry_ == nullptr) carry_ = std::make_shared<Carry>();
+  return carry_;
+}
+
+std::shared_ptr<Carry> SessionMeta::carry() const {
+  std::lock_guard lock(listeners_mu_);
+  return carry_;
+}
+
+void SessionMeta::SetCarry(std::shared_ptr<Carry> carry) {
+  std::lock_guard lock(listeners_mu_);
+  carry_ = std::move(carry);
+}
+
+void SessionTable::NotifyDraining(bool restart) const {
   std::vector<std::shared_ptr<SessionMeta>> metas;
   {
     std::shared_lock lock(mu_);
     metas.reserve(sessions_.size());
     for (const auto& [id, meta] : sessions_) metas.push_back(meta);
   }
-  for (const auto& meta : metas) meta->NotifyDraining();
+  for (const auto& meta : metas) meta->NotifyDraining(restart);
 }
 
 absl::Status SessionTable::Missing(uint64_t session_id) const {
@@ -73,18 +97,15 @@ absl::StatusOr<uint32_t> SessionTable::LeaseMs(uint32_t asked, uint32_t zero_mea
   return asked;
 }
 
-absl::Status SessionTable::Restore(std::shared_ptr<core::Session> session, const Caller& opener,
-                                   uint32_t lease_ms, uint32_t lease_left_ms, int64_t now_ns) {
-  FileArea area;
-  if (areas_ != nullptr) {
-    absl::StatusOr<FileArea> found = areas_->For(opener);
-    if (!found.ok()) return found.status();
-    area = *found;
-  }
-  auto meta = std::make_shared<SessionMeta>();
-  meta->session = std::move(session);
-  meta->uid = opener.uid;
-  meta->area = area;
+absl::StatusOr<FileArea> SessionTable::AreaOf(const Caller& opener) const {
+  if (areas_ == nullptr) return FileArea();
+  return areas_->For(opener);
+}
+
+absl::Status SessionTable::Restore(std::shared_ptr<SessionMeta> meta, uint32_t lease_ms,
+                                   uint32_t lease_left_ms, bool bound_to_stream,
+                                   int64_t now_ns) {
+  meta->stream_owned = bound_to_stream;
   meta->lease_ms.store(lease_ms);
   meta->lease_deadline_ns.store(now_ns + int64_t{lease_left_ms} * 1'000'000);
   std::unique_lock lock(mu_);

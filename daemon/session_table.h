@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "asyncd/v1/asyncd.pb.h"
 #include "daemon/caller.h"
+#include "daemon/carry.h"
 #include "daemon/config.h"
 #include "daemon/file_area.h"
 #include "src/core/dispatcher.h"
@@ -31,8 +32,10 @@ class SessionListener {
   /// session's listener lock held; must not block.
   virtual void OnSessionEnded() noexcept = 0;
   /// The daemon started draining: the stream refuses new ops and ends
-  /// UNAVAILABLE once its ops are done. Same locking as OnSessionEnded.
-  virtual void OnDraining() noexcept = 0;
+  /// UNAVAILABLE once its ops are done; for a live restart (`restart`) a
+  /// resumable stream leaves its state to the session's carry instead.
+  /// Same locking as OnSessionEnded.
+  virtual void OnDraining(bool restart) noexcept = 0;
 };
 
 /// The daemon's view of a session: the core session plus its owner and lease.
@@ -74,12 +77,30 @@ struct SessionMeta {
   void ForgetListener(SessionListener* listener);
   /// Tells every attached stream the session ended. Any thread.
   void NotifyEnded();
-  /// Tells every attached stream the daemon drains. Any thread.
-  void NotifyDraining();
+  /// Tells every attached stream the daemon drains (for a live restart:
+  /// `restart`). Any thread.
+  void NotifyDraining(bool restart);
+
+  /// A resumable stream attaches: at most one at a time (else
+  /// FAILED_PRECONDITION). Returns the session's carry, made if it had
+  /// none. To a session bound to a stream, only the stream that opened it
+  /// (`opened_it`), or one resuming it after a restart while its carry
+  /// waits.
+  [[nodiscard]] absl::StatusOr<std::shared_ptr<Carry>> AttachResumable(bool opened_it);
+  /// The resumable stream is gone (or ends: a client may attach the next
+  /// as soon as it sees the end). Takes no lock.
+  void DetachResumable() { resumable_attached_.store(false); }
+  /// The carry, if a resumable stream ever held the session (or a restore
+  /// brought one): what it leaves across a restart.
+  std::shared_ptr<Carry> carry() const;
+  /// A restore brings the carry. Before the daemon serves.
+  void SetCarry(std::shared_ptr<Carry> carry);
 
  private:
-  std::mutex listeners_mu_;
+  mutable std::mutex listeners_mu_;
   std::vector<SessionListener*> listeners_;
+  std::shared_ptr<Carry> carry_;  // under listeners_mu_
+  std::atomic<bool> resumable_attached_{false};
 };
 
 /// What ends a session.
@@ -136,9 +157,10 @@ class SessionTable {
   /// Forgets the session and ends it in core (its ops are cancelled with
   /// `reason`). NOT_FOUND when core has no such open session.
   absl::StatusOr<core::CancelCounts> End(uint64_t session_id, core::EndReason reason);
-  /// Tells every stream attached to any session that the daemon drains.
-  /// A stream attaching later checks for itself.
-  void NotifyDraining() const;
+  /// Tells every stream attached to any session that the daemon drains
+  /// (for a live restart: `restart`). A stream attaching later checks for
+  /// itself.
+  void NotifyDraining(bool restart) const;
   /// Ends every leased session with no stream attached whose lease ran out
   /// before `now_ns`. Called by the housekeeping thread.
   void ExpireLeases(int64_t now_ns);
@@ -148,10 +170,15 @@ class SessionTable {
   /// Takes a session restored from a predecessor's checkpoint: `session`
   /// (restored in core with its id), opened by `opener` (whose file area it
   /// keeps), leased `lease_ms` with `lease_left_ms` of it left as of
-  /// `now_ns`. Before the daemon serves. FAILED_PRECONDITION when the
-  /// opener's area cannot be made.
-  [[nodiscard]] absl::Status Restore(std::shared_ptr<core::Session> session, const Caller& opener,
-                                     uint32_t lease_ms, uint32_t lease_left_ms, int64_t now_ns);
+  /// `now_ns`; `bound_to_stream`: it ends with the stream that resumes it
+  /// (its lease is then the time it waits for that). With its `carry`, if
+  /// a resumable stream held it. Before the daemon serves.
+  [[nodiscard]] absl::Status Restore(std::shared_ptr<SessionMeta> meta, uint32_t lease_ms,
+                                     uint32_t lease_left_ms, bool bound_to_stream,
+                                     int64_t now_ns);
+  /// The file area of `opener`'s sessions, for Restore. FAILED_PRECONDITION
+  /// when it cannot be made.
+  [[nodiscard]] absl::StatusOr<FileArea> AreaOf(const Caller& opener) const;
   /// Sessions a restart could not keep: from now on each answers
   /// FAILED_PRECONDITION naming `why`, not merely "has ended".
   void NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why);
@@ -163,6 +190,8 @@ class SessionTable {
   std::vector<std::shared_ptr<SessionMeta>> All() const;
   /// Where sessions' paths resolve; null: beneath the whole root.
   FileAreas* areas() const { return areas_; }
+  core::Dispatcher& dispatcher() const { return dispatcher_; }
+  const LiveLimits& live() const { return live_; }
   /// Validates a lease length asked for (OpenSessionRequest.lease_ms,
   /// StreamOpen.lease_ms): 0 = `zero_means`, else [100, max_lease_ms].
   /// INVALID_ARGUMENT naming `field`.

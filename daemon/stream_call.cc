@@ -26,7 +26,9 @@ void StreamCall::OnReadDone(bool ok) {
   }
   {
     std::lock_guard lock(mu_);
-    if (session_ended_) {  // read no more: what came after the close is dropped
+    // Read no more: what came after the close is dropped; after a restart's
+    // start, the client sends it again to the next daemon (no `accepted`).
+    if (session_ended_ || restarting_.load(std::memory_order_relaxed)) {
       reading_ = false;
       in_->Reset();
       MaybeFinishLocked();
@@ -96,6 +98,15 @@ void StreamCall::OnComplete(const core::Op& op) noexcept {
   service_->budget().ReleaseOps(1);
   FillCompletion(op, ctx->buffers);
   ctx->buffers.completion.set_tag(ctx->tag);
+  if (resumable_) {
+    ctx->again = Carry::RunAgainLater(op, *ctx->request, ctx->buffers.completion);
+    // At a restart the state must reach the carry before the op retires:
+    // the handover waits for no more than that.
+    if (restarting_.load(std::memory_order_acquire)) {
+      OnDeferred(std::span<const uint64_t>(&op.cookie, 1));
+      return;
+    }
+  }
   // In a backend's batch, take mu_ once for all of this stream's ops.
   if (core::CompletionBatch::Defer(this, op.cookie)) return;  // keeps the ref
   OnDeferred(std::span<const uint64_t>(&op.cookie, 1));
@@ -122,9 +133,17 @@ void StreamCall::OnSessionEnded() noexcept {
   MaybeFinishLocked();
 }
 
-void StreamCall::OnDraining() noexcept {
+void StreamCall::OnDraining(bool restart) noexcept {
   std::lock_guard lock(mu_);
   draining_ = true;
+  if (restart && resumable_ && end_status_.ok()) {
+    restarting_.store(true, std::memory_order_release);
+    half_closed_ = true;  // read no more
+    end_status_ = grpc::Status(
+        grpc::StatusCode::UNAVAILABLE,
+        absl::StrCat("the daemon is restarting: resume session ", meta_->session->id(),
+                     " (StreamOpen.resume_after)"));
+  }
   if (end_status_.ok()) {
     end_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                "the daemon is draining: its operations are done; retry elsewhere");
@@ -132,14 +151,28 @@ void StreamCall::OnDraining() noexcept {
   MaybeFinishLocked();
 }
 
+void StreamCall::OnCarriedEnd(uint64_t op_id, v1::Completion* completion) noexcept {
+  std::lock_guard lock(mu_);
+  std::erase(carried_live_, op_id);
+  --inflight_;
+  if (completion != nullptr && !broken_) AppendCompletionLocked(*completion, 0);
+  WriteNextLocked();
+  MaybeReadLocked();
+  MaybeFinishLocked();
+}
+
 void StreamCall::OnDone() {
   if (meta_ != nullptr) {
+    bool carried;
     {
       std::lock_guard lock(mu_);
       ReleaseLeaseLocked();
+      LetGoOfCarryLocked();
+      carried = carried_;
     }
     meta_->ForgetListener(this);
-    if (meta_->stream_owned) {
+    // A session whose stream a restart carried over waits for it to resume.
+    if (meta_->stream_owned && !carried) {
       (void)service_->sessions().End(meta_->session->id(), core::EndReason::kRpcCancelled);
     }
   }
@@ -163,7 +196,11 @@ void StreamCall::Unref(int n) {
 void StreamCall::DeliverLocked(OpCtx* ctx) {
   Unlink(ctx);
   --inflight_;
-  if (!broken_) {
+  if (ctx->again) {  // the next daemon runs it again: no completion here
+    again_.push_back(*std::move(ctx->again));
+    ctx->again.reset();
+    service_->budget().ReleaseBytes(ctx->charged);
+  } else if (!broken_) {
     AppendCompletionLocked(ctx->buffers.completion, ctx->charged);
   } else {
     service_->budget().ReleaseBytes(ctx->charged);  // dropped: nobody to deliver to
@@ -177,9 +214,24 @@ absl::Status StreamCall::Handle() {
   switch (in.msg_case()) {
     case v1::StreamRequest::kOpen:
       return HandleOpen(in.open());
-    case v1::StreamRequest::kSubmit:
+    case v1::StreamRequest::kSubmit: {
       if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
+      // Acks share the request stream with submits, so unacknowledged
+      // messages cannot stop reading; a client that does not ack is ended
+      // instead, which bounds what it makes the daemon keep.
+      const size_t most_unacked = 2 * size_t{service_->config().max_inflight_per_session};
+      size_t unacked;
+      {
+        std::lock_guard lock(mu_);
+        unacked = unacked_completions_;
+      }
+      if (unacked > most_unacked) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            unacked, " completions not acknowledged (StreamRequest.ack), over twice "
+            "limits.max_inflight_per_session"));
+      }
       return HandleSubmit();
+    }
     case v1::StreamRequest::kCancel: {
       if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
       absl::Status status;
@@ -197,42 +249,132 @@ absl::Status StreamCall::Handle() {
       WriteNextLocked();
       return absl::OkStatus();
     }
+    case v1::StreamRequest::kAck:
+      return HandleAck(in.ack());
     default:
-      return absl::InvalidArgumentError("StreamRequest: none of open, submit or cancel is set");
+      return absl::InvalidArgumentError(
+          "StreamRequest: none of open, submit, cancel or ack is set");
   }
 }
 
 absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
   if (meta_ != nullptr) return absl::InvalidArgumentError("open: sent twice");
-  if (service_->draining()) return Draining();
-  if (open.session_id() == 0) {
-    auto meta =
-        service_->sessions().Open(caller_, open.client_name(), 0, SessionLifetime::kBoundToStream);
-    if (!meta.ok()) return meta.status();
-    meta_ = *meta;
-  } else {
-    auto meta = service_->sessions().Own(caller_, open.session_id());
-    if (!meta.ok()) return meta.status();
-    absl::StatusOr<uint32_t> lease =
-        service_->sessions().LeaseMs(open.lease_ms(), (*meta)->lease_ms.load(), "open.lease_ms");
-    if (!lease.ok()) return lease.status();
-    meta_ = *meta;
-    meta_->lease_ms.store(*lease);
+  if (open.resume_after() != 0 && (!open.resumable() || open.session_id() == 0)) {
+    return absl::InvalidArgumentError(
+        "open.resume_after: only to resume a session (with session_id and resumable)");
   }
-  meta_->Attach(this);
+  if (service_->draining()) return Draining();
+  std::shared_ptr<SessionMeta> meta;
+  const bool creates = open.session_id() == 0;
+  if (creates) {
+    auto created =
+        service_->sessions().Open(caller_, open.client_name(), 0, SessionLifetime::kBoundToStream);
+    if (!created.ok()) return created.status();
+    meta = *created;
+  } else {
+    auto owned = service_->sessions().Own(caller_, open.session_id());
+    if (!owned.ok()) return owned.status();
+    absl::StatusOr<uint32_t> lease =
+        service_->sessions().LeaseMs(open.lease_ms(), (*owned)->lease_ms.load(), "open.lease_ms");
+    if (!lease.ok()) return lease.status();
+    meta = *owned;
+    // A session bound to its stream has no lease, resumed or not.
+    meta->lease_ms.store(meta->stream_owned ? 0 : *lease);
+  }
   Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
   v1::StreamOpened* opened = out.msg->mutable_opened();
-  opened->set_session_id(meta_->session->id());
-  opened->set_lease_ms(meta_->lease_ms.load());
+  opened->set_session_id(meta->session->id());
+  opened->set_lease_ms(meta->lease_ms.load());
   *opened->mutable_limits() = service_->LimitsProto();
-  {
+  if (open.resumable()) {
+    // Before the stream attaches: a restart's start cannot reach it half
+    // taken.
+    absl::StatusOr<std::shared_ptr<Carry>> carry = meta->AttachResumable(creates);
+    absl::Status taken = carry.status();
+    if (carry.ok()) {
+      std::lock_guard lock(mu_);
+      carry_ = *carry;
+      outbox_.push_back(std::move(out));
+      taken = TakeCarryLocked(open);
+      if (!taken.ok()) outbox_.clear();
+    }
+    if (!taken.ok()) {
+      if (carry.ok()) meta->DetachResumable();
+      carry_.reset();
+      if (creates) (void)service_->sessions().End(meta->session->id(), core::EndReason::kRpcCancelled);
+      return taken;
+    }
+    resumable_ = true;
+    service_->ResumableAttached();
+  } else {
     std::lock_guard lock(mu_);
     outbox_.push_back(std::move(out));
+  }
+  meta_ = std::move(meta);
+  meta_->Attach(this);
+  {
+    std::lock_guard lock(mu_);
     WriteNextLocked();
   }
   // A drain that began before the attach did not see this stream.
-  if (service_->draining()) OnDraining();
+  if (service_->draining()) OnDraining(service_->restarting());
   return absl::OkStatus();
+}
+
+absl::Status StreamCall::TakeCarryLocked(const v1::StreamOpen& open) {
+  absl::StatusOr<Carry::Taken> taken = carry_->Take(this, open.resume_after());
+  if (!taken.ok()) return taken.status();
+  next_seq_ = taken->next_seq;
+  for (v1::StreamResponse& m : taken->replay) {
+    Outgoing o{.msg = std::make_unique<v1::StreamResponse>(std::move(m))};
+    if (o.msg->has_completions()) {
+      o.completions = static_cast<uint32_t>(o.msg->completions().completions_size());
+      for (const v1::Completion& c : o.msg->completions().completions()) {
+        o.data_bytes += c.data().size();
+      }
+      undelivered_ += o.completions;
+    }
+    outbox_.push_back(std::move(o));
+  }
+  for (v1::Completion& c : taken->undelivered) AppendCompletionLocked(c, 0);
+  carried_live_ = std::move(taken->running);
+  inflight_ += carried_live_.size();
+  return absl::OkStatus();
+}
+
+absl::Status StreamCall::HandleAck(uint64_t seq) {
+  if (meta_ == nullptr) return absl::InvalidArgumentError("the first message must be open");
+  if (!resumable_) return absl::InvalidArgumentError("ack: the stream is not resumable");
+  std::lock_guard lock(mu_);
+  if (seq >= next_seq_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ack: ", seq, " is past the last message sent, ", next_seq_ - 1));
+  }
+  while (!unacked_.empty() && unacked_.front().msg->seq() <= seq) {
+    unacked_completions_ -= unacked_.front().completions;
+    unacked_.pop_front();
+  }
+  return absl::OkStatus();
+}
+
+void StreamCall::CarryOverLocked() {
+  carried_ = true;
+  std::vector<v1::StreamResponse> messages;
+  for (Unacked& u : unacked_) messages.push_back(std::move(*u.msg));
+  unacked_.clear();
+  unacked_completions_ = 0;
+  uint64_t charged = 0;
+  for (Outgoing& o : outbox_) {
+    charged += o.charged;
+    if (o.msg->has_opened()) continue;  // a resumed stream gets its own
+    if (o.msg->seq() == 0) o.msg->set_seq(next_seq_++);
+    messages.push_back(std::move(*o.msg));
+  }
+  service_->budget().ReleaseBytes(charged);
+  outbox_.clear();
+  undelivered_ = 0;
+  carry_->Keep(next_seq_, std::move(messages), std::move(again_));
+  again_.clear();
 }
 
 absl::Status StreamCall::HandleSubmit() {
@@ -275,6 +417,7 @@ absl::Status StreamCall::HandleSubmit() {
   for (int i = 0; i < n; ++i) {
     OpCtx* c = ctxs[i];
     c->tag = sb.ops(i).tag();
+    c->request = &sb.ops(i);
     c->batch = batch;
     if (service_->draining()) {
       rejected[i] = Draining();
@@ -388,7 +531,8 @@ void StreamCall::Unlink(OpCtx* c) {
 void StreamCall::AppendCompletionLocked(v1::Completion& c, uint64_t charged) {
   const uint64_t data = c.data().size();
   const uint64_t cap = std::min<uint64_t>(4 << 20, service_->config().max_message_bytes / 2);
-  if (outbox_.empty() || !outbox_.back().msg->has_completions() ||
+  // A numbered message (a resumed stream's replay) stays as it was sent.
+  if (outbox_.empty() || !outbox_.back().msg->has_completions() || outbox_.back().msg->seq() != 0 ||
       outbox_.back().completions >= 1024 ||
       (outbox_.back().completions > 0 && outbox_.back().data_bytes + data > cap)) {
     outbox_.push_back(Outgoing{.msg = TakeMessageLocked(kCompletionsKind)});
@@ -406,8 +550,16 @@ void StreamCall::WriteNextLocked() {
   current_ = std::move(outbox_.front().msg);
   current_charged_ = outbox_.front().charged;
   current_data_bytes_ = outbox_.front().data_bytes;
-  undelivered_ -= outbox_.front().completions;
+  const uint32_t completions = outbox_.front().completions;
+  undelivered_ -= completions;
   outbox_.pop_front();
+  if (resumable_ && !current_->has_opened()) {
+    // Numbered as it goes out (a replayed message keeps its number), and
+    // kept until the client acks it.
+    if (current_->seq() == 0) current_->set_seq(next_seq_++);
+    unacked_.push_back({std::make_unique<v1::StreamResponse>(*current_), completions});
+    unacked_completions_ += completions;
+  }
   writing_ = true;
   StartWrite(current_.get());
 }
@@ -431,6 +583,7 @@ std::unique_ptr<v1::StreamResponse> StreamCall::TakeMessageLocked(MessageKind ki
 void StreamCall::RecycleMessageLocked(std::unique_ptr<v1::StreamResponse> msg,
                                       uint64_t data_bytes) {
   if (msg == nullptr || data_bytes > kRecycledMessageData) return;
+  msg->set_seq(0);
   MessageKind kind;
   if (msg->has_completions()) {
     msg->mutable_completions()->Clear();
@@ -475,6 +628,8 @@ void StreamCall::FreeCtxLocked(OpCtx* ctx) {
     delete ctx;
     return;
   }
+  ctx->request = nullptr;
+  ctx->again.reset();
   v1::Completion& c = ctx->buffers.completion;
   if (c.data().capacity() > kKeptReadBuffer) {
     c = v1::Completion();
@@ -504,6 +659,7 @@ std::vector<uint64_t> StreamCall::LiveIdsLocked() const {
   for (const OpCtx* c = live_; c != nullptr; c = c->next) {
     if (c->op_id != 0) ids.push_back(c->op_id);
   }
+  ids.insert(ids.end(), carried_live_.begin(), carried_live_.end());
   return ids;
 }
 
@@ -515,6 +671,11 @@ void StreamCall::CancelIds(core::Dispatcher& dispatcher, const std::vector<uint6
 void StreamCall::MaybeFinishLocked() {
   // A read may stay outstanding once the session ended or the daemon
   // drains: gRPC fails it when the call finishes.
+  // At a restart, the state goes to the carry once no op is left to end.
+  if (restarting_.load(std::memory_order_relaxed) && !carried_ && inflight_ == 0 &&
+      !submitting_) {
+    CarryOverLocked();
+  }
   const bool ending = session_ended_ || draining_;
   if (finished_ || (reading_ && !ending) || !(half_closed_ || broken_ || ending) || inflight_ > 0) {
     return;
@@ -523,9 +684,18 @@ void StreamCall::MaybeFinishLocked() {
   if (writing_) return;  // a failed write still owes us OnWriteDone
   finished_ = true;
   // Before the client can see the end: a KeepAlive it sends next finds the
-  // stream detached.
+  // stream detached, and a resumable stream it opens next may attach.
   ReleaseLeaseLocked();
+  LetGoOfCarryLocked();
   Finish(end_status_);
+}
+
+void StreamCall::LetGoOfCarryLocked() {
+  if (!resumable_ || let_go_) return;
+  let_go_ = true;
+  carry_->Release(this, next_seq_);
+  meta_->DetachResumable();
+  service_->ResumableDone();
 }
 
 void StreamCall::ReleaseLeaseLocked() {

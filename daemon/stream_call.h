@@ -9,6 +9,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "asyncd/v1/asyncd.grpc.pb.h"
 #include "daemon/caller.h"
+#include "daemon/carry.h"
 #include "daemon/convert.h"
 #include "daemon/session_table.h"
 #include "src/core/dispatcher.h"
@@ -33,9 +35,18 @@ class Service;
 /// mu_ only within themselves; cancels are issued without it (a backend may
 /// complete a cancelled op on the cancelling thread). Deletes itself after
 /// OnDone once no completion is being delivered.
+///
+/// A resumable stream numbers what it writes after `opened` and keeps each
+/// message until the client acks it. At a live restart it stops reading,
+/// and once its ops have ended (those the restart cancelled before they did
+/// anything are to run again) it leaves its state to the session's Carry,
+/// which a stream resuming the session takes back (and the ops the carry
+/// runs again, whose ends it then delivers). Lock order: the session's
+/// listener lock, then mu_, then the carry's.
 class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::StreamResponse>,
                          public core::CompletionSink,
-                         public SessionListener {
+                         public SessionListener,
+                         public CarryTaker {
  public:
   /// Identifies the caller and starts the first read. `service` outlives
   /// every call; `ctx` is gRPC's, valid until OnDone. gRPC thread.
@@ -62,7 +73,11 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   /// ends FAILED_PRECONDITION once its ops' completions are delivered (a
   /// pending read does not hold it). Closing thread.
   void OnSessionEnded() noexcept override;
-  void OnDraining() noexcept override;
+  void OnDraining(bool restart) noexcept override;
+  /// An op the session's carry runs again ended. Any thread.
+  void OnCarriedEnd(uint64_t op_id, v1::Completion* completion) noexcept override;
+  void Hold() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Drop() noexcept override { Unref(); }
 
  private:
   // A received message, parsed onto an arena (one allocation per block, not
@@ -92,6 +107,8 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   };
   struct OpCtx {
     OpBuffers buffers;
+    const v1::Operation* request = nullptr;  // in `batch`, for a resumable stream
+    std::optional<state::Resubmit> again;    // a restart cancelled it: run it again
     uint64_t tag = 0;
     uint64_t op_id = 0;
     uint64_t charged = 0;  // Budget bytes, until its completion is written or dropped
@@ -113,6 +130,11 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
     uint64_t data_bytes = 0;   // read data in msg (message size cap)
     uint64_t charged = 0;      // Budget bytes released once msg is written
   };
+  // A resumable stream's message written and not acknowledged yet.
+  struct Unacked {
+    std::unique_ptr<v1::StreamResponse> msg;
+    uint32_t completions = 0;
+  };
   // Messages are reused per kind, clearing the inner message only: clearing
   // a oneof frees its message, and with it every element kept for reuse.
   enum MessageKind { kCompletionsKind, kAcceptedKind };
@@ -122,6 +144,11 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   void DeliverLocked(OpCtx* ctx);
   absl::Status Handle();
   absl::Status HandleOpen(const v1::StreamOpen& open);
+  // Resumable: takes the session's carry (what a restart left, if any).
+  absl::Status TakeCarryLocked(const v1::StreamOpen& open);
+  absl::Status HandleAck(uint64_t seq);
+  // At a restart, once the ops have ended: leaves the state to the carry.
+  void CarryOverLocked();
   absl::Status HandleSubmit();
   void Link(OpCtx* c);
   void Unlink(OpCtx* c);
@@ -138,6 +165,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   static void CancelIds(core::Dispatcher& dispatcher, const std::vector<uint64_t>& ids);
   void MaybeFinishLocked();
   void ReleaseLeaseLocked();  // once: the stream stops pausing the lease
+  void LetGoOfCarryLocked();  // once: a resumable stream leaves the session's carry
 
   Service* const service_;
   grpc::CallbackServerContext* const ctx_;
@@ -172,6 +200,17 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   bool lease_released_ = false;
   bool session_ended_ = false;  // closed under us: finish without waiting for a read
   bool draining_ = false;       // the daemon drains: finish once the ops are done, reading meanwhile
+  // Resumable streams (set by HandleOpen before any op).
+  bool resumable_ = false;
+  std::shared_ptr<Carry> carry_;
+  uint64_t next_seq_ = 1;
+  std::deque<Unacked> unacked_;
+  size_t unacked_completions_ = 0;
+  std::vector<uint64_t> carried_live_;  // the carry's ops this stream delivers
+  std::vector<state::Resubmit> again_;  // ops a restart cancelled, to run again
+  std::atomic<bool> restarting_{false};  // a live restart: read no more, carry over
+  bool carried_ = false;                 // the state went to the carry
+  bool let_go_ = false;                  // LetGoOfCarryLocked ran
   grpc::Status end_status_ = grpc::Status::OK;
   std::atomic<int> refs_{1};  // OnDone's; each OnComplete holds one more until delivered
 };

@@ -55,6 +55,7 @@ std::string_view Name(EndReason reason) {
     case EndReason::kRpcCancelled: return "rpc_cancelled";
     case EndReason::kDrain: return "drain";
     case EndReason::kDeadline: return "deadline";
+    case EndReason::kRestart: return "restart";
   }
   return "unknown";
 }

@@ -58,6 +58,7 @@ enum class EndReason : uint8_t {
   kRpcCancelled,
   kDrain,
   kDeadline,
+  kRestart,  // a live restart: run again by the next daemon, or submitted again by its client
 };
 
 /// The answer to a cancel request, in the spirit of POSIX aio_cancel.

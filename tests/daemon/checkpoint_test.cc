@@ -224,6 +224,16 @@ state::Checkpoint Valid() {
     op->set_session_id(s->session_id());
     op->set_op_id(core::OpId::Make(index, 0, 7).value);
   }
+  // Session 1 was a resumable stream's: its state came along.
+  state::Session* s = cp.mutable_sessions(1);
+  s->set_resumable(true);
+  s->set_next_seq(5);
+  s->add_unacked()->set_seq(3);
+  s->add_unacked()->set_seq(4);
+  s->add_undelivered()->set_tag(9);
+  state::Resubmit* r = s->add_resubmit();
+  r->set_op_id(core::OpId::Make(1, 1, 8).value);
+  r->mutable_op()->mutable_nop();
   return cp;
 }
 
@@ -318,6 +328,35 @@ TEST_F(CheckpointTest, ContradictionsAreRefusedNamingWhatIsWrong) {
       {"op twice",
        [](auto& cp) { *cp.mutable_sessions(0)->add_ops() = cp.sessions(0).ops(0); },
        "operations are not unique and in order"},
+      {"a stream's state, not resumable",
+       [](auto& cp) { cp.mutable_sessions(1)->set_resumable(false); },
+       "session 196609: a stream's state, yet not resumable"},
+      {"resumable without next_seq", [](auto& cp) { cp.mutable_sessions(1)->set_next_seq(0); },
+       "resumable, yet no next_seq"},
+      {"unacked message at next_seq",
+       [](auto& cp) { cp.mutable_sessions(1)->set_next_seq(4); },
+       "unacknowledged message 4 out of order or not below next_seq 4"},
+      {"unacked messages out of order",
+       [](auto& cp) { cp.mutable_sessions(1)->mutable_unacked()->SwapElements(0, 1); },
+       "unacknowledged message 3 out of order"},
+      {"unacked message 0", [](auto& cp) { cp.mutable_sessions(1)->mutable_unacked(0)->set_seq(0); },
+       "unacknowledged message 0 out of order"},
+      {"op to run again of another index",
+       [](auto& cp) {
+         cp.mutable_sessions(1)->mutable_resubmit(0)->set_op_id(core::OpId::Make(0, 1, 8).value);
+       },
+       "to run again: not an operation id of its session"},
+      {"op to run again of generation 0",
+       [](auto& cp) {
+         cp.mutable_sessions(1)->mutable_resubmit(0)->set_op_id(core::OpId::Make(1, 1, 0).value);
+       },
+       "to run again: not an operation id of its session"},
+      {"op to run again twice",
+       [](auto& cp) { *cp.mutable_sessions(1)->add_resubmit() = cp.sessions(1).resubmit(0); },
+       "to run again: operations are not unique and in order"},
+      {"op to run again with no kind",
+       [](auto& cp) { cp.mutable_sessions(1)->mutable_resubmit(0)->mutable_op()->clear_kind(); },
+       "to run again: no kind"},
   };
   for (const Case& c : cases) {
     state::Checkpoint cp = Valid();

@@ -141,6 +141,72 @@ TEST(RestoreTest, SessionsComeBackWithTheirIdsOwnersLeasesAndHandles) {
   EXPECT_EQ(OpenFdCount(), fds_before + 2);
 }
 
+// What a resumable stream left its session comes back with it, bound to its
+// stream and waiting for it as long as the default lease; its ops run again
+// at once under their ids, and their completions wait for the stream.
+TEST(RestoreTest, AResumableStreamsSessionComesBackWithItsOpsRunningAgain) {
+  struct NoSink : core::CompletionSink {
+    void OnComplete(const core::Op&) noexcept override {}
+  } no_sink;
+  Daemon old;
+  auto bound = old.Open(1000, "bound", SessionLifetime::kBoundToStream);
+  absl::StatusOr<core::OpId> id = old.dispatcher.Submit(
+      *bound->session, core::OpRequest{.kind = core::OpKind::kNop, .sink = &no_sink});
+  ASSERT_TRUE(id.ok()) << id.status();
+  old.backend.CompleteAll(0);  // as the restart's cancel ended it
+  auto carry = std::make_shared<Carry>();
+  bound->SetCarry(carry);
+  v1::StreamResponse kept;
+  kept.set_seq(3);
+  kept.mutable_completions()->add_completions()->set_tag(7);
+  state::Resubmit again;
+  again.set_op_id(id->value);
+  again.mutable_op()->set_tag(5);
+  again.mutable_op()->mutable_nop();
+  carry->Keep(4, {kept}, {again});
+  const state::Checkpoint cp = old.Take();
+  ASSERT_EQ(cp.sessions_size(), 1);
+  EXPECT_TRUE(cp.sessions(0).resumable());
+  EXPECT_EQ(cp.sessions(0).next_seq(), 4u);
+  ASSERT_EQ(cp.sessions(0).resubmit_size(), 1);
+  EXPECT_EQ(cp.sessions(0).resubmit(0).op_id(), id->value);
+
+  Daemon next;
+  ASSERT_TRUE(RestoreInto(next, cp, HandedOver(cp)).ok());
+  auto meta = next.table.Own(Caller{.uid = 1000, .gid = 1000}, bound->session->id());
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_TRUE((*meta)->stream_owned);
+  EXPECT_EQ((*meta)->lease_ms.load(), 30000u);
+  EXPECT_NE((*meta)->session->Find(id->slot(), id->generation()), nullptr);
+  EXPECT_EQ(next.registry.live_ops(), 1u);
+  next.backend.CompleteAll(0);
+  EXPECT_EQ(next.registry.live_ops(), 0u);
+
+  struct Taker : CarryTaker {
+    void OnCarriedEnd(uint64_t, v1::Completion*) noexcept override { ++ends; }
+    void Hold() noexcept override {}
+    void Drop() noexcept override {}
+    int ends = 0;
+  } taker;
+  ASSERT_TRUE((*meta)->carry()->waiting());
+  EXPECT_EQ((*meta)->carry()->Take(&taker, 4).status().code(),
+            absl::StatusCode::kInvalidArgument);  // past the last message, 3
+  absl::StatusOr<Carry::Taken> taken = (*meta)->carry()->Take(&taker, 2);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->next_seq, 4u);
+  ASSERT_EQ(taken->replay.size(), 1u);
+  EXPECT_EQ(taken->replay[0].seq(), 3u);
+  ASSERT_EQ(taken->undelivered.size(), 1u);
+  EXPECT_EQ(taken->undelivered[0].op_id(), id->value);
+  EXPECT_EQ(taken->undelivered[0].tag(), 5u);
+  EXPECT_EQ(taken->undelivered[0].outcome(), v1::OUTCOME_COMPLETED);
+  EXPECT_TRUE(taken->running.empty());
+  EXPECT_EQ(taker.ends, 0);
+  EXPECT_FALSE((*meta)->carry()->waiting());
+  (*meta)->carry()->Release(&taker, 4);
+  (void)next.table.End(bound->session->id(), core::EndReason::kSessionClosed);
+}
+
 TEST(RestoreTest, DescriptorsThatDoNotMatchTheHandlesRestoreNothingAndCloseAll) {
   Daemon old;
   auto a = old.Open(1000, "a");

@@ -211,7 +211,7 @@ TEST_F(SessionTableTest, OwnerClosesItsSessionWithCounts) {
 TEST_F(SessionTableTest, AttachedStreamPausesTheLeaseAndHearsTheEnd) {
   struct Listener : SessionListener {
     void OnSessionEnded() noexcept override { ++ended; }
-    void OnDraining() noexcept override {}
+    void OnDraining(bool) noexcept override {}
     int ended = 0;
   } stream;
   auto meta = Open(User(1000));
@@ -238,7 +238,7 @@ TEST_F(SessionTableTest, AttachedStreamPausesTheLeaseAndHearsTheEnd) {
 TEST_F(SessionTableTest, DrainingReachesEveryAttachedStream) {
   struct Listener : SessionListener {
     void OnSessionEnded() noexcept override {}
-    void OnDraining() noexcept override { ++drained; }
+    void OnDraining(bool) noexcept override { ++drained; }
     int drained = 0;
   } a, b, gone;
   auto one = Open(User(1000));
@@ -247,7 +247,7 @@ TEST_F(SessionTableTest, DrainingReachesEveryAttachedStream) {
   two->Attach(&b);
   two->Attach(&gone);
   two->Detach(&gone, 1);
-  table_.NotifyDraining();
+  table_.NotifyDraining(false);
   EXPECT_EQ(a.drained, 1);
   EXPECT_EQ(b.drained, 1);
   EXPECT_EQ(gone.drained, 0);

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
 
 namespace asyncd::testing {
 namespace {
@@ -496,7 +497,7 @@ TEST_P(ContractTest, StreamAnswersBadCancelsAndEndsOnEmptyMessages) {
   ASSERT_TRUE(stream->rw->Write(v1::StreamRequest()));
   const grpc::Status end = stream->rw->Finish();
   EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(end.error_message(), HasSubstr("none of open, submit or cancel"));
+  EXPECT_THAT(end.error_message(), HasSubstr("none of open, submit, cancel or ack"));
 }
 
 // Bytes that are not the method's message, and a path that is not UTF-8
@@ -789,6 +790,208 @@ TEST_P(ContractTest, StreamMustOpenExactlyOnce) {
   end = first.rw->Finish();
   EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(end.error_message(), HasSubstr("open"));
+}
+
+// A resumable stream numbers every message after `opened` 1, 2, 3... and
+// keeps numbering where the session's last resumable stream stopped.
+TEST_P(ContractTest, AResumableStreamNumbersItsMessagesPerSession) {
+  const uint64_t s = NewSession();
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  open.set_resumable(true);
+  uint64_t last = 0;
+  for (int stream_no = 0; stream_no < 2; ++stream_no) {
+    v1::StreamResponse opened;
+    auto stream = OpenStream(open, &opened);
+    ASSERT_TRUE(opened.has_opened());
+    EXPECT_EQ(opened.seq(), 0u);
+    v1::StreamRequest batch;
+    *batch.mutable_submit()->add_ops() = NopOp(1);
+    ASSERT_TRUE(stream->rw->Write(batch));
+    v1::StreamRequest cancel;
+    cancel.mutable_cancel()->set_op_id(1);  // never issued: NOT_FOUND, answered in-band
+    ASSERT_TRUE(stream->rw->Write(cancel));
+    int seen = 0;
+    for (v1::StreamResponse m; seen < 3 && stream->rw->Read(&m); ++seen) {
+      EXPECT_EQ(m.seq(), last + 1) << m.ShortDebugString();
+      last = m.seq();
+    }
+    EXPECT_EQ(seen, 3);
+    stream->rw->WritesDone();
+    EXPECT_TRUE(stream->rw->Finish().ok());
+  }
+  EXPECT_EQ(last, 6u);
+}
+
+// Acks are for resumable streams, and only for what was sent.
+TEST_P(ContractTest, AnAckOnAPlainStreamOrPastTheLastMessageEndsTheStream) {
+  const uint64_t s = NewSession();
+  v1::StreamOpen plain;
+  plain.set_session_id(s);
+  v1::StreamResponse opened;
+  auto stream = OpenStream(plain, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest ack;
+  ack.set_ack(1);
+  ASSERT_TRUE(stream->rw->Write(ack));
+  grpc::Status end = stream->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(end.error_message(), HasSubstr("ack: the stream is not resumable"));
+
+  v1::StreamOpen resumable = plain;
+  resumable.set_resumable(true);
+  stream = OpenStream(resumable, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest batch;
+  *batch.mutable_submit()->add_ops() = NopOp();
+  ASSERT_TRUE(stream->rw->Write(batch));
+  v1::StreamResponse m;
+  ASSERT_TRUE(stream->rw->Read(&m));  // accepted, 1
+  ASSERT_TRUE(stream->rw->Read(&m));  // its completion, 2
+  ASSERT_EQ(m.seq(), 2u);
+  ack.set_ack(2);
+  ASSERT_TRUE(stream->rw->Write(ack));  // everything: fine
+  ASSERT_TRUE(stream->rw->Write(batch));
+  ASSERT_TRUE(stream->rw->Read(&m));
+  EXPECT_EQ(m.seq(), 3u);
+  ASSERT_TRUE(stream->rw->Read(&m));
+  EXPECT_EQ(m.seq(), 4u);
+  ack.set_ack(5);
+  ASSERT_TRUE(stream->rw->Write(ack));
+  end = stream->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(end.error_message(), HasSubstr("ack: 5 is past the last message sent, 4"));
+}
+
+// Acks share the request stream with submits, so unacknowledged messages
+// never stop the daemon reading; a client that keeps more than twice
+// max_inflight_per_session completions unacknowledged is ended at its next
+// submit, and one that acks goes on as long as it likes.
+TEST_P(ContractTest, ASubmitPastTwiceTheWindowUnacknowledgedEndsAResumableStream) {
+  ConfigFile config("[limits]\nmax_inflight_per_session = 8\n");
+  Daemon small(GetParam(), config.Args());
+  Client c(small.channel());
+  const uint64_t s = *c.OpenSession("window");
+  for (const bool acks : {true, false}) {
+    RawStream stream;
+    stream.ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    stream.rw = v1::Asyncd::NewStub(small.channel())->Stream(&stream.ctx);
+    v1::StreamRequest req;
+    req.mutable_open()->set_session_id(s);
+    req.mutable_open()->set_resumable(true);
+    ASSERT_TRUE(stream.rw->Write(req));
+    v1::StreamResponse m;
+    ASSERT_TRUE(stream.rw->Read(&m));
+    ASSERT_TRUE(m.has_opened());
+    uint64_t completed = 0;
+    bool ended = false;
+    for (int i = 0; i < 40 && !ended; ++i) {
+      v1::StreamRequest batch;
+      *batch.mutable_submit()->add_ops() = NopOp();
+      ASSERT_TRUE(stream.rw->Write(batch));
+      while (completed < static_cast<uint64_t>(i + 1)) {
+        if (!stream.rw->Read(&m)) {
+          ended = true;
+          break;
+        }
+        if (m.has_completions()) completed += m.completions().completions_size();
+      }
+      if (acks && !ended) {
+        v1::StreamRequest ack;
+        ack.set_ack(m.seq());
+        ASSERT_TRUE(stream.rw->Write(ack));
+      }
+    }
+    if (acks) {
+      EXPECT_FALSE(ended);
+      EXPECT_EQ(completed, 40u);
+      stream.rw->WritesDone();
+      while (stream.rw->Read(&m)) {
+      }
+      EXPECT_TRUE(stream.rw->Finish().ok());
+    } else {
+      // 17 completions unacknowledged: the 18th submit ends it.
+      EXPECT_TRUE(ended);
+      EXPECT_EQ(completed, 17u);
+      const grpc::Status end = stream.rw->Finish();
+      EXPECT_EQ(end.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+      EXPECT_THAT(end.error_message(),
+                  HasSubstr("17 completions not acknowledged (StreamRequest.ack), over twice "
+                            "limits.max_inflight_per_session"));
+    }
+  }
+}
+
+TEST_P(ContractTest, ResumeAfterNeedsAResumableStreamOfASessionAndNothingPastItsMessages) {
+  const uint64_t s = NewSession();
+  struct Case {
+    uint64_t session;
+    bool resumable;
+    std::string message;
+  } cases[] = {
+      {0, true, "open.resume_after: only to resume a session"},
+      {s, false, "open.resume_after: only to resume a session"},
+      {s, true, "open.resume_after: 3 is past the last message sent, 0"},
+  };
+  for (const Case& c : cases) {
+    v1::StreamOpen open;
+    open.set_session_id(c.session);
+    open.set_resumable(c.resumable);
+    open.set_resume_after(3);
+    v1::StreamResponse opened;
+    auto stream = OpenStream(open, &opened);
+    EXPECT_FALSE(opened.has_opened());
+    const grpc::Status end = stream->rw->Finish();
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.message;
+    EXPECT_THAT(end.error_message(), HasSubstr(c.message));
+  }
+  // Nothing changed: the session takes a resumable stream from seq 1.
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  open.set_resumable(true);
+  v1::StreamResponse opened;
+  auto stream = OpenStream(open, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamRequest batch;
+  *batch.mutable_submit()->add_ops() = NopOp();
+  ASSERT_TRUE(stream->rw->Write(batch));
+  v1::StreamResponse m;
+  ASSERT_TRUE(stream->rw->Read(&m));
+  EXPECT_EQ(m.seq(), 1u);
+}
+
+// One resumable stream per session, and none on a session bound to another
+// stream (it may only resume such a session after a restart).
+TEST_P(ContractTest, ASessionTakesOneResumableStreamAndNoneOfAnotherStreamsSession) {
+  const uint64_t s = NewSession();
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  open.set_resumable(true);
+  v1::StreamResponse opened;
+  auto first = OpenStream(open, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  auto second = OpenStream(open, &opened);
+  EXPECT_FALSE(opened.has_opened());
+  grpc::Status end = second->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(end.error_message(), HasSubstr("has a resumable stream attached already"));
+  // A plain stream may still attach beside it.
+  v1::StreamOpen plain;
+  plain.set_session_id(s);
+  auto beside = OpenStream(plain, &opened);
+  EXPECT_TRUE(opened.has_opened());
+
+  v1::StreamOpen create;
+  create.set_client_name("bound");
+  auto owner = OpenStream(create, &opened);
+  ASSERT_TRUE(opened.has_opened());
+  v1::StreamOpen take = open;
+  take.set_session_id(opened.opened().session_id());
+  auto taker = OpenStream(take, &opened);
+  EXPECT_FALSE(opened.has_opened());
+  end = taker->rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(end.error_message(), HasSubstr("is bound to the stream that opened it"));
 }
 
 }  // namespace

@@ -11,9 +11,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <fcntl.h>
+
 #include <future>
+#include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "tests/integration/daemon_fixture.h"
 #include "tests/integration/service_manager.h"
 
@@ -231,9 +235,10 @@ TEST_P(RestartTest, SigtermStillDrainsAndHandsNothingOver) {
   EXPECT_EQ(kept.status().code(), absl::StatusCode::kFailedPrecondition) << kept.status();
 }
 
-// The restart drains first: an op in flight ends as in Drain, delivered to
-// its caller, and its session goes on.
-TEST_P(RestartTest, AnOpInFlightEndsAsInADrainAndItsSessionGoesOn) {
+// A unary Submit in flight ends as in a drain, delivered to its caller,
+// with end reason RESTART and nothing done (safe to submit again), and its
+// session goes on.
+TEST_P(RestartTest, AUnaryOpInFlightEndsRestartAndItsSessionGoesOn) {
   auto first = StartFirst();
   client::Client c(first->NewChannel());
   const uint64_t one = *c.OpenSession("one");
@@ -249,13 +254,264 @@ TEST_P(RestartTest, AnOpInFlightEndsAsInADrainAndItsSessionGoesOn) {
   absl::StatusOr<v1::Completion> ended = blocked.get();
   ASSERT_TRUE(ended.ok()) << ended.status();
   EXPECT_EQ(ended->outcome(), v1::OUTCOME_CANCELLED);
-  EXPECT_EQ(ended->end_reason(), v1::END_REASON_DRAIN);
+  EXPECT_EQ(ended->end_reason(), v1::END_REASON_RESTART);
+  EXPECT_EQ(ended->bytes_done(), 0u);
+  EXPECT_THAT(ended->message(), ::testing::HasSubstr("submit it again"));
   auto next = StartNext(handover);
   close(handover);
   client::Client d(next->NewChannel());
   EXPECT_TRUE(KeepAliveRetried(d, one).ok());
   ASSERT_TRUE(d.Write(one, fifo, -1, "x").ok());
   EXPECT_EQ(*d.Read(one, fifo, -1, 8), "x");
+}
+
+using StreamRw = grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamResponse>;
+
+// A raw resumable stream, read message by message, checking that what is
+// numbered comes in order with no gap.
+struct Resumable {
+  grpc::ClientContext ctx;
+  std::unique_ptr<v1::Asyncd::Stub> stub;
+  std::unique_ptr<StreamRw> rw;
+  uint64_t last_seq = 0;
+  std::map<uint64_t, uint64_t> op_ids;               // tag -> op id, from `accepted`
+  std::map<uint64_t, v1::Completion> completions;    // tag -> its completion
+  std::vector<uint64_t> doubled;                     // tags completed twice
+
+  // Opens it; false (and the stream's status in *end) if no `opened` came.
+  bool Open(std::shared_ptr<grpc::Channel> channel, const v1::StreamOpen& open,
+            v1::StreamResponse* opened, grpc::Status* end) {
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
+    stub = v1::Asyncd::NewStub(channel);
+    rw = stub->Stream(&ctx);
+    v1::StreamRequest req;
+    *req.mutable_open() = open;
+    rw->Write(req);
+    if (rw->Read(opened) && opened->has_opened()) return true;
+    *end = rw->Finish();
+    return false;
+  }
+  // Reads one message and files it; false once the stream ended.
+  bool Next(v1::StreamResponse* m) {
+    if (!rw->Read(m)) return false;
+    if (m->seq() != 0) {
+      EXPECT_EQ(m->seq(), last_seq + 1) << m->ShortDebugString();
+      last_seq = m->seq();
+    }
+    for (const auto& a : m->accepted().ops()) op_ids[a.tag()] = a.op_id();
+    for (const auto& c : m->completions().completions()) {
+      if (!completions.emplace(c.tag(), c).second) doubled.push_back(c.tag());
+    }
+    return true;
+  }
+  bool Send(const v1::StreamRequest& req) { return rw->Write(req); }
+};
+
+// A resumable stream carries on through a restart: its blocked reads run
+// again in the next daemon under the same ids and complete with the data
+// written after it, each exactly once; a timeout waits what was left of
+// it; the messages the client had not acknowledged come again with their
+// numbers; and the restart's cancel is no outcome in the history.
+TEST_P(RestartTest, AResumableStreamCarriesOnThroughARestart) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel());
+  const uint64_t s = *c.OpenSession("resumable");
+  constexpr int kReads = 20;
+  constexpr uint64_t kTimeoutTag = 100;
+  constexpr uint64_t kNopTag = 200;
+  std::vector<uint32_t> fifos;
+  for (int i = 0; i < kReads; ++i) {
+    const std::string name = absl::StrCat("fifo-", i);
+    ASSERT_EQ(mkfifo((first->root() + "/" + name).c_str(), 0600), 0);
+    fifos.push_back(*c.Open(s, name, v1::OPEN_MODE_READ_WRITE));
+  }
+  v1::StreamOpen open;
+  open.set_session_id(s);
+  open.set_resumable(true);
+  Resumable before;
+  v1::StreamResponse m;
+  grpc::Status end;
+  ASSERT_TRUE(before.Open(first->NewChannel(), open, &m, &end)) << end.error_message();
+  v1::StreamRequest batch;
+  for (int i = 0; i < kReads; ++i) {
+    *batch.mutable_submit()->add_ops() = ReadOp(fifos[i], -1, 16, i + 1);
+  }
+  *batch.mutable_submit()->add_ops() = TimeoutOp(std::chrono::milliseconds(1500), kTimeoutTag);
+  for (int i = 0; i < 10; ++i) *batch.mutable_submit()->add_ops() = NopOp(kNopTag + i);
+  ASSERT_TRUE(before.Send(batch));
+  uint64_t accepted_seq = 0;
+  while (before.completions.size() < 10 && before.Next(&m)) {
+    if (m.has_accepted()) accepted_seq = m.seq();
+  }
+  ASSERT_EQ(before.completions.size(), 10u);
+  ASSERT_EQ(before.op_ids.size(), size_t{kReads} + 11);
+  v1::StreamRequest ack;
+  ack.set_ack(accepted_seq);  // as if the NOPs' completions had been lost
+  ASSERT_TRUE(before.Send(ack));
+  v1::OpSelector mine;
+  mine.set_session_id(s);
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = c.ListAll(mine);
+    return ops.ok() && ops->size() == kReads + 1;
+  }));
+
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  while (before.Next(&m)) {
+  }
+  end = before.rw->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(end.error_message(), ::testing::HasSubstr(absl::StrCat("resume session ", s)));
+  for (int i = 1; i <= kReads; ++i) EXPECT_FALSE(before.completions.count(i)) << i;
+  EXPECT_NE(first->Log().find("handed over 1 sessions"), std::string::npos) << first->Log();
+
+  auto next = StartNext(handover);
+  close(handover);
+  client::Client d(next->NewChannel());
+  ASSERT_TRUE(KeepAliveRetried(d, s).ok());
+  // The reads run again, under their ids.
+  std::set<uint64_t> running;
+  auto ops = d.ListAll(mine);
+  ASSERT_TRUE(ops.ok());
+  for (const auto& op : *ops) running.insert(op.op_id());
+  for (int i = 1; i <= kReads; ++i) EXPECT_TRUE(running.count(before.op_ids[i])) << i;
+
+  Resumable after;
+  after.last_seq = accepted_seq;
+  after.op_ids = before.op_ids;
+  open.set_resume_after(accepted_seq);
+  ASSERT_TRUE(after.Open(next->NewChannel(), open, &m, &end)) << end.error_message();
+  EXPECT_EQ(m.opened().session_id(), s);
+  // The NOPs' completions come again, numbered as before.
+  while (after.completions.size() < 10 && after.Next(&m)) {
+  }
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(after.completions.count(kNopTag + i)) << i;
+    EXPECT_EQ(after.completions[kNopTag + i].op_id(), before.completions[kNopTag + i].op_id());
+  }
+  for (int i = 0; i < kReads; ++i) {
+    ASSERT_TRUE(d.Write(s, fifos[i], -1, absl::StrCat("data-", i)).ok());
+  }
+  while (after.completions.size() < size_t{kReads} + 11 && after.Next(&m)) {
+  }
+  ASSERT_EQ(after.completions.size(), size_t{kReads} + 11);
+  EXPECT_TRUE(after.doubled.empty());
+  for (int i = 1; i <= kReads; ++i) {
+    const v1::Completion& done = after.completions[i];
+    EXPECT_EQ(done.outcome(), v1::OUTCOME_COMPLETED) << done.ShortDebugString();
+    EXPECT_EQ(done.op_id(), before.op_ids[i]);
+    EXPECT_EQ(done.data(), absl::StrCat("data-", i - 1));
+  }
+  const v1::Completion& waited = after.completions[kTimeoutTag];
+  EXPECT_EQ(waited.outcome(), v1::OUTCOME_COMPLETED) << waited.ShortDebugString();
+  EXPECT_EQ(waited.op_id(), before.op_ids[kTimeoutTag]);
+  ack.set_ack(after.last_seq);
+  ASSERT_TRUE(after.Send(ack));
+  after.rw->WritesDone();
+  while (after.Next(&m)) {
+  }
+  EXPECT_TRUE(after.rw->Finish().ok());
+  EXPECT_TRUE(after.doubled.empty());
+  // One outcome each in the history: the next daemon's.
+  for (int i = 1; i <= kReads; ++i) {
+    auto info = d.GetOperation(before.op_ids[i]);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->outcome(), v1::OUTCOME_COMPLETED);
+  }
+  auto finished = d.ListHistory(mine, 1000);
+  ASSERT_TRUE(finished.ok()) << finished.status();
+  std::map<uint64_t, int> outcomes;
+  for (const auto& op : *finished) ++outcomes[op.op_id()];
+  for (const auto& [id, n] : outcomes) EXPECT_EQ(n, 1) << "op " << id;
+  for (int i = 1; i <= kReads; ++i) EXPECT_EQ(outcomes[before.op_ids[i]], 1) << i;
+  // No op id is issued twice.
+  auto fresh = d.Submit(s, NopOp());
+  ASSERT_TRUE(fresh.ok());
+  for (const auto& [tag, id] : before.op_ids) EXPECT_NE(fresh->op_id(), id);
+}
+
+// A session that a resumable stream opened waits for that stream after a
+// restart: the resumed stream finds its handle and its blocked read, which
+// completes there, and the session ends with it.
+TEST_P(RestartTest, ASessionOpenedByAResumableStreamWaitsForItToResume) {
+  auto first = StartFirst();
+  ASSERT_EQ(mkfifo((first->root() + "/fifo").c_str(), 0600), 0);
+  v1::StreamOpen open;
+  open.set_client_name("bound");
+  open.set_resumable(true);
+  Resumable before;
+  v1::StreamResponse m;
+  grpc::Status end;
+  ASSERT_TRUE(before.Open(first->NewChannel(), open, &m, &end)) << end.error_message();
+  const uint64_t s = m.opened().session_id();
+  v1::StreamRequest opening;
+  v1::Operation fifo_open;
+  fifo_open.set_tag(1);
+  fifo_open.mutable_open()->set_path("fifo");
+  fifo_open.mutable_open()->set_access(v1::OPEN_MODE_READ_WRITE);
+  *opening.mutable_submit()->add_ops() = fifo_open;
+  ASSERT_TRUE(before.Send(opening));
+  while (!before.completions.count(1) && before.Next(&m)) {
+  }
+  const uint32_t handle = before.completions[1].handle();
+  ASSERT_NE(handle, 0u) << before.completions[1].ShortDebugString();
+  v1::StreamRequest reading;
+  *reading.mutable_submit()->add_ops() = ReadOp(handle, -1, 16, 2);
+  ASSERT_TRUE(before.Send(reading));
+  while (!before.op_ids.count(2) && before.Next(&m)) {
+  }
+  client::Client c(first->NewChannel());
+  v1::OpSelector mine;
+  mine.set_session_id(s);
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = c.ListAll(mine);
+    return ops.ok() && ops->size() == 1;
+  }));
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  while (before.Next(&m)) {
+  }
+  EXPECT_EQ(before.rw->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  auto next = StartNext(handover);
+  close(handover);
+  client::Client d(next->NewChannel());
+  absl::StatusOr<std::vector<v1::SessionInfo>> sessions;
+  ASSERT_TRUE(WaitFor([&] {
+    sessions = d.ListSessions();
+    return sessions.status().code() != absl::StatusCode::kUnavailable;
+  }));
+  ASSERT_TRUE(sessions.ok()) << sessions.status();
+  ASSERT_EQ(sessions->size(), 1u);
+  EXPECT_EQ((*sessions)[0].session_id(), s);
+  Resumable after;
+  after.last_seq = before.last_seq;
+  after.op_ids = before.op_ids;
+  open.set_session_id(s);
+  open.set_resume_after(before.last_seq);
+  ASSERT_TRUE(after.Open(next->NewChannel(), open, &m, &end)) << end.error_message();
+  EXPECT_EQ(m.opened().lease_ms(), 0u);  // bound to its stream again
+  {
+    const int w = ::open((next->root() + "/fifo").c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    ASSERT_GE(w, 0);
+    ASSERT_EQ(write(w, "after", 5), 5);
+    close(w);
+  }
+  while (!after.completions.count(2) && after.Next(&m)) {
+  }
+  ASSERT_TRUE(after.completions.count(2));
+  EXPECT_EQ(after.completions[2].outcome(), v1::OUTCOME_COMPLETED);
+  EXPECT_EQ(after.completions[2].data(), "after");
+  EXPECT_EQ(after.completions[2].op_id(), before.op_ids[2]);
+  after.rw->WritesDone();
+  while (after.Next(&m)) {
+  }
+  EXPECT_TRUE(after.rw->Finish().ok());
+  EXPECT_TRUE(after.doubled.empty());
+  // It ends with its stream.
+  EXPECT_TRUE(WaitFor([&] {
+    return d.KeepAlive(s).status().code() == absl::StatusCode::kFailedPrecondition;
+  }));
 }
 
 // Also where a container manager's notify socket is set (nspawn sets one),
