@@ -63,7 +63,8 @@ absl::StatusOr<HealthStatus> Client::CheckHealth(std::string_view service) {
   grpc::GenericStub generic(channel_);
   grpc::ClientContext context;
   const CallOptions options;
-  if (!Prepare(context, options)) return absl::CancelledError("cancelled before the call");
+  if (!Prepare(context, DeadlineFor(options), options))
+    return absl::CancelledError("cancelled before the call");
   absl::Cleanup unbind = [&] { Unbind(context, options); };
   std::promise<grpc::Status> done;
   generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <exception>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/lib/string_compat.h"
 
@@ -18,12 +20,115 @@ constexpr uint32_t kMaxPageSize = 1000;
 
 std::string HandleName(uint32_t handle) { return absl::StrCat("h:", handle); }
 
+// The daemon refused the call because it is draining (daemon/status.cc's
+// Draining()): nothing ran.
+bool RefusedWhileDraining(const absl::Status& status) {
+  return absl::StrContains(status.message(), "draining");
+}
+
+// gRPC had no connection to send the call on (the daemon's socket refused or
+// was missing): nothing was sent. A connection lost mid-call says otherwise
+// ("Socket closed", ...).
+bool NeverSent(const absl::Status& status) {
+  return absl::StartsWith(status.message(), "failed to connect to all addresses");
+}
+
+// The op as it runs again after a restart cancelled it, `completion` saying
+// how long it had been accepted: its deadline and a Timeout's duration are
+// lowered by that, as the daemon does for what it runs again itself.
+v1::Operation AfterRestart(const v1::Operation& op, const v1::Completion& completion) {
+  v1::Operation again = op;
+  const uint64_t ran_us = completion.duration_us();
+  if (again.deadline_ms() != 0) {
+    const uint64_t ran_ms = (ran_us + 999) / 1000;
+    // One that has passed gets 1 ms: it times out, it does not lose its deadline.
+    again.set_deadline_ms(
+        static_cast<uint32_t>(again.deadline_ms() > ran_ms ? again.deadline_ms() - ran_ms : 1));
+  }
+  if (again.has_timeout()) {
+    const uint64_t duration = again.timeout().duration_us();
+    again.mutable_timeout()->set_duration_us(duration > ran_us ? duration - ran_us : 0);
+  }
+  return again;
+}
+
 }  // namespace
+
+// Decides, for one call, whether another attempt follows a failure, and
+// waits its backoff (ClientOptions::retry; see "Retries" in the header).
+class Client::Retrier {
+ public:
+  Retrier(const std::optional<RetryPolicy>& policy, const std::optional<Deadline>& deadline,
+          CallCanceller* canceller, grpc::Channel* channel)
+      : policy_(policy), deadline_(deadline), canceller_(canceller), channel_(channel) {}
+
+  // After a failed attempt: whether to make another (after waiting). A
+  // canceller cancelled while waiting also says yes: the next attempt then
+  // fails CANCELLED before it is sent.
+  [[nodiscard]] bool Again(const absl::Status& status, Repeat repeat) {
+    if (status.code() != absl::StatusCode::kUnavailable) return false;
+    switch (repeat) {
+      case Repeat::kNever:
+        return false;
+      case Repeat::kIfNotRun:
+        if (!RefusedWhileDraining(status) && !NeverSent(status)) return false;
+        break;
+      case Repeat::kAlways:
+        break;
+    }
+    return Wait();
+  }
+
+  // After a Submit answered: whether to submit the op again, since a
+  // restart cancelled it before it did anything.
+  [[nodiscard]] bool Again(const v1::Completion& completion) {
+    if (completion.outcome() != v1::OUTCOME_CANCELLED ||
+        completion.end_reason() != v1::END_REASON_RESTART || completion.bytes_done() != 0) {
+      return false;
+    }
+    return Wait();
+  }
+
+ private:
+  bool Wait() {
+    if (!policy_.has_value()) return false;
+    const auto now = std::chrono::steady_clock::now();
+    if (!give_up_at_.has_value()) {
+      give_up_at_ = now + policy_->budget;
+      backoff_ = policy_->initial_backoff;
+    }
+    if (now >= *give_up_at_) return false;
+    const std::chrono::steady_clock::duration wait =
+        std::min<std::chrono::steady_clock::duration>(backoff_, *give_up_at_ - now);
+    // An attempt that would start past the call's deadline is not made.
+    if (deadline_.has_value() && std::chrono::system_clock::now() + wait >= *deadline_) {
+      return false;
+    }
+    backoff_ = std::min(backoff_ * 2, policy_->max_backoff);
+    if (canceller_ != nullptr) {
+      if (!canceller_->SleepFor(wait)) return true;
+    } else {
+      std::this_thread::sleep_for(wait);
+    }
+    // gRPC waits up to its own reconnect backoff (1 s, growing) before trying
+    // the socket again: the policy's backoff governs instead.
+    grpc::experimental::ChannelResetConnectionBackoff(channel_);
+    return true;
+  }
+
+  const std::optional<RetryPolicy>& policy_;
+  const std::optional<Deadline>& deadline_;
+  CallCanceller* const canceller_;
+  grpc::Channel* const channel_;
+  std::optional<std::chrono::steady_clock::time_point> give_up_at_;
+  std::chrono::milliseconds backoff_{0};
+};
 
 void CallCanceller::Cancel() {
   std::lock_guard lock(mu_);
   cancelled_ = true;
   for (grpc::ClientContext* context : contexts_) context->TryCancel();
+  cancelled_cv_.notify_all();
 }
 
 bool CallCanceller::cancelled() const {
@@ -43,17 +148,25 @@ void CallCanceller::Unbind(grpc::ClientContext* context) {
   contexts_.erase(std::remove(contexts_.begin(), contexts_.end(), context), contexts_.end());
 }
 
+bool CallCanceller::SleepFor(std::chrono::steady_clock::duration wait) {
+  std::unique_lock lock(mu_);
+  return !cancelled_cv_.wait_for(lock, wait, [&] { return cancelled_; });
+}
+
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
     : channel_(std::move(channel)), stub_(v1::Asyncd::NewStub(channel_)), options_(options) {}
 
-bool Client::Prepare(grpc::ClientContext& context, const CallOptions& options,
-                     CallKind kind) const {
-  if (options.deadline.has_value()) {
-    context.set_deadline(*options.deadline);
-  } else if (kind == CallKind::kUnary && options_.default_timeout.count() > 0) {
-    context.set_deadline(std::chrono::system_clock::now() + options_.default_timeout +
-                         options.extra_time);
+std::optional<Deadline> Client::DeadlineFor(const CallOptions& options, CallKind kind) const {
+  if (options.deadline.has_value()) return options.deadline;
+  if (kind == CallKind::kUnary && options_.default_timeout.count() > 0) {
+    return std::chrono::system_clock::now() + options_.default_timeout + options.extra_time;
   }
+  return std::nullopt;
+}
+
+bool Client::Prepare(grpc::ClientContext& context, const std::optional<Deadline>& deadline,
+                     const CallOptions& options) {
+  if (deadline.has_value()) context.set_deadline(*deadline);
   return options.canceller == nullptr || options.canceller->Bind(&context);
 }
 
@@ -64,11 +177,23 @@ void Client::Unbind(grpc::ClientContext& context, const CallOptions& options) {
 template <typename Request, typename Response>
 absl::Status Client::Call(grpc::Status (v1::Asyncd::Stub::*method)(grpc::ClientContext*,
                                                                    const Request&, Response*),
-                          const Request& request, Response* response, const CallOptions& options) {
-  grpc::ClientContext context;
-  if (!Prepare(context, options)) return absl::CancelledError("cancelled before the call");
-  absl::Cleanup unbind = [&] { Unbind(context, options); };
-  return ToAbslStatus((stub_.get()->*method)(&context, request, response));
+                          const Request& request, Response* response, const CallOptions& options,
+                          Repeat repeat, Retrier* retrier) {
+  const std::optional<Deadline> deadline = DeadlineFor(options);
+  std::optional<Retrier> own;
+  if (retrier == nullptr)
+    retrier = &own.emplace(options_.retry, deadline, options.canceller, channel_.get());
+  for (;;) {
+    grpc::ClientContext context;
+    if (!Prepare(context, deadline, options))
+      return absl::CancelledError("cancelled before the call");
+    absl::Status status;
+    {
+      absl::Cleanup unbind = [&] { Unbind(context, options); };
+      status = ToAbslStatus((stub_.get()->*method)(&context, request, response));
+    }
+    if (status.ok() || !retrier->Again(status, repeat)) return status;
+  }
 }
 
 absl::StatusOr<uint64_t> Client::OpenSession(std::string_view client_name, uint32_t lease_ms,
@@ -88,7 +213,8 @@ absl::StatusOr<uint32_t> Client::KeepAlive(uint64_t session_id) {
   v1::KeepAliveRequest request;
   request.set_session_id(session_id);
   v1::KeepAliveResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::KeepAlive, request, &response); !s.ok()) {
+  if (absl::Status s = Call(&v1::Asyncd::Stub::KeepAlive, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   return response.lease_ms();
@@ -114,11 +240,21 @@ absl::StatusOr<v1::Completion> Client::Submit(uint64_t session_id, const v1::Ope
   v1::SubmitRequest request;
   request.set_session_id(session_id);
   *request.mutable_op() = op;
-  v1::Completion completion;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::Submit, request, &completion, options); !s.ok()) {
-    return s;
+  // The call's deadline, fixed here: a submission repeated after a restart
+  // keeps it.
+  CallOptions fixed = options;
+  fixed.deadline = DeadlineFor(options);
+  Retrier retrier(options_.retry, fixed.deadline, options.canceller, channel_.get());
+  for (;;) {
+    v1::Completion completion;
+    if (absl::Status s = Call(&v1::Asyncd::Stub::Submit, request, &completion, fixed,
+                              Repeat::kIfNotRun, &retrier);
+        !s.ok()) {
+      return s;
+    }
+    if (!retrier.Again(completion)) return completion;
+    *request.mutable_op() = AfterRestart(request.op(), completion);
   }
-  return completion;
 }
 
 absl::StatusOr<uint32_t> Client::Open(uint64_t session_id, std::string_view path,
@@ -232,7 +368,9 @@ absl::StatusOr<v1::ListOperationsResponse> Client::ListOperations(const v1::OpSe
   request.set_page_token(std::string(page_token));
   request.set_include_timeline(timeline == Timeline::kInclude);
   v1::ListOperationsResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::ListOperations, request, &response); !s.ok()) {
+  if (absl::Status s =
+          Call(&v1::Asyncd::Stub::ListOperations, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   return response;
@@ -272,7 +410,9 @@ absl::StatusOr<v1::OperationInfo> Client::GetOperation(uint64_t op_id) {
   v1::GetOperationRequest request;
   request.set_op_id(op_id);
   v1::OperationInfo response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::GetOperation, request, &response); !s.ok()) {
+  if (absl::Status s =
+          Call(&v1::Asyncd::Stub::GetOperation, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   return response;
@@ -288,7 +428,9 @@ absl::StatusOr<std::vector<v1::OperationInfo>> Client::ListHistory(const v1::OpS
   request.set_slowest(order == HistoryOrder::kSlowestFirst);
   request.set_include_timeline(timeline == Timeline::kInclude);
   v1::ListHistoryResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::ListHistory, request, &response); !s.ok()) {
+  if (absl::Status s =
+          Call(&v1::Asyncd::Stub::ListHistory, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   return std::vector<v1::OperationInfo>(std::make_move_iterator(response.mutable_ops()->begin()),
@@ -298,7 +440,9 @@ absl::StatusOr<std::vector<v1::OperationInfo>> Client::ListHistory(const v1::OpS
 absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListSessions() {
   v1::ListSessionsRequest request;
   v1::ListSessionsResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::ListSessions, request, &response); !s.ok()) {
+  if (absl::Status s =
+          Call(&v1::Asyncd::Stub::ListSessions, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   return std::vector<v1::SessionInfo>(
@@ -309,7 +453,8 @@ absl::StatusOr<std::vector<v1::SessionInfo>> Client::ListSessions() {
 absl::StatusOr<v1::Stats> Client::GetStats() {
   v1::GetStatsRequest request;
   v1::Stats response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::GetStats, request, &response); !s.ok()) {
+  if (absl::Status s = Call(&v1::Asyncd::Stub::GetStats, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   return response;
@@ -324,7 +469,8 @@ absl::StatusOr<v1::DrainResponse> Client::Drain(uint32_t grace_ms, const CallOpt
   v1::DrainRequest request;
   request.set_grace_ms(grace_ms);
   v1::DrainResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::Drain, request, &response, options); !s.ok()) {
+  if (absl::Status s = Call(&v1::Asyncd::Stub::Drain, request, &response, options, Repeat::kNever);
+      !s.ok()) {
     return s;
   }
   return response;
@@ -335,7 +481,9 @@ absl::StatusOr<::asyncd::state::v1::Checkpoint> Client::GetCheckpoint() {
   constexpr uint32_t kFormat = 1;
   v1::GetCheckpointRequest request;
   v1::GetCheckpointResponse response;
-  if (absl::Status s = Call(&v1::Asyncd::Stub::GetCheckpoint, request, &response); !s.ok()) {
+  if (absl::Status s =
+          Call(&v1::Asyncd::Stub::GetCheckpoint, request, &response, {}, Repeat::kAlways);
+      !s.ok()) {
     return s;
   }
   ::asyncd::state::v1::Sealed sealed;
@@ -361,7 +509,7 @@ absl::Status Client::Watch(const v1::OpSelector& filter, const std::vector<v1::E
   *request.mutable_filter() = filter;
   for (v1::EventType type : types) request.add_types(type);
   grpc::ClientContext context;
-  if (!Prepare(context, options, CallKind::kStream)) {
+  if (!Prepare(context, DeadlineFor(options, CallKind::kStream), options)) {
     return absl::CancelledError("cancelled before the call");
   }
   absl::Cleanup unbind = [&] { Unbind(context, options); };

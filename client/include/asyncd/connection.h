@@ -65,6 +65,20 @@ struct TlsOptions {
 [[nodiscard]] std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(
     std::string_view normalized_target, const TlsOptions& tls = {});
 
+/// How a client tries again when the daemon is restarting (a live restart:
+/// systemctl restart, a package upgrade): between the stopping daemon's
+/// refusals and the next daemon's first answer, calls fail UNAVAILABLE for a
+/// moment. Used by StreamOptions::resume and ClientOptions::retry.
+struct RetryPolicy {
+  /// How long to keep trying, counted from the first failure; once it has
+  /// passed, the last failure is reported.
+  std::chrono::milliseconds budget{30000};
+  /// The first wait between two attempts; each later wait doubles, up to
+  /// max_backoff.
+  std::chrono::milliseconds initial_backoff{10};
+  std::chrono::milliseconds max_backoff{1000};
+};
+
 /// How Connect builds a channel.
 struct ConnectOptions {
   /// For TCP targets (see ChannelCredentialsFor).

@@ -8,6 +8,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,14 +47,23 @@ struct StreamOptions {
   /// one SubmitBatch (up to max_batch_ops). Off: each Submit call is sent as
   /// its own SubmitBatch(es), e.g. to measure a given batch size.
   bool coalesce = true;
-  /// How long Create waits for StreamOpened.
+  /// How long Create waits for StreamOpened; also the most a resume
+  /// attempt waits for it.
   std::chrono::milliseconds open_timeout{10000};
+  /// Set: the stream survives a live restart of the daemon
+  /// (StreamOpen.resumable). When it ends UNAVAILABLE, the library opens it
+  /// again on the same session, as the policy says (by default for up to
+  /// 30 s, waiting 10 ms doubling to 1 s between attempts), and the
+  /// application sees a delay, not an error: see "Resuming" in StreamClient.
+  /// Unset (the default): the stream ends with its first error.
+  std::optional<RetryPolicy> resume = std::nullopt;
 };
 
 /// Asynchronous, batched submission over the bidirectional Stream RPC.
 ///
 /// Threading. All methods are thread-safe. The stream runs on gRPC's callback
-/// API (one grpc::ClientBidiReactor, no thread of its own). Callbacks
+/// API (one grpc::ClientBidiReactor per RPC, no thread of its own; a resuming
+/// stream waits between its attempts on a grpc::Alarm). Callbacks
 /// (CompletionCallback, AcceptedCallback) run on a gRPC callback thread -- "the
 /// reader thread" -- one at a time per StreamClient, in the order messages
 /// arrive, with no library lock held. They must be quick and must not block:
@@ -61,7 +71,9 @@ struct StreamOptions {
 /// call Submit / SubmitOne / Cancel on any StreamClient (Submit then never
 /// blocks: see WhenFull). Finish called there returns FAILED_PRECONDITION,
 /// and destroying a StreamClient there does not wait (see ~StreamClient).
-/// Exceptions thrown by callbacks are caught and logged.
+/// Exceptions thrown by callbacks are caught and logged. While a stream
+/// resumes, its callbacks stop until the next daemon answers; they then run
+/// on that RPC's callback thread, in the same order guarantees.
 ///
 /// Tags. The library owns Operation.tag on the wire: Submit overwrites each
 /// op's tag with its own (to match Accepted and Completion messages to
@@ -90,7 +102,34 @@ struct StreamOptions {
 /// status_code and message then carry the stream's final status. Such
 /// synthesized completions are delivered from whichever thread saw the end
 /// (a gRPC thread, or the submitting thread when a blocked Submit is cut
-/// short).
+/// short). A resuming stream has not ended: see below.
+///
+/// Resuming (StreamOptions::resume). The stream is opened resumable: the
+/// daemon numbers its `accepted` and `completions` messages (seq) and keeps
+/// each until the library acknowledges it. The library acknowledges what it
+/// has received and delivered whenever it has nothing else to write, and at
+/// the latest after max_inflight_per_session / 4 completions (the daemon
+/// asks for every half of it). When the stream ends UNAVAILABLE (a live
+/// restart ends it so at once, with its operations carried over to the next
+/// daemon), the library waits its backoff and opens a new Stream RPC with
+/// {session_id, resumable, resume_after = the last seq received}, again
+/// until the policy's budget has passed. Meanwhile Submit and Cancel queue
+/// as usual (Submit blocks only for room in the window, which the pending
+/// completions still hold) and nothing is synthesized: outstanding ops get
+/// their real completions from the next daemon, late. A message the client
+/// already had (seq not above the last received) is dropped, so each
+/// completion and each accepted op reaches its callback exactly once.
+/// Batches written whose `accepted` was not received before the replay
+/// ended were never read by the daemon: the library sends them again, same
+/// ops, same library tags (it marks the replay's end by an empty batch,
+/// whose `accepted` follows every replayed message); likewise cancels that
+/// got no answer. Only when resuming gives up (the budget has passed, or the
+/// daemon answers the resume with an error other than UNAVAILABLE, e.g.
+/// FAILED_PRECONDITION / NOT_FOUND / PERMISSION_DENIED) does the stream
+/// end, with that status, synthesizing as above. A stream that breaks for
+/// any other reason than a restart (the daemon still running) cannot resume:
+/// the daemon keeps nothing for it, and the resume is refused.
+/// Only the first daemon's limits() count: the window is not resized.
 class StreamClient {
  public:
   /// Called once per op with its Completion (tag restored to the caller's).
@@ -142,6 +181,9 @@ class StreamClient {
   size_t max_outstanding() const;
   /// Ops submitted whose completion has not been delivered yet.
   size_t outstanding() const;
+  /// How many times the stream has resumed (StreamOptions::resume): RPCs
+  /// the daemon opened after the first.
+  size_t resumes() const;
 
   /// Submits `ops` (moved from) and calls `on_completion` once per op as its
   /// completion arrives; `on_accepted`, if set, once per op when the daemon

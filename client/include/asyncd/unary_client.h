@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -48,6 +49,11 @@ struct ClientOptions {
   /// (0 = none). Submit and Drain take their own optional deadline and use this
   /// one only when none is given. Watch never uses it.
   std::chrono::microseconds default_timeout{0};
+  /// Set: a call that failed only because the daemon is restarting is tried
+  /// again, as the policy says (by default for up to 30 s, waiting 10 ms
+  /// doubling to 1 s), within the call's deadline; see "Retries" in Client.
+  /// Unset (the default): every failure is returned at once.
+  std::optional<RetryPolicy> retry = std::nullopt;
 };
 
 /// Lets one thread end Client calls that block another, e.g. on Ctrl-C (as
@@ -73,8 +79,11 @@ class CallCanceller {
   // Cancel has already run.
   [[nodiscard]] bool Bind(grpc::ClientContext* context);
   void Unbind(grpc::ClientContext* context);
+  // Waits `wait` (a retry's backoff) or until Cancel; false if cancelled.
+  [[nodiscard]] bool SleepFor(std::chrono::steady_clock::duration wait);
 
   mutable std::mutex mu_;
+  std::condition_variable cancelled_cv_;
   bool cancelled_ = false;
   std::vector<grpc::ClientContext*> contexts_;  // calls running now
 };
@@ -113,6 +122,26 @@ enum class HealthStatus { kUnknown = 0, kServing = 1, kNotServing = 2, kServiceU
 /// is not an error at this level (Submit returns its Completion), but the
 /// convenience helpers (Open, Read, Write, Close, Stat) turn it into a status
 /// with CompletionToStatus().
+///
+/// Retries (ClientOptions::retry). A live restart of the daemon (systemctl
+/// restart, a package upgrade) keeps its sessions and handles, but for a
+/// moment calls fail: the stopping daemon refuses them UNAVAILABLE
+/// ("draining"), then no daemon listens until the next one does. With a
+/// retry policy such calls are made again, after a backoff, until they get
+/// another answer, the policy's budget has passed, or the call's deadline
+/// or canceller ends them; the caller sees a delay. Only what cannot have
+/// run is repeated: an UNAVAILABLE that the daemon answered because it is
+/// draining, or that gRPC reports as failing to connect (the call was never
+/// sent). An UNAVAILABLE from a connection lost mid-call is repeated only
+/// for calls that change nothing (KeepAlive, the listings, GetOperation,
+/// GetStats, GetCheckpoint), since another call may have run.
+/// Submit also repeats an operation whose Completion is CANCELLED with
+/// end_reason RESTART and bytes_done 0: the restart cancelled it before it
+/// did anything. One that had done something returns as it ended. Drain,
+/// Watch and CheckHealth are never repeated (a repeated drain would drain
+/// the next daemon; a watch does not replay the events it missed; a health
+/// check reports what it finds). The deadline
+/// counts from the first attempt: a retry never extends it.
 class Client {
  public:
   /// `channel` from Connect(); must not be null.
@@ -227,16 +256,32 @@ class Client {
     kUnary,   // default_timeout applies
     kStream,  // runs until stopped: only an explicit deadline applies
   };
-  // The one place a call's deadline is applied; also binds the call to
-  // options.canceller until Unbind. False: already cancelled, do not call.
-  [[nodiscard]] bool Prepare(grpc::ClientContext& context, const CallOptions& options,
-                             CallKind kind = CallKind::kUnary) const;
+  // Which UNAVAILABLE failures a call may be repeated after (see Retries).
+  enum class Repeat {
+    kIfNotRun,  // refused while draining, or never sent
+    kAlways,    // changes nothing: any UNAVAILABLE
+    kNever,
+  };
+  // The one place a call's deadline is chosen: once per call, whatever its
+  // attempts.
+  [[nodiscard]] std::optional<Deadline> DeadlineFor(const CallOptions& options,
+                                                    CallKind kind = CallKind::kUnary) const;
+  // Applies `deadline` to one attempt; also binds it to options.canceller
+  // until Unbind. False: already cancelled, do not call.
+  [[nodiscard]] static bool Prepare(grpc::ClientContext& context,
+                                    const std::optional<Deadline>& deadline,
+                                    const CallOptions& options);
   static void Unbind(grpc::ClientContext& context, const CallOptions& options);
-  // One unary RPC of the stub: what every method shares (unary_client.cc).
+  // Attempts of unary calls under ClientOptions::retry (unary_client.cc).
+  class Retrier;
+  // One unary RPC of the stub, attempted as `repeat` allows: what every
+  // method shares (unary_client.cc). `retrier`: one shared with the caller's
+  // own attempts (Submit's), else the call's own.
   template <typename Request, typename Response>
   absl::Status Call(grpc::Status (v1::Asyncd::Stub::*method)(grpc::ClientContext*, const Request&,
                                                              Response*),
-                    const Request& request, Response* response, const CallOptions& options = {});
+                    const Request& request, Response* response, const CallOptions& options = {},
+                    Repeat repeat = Repeat::kIfNotRun, Retrier* retrier = nullptr);
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Asyncd::Stub> stub_;
