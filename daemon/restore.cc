@@ -120,6 +120,7 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
     }
     ++summary.sessions;
     summary.handles += static_cast<uint32_t>(own.size());
+    summary.ops += static_cast<uint32_t>(s.resubmit_size());
   }
   if (failed.ok()) return summary;
   for (uint64_t id : restored) (void)sessions.End(id, core::EndReason::kSessionClosed);

@@ -16,6 +16,7 @@ class SessionTable;
 struct RestoreSummary {
   uint32_t sessions = 0;
   uint32_t handles = 0;
+  uint32_t ops = 0;  // run again for resumable streams
 };
 
 /// The id counters of `checkpoint`, for Registry::RestoreCounters.

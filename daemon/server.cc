@@ -281,8 +281,10 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
     absl::StatusOr<RestoreSummary> restored = RestoreCheckpoint(
         *checkpoint, std::move(handover->fds), *registry_, service_->sessions());
     if (restored.ok()) {
-      spdlog::info("restored the predecessor's {} sessions and {} handles ({} bytes of checkpoint)",
-                   restored->sessions, restored->handles, handover->sealed_checkpoint.size());
+      spdlog::info("restored the predecessor's {} sessions and {} handles ({} bytes of "
+                   "checkpoint); {} operations run again",
+                   restored->sessions, restored->handles, handover->sealed_checkpoint.size(),
+                   restored->ops);
       restart.set_sessions(restored->sessions);
       restart.set_handles(restored->handles);
     } else {
@@ -519,9 +521,10 @@ void Server::SendState(const HandOverTo& send) {
                   std::string(sent.message()), checkpoint.sessions_size());
     return;
   }
-  spdlog::info("handed over {} sessions and {} handles ({} bytes of checkpoint) in {} us",
+  spdlog::info("handed over {} sessions and {} handles ({} bytes of checkpoint) in {} us; "
+               "{} operations to run again",
                checkpoint.sessions_size(), fds.size(), sealed.size(),
-               (core::MonoNanos() - started) / 1000);
+               (core::MonoNanos() - started) / 1000, again.size());
 }
 
 std::optional<std::string> Server::Reload(const Config& config) {

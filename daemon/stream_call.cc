@@ -27,8 +27,10 @@ void StreamCall::OnReadDone(bool ok) {
   {
     std::lock_guard lock(mu_);
     // Read no more: what came after the close is dropped; after a restart's
-    // start, the client sends it again to the next daemon (no `accepted`).
-    if (session_ended_ || restarting_.load(std::memory_order_relaxed)) {
+    // start, the client sends it again to the next daemon (no `accepted`),
+    // also before the restart's start has reached this stream.
+    if (session_ended_ || restarting_.load(std::memory_order_relaxed) ||
+        (resumable_ && service_->draining() && service_->restarting())) {
       reading_ = false;
       in_->Reset();
       MaybeFinishLocked();
@@ -669,13 +671,13 @@ void StreamCall::CancelIds(core::Dispatcher& dispatcher, const std::vector<uint6
 }
 
 void StreamCall::MaybeFinishLocked() {
-  // A read may stay outstanding once the session ended or the daemon
-  // drains: gRPC fails it when the call finishes.
   // At a restart, the state goes to the carry once no op is left to end.
   if (restarting_.load(std::memory_order_relaxed) && !carried_ && inflight_ == 0 &&
       !submitting_) {
     CarryOverLocked();
   }
+  // A read may stay outstanding once the session ended or the daemon
+  // drains: gRPC fails it when the call finishes.
   const bool ending = session_ended_ || draining_;
   if (finished_ || (reading_ && !ending) || !(half_closed_ || broken_ || ending) || inflight_ > 0) {
     return;

@@ -57,7 +57,8 @@ int Run(int sessions, int handles, int blocked) {
     }
   }
   // The blocked reads: a thousand per session (under its in-flight limit),
-  // each session's on its own stream and FIFO handle.
+  // each session's on its own resumable stream and FIFO handle: the restart
+  // carries them over.
   mkfifo((first->root() + "/fifo").c_str(), 0600);
   std::atomic<int> ended{0};
   std::vector<std::unique_ptr<client::StreamClient>> streams;
@@ -65,7 +66,8 @@ int Run(int sessions, int handles, int blocked) {
     const int n = std::min(1000, blocked - done);
     const uint64_t reader = ids[static_cast<size_t>(g) % ids.size()];
     const uint32_t fifo = *setup.Open(reader, "fifo", v1::OPEN_MODE_READ_WRITE);
-    auto stream = client::StreamClient::Create(first->NewChannel(), "blocked", reader);
+    auto stream = client::StreamClient::Create(first->NewChannel(), "blocked", reader,
+                                               {.resume = client::RetryPolicy{}});
     std::vector<v1::Operation> reads;
     for (int i = 0; i < n; ++i) reads.push_back(ReadOp(fifo, -1, 8));
     if (!stream.ok() ||
@@ -126,7 +128,6 @@ int Run(int sessions, int handles, int blocked) {
   std::this_thread::sleep_for(std::chrono::seconds(1));
   stop.store(true);
   load.join();
-  streams.clear();
 
   client::Client check(next->NewChannel(), {.default_timeout = std::chrono::seconds(30)});
   auto stats = check.GetStats();
@@ -147,7 +148,14 @@ int Run(int sessions, int handles, int blocked) {
                 r.error().empty() ? "none" : r.error().c_str());
   }
   std::printf("sessions alive after the restart: %d of %d\n", alive, sessions);
-  std::printf("blocked reads ended by the restart's drain: %d of %d\n", ended.load(), blocked);
+  size_t resumed = 0;
+  for (const auto& s : streams) resumed += s->resumes();
+  std::printf(
+      "blocked reads run again by the new daemon: %llu of %d (%d ended by the restart); %zu of "
+      "%zu streams resumed\n",
+      stats.ok() ? static_cast<unsigned long long>(stats->inflight()) : 0ULL, blocked, ended.load(),
+      resumed, streams.size());
+  streams.clear();
   std::printf(
       "client calls through the restart: %zu (%d retried attempts); latency with retries: p50 "
       "%.0f us, p99 %.0f us, max %.0f us\n",

@@ -13,7 +13,10 @@
 
 #include <fcntl.h>
 
+#include <atomic>
 #include <future>
+#include <mutex>
+#include <thread>
 #include <map>
 #include <set>
 
@@ -364,9 +367,14 @@ TEST_P(RestartTest, AResumableStreamCarriesOnThroughARestart) {
   EXPECT_THAT(end.error_message(), ::testing::HasSubstr(absl::StrCat("resume session ", s)));
   for (int i = 1; i <= kReads; ++i) EXPECT_FALSE(before.completions.count(i)) << i;
   EXPECT_NE(first->Log().find("handed over 1 sessions"), std::string::npos) << first->Log();
+  EXPECT_NE(first->Log().find(absl::StrCat(kReads + 1, " operations to run again")),
+            std::string::npos)
+      << first->Log();
 
   auto next = StartNext(handover);
   close(handover);
+  EXPECT_NE(next->Log().find(absl::StrCat(kReads + 1, " operations run again")), std::string::npos)
+      << next->Log();
   client::Client d(next->NewChannel());
   ASSERT_TRUE(KeepAliveRetried(d, s).ok());
   // The reads run again, under their ids.
@@ -428,6 +436,55 @@ TEST_P(RestartTest, AResumableStreamCarriesOnThroughARestart) {
   auto fresh = d.Submit(s, NopOp());
   ASSERT_TRUE(fresh.ok());
   for (const auto& [tag, id] : before.op_ids) EXPECT_NE(fresh->op_id(), id);
+}
+
+// A stream that is not resumable ends as in a drain: its blocked read is
+// cancelled (end reason RESTART, nothing done) and delivered, the stream
+// ends UNAVAILABLE, and the session it opened ends with it.
+TEST_P(RestartTest, APlainStreamsOpsEndRestartAndItsSessionEnds) {
+  auto first = StartFirst();
+  ASSERT_EQ(mkfifo((first->root() + "/fifo").c_str(), 0600), 0);
+  client::Client c(first->NewChannel());
+  const uint64_t leased = *c.OpenSession("leased");
+  const uint32_t fifo = *c.Open(leased, "fifo", v1::OPEN_MODE_READ_WRITE);
+  v1::StreamOpen open;
+  open.set_session_id(leased);
+  Resumable plain;  // used plainly: nothing is numbered
+  v1::StreamResponse m;
+  grpc::Status end;
+  ASSERT_TRUE(plain.Open(first->NewChannel(), open, &m, &end)) << end.error_message();
+  v1::StreamRequest reading;
+  *reading.mutable_submit()->add_ops() = ReadOp(fifo, -1, 8, 1);
+  ASSERT_TRUE(plain.Send(reading));
+  while (!plain.op_ids.count(1) && plain.Next(&m)) {
+  }
+  v1::StreamOpen create;
+  create.set_client_name("bound");
+  Resumable owner;
+  ASSERT_TRUE(owner.Open(first->NewChannel(), create, &m, &end)) << end.error_message();
+  const uint64_t bound = m.opened().session_id();
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = c.GetStats();
+    return st.ok() && st->inflight() == 1;
+  }));
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  while (plain.Next(&m)) {
+  }
+  EXPECT_EQ(plain.rw->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  ASSERT_TRUE(plain.completions.count(1));
+  EXPECT_EQ(plain.completions[1].outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(plain.completions[1].end_reason(), v1::END_REASON_RESTART);
+  EXPECT_EQ(plain.completions[1].bytes_done(), 0u);
+  EXPECT_EQ(plain.last_seq, 0u);
+  while (owner.Next(&m)) {
+  }
+  EXPECT_EQ(owner.rw->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  auto next = StartNext(handover);
+  close(handover);
+  client::Client d(next->NewChannel());
+  EXPECT_TRUE(KeepAliveRetried(d, leased).ok());
+  EXPECT_EQ(d.KeepAlive(bound).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 // A session that a resumable stream opened waits for that stream after a
@@ -512,6 +569,104 @@ TEST_P(RestartTest, ASessionOpenedByAResumableStreamWaitsForItToResume) {
   EXPECT_TRUE(WaitFor([&] {
     return d.KeepAlive(s).status().code() == absl::StatusCode::kFailedPrecondition;
   }));
+}
+
+// Through the client library an application sees a short delay, not an
+// error: a resumable StreamClient's blocked reads complete after the
+// restart, its NOPs go on throughout with one completion each and never an
+// error, and a Client with retries reaches the next daemon by itself.
+TEST_P(RestartTest, TheClientLibrarySeesADelayNotAnError) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel(), client::ClientOptions{.retry = client::RetryPolicy{}});
+  const uint64_t s = *c.OpenSession("library");
+  constexpr int kReads = 10;
+  std::vector<uint32_t> fifos;
+  for (int i = 0; i < kReads; ++i) {
+    const std::string name = absl::StrCat("fifo-", i);
+    ASSERT_EQ(mkfifo((first->root() + "/" + name).c_str(), 0600), 0);
+    fifos.push_back(*c.Open(s, name, v1::OPEN_MODE_READ_WRITE));
+  }
+  auto stream = client::StreamClient::Create(
+      first->NewChannel(), "library", s,
+      client::StreamOptions{.max_outstanding = 256, .resume = client::RetryPolicy{}});
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::mutex mu;
+  std::map<uint64_t, v1::Completion> reads;  // by tag
+  std::map<uint64_t, int> nop_ids;           // op id -> completions
+  std::map<uint64_t, std::string> first_seen;
+  uint64_t nop_errors = 0;
+  std::vector<v1::Operation> read_ops;
+  for (int i = 0; i < kReads; ++i) read_ops.push_back(ReadOp(fifos[i], -1, 16, i + 1));
+  ASSERT_TRUE((*stream)
+                  ->Submit(std::move(read_ops),
+                           [&](const v1::Completion& done) {
+                             std::lock_guard lock(mu);
+                             reads[done.tag()] = done;
+                           })
+                  .ok());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> submitted{0};
+  std::thread nops([&] {
+    while (!stop) {
+      std::vector<v1::Operation> batch(8, NopOp());
+      if (!(*stream)
+               ->Submit(std::move(batch),
+                        [&](const v1::Completion& done) {
+                          std::lock_guard lock(mu);
+                          if (done.op_id() == 0) {
+                            ADD_FAILURE() << done.ShortDebugString();
+                          } else if (++nop_ids[done.op_id()] == 1) {
+                            first_seen[done.op_id()] =
+                                absl::StrCat("resumes ", (*stream)->resumes(), " ",
+                                             done.ShortDebugString());
+                          } else {
+                            ADD_FAILURE() << "twice: " << first_seen[done.op_id()] << " / resumes "
+                                          << (*stream)->resumes() << " "
+                                          << done.ShortDebugString();
+                          }
+                          if (done.outcome() != v1::OUTCOME_COMPLETED && nop_errors++ == 0) {
+                            ADD_FAILURE() << done.ShortDebugString();
+                          }
+                        })
+               .ok()) {
+        break;
+      }
+      submitted += 8;
+    }
+  });
+  ASSERT_TRUE(WaitFor([&] { return submitted.load() > 1000; }));
+
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  auto next = StartNext(handover);
+  close(handover);
+  for (int i = 0; i < kReads; ++i) {
+    absl::StatusOr<uint64_t> wrote = c.Write(s, fifos[i], -1, absl::StrCat("data-", i));
+    ASSERT_TRUE(wrote.ok()) << wrote.status();
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard lock(mu);
+    return reads.size() == kReads;
+  }));
+  const uint64_t at_restart = submitted.load();
+  ASSERT_TRUE(WaitFor([&] { return submitted.load() > at_restart + 1000; }));
+  stop = true;
+  nops.join();
+  EXPECT_TRUE((*stream)->Finish().ok());
+  EXPECT_EQ((*stream)->resumes(), 1u);
+  std::lock_guard lock(mu);
+  for (int i = 1; i <= kReads; ++i) {
+    EXPECT_EQ(reads[i].outcome(), v1::OUTCOME_COMPLETED) << reads[i].ShortDebugString();
+    EXPECT_EQ(reads[i].data(), absl::StrCat("data-", i - 1));
+  }
+  EXPECT_EQ(nop_errors, 0u);
+  uint64_t completions = 0;
+  for (const auto& [id, n] : nop_ids) {
+    EXPECT_NE(id, 0u);
+    EXPECT_EQ(n, 1) << "op " << id;
+    completions += n;
+  }
+  EXPECT_EQ(completions, submitted.load());
 }
 
 // Also where a container manager's notify socket is set (nspawn sets one),
