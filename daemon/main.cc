@@ -39,10 +39,10 @@ int main(int argc, char** argv) {
       "listening socket; it drains, hands them over, exits 0, and the new process serves\n"
       "on the same socket (clients wait meanwhile, none is refused). If it refuses, or no\n"
       "daemon answers, --takeover exits 1 and says why; a daemon that refused serves on.\n"
-      "Exit status: 0 stopped after a drain (signal or Drain RPC) or a takeover, or\n"
+      "Exit status: 0 stopped after a drain (signal, Drain RPC or takeover), or\n"
       "--check-config found the config valid; 1 could not start (socket, root, TLS files,\n"
-      "backends; --takeover: no daemon took the request); 2 config error (file, flags or\n"
-      "their combination: FILE:LINE: reason on stderr).");
+      "backends), or --takeover found no daemon or was refused (stderr says which); 2 config\n"
+      "error (file, flags or their combination: FILE:LINE: reason on stderr).");
   std::string config_path, socket, root, tcp, metrics, log_level, path_resolver;
   std::string tls_cert, tls_key, tls_client_ca, tcp_port_file;
   bool no_uring = false;
