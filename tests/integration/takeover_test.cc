@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
 #include "tests/integration/service_manager.h"
 
 namespace asyncd::testing {
@@ -234,7 +235,8 @@ TEST_P(TakeoverTest, SessionsHandlesAndTheSocketPassToTheNewProcess) {
 TEST_P(TakeoverTest, ASocketActivatedDaemonPassesTheUnitsSocketOn) {
   const int fd = ListenSocket(socket(), 0660);
   auto first = std::make_unique<Daemon>(
-      GetParam(), DaemonOptions{.extra_args = {"--log-level", "info"}, .dir = dir_, .listen_fd = fd});
+      GetParam(),
+      DaemonOptions{.extra_args = {"--log-level", "info"}, .dir = dir_, .listen_fd = fd});
   close(fd);  // the daemon holds its own copy
   client::Client c(first->NewChannel());
   const uint64_t one = *c.OpenSession("one");
@@ -255,6 +257,23 @@ TEST_P(TakeoverTest, WithNoDaemonRunningItFailsAndSaysSo) {
                                     takeover_socket()));
   EXPECT_THAT(run.output, HasSubstr("start asyncd without --takeover"));
   EXPECT_EQ(InodeOf(socket()), 0u) << "it must not bind a socket of its own";
+}
+
+// server.takeover_socket = "off": no takeover socket, and --takeover with
+// that config is a config error.
+TEST_P(TakeoverTest, OffMeansNoTakeoverSocket) {
+  ConfigFile config("[server]\ntakeover_socket = \"off\"\n");
+  DaemonOptions options{.extra_args = config.Args(), .dir = dir_};
+  Daemon first(GetParam(), options);
+  ASSERT_TRUE(first.Alive()) << first.Log();
+  EXPECT_EQ(InodeOf(takeover_socket()), 0u);
+  std::vector<std::string> flags = SameFlags();
+  const std::vector<std::string> config_args = config.Args();
+  flags.insert(flags.end(), config_args.begin(), config_args.end());
+  const Finished run = RunAsyncd(flags);
+  EXPECT_EQ(run.status, 2) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("--takeover: server.takeover_socket is \"off\""));
+  EXPECT_TRUE(first.Alive());
 }
 
 TEST_P(TakeoverTest, AnotherUserCannotTakeOverAndTheDaemonServesOn) {
