@@ -187,6 +187,7 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
   static const auto* schema = new std::map<std::string, std::map<std::string, Setter>>{
       {"server",
        {{"socket", Str(&Config::socket)},
+        {"takeover_socket", Str(&Config::takeover_socket)},
         {"root", Str(&Config::root)},
         {"tcp", HostPort(&Config::tcp)},
         {"tcp_insecure", Bool(&Config::tcp_insecure)},
@@ -365,6 +366,7 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base) {
 
 void ApplyDefaults(Config& config) {
   if (config.socket.empty()) config.socket = core::DefaultSocketPath();
+  if (config.takeover_socket.empty()) config.takeover_socket = config.socket + ".takeover";
   if (config.root.empty()) config.root = core::DefaultRootDir();
   if (config.state_dir.empty()) {
     const char* state = std::getenv("STATE_DIRECTORY");

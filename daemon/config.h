@@ -9,6 +9,9 @@
 
 namespace asyncd::daemon {
 
+/// server.takeover_socket for a daemon that cannot be taken over.
+inline constexpr char kNoTakeoverSocket[] = "off";
+
 /// A [[share]]: a directory beneath the root that the listed users and
 /// groups reach by its path, outside their own area.
 struct ShareConfig {
@@ -28,6 +31,9 @@ inline constexpr size_t kMaxShares = 64;
 struct Config {
   // [server]
   std::string socket;       // default: core::DefaultSocketPath()
+  // Where `asyncd --takeover` asks (daemon/takeover.h); default: socket +
+  // ".takeover"; kNoTakeoverSocket: nowhere.
+  std::string takeover_socket;
   std::string root;         // default: core::DefaultRootDir()
   std::string tcp;          // "ADDR:PORT"; empty = no TCP listener
   bool tcp_insecure = false;  // plaintext TCP (no TLS): only when set explicitly

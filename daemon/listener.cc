@@ -105,11 +105,14 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
 
 absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Adopt(int fd,
                                                                   const std::string& configured,
-                                                                  uint32_t mode, int64_t gid) {
+                                                                  uint32_t mode, int64_t gid,
+                                                                  Origin origin) {
+  const bool activated = origin == Origin::kSocketActivation;
+  const char* from = activated ? "socket activation" : "takeover";
   if (sd_is_socket_unix(fd, SOCK_STREAM, /*listening=*/1, nullptr, 0) <= 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "socket activation: descriptor ", fd,
-        " is not a listening unix stream socket (ListenStream= with a path in the .socket unit)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(from, ": descriptor ", fd, " is not a listening unix stream socket",
+                     activated ? " (ListenStream= with a path in the .socket unit)" : ""));
   }
   sockaddr_un addr{};
   socklen_t len = sizeof(addr);
@@ -119,38 +122,50 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Adopt(int fd,
     path.assign(addr.sun_path, strnlen(addr.sun_path, len - offsetof(sockaddr_un, sun_path)));
   }
   if (path.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "socket activation: descriptor ", fd, " is not bound to a filesystem path"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(from, ": descriptor ", fd, " is not bound to a filesystem path"));
   }
-  // The .socket unit owns the file's path and permissions; the config's
-  // keys cannot apply. Say so rather than let an admin believe they do.
+  // The .socket unit, or the predecessor's bind, made the file and its
+  // permissions; the config's keys cannot apply. Say so rather than let an
+  // admin believe they do.
+  const std::string owner = activated ? "from the .socket unit" : "the predecessor's";
   if (path != configured) {
-    spdlog::warn("socket activation: listening on {} (from the .socket unit), not on the "
-                 "configured server.socket {}", path, configured);
+    spdlog::warn("{}: listening on {} ({}), not on the configured server.socket {}", from, path,
+                 owner, configured);
   }
-  struct stat st;
-  if (stat(path.c_str(), &st) == 0) {
+  const std::string fix = activated ? "set SocketMode= in the .socket unit"
+                                    : "it keeps it until a daemon binds the socket anew";
+  const std::string fix_group = activated ? "set SocketGroup= in the .socket unit"
+                                          : "it keeps it until a daemon binds the socket anew";
+  struct stat st {};
+  const bool found = stat(path.c_str(), &st) == 0;
+  if (found) {
     if ((st.st_mode & 0777) != mode) {
-      spdlog::warn("socket activation: {} has mode {:04o}, not server.socket_mode {:04o}: set "
-                   "SocketMode= in the .socket unit", path, st.st_mode & 0777, mode);
+      spdlog::warn("{}: {} has mode {:04o}, not server.socket_mode {:04o}: {}", from, path,
+                   st.st_mode & 0777, mode, fix);
     }
     if (gid >= 0 && st.st_gid != static_cast<gid_t>(gid)) {
-      spdlog::warn("socket activation: {} has group {}, not server.socket_group's {}: set "
-                   "SocketGroup= in the .socket unit", path, st.st_gid, gid);
+      spdlog::warn("{}: {} has group {}, not server.socket_group's {}: {}", from, path, st.st_gid,
+                   gid, fix_group);
     }
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   fcntl(fd, F_SETFD, FD_CLOEXEC);
-  return std::unique_ptr<UnixListener>(new UnixListener(fd, std::move(path), false));
+  auto listener = std::unique_ptr<UnixListener>(new UnixListener(fd, std::move(path), !activated));
+  if (found) listener->inode_ = st.st_ino;
+  return listener;
 }
 
 UnixListener::~UnixListener() {
   Stop();
   close(fd_);
   if (wake_fd_ >= 0) close(wake_fd_);
-  // Remove the file only if it is still ours: a successor may have replaced it.
+  // Remove the file only if it is still ours: a successor may have replaced
+  // it, or serves on it since a takeover.
   struct stat st;
-  if (owns_path_ && lstat(path_.c_str(), &st) == 0 && st.st_ino == inode_) unlink(path_.c_str());
+  if (owns_path_ && !path_left_.load() && lstat(path_.c_str(), &st) == 0 && st.st_ino == inode_) {
+    unlink(path_.c_str());
+  }
 }
 
 void UnixListener::Start(grpc::Server* server) {

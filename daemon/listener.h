@@ -42,12 +42,22 @@ class UnixListener {
   /// FAILED_PRECONDITION. Creates the parent directory if missing.
   static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path,
                                                             uint32_t mode, int64_t gid = -1);
-  /// Adopts an already listening descriptor (systemd socket activation):
-  /// FAILED_PRECONDITION unless it is a listening unix stream socket bound to
-  /// a path. The .socket unit owns that path and its permissions, so where
-  /// they differ from the configured `path`, `mode` and `gid` it warns.
-  static absl::StatusOr<std::unique_ptr<UnixListener>> Adopt(int fd, const std::string& path,
-                                                             uint32_t mode, int64_t gid = -1);
+  /// Where an adopted descriptor comes from.
+  enum class Origin {
+    // systemd socket activation (or a predecessor that had it so): the
+    // .socket unit owns the path, which stays when this listener goes.
+    kSocketActivation,
+    // A predecessor that bound the path itself, by takeover: the path is
+    // this listener's now, removed when it goes, as Bind's is.
+    kPredecessor,
+  };
+  /// Adopts an already listening descriptor: FAILED_PRECONDITION unless it
+  /// is a listening unix stream socket bound to a path. Its path and
+  /// permissions are what they are, so where they differ from the configured
+  /// `path`, `mode` and `gid` it warns.
+  static absl::StatusOr<std::unique_ptr<UnixListener>> Adopt(
+      int fd, const std::string& path, uint32_t mode, int64_t gid = -1,
+      Origin origin = Origin::kSocketActivation);
   ~UnixListener();
 
   /// Starts the accept thread, handing each connection to `server`.
@@ -60,6 +70,14 @@ class UnixListener {
   std::optional<PeerCred> Lookup(const std::string& peer) const;
 
   const std::string& path() const { return path_; }
+  /// The listening socket, for a takeover to pass on; still this listener's.
+  int fd() const { return fd_; }
+  /// Whether this listener removes its path when it goes (it bound it, or
+  /// took it over from a predecessor that had).
+  bool owns_path() const { return owns_path_; }
+  /// The socket went to a successor, which serves on it: the file stays
+  /// when this listener goes. Any thread.
+  void LeavePathInPlace() { path_left_.store(true); }
 
  private:
   UnixListener(int fd, std::string path, bool owns_path);
@@ -72,6 +90,7 @@ class UnixListener {
   int wake_fd_ = -1;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> path_left_{false};
   mutable std::mutex mu_;
   std::unordered_map<int, PeerCred> peers_;
 };

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "daemon/passed_fds.h"
 #include "daemon/server.h"
 #include "daemon/systemd_notify.h"
+#include "daemon/takeover.h"
 #include "src/common/runtime_paths.h"
 
 int main(int argc, char** argv) {
@@ -31,18 +33,29 @@ int main(int argc, char** argv) {
       "store, then stops (a restart: the unit's ExecStop sends it); without systemd it is\n"
       "ignored.\n"
       "A Drain RPC (asyncctl drain) also stops the daemon once the drain is over.\n"
-      "Exit status: 0 stopped after a drain (signal or Drain RPC), or --check-config found\n"
-      "the config valid; 1 could not start (socket, root, TLS files, backends); 2 config\n"
+      "Takeover (an upgrade without systemd): `asyncd --takeover` with the running daemon's\n"
+      "config and flags asks it, on server.takeover_socket (default: the socket's path\n"
+      "plus \".takeover\", its own uid and root only), for its sessions, handles and\n"
+      "listening socket; it drains, hands them over, exits 0, and the new process serves\n"
+      "on the same socket (clients wait meanwhile, none is refused). If it refuses, or no\n"
+      "daemon answers, --takeover exits 1 and says why; a daemon that refused serves on.\n"
+      "Exit status: 0 stopped after a drain (signal, Drain RPC or takeover), or\n"
+      "--check-config found the config valid; 1 could not start (socket, root, TLS files,\n"
+      "backends), or --takeover found no daemon or was refused (stderr says which); 2 config\n"
       "error (file, flags or their combination: FILE:LINE: reason on stderr).");
   std::string config_path, socket, root, tcp, metrics, log_level, path_resolver;
   std::string tls_cert, tls_key, tls_client_ca, tcp_port_file;
   bool no_uring = false;
   bool check_config = false;
   bool tcp_insecure = false;
+  bool takeover = false;
   app.add_option("--config", config_path, "TOML config file (see deploy/asyncd.toml.example)");
   app.add_flag("--check-config", check_config,
                "load and validate the config (file, flags) as a start would, print \"ok\" and "
                "exit 0, or exit 2 with the error; binds nothing, creates nothing");
+  app.add_flag("--takeover", takeover,
+               "take the place of the daemon running with this config: its sessions, handles "
+               "and listening socket (server.takeover_socket); exit 1 if it refuses");
   app.add_option("--socket", socket,
                  "unix socket path (default: $ASYNCD_SOCKET, /run/asyncd/asyncd.sock as root, "
                  "else $XDG_RUNTIME_DIR/asyncd/asyncd.sock)");
@@ -121,13 +134,45 @@ int main(int argc, char** argv) {
   asyncd::daemon::SetUpLogging();  // the journal under systemd, else the console
   spdlog::set_level(spdlog::level::from_str(config->log_level));
 
-  // A predecessor's handover, kept for us by systemd across a restart.
-  std::optional<asyncd::daemon::Handover> handover;
+  // A predecessor's handover: asked for (--takeover), or kept for us by
+  // systemd across a restart.
+  std::optional<int> package;
   std::string refused;
-  if (std::optional<int> fd = asyncd::daemon::TakePassedFd(asyncd::daemon::kHandoverFdName)) {
+  if (takeover) {
+    if (config->takeover_socket == asyncd::daemon::kNoTakeoverSocket) {
+      std::fprintf(stderr,
+                   "asyncd: --takeover: server.takeover_socket is \"%s\": no daemon with this "
+                   "config can be asked\n",
+                   asyncd::daemon::kNoTakeoverSocket);
+      return 2;
+    }
+    // The predecessor drains first: give it its grace, and some.
+    const auto wait = std::chrono::milliseconds(config->drain_grace_ms) + std::chrono::seconds(30);
+    spdlog::info("asking the daemon on {} to hand over", config->takeover_socket);
+    absl::StatusOr<asyncd::daemon::TakenOver> got =
+        asyncd::daemon::RequestTakeover(config->takeover_socket, wait);
+    if (!got.ok()) {
+      std::fprintf(stderr, "asyncd: --takeover: %s\n", std::string(got.status().message()).c_str());
+      return 1;
+    }
+    // Server::Start takes the socket as it takes systemd's.
+    asyncd::daemon::AddPassedFd(
+        got->socket_fd,
+        std::string(got->socket_path_bound ? asyncd::daemon::kTakenOverSocketFdName
+                                           : asyncd::daemon::kTakenOverActivatedSocketFdName));
+    if (got->package_fd >= 0) {
+      package = got->package_fd;
+    } else {
+      refused = absl::StrCat("the predecessor's state is lost: ", got->state_lost);
+      spdlog::error("took over the socket, but without the sessions: {}", got->state_lost);
+    }
+  } else if ((package = asyncd::daemon::TakePassedFd(asyncd::daemon::kHandoverFdName))) {
     // Out of the store at once: a crash from here on must not restore it twice.
     asyncd::daemon::RemoveFromDescriptorStore(asyncd::daemon::kHandoverFdName);
-    absl::StatusOr<asyncd::daemon::Handover> unpacked = asyncd::daemon::UnpackHandover(*fd);
+  }
+  std::optional<asyncd::daemon::Handover> handover;
+  if (package) {
+    absl::StatusOr<asyncd::daemon::Handover> unpacked = asyncd::daemon::UnpackHandover(*package);
     if (unpacked.ok()) {
       handover = *std::move(unpacked);
     } else {

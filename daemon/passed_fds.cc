@@ -73,4 +73,9 @@ std::optional<int> TakePassedFd(std::string_view name) {
   return std::nullopt;
 }
 
+void AddPassedFd(int fd, std::string name) {
+  std::unique_lock<std::mutex> lock;
+  LockedTable(lock).untaken.push_back(PassedFd{fd, std::move(name)});
+}
+
 }  // namespace asyncd::daemon

@@ -4,10 +4,11 @@
 // the socket units' (socket activation) and the descriptor store's
 // (FDSTORE=1), side by side in one LISTEN_FDS range, each with its name
 // (LISTEN_FDNAMES: the socket unit's or FileDescriptorName=, the store's
-// FDNAME=; "unknown" when systemd named none). They are read once, on first
-// use, and LISTEN_* is unset then. Each is taken at most once, by whoever
-// asks first, who then owns it; so socket activation and the handover can
-// take theirs in either order. Any thread.
+// FDNAME=; "unknown" when systemd named none), and after them a takeover's
+// (AddPassedFd). They are read once, on first use, and LISTEN_* is unset
+// then. Each is taken at most once, by whoever asks first, who then owns it;
+// so socket activation and the handover can take theirs in either order.
+// Any thread.
 
 #include <optional>
 #include <string>
@@ -32,5 +33,10 @@ std::vector<PassedFd> UntakenPassedFds();
 /// Takes the first untaken passed descriptor named `name`; the caller owns
 /// it. nullopt when there is none (not started by systemd, too).
 std::optional<int> TakePassedFd(std::string_view name);
+
+/// Adds `fd`, which this process got another way (a predecessor's, by
+/// takeover: daemon/takeover.h), after systemd's, as if passed as `name`:
+/// whoever takes it by name or place owns it then.
+void AddPassedFd(int fd, std::string name);
 
 }  // namespace asyncd::daemon

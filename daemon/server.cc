@@ -27,6 +27,7 @@
 #include "daemon/restore.h"
 #include "daemon/service.h"
 #include "daemon/systemd_notify.h"
+#include "daemon/takeover.h"
 #include "src/backends/probe.h"
 #include "src/backends/thread_pool_backend.h"
 #include "src/backends/uring_backend.h"
@@ -243,9 +244,20 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
   if (watchdog_usec_ > 0) info.internal_sessions = 1;  // opened once restored sessions took their ids
   info_ = std::make_unique<BackendInfo>(info);
 
-  // Socket activation: systemd hands us the listening socket, next to what
-  // its descriptor store holds for us.
-  if (const std::optional<int> activated = TakeActivatedSocket()) {
+  // A takeover: the predecessor's own socket, whose path it had bound.
+  if (const std::optional<int> inherited = TakePassedFd(kTakenOverSocketFdName)) {
+    auto adopted = UnixListener::Adopt(*inherited, config_.socket, config_.socket_mode,
+                                       config_.socket_gid, UnixListener::Origin::kPredecessor);
+    if (!adopted.ok()) {
+      close(*inherited);
+      return adopted.status();
+    }
+    listener_ = std::move(*adopted);
+    spdlog::info("listening on the predecessor's socket ({})", listener_->path());
+  } else if (const std::optional<int> activated = TakeActivatedSocket()) {
+    // Socket activation: systemd hands us the listening socket, next to what
+    // its descriptor store holds for us (or a predecessor that had it so
+    // passed it on by takeover).
     auto adopted =
         UnixListener::Adopt(*activated, config_.socket, config_.socket_mode, config_.socket_gid);
     if (!adopted.ok()) {
@@ -350,6 +362,18 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
   service_->SetHealth(health);
   listener_->Start(grpc_.get());
   started_ns_ = core::MonoNanos();
+  if (config_.takeover_socket != kNoTakeoverSocket) {
+    auto takeover = TakeoverListener::Bind(config_.takeover_socket);
+    if (takeover.ok()) {
+      takeover_ = std::move(*takeover);
+      takeover_->Start([this](int conn) { ServeTakeover(conn); });
+    } else {
+      // Not worth refusing to serve for: a restart still works, by systemd's
+      // descriptor store or a plain stop and start.
+      spdlog::warn("no takeover socket, `asyncd --takeover` cannot replace this daemon: {}",
+                   std::string(takeover.status().message()));
+    }
+  }
 
   if (!config_.metrics.empty()) {
     auto metrics = MetricsServer::Start(config_.metrics, [this] {
@@ -422,6 +446,7 @@ std::string Server::StatusLine() const {
 
 Server::~Server() {
   Shutdown();
+  takeover_.reset();  // waits for a takeover's last answer, which reads listener_
   if (root_fd_ >= 0) close(root_fd_);
 }
 
@@ -441,15 +466,18 @@ void Server::Shutdown() { Stop(nullptr); }
 
 void Server::HandOver(HandOverTo send) { Stop(&send); }
 
-void Server::Stop(const HandOverTo* send) {
+bool Server::Stop(const HandOverTo* send, absl::Status* handed) {
   {
     std::lock_guard lock(mu_);
     if (stopping_) {
-      return;
+      return false;
     }
     stopping_ = true;
   }
   cv_.notify_all();
+  // First, so a successor can bind the takeover socket by the time it
+  // serves; a takeover calls this from the takeover thread itself.
+  if (takeover_ != nullptr) takeover_->Stop();
   notify::Stopping(absl::StrCat(send != nullptr ? "handing over; " : "", "draining ",
                                 registry_ != nullptr ? registry_->live_ops() : 0,
                                 " in-flight ops"));
@@ -472,7 +500,8 @@ void Server::Stop(const HandOverTo* send) {
     if (!service_->WaitResumableStreams(std::chrono::seconds(2))) {
       spdlog::warn("handing over: a resumable stream did not end in 2 s; its state may be left out");
     }
-    SendState(*send);
+    absl::Status sent = SendState(*send);
+    if (handed != nullptr) *handed = std::move(sent);
   }
   spdlog::debug("shutdown: stopping backends");
   if (uring_ != nullptr) uring_->Shutdown();
@@ -483,9 +512,10 @@ void Server::Stop(const HandOverTo* send) {
     stopped_ = true;
   }
   cv_.notify_all();
+  return true;
 }
 
-void Server::SendState(const HandOverTo& send) {
+absl::Status Server::SendState(const HandOverTo& send) {
   const int64_t started = core::MonoNanos();
   state::Checkpoint checkpoint = TakeCheckpoint(service_->sessions(), *registry_,
                                                 observer_->history(), config_.history_capacity);
@@ -519,12 +549,60 @@ void Server::SendState(const HandOverTo& send) {
   if (!sent.ok()) {
     spdlog::error("cannot hand over ({}): {} sessions end with this daemon",
                   std::string(sent.message()), checkpoint.sessions_size());
-    return;
+    return sent;
   }
   spdlog::info("handed over {} sessions and {} handles ({} bytes of checkpoint) in {} us; "
                "{} operations to run again",
                checkpoint.sessions_size(), fds.size(), sealed.size(),
                (core::MonoNanos() - started) / 1000, again.size());
+  return absl::OkStatus();
+}
+
+void Server::ServeTakeover(int conn) {
+  {
+    std::lock_guard lock(mu_);
+    // A Drain RPC ends the daemon and its sessions: a takeover must not
+    // keep them.
+    if (stopping_ || drained_ || service_->draining()) {
+      const char* why = stopping_ ? "it is already stopping (a signal, or another handover)"
+                                  : "it is draining (a Drain RPC), then stops";
+      spdlog::warn("takeover refused: {}", why);
+      (void)SendTakeoverAnswer(
+          conn, TakeoverKind::kRefused, 0,
+          absl::StrCat(why, "; start asyncd without --takeover once it has exited"), {});
+      return;
+    }
+  }
+  spdlog::info("takeover: handing over to the successor, then stopping");
+  const uint32_t flags = listener_->owns_path() ? kTakeoverSocketPathBound : 0;
+  bool answered = false;
+  const HandOverTo send = [&](int package_fd) {
+    const int fds[] = {listener_->fd(), package_fd};
+    absl::Status sent = SendTakeoverAnswer(conn, TakeoverKind::kHandedOver, flags, {}, fds);
+    if (sent.ok()) {
+      answered = true;
+      listener_->LeavePathInPlace();
+    }
+    return sent;
+  };
+  absl::Status handed;
+  if (!Stop(&send, &handed)) {
+    // A signal or a Drain RPC's stop came in between.
+    (void)SendTakeoverAnswer(conn, TakeoverKind::kRefused, 0,
+                             "it began stopping meanwhile (a signal or a drain); start asyncd "
+                             "without --takeover once it has exited",
+                             {});
+    return;
+  }
+  if (answered) return;
+  // Drained, but the state did not go (logged): the successor serves on the
+  // socket all the same, so clients still meet no refused connection.
+  const int fds[] = {listener_->fd()};
+  const std::string why(handed.message());
+  if (SendTakeoverAnswer(conn, TakeoverKind::kStateLost, flags, why, fds).ok()) {
+    listener_->LeavePathInPlace();
+    spdlog::warn("takeover: the successor serves on {}, without the sessions", listener_->path());
+  }
 }
 
 std::optional<std::string> Server::Reload(const Config& config) {
@@ -569,6 +647,7 @@ std::optional<std::string> Server::Reload(const Config& config) {
     if (changed) not_applied.push_back(key);
   };
   differs("server.socket", config.socket != config_.socket);
+  differs("server.takeover_socket", config.takeover_socket != config_.takeover_socket);
   differs("server.root", config.root != config_.root);
   differs("share", config.shares != config_.shares);
   differs("server.tcp", config.tcp != config_.tcp);

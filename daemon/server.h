@@ -34,6 +34,7 @@ struct Handover;
 class MetricsServer;
 class Observer;
 class Service;
+class TakeoverListener;
 class UnixListener;
 class WatchdogProbe;
 struct BackendInfo;
@@ -42,7 +43,11 @@ struct BackendInfo;
 /// service on the unix socket (and TCP when configured).
 class Server {
  public:
-  /// Starts serving. Adopts a socket-activated listener when systemd passed one.
+  /// Starts serving. Adopts the listening socket a predecessor passed by
+  /// takeover, else a socket-activated one when systemd passed one, else
+  /// binds config.socket. Then answers takeovers on config.takeover_socket
+  /// (daemon/takeover.h; a socket it cannot bind is logged, and the daemon
+  /// serves without).
   /// With `handover` (a predecessor's, see HandOver) it first restores the
   /// sessions and handles it holds; a checkpoint that does not load, or a
   /// restore that fails, is logged and the daemon starts without them (but
@@ -65,7 +70,8 @@ class Server {
   /// no op is in flight and no call is served, packs a checkpoint with the
   /// handles' descriptors (PackHandover) and gives it to `send`. When that
   /// fails (logged), the sessions end with this daemon, as after a drain.
-  /// Any thread; a no-op once stopping.
+  /// Any thread; a no-op once stopping. A takeover (daemon/takeover.h) runs
+  /// it too, with a `send` that answers the successor.
   void HandOver(HandOverTo send);
   /// Applies what can change live from a new config (log level; limits
   /// max_batch_ops, max_op_bytes, default_lease_ms; server.drain_grace_ms)
@@ -86,10 +92,15 @@ class Server {
  private:
   explicit Server(const Config& config);
   absl::Status Init(Handover* handover, std::string refused);
-  // Shutdown, and HandOver when `send` is set.
-  void Stop(const HandOverTo* send);
+  // Shutdown, and HandOver when `send` is set; then `handed` (when given)
+  // says whether the state went. False, doing nothing, once stopping.
+  bool Stop(const HandOverTo* send, absl::Status* handed = nullptr);
   // Packs the sessions and handles and gives them to `send`. Logged.
-  void SendState(const HandOverTo& send);
+  absl::Status SendState(const HandOverTo& send);
+  // Answers a successor's takeover request on `conn`: hands over (Stop),
+  // passing the listening socket with the package, or refuses when this
+  // daemon is already stopping. On the takeover listener's thread.
+  void ServeTakeover(int conn);
   // The housekeeping thread: leases, the watchdog probe, STATUS= updates.
   void Housekeeping();
 
@@ -102,6 +113,7 @@ class Server {
   std::unique_ptr<backends::UringBackend> uring_;
   std::unique_ptr<backends::ThreadPoolBackend> pool_;
   std::unique_ptr<UnixListener> listener_;
+  std::unique_ptr<TakeoverListener> takeover_;  // null when off or not bound
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<BackendInfo> info_;

@@ -26,6 +26,7 @@ std::string ExamplePath() {
 Config Poisoned() {
   Config c;
   c.socket = "/poison.sock";
+  c.takeover_socket = "/poison.takeover";
   c.root = "/poison";
   c.tcp = "127.0.0.1:1";
   c.metrics = "127.0.0.1:2";
@@ -81,7 +82,7 @@ TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
   // would make the next test blind to it. Adding a key: poison it, and
   // document it in deploy/asyncd.toml.example.
   // Fails to compile when Config gains or loses a field.
-  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41,f42] = Config{};
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41,f42,f43] = Config{};
   EXPECT_NE(Poisoned(), Config{});
 }
 
@@ -94,6 +95,7 @@ TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   const Config defaults;
   EXPECT_EQ(loaded->socket, defaults.socket);
+  EXPECT_EQ(loaded->takeover_socket, defaults.takeover_socket);
   EXPECT_EQ(loaded->root, defaults.root);
   EXPECT_EQ(loaded->tcp, defaults.tcp);
   EXPECT_EQ(loaded->metrics, defaults.metrics);
