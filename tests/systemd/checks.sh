@@ -336,6 +336,75 @@ check "stop: the next daemon (socket activation) has not kept the session" \
   bash -c "$CTL sessions keepalive $S 2>&1 | grep -q FAILED_PRECONDITION"
 $CTL sessions list >/dev/null 2>&1
 
+# --- A client rides through a restart and an upgrade: one resumable stream
+# with 1,000 handles, 1,000 FIFO reads blocked and NOPs, appends and short
+# waits in flight (asyncd-restart-probe, tests/systemd/restart_probe.cc).
+# Afterwards its handles work, the reads complete with the data written
+# after the restarts, and every accepted op has exactly one outcome. The
+# upgrade leaves the newer version installed: the life cycle below starts
+# with dpkg -r.
+PROBE_READY=/run/asyncd-restart-probe.ready
+probe_resumed() {  # probe_resumed N SECONDS: the probe's stream has resumed N times
+  local i
+  for i in $(seq 1 $(($2 * 5))); do
+    [ "$(awk '{ print $2 }' "$PROBE_READY" 2>/dev/null)" -ge "$1" ] 2>/dev/null && return 0
+    kill -0 "$probe" 2>/dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+probe_ended() {  # probe_ended SECONDS: the probe has exited; its status in $probe_rc
+  local i
+  for i in $(seq 1 $(($1 * 5))); do
+    if ! kill -0 "$probe" 2>/dev/null; then wait "$probe"; probe_rc=$?; return 0; fi
+    sleep 0.2
+  done
+  kill -TERM "$probe"; wait "$probe"; probe_rc=timeout
+  return 1
+}
+probe_says() { grep -q "^restart_probe: ok   $1" /tmp/probe.out; }
+handed() { count_logged 'handed over [1-9][0-9]* sessions and 1001 handles'; }
+# The reads at least: "handing over: N operations in flight", N >= 1000.
+carried() { count_logged 'handing over: [1-9][0-9]\{3,\} operations in flight'; }
+restored() { count_logged "restored the predecessor's [1-9][0-9]* sessions and 1001 handles"; }
+systemctl start asyncd.service
+check "ride: service active" wait_active 10
+rm -f "$PROBE_READY"
+asyncd-restart-probe --socket "$SOCK" --root "$FILES" --ready "$PROBE_READY" \
+  --reads 1000 --handles 1000 --restarts 2 --timeout 120 >/tmp/probe.out 2>&1 &
+probe=$!
+check "ride: 1000 handles, 1000 reads blocked, NOPs, appends and waits flowing" probe_resumed 0 60
+pid=$(main_pid) handovers=$(handed) restores=$(restored) carries=$(carried)
+check "ride: systemctl restart" systemctl restart asyncd.service
+check "ride: a new daemon" wait_active 10 "$pid"
+check "ride: the restart handed the probe's session over" test "$(handed)" -gt "$handovers"
+check "ride: the restart carried its 1000 reads over" test "$(carried)" -gt "$carries"
+check "ride: the new daemon restored it" test "$(restored)" -gt "$restores"
+check "ride: the probe's stream resumed" probe_resumed 1 30
+# The upgrade restarts the daemon from the package's postinst; asyncd-stop
+# sees the restart job and hands over as for systemctl restart.
+pid=$(main_pid) handovers=$(handed) restores=$(restored) carries=$(carried)
+dpkg -i $DEBS/next/asyncd_next.deb >/tmp/dpkg-ride.log 2>&1
+check "ride: upgrade to the next version" grep -q 'Unpacking asyncd .* over (' /tmp/dpkg-ride.log
+check "ride: the upgrade restarted the daemon" wait_active 10 "$pid"
+check "ride: the upgrade handed the probe's session over" test "$(handed)" -gt "$handovers"
+check "ride: the upgrade carried its 1000 reads over" test "$(carried)" -gt "$carries"
+check "ride: the upgraded daemon restored it" test "$(restored)" -gt "$restores"
+check "ride: the probe's stream resumed again" probe_resumed 2 30
+check "ride: the probe finished" probe_ended 90
+check "ride: the probe passed (exit 0)" test "$probe_rc" = 0
+check "ride: 2 resumes" probe_says 'resumes: 2 of 2'
+check "ride: 1000 reads completed after the restarts with their FIFO's data" \
+  probe_says 'reads: 1000/1000 completed after the restarts'
+check "ride: none lost" probe_says 'none lost'
+check "ride: none doubled" probe_says 'none doubled'
+check "ride: no completion for an op never accepted" probe_says 'no completion for an op never'
+check "ride: op ids unique across the restarts" probe_says 'op ids unique'
+check "ride: 1001 handles still work" probe_says 'handles: 1001/1001 still work'
+check "ride: the appended file holds exactly the completed appends" probe_says 'file length'
+grep '^restart_probe: ' /tmp/probe.out | sed 's/^/     /' | tee -a "$OUT.tmp"
+cat /tmp/probe.out >>/tmp/check.log
+
 # --- The package's life cycle: remove, install, upgrade, purge.
 DEB=$(ls $DEBS/asyncd_*.deb | head -1)
 dpkg -r asyncd >/tmp/dpkg-r.log 2>&1

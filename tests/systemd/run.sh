@@ -10,12 +10,13 @@
 # drop-in refusing io_uring and openat2 as container runtimes do; then the
 # operator's life cycle: group members as clients, a bad config at reload and
 # at start, asyncctl drain, systemctl restart keeping a session and its 1,001
-# handles (the descriptor store) where a stop drains, dpkg -r, -i, an
-# upgrade keeping a session and --purge (the package,
-# and a copy with a higher version, wait in /var/cache/asyncd-test in the
-# tree). Exit 0 = pass, 1 = fail, 77 = skipped (not root, no
-# debootstrap/nspawn, nspawn cannot start a container here, as inside some
-# containers, no network for debootstrap).
+# handles (the descriptor store) where a stop drains, a client riding
+# through a restart and an upgrade on a resumable stream (restart_probe,
+# built here and copied in), dpkg -r, -i, an upgrade keeping a session and
+# --purge (the package, and a copy with a higher version, wait in
+# /var/cache/asyncd-test in the tree). Exit 0 = pass, 1 = fail, 77 =
+# skipped (not root, no debootstrap/nspawn, nspawn cannot start a container
+# here, as inside some containers, no network for debootstrap).
 #
 #   tests/systemd/run.sh [BUILD_DIR]      (~1 min, +1 min first run)
 #   ctest --test-dir BUILD_DIR -L systemd
@@ -48,7 +49,7 @@ if [ -z "${ASYNCD_SYSTEMD_DEB:-}" ]; then
   mkdir -p "$LOGS"
   echo "== building the package"
   cmake --build "$BUILD" --target asyncd asyncctl asyncd-bench asyncd_client asyncd-man \
-    -- -j2 >"$LOGS/build.log" 2>&1 \
+    restart_probe -- -j2 >"$LOGS/build.log" 2>&1 \
     || fail "build failed (see $LOGS/build.log)"
   (cd "$BUILD" && cpack -G DEB >"$LOGS/cpack.log" 2>&1) || fail "cpack failed (see $LOGS/cpack.log)"
   DEB=$(ls -t "$BUILD"/asyncd_*.deb | head -1)
@@ -103,6 +104,10 @@ rm -rf "$WORK/next" && dpkg-deb -R "$DEB" "$WORK/next" &&
 chroot "$ROOT" dpkg -i "/var/cache/asyncd-test/$(basename "$DEB")" >"$WORK/dpkg.log" 2>&1 \
   || { cat "$WORK/dpkg.log"; fail "dpkg -i failed: a missing runtime dependency?"; }
 install -m755 "$HERE/checks.sh" "$ROOT/usr/local/bin/asyncd-checks"
+# The client that rides through the restarts: a test tool, not in the
+# package; the tree has the same Debian gRPC and protobuf it links.
+[ -x "$BUILD/tests/restart_probe" ] || fail "no $BUILD/tests/restart_probe (build it)"
+install -m755 "$BUILD/tests/restart_probe" "$ROOT/usr/local/bin/asyncd-restart-probe"
 cat >"$ROOT/etc/systemd/system/asyncd-checks.service" <<'UNIT'
 [Unit]
 Description=asyncd checks under a real systemd
