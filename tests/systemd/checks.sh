@@ -336,6 +336,29 @@ check "stop: the next daemon (socket activation) has not kept the session" \
   bash -c "$CTL sessions keepalive $S 2>&1 | grep -q FAILED_PRECONDITION"
 $CTL sessions list >/dev/null 2>&1
 
+# --- A restart with no room in the descriptor store (FileDescriptorStoreMax=0,
+# where systemd 252 would drop the package without a word): asyncd-stop says
+# so and sends no SIGUSR2; the daemon drains as for a stop.
+wait_active 10
+printf '[Service]\nFileDescriptorStoreMax=0\n' >/run/systemd/system/asyncd.service.d/no-fdstore.conf
+systemctl daemon-reload
+systemctl show -p FileDescriptorStoreMax -p NFileDescriptorStore asyncd.service >>/tmp/check.log 2>&1
+S=$($CTL sessions open --lease 10m)
+handovers=$(count_logged 'handed over')
+drains=$(count_logged 'drained: ')
+pid=$(main_pid)
+check "no room: systemctl restart" systemctl restart asyncd.service
+check "no room: a new daemon" wait_active 10 "$pid"
+check "no room: the journal says asyncd-stop drains instead" \
+  journal_has "asyncd-stop: FileDescriptorStoreMax=0 leaves no room for the handover: draining instead"
+check "no room: the old daemon drained and handed nothing over" \
+  bash -c "[ $(count_logged 'drained: ') -gt $drains ] && [ $(count_logged 'handed over') = $handovers ]"
+check "no room: the old session answers FAILED_PRECONDITION, naming an earlier daemon" \
+  bash -c "$CTL sessions keepalive $S 2>&1 | grep FAILED_PRECONDITION | grep -q 'opened by an earlier daemon whose state did not reach this one'"
+check "no room: serving" nop_ok
+rm -f /run/systemd/system/asyncd.service.d/no-fdstore.conf
+systemctl daemon-reload
+
 # --- The package's life cycle: remove, install, upgrade, purge.
 DEB=$(ls $DEBS/asyncd_*.deb | head -1)
 dpkg -r asyncd >/tmp/dpkg-r.log 2>&1
