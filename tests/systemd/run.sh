@@ -10,7 +10,8 @@
 # drop-in refusing io_uring and openat2 as container runtimes do; then the
 # operator's life cycle: group members as clients, a bad config at reload and
 # at start, asyncctl drain, systemctl restart keeping a session and its 1,001
-# handles (the descriptor store) where a stop drains, or where the store
+# handles (the descriptor store; the new daemon's descriptors and VmRSS
+# against the old one's) where a stop drains, or where the store
 # has no room (FileDescriptorStoreMax=0) drains and says so, dpkg -r, -i, an
 # upgrade keeping a session and --purge (the package,
 # and a copy with a higher version, wait in /var/cache/asyncd-test in the
