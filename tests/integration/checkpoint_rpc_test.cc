@@ -196,10 +196,10 @@ TEST(CheckpointRpcLimitTest, OverMaxMessageBytesIsResourceExhaustedNamingTheLimi
   }
   auto big = client.GetCheckpoint();
   ASSERT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted) << big.status();
-  EXPECT_THAT(std::string(big.status().message()),
-              ::testing::AllOf(
-                  ::testing::StartsWith("the checkpoint ("),
-                  ::testing::EndsWith(" bytes) is over limits.max_message_bytes (4096)")));
+  EXPECT_THAT(
+      std::string(big.status().message()),
+      ::testing::AllOf(::testing::StartsWith("the checkpoint ("),
+                       ::testing::EndsWith(" bytes) is over limits.max_message_bytes (4096)")));
   EXPECT_TRUE(client.OpenSession("still serving").ok());
 }
 

@@ -425,11 +425,11 @@ TEST_P(RestartTest, AKillDuringTheHandoverLeavesOldIdsFailedPreconditionOrRestor
       const OldIdAnswers a = AskAbout(next->NewChannel(), old);
       for (const absl::Status& st : {a.keep_alive, a.submit, a.stream, a.close}) {
         EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
-        EXPECT_THAT(std::string(st.message()),
-                    ::testing::HasSubstr(absl::StrCat(
-                        "session ", old,
-                        " was opened by an earlier daemon whose state did not reach this one ",
-                        why)));
+        EXPECT_THAT(
+            std::string(st.message()),
+            ::testing::HasSubstr(absl::StrCat(
+                "session ", old,
+                " was opened by an earlier daemon whose state did not reach this one ", why)));
       }
       EXPECT_LT(a.slowest, milliseconds(1500));
     }
@@ -437,9 +437,8 @@ TEST_P(RestartTest, AKillDuringTheHandoverLeavesOldIdsFailedPreconditionOrRestor
     EXPECT_NE(*fresh, held);
     EXPECT_NE(*fresh, idle);
   }
-  std::printf("killed during the handover: %d rounds started clean, %d restored\n", lost,
-              restored);
-  EXPECT_GE(lost, 2);  // at once (nothing stored), cut short (refused)
+  std::printf("killed during the handover: %d rounds started clean, %d restored\n", lost, restored);
+  EXPECT_GE(lost, 2);      // at once (nothing stored), cut short (refused)
   EXPECT_GE(restored, 1);  // once the package is in the store
 }
 
