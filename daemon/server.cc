@@ -316,8 +316,9 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
   }
   if (handover != nullptr) restart.set_checkpoint_bytes(handover->sealed_checkpoint.size());
   restart.set_error(restore_error_);
-  // Refused whole: which sessions it held is unknown, so all older ids say it.
-  if (!checkpoint && !restore_error_.empty()) service_->sessions().NoteLostBeforeStart(restore_error_);
+  // None came, or refused whole: which sessions the predecessor held is
+  // unknown, so every older id says it.
+  if (!checkpoint) service_->sessions().NoteLostBeforeStart(restore_error_);
   if (watchdog_usec_ > 0) {
     auto session = registry_->OpenSession({"asyncd-watchdog", static_cast<uint32_t>(getuid()),
                                            static_cast<uint32_t>(getgid()),

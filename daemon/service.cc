@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "daemon/checkpoint.h"
 #include "daemon/convert.h"
 #include "daemon/stream_call.h"
@@ -227,6 +228,14 @@ grpc::ServerUnaryReactor* Service::GetCheckpoint(grpc::CallbackServerContext* ct
   const state::Checkpoint checkpoint = TakeCheckpoint(
       sessions_, registry_, observer_.history(), config_.history_capacity);
   *resp->mutable_checkpoint() = Seal(checkpoint);
+  // Said here, naming the limit: gRPC would refuse to send it with a
+  // message of its own that names none.
+  if (const size_t bytes = resp->ByteSizeLong(); bytes > config_.max_message_bytes) {
+    resp->clear_checkpoint();
+    return Done(ctx, absl::ResourceExhaustedError(absl::StrCat(
+                         "the checkpoint (", bytes, " bytes) is over limits.max_message_bytes (",
+                         config_.max_message_bytes, ")")));
+  }
   return Done(ctx, absl::OkStatus());
 }
 

@@ -74,11 +74,18 @@ absl::Status SessionTable::Missing(uint64_t session_id) const {
       return absl::FailedPreconditionError(
           absl::StrCat("session ", session_id, " was lost when the daemon restarted: ", it->second));
     }
+    // Without the predecessor's counters every index starts at first_serial:
+    // what is below it was issued before this daemon started, whatever the
+    // index (a predecessor may have had a larger table).
     const uint64_t serial = session_id >> core::OpId::kSessionBits;
-    if (!lost_before_start_.empty() && serial != 0 &&
-        serial < registry_.options().first_serial) {
+    if (lost_before_start_ && serial != 0 && serial < registry_.options().first_serial) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "session ", session_id, " was lost when the daemon restarted: ", lost_before_start_));
+          "session ", session_id,
+          " was opened by an earlier daemon whose state did not reach this one (",
+          lost_before_start_why_.empty()
+              ? "none was handed over: it was stopped, killed or could not hand over"
+              : lost_before_start_why_,
+          "); open a new one"));
     }
   }
   if (registry_.Issued(session_id)) {
@@ -115,7 +122,8 @@ absl::Status SessionTable::Restore(std::shared_ptr<SessionMeta> meta, uint32_t l
 
 void SessionTable::NoteLostBeforeStart(const std::string& why) {
   std::unique_lock lock(mu_);
-  lost_before_start_ = why;
+  lost_before_start_ = true;
+  lost_before_start_why_ = why;
 }
 
 void SessionTable::NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why) {

@@ -141,7 +141,8 @@ class SessionTable {
   /// too; or its file area reaches what the caller may not: an admin's
   /// session, or a share the caller is no member of), FAILED_PRECONDITION
   /// (it is ending or has ended: ids are never reused, so that holds
-  /// forever).
+  /// forever; or an earlier daemon opened it and did not hand it to this
+  /// one: see NoteLost, NoteLostBeforeStart).
   [[nodiscard]] absl::StatusOr<std::shared_ptr<SessionMeta>> Own(const Caller& caller,
                                                                  uint64_t session_id) const;
   /// KeepAlive: renews the caller's own session's lease from `now_ns` and
@@ -152,7 +153,7 @@ class SessionTable {
   /// CloseSession: ends a session of the caller's, or any session for an
   /// admin, cancelling its ops; its attached streams end. INVALID_ARGUMENT
   /// (0), NOT_FOUND (never issued), PERMISSION_DENIED,
-  /// FAILED_PRECONDITION (it has already ended).
+  /// FAILED_PRECONDITION (it has already ended, as in Own).
   [[nodiscard]] absl::StatusOr<core::CancelCounts> Close(const Caller& caller, uint64_t session_id);
   /// Forgets the session and ends it in core (its ops are cancelled with
   /// `reason`). NOT_FOUND when core has no such open session.
@@ -182,9 +183,12 @@ class SessionTable {
   /// Sessions a restart could not keep: from now on each answers
   /// FAILED_PRECONDITION naming `why`, not merely "has ended".
   void NoteLost(const std::vector<uint64_t>& session_ids, const std::string& why);
-  /// The same for every session issued before this daemon started (serials
-  /// below the registry's first_serial): its predecessor's handover was
-  /// refused, so which ones it held is not known.
+  /// The daemon started without its predecessor's state (no handover came,
+  /// or it was refused: `why`, empty for none), so its registry issues
+  /// serials from first_serial on every index: every session id below that
+  /// was issued before this daemon started and is not here. From now on
+  /// each answers FAILED_PRECONDITION saying so, and `why`, whatever its
+  /// index. Before the daemon serves.
   void NoteLostBeforeStart(const std::string& why);
   /// Every open session, by id: a copy of the table's references.
   std::vector<std::shared_ptr<SessionMeta>> All() const;
@@ -200,7 +204,8 @@ class SessionTable {
 
  private:
   std::shared_ptr<SessionMeta> Find(uint64_t session_id) const;
-  // NOT_FOUND for an id never issued, FAILED_PRECONDITION for an ended one.
+  // NOT_FOUND for an id never issued, FAILED_PRECONDITION for an ended one,
+  // naming why when a restart lost it.
   absl::Status Missing(uint64_t session_id) const;
 
   core::Registry& registry_;
@@ -211,7 +216,8 @@ class SessionTable {
   mutable std::shared_mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<SessionMeta>> sessions_;
   std::unordered_map<uint64_t, std::string> lost_;  // session id -> why a restart lost it
-  std::string lost_before_start_;  // why a refused handover lost the predecessor's sessions
+  bool lost_before_start_ = false;   // the predecessor's state did not reach this daemon
+  std::string lost_before_start_why_;  // why: a refused handover's reason, or empty
 };
 
 }  // namespace asyncd::daemon

@@ -1,8 +1,8 @@
 // The session table (daemon/session_table.h): opening (name and lease
 // rules, the session limit named), ownership (only the owner uses a session;
 // the owner or an admin closes it), lease renewal and expiry (streams pause
-// it; stream-bound sessions have none), ending, and the rows ListSessions
-// shows to whom.
+// it; stream-bound sessions have none), ending, the rows ListSessions
+// shows to whom, and what an earlier daemon's session ids answer.
 #include "daemon/session_table.h"
 
 #include <gtest/gtest.h>
@@ -302,6 +302,57 @@ TEST_F(SessionTableTest, ListShowsOwnSessionsToUsersAndAllToAdmins) {
       EXPECT_EQ(s.uid(), 1001u);
     }
   }
+}
+
+// A daemon started without its predecessor's state (none handed over, or
+// refused) issues serials from first_serial: every id below it, on any
+// index, even one past this daemon's table (a predecessor with a larger
+// max_sessions), is an earlier daemon's and says so; ids this daemon issues
+// answer as ever.
+TEST(SessionTableLostBeforeStartTest, EarlierDaemonsIdsSayTheirStateDidNotComeHere) {
+  constexpr uint64_t kFirst = uint64_t{1} << 30;
+  Config config;
+  LiveLimits live{config};
+  core::Registry registry{core::Registry::Options{.max_sessions = 4, .first_serial = kFirst}};
+  core::Dispatcher dispatcher{registry, -1};
+  FakeBackend backend{dispatcher};
+  dispatcher.SetBackends({&backend});
+  SessionTable table{registry, dispatcher, live, config.max_lease_ms};
+  const Caller user{.uid = 1000, .gid = 1000};
+  const uint64_t earlier = ((kFirst - 7) << core::OpId::kSessionBits) | 1;
+  const uint64_t past_the_table = ((kFirst - 7) << core::OpId::kSessionBits) | 9;
+  const uint64_t never = ((kFirst + 5) << core::OpId::kSessionBits) | 1;
+
+  // Nothing noted (a test's table, or a restored predecessor): as before.
+  EXPECT_EQ(table.Own(user, past_the_table).status().code(), absl::StatusCode::kNotFound);
+
+  table.NoteLostBeforeStart("");
+  for (uint64_t id : {earlier, past_the_table}) {
+    const std::string why = absl::StrCat(
+        "session ", id,
+        " was opened by an earlier daemon whose state did not reach this one (none was handed "
+        "over: it was stopped, killed or could not hand over); open a new one");
+    absl::Status own = table.Own(user, id).status();
+    EXPECT_EQ(own.code(), absl::StatusCode::kFailedPrecondition) << own;
+    EXPECT_EQ(own.message(), why);
+    EXPECT_EQ(table.KeepAlive(user, id, core::MonoNanos()).status().message(), why);
+    EXPECT_EQ(table.Close(user, id).status().message(), why);
+  }
+  EXPECT_EQ(table.Own(user, never).status().code(), absl::StatusCode::kNotFound);
+  // This daemon's own sessions are not an earlier daemon's.
+  auto mine = table.Open(user, "mine", 0, SessionLifetime::kLeased);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  const uint64_t id = (*mine)->session->id();
+  EXPECT_TRUE(table.KeepAlive(user, id, core::MonoNanos()).ok());
+  ASSERT_TRUE(table.Close(user, id).ok());
+  EXPECT_EQ(table.Own(user, id).status().message(), absl::StrCat("session ", id, " has ended"));
+
+  // A refused handover's reason is named.
+  table.NoteLostBeforeStart("the handover is refused: cut short");
+  EXPECT_EQ(table.Own(user, earlier).status().message(),
+            absl::StrCat("session ", earlier,
+                         " was opened by an earlier daemon whose state did not reach this one "
+                         "(the handover is refused: cut short); open a new one"));
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // and outstanding op as the listings show them, the history and id counters
 // covering them; the daemon's sealed bytes pass the loader a successor runs;
 // and the operator's CLI prints it, as a table or JSON, or writes it to a
-// file only its owner reads.
+// file only its owner reads; one over limits.max_message_bytes is refused,
+// naming the limit.
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -14,10 +15,12 @@
 #include <set>
 #include <sstream>
 
+#include <gmock/gmock.h>
 #include <google/protobuf/util/json_util.h>
 
 #include "daemon/checkpoint.h"
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/security_util.h"
 
 namespace asyncd::testing {
 namespace {
@@ -175,6 +178,29 @@ TEST_P(CheckpointRpcTest, AsyncctlPrintsItAsATableOrJsonOrWritesItToAnOwnerOnlyF
   // A file it cannot write: exit 1, and nothing half-written.
   RunCtl(sock + " checkpoint --write " + daemon_.dir() + "/no/such/dir/cp.json", &code);
   EXPECT_EQ(code, 1);
+}
+
+// A checkpoint over limits.max_message_bytes is not sent: the RPC answers
+// RESOURCE_EXHAUSTED naming the limit (not gRPC's own words for a message
+// too large), and the daemon serves on.
+TEST(CheckpointRpcLimitTest, OverMaxMessageBytesIsResourceExhaustedNamingTheLimit) {
+  ConfigFile config("[limits]\nmax_message_bytes = 4096\n");
+  Daemon daemon(BackendMode::kThreadPoolOnly, config.Args());
+  client::Client client(daemon.channel());
+  ASSERT_TRUE(client.OpenSession("small").ok());
+  auto small = client.GetCheckpoint();
+  ASSERT_TRUE(small.ok()) << small.status();  // under the limit it is sent
+  // 40 sessions named 123 bytes each: well over 4096 bytes of checkpoint.
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(client.OpenSession(std::string(120, 'a') + std::to_string(100 + i)).ok());
+  }
+  auto big = client.GetCheckpoint();
+  ASSERT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted) << big.status();
+  EXPECT_THAT(
+      std::string(big.status().message()),
+      ::testing::AllOf(::testing::StartsWith("the checkpoint ("),
+                       ::testing::EndsWith(" bytes) is over limits.max_message_bytes (4096)")));
+  EXPECT_TRUE(client.OpenSession("still serving").ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CheckpointRpcTest,

@@ -395,7 +395,12 @@ TEST_P(DaemonTest, BadRequestsGetPreciseStatusAndChangeNothing) {
   poll.mutable_poll()->set_handle(h);
   poll.mutable_poll()->set_events(64);
   EXPECT_EQ(code(poll), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(client_.Submit(999999, NopOp()).status().code(), absl::StatusCode::kNotFound);
+  // An id this daemon never issued; one with a serial below its first
+  // (999999: serial 15) counts as an earlier daemon's.
+  EXPECT_EQ(client_.Submit(s + (uint64_t{1} << 40), NopOp()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_.Submit(999999, NopOp()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(client_.Submit(0, NopOp()).status().code(), absl::StatusCode::kInvalidArgument);
   auto stale = client_.Cancel(uint64_t{0xdead0000beef});
   ASSERT_TRUE(stale.ok());

@@ -10,13 +10,15 @@
 # drop-in refusing io_uring and openat2 as container runtimes do; then the
 # operator's life cycle: group members as clients, a bad config at reload and
 # at start, asyncctl drain, systemctl restart keeping a session and its 1,001
-# handles (the descriptor store) where a stop drains, a client riding
-# through a restart and an upgrade on a resumable stream (restart_probe,
-# built here and copied in), dpkg -r, -i, an upgrade keeping a session and
-# --purge (the package, and a copy with a higher version, wait in
-# /var/cache/asyncd-test in the tree). Exit 0 = pass, 1 = fail, 77 =
-# skipped (not root, no debootstrap/nspawn, nspawn cannot start a container
-# here, as inside some containers, no network for debootstrap).
+# handles (the descriptor store; the new daemon's descriptors and VmRSS
+# against the old one's) where a stop drains, or where the store has no room
+# (FileDescriptorStoreMax=0) drains and says so, a client riding through a
+# restart and an upgrade on a resumable stream (restart_probe, built here and
+# copied in), dpkg -r, -i, an upgrade keeping a session and --purge (the
+# package, and a copy with a higher version, wait in /var/cache/asyncd-test
+# in the tree). Exit 0 = pass, 1 = fail, 77 = skipped (not root, no
+# debootstrap/nspawn, nspawn cannot start a container here, as inside some
+# containers, no network for debootstrap).
 #
 #   tests/systemd/run.sh [BUILD_DIR]      (~1 min, +1 min first run)
 #   ctest --test-dir BUILD_DIR -L systemd
