@@ -12,39 +12,58 @@
 
 namespace asyncd::daemon {
 
-std::optional<state::Resubmit> Carry::RunAgainLater(const core::Op& op,
-                                                    const v1::Operation& request,
-                                                    const v1::Completion& completion) {
+namespace {
+
+// `r` as it is `elapsed_us` later: less left of its deadline (one that has
+// passed is 1) and of its wait.
+void Age(state::Resubmit& r, int64_t elapsed_us) {
+  if (elapsed_us <= 0) return;
+  if (r.deadline_left_us() != 0) {
+    r.set_deadline_left_us(static_cast<uint64_t>(
+        std::max<int64_t>(1, static_cast<int64_t>(r.deadline_left_us()) - elapsed_us)));
+  }
+  if (r.op().has_timeout()) {
+    v1::Timeout* wait = r.mutable_op()->mutable_timeout();
+    wait->set_duration_us(static_cast<uint64_t>(
+        std::max<int64_t>(0, static_cast<int64_t>(wait->duration_us()) - elapsed_us)));
+  }
+}
+
+}  // namespace
+
+std::optional<Carry::Again> Carry::RunAgainLater(const core::Op& op, const v1::Operation& request,
+                                                 const v1::Completion& completion) {
   if (completion.outcome() != v1::OUTCOME_CANCELLED ||
-      completion.end_reason() != v1::END_REASON_RESTART || completion.bytes_done() != 0) {
+      completion.end_reason() != v1::END_REASON_RESTART || completion.bytes_done() != 0 ||
+      request.has_close()) {
     return std::nullopt;
   }
   const int64_t now = core::MonoNanos();
   const int64_t submitted = op.head->submitted_ns.load(std::memory_order_relaxed);
-  state::Resubmit r;
+  Again again{.noted_ns = now};
+  state::Resubmit& r = again.resubmit;
   r.set_op_id(op.id().value);
   *r.mutable_op() = request;
-  if (request.has_timeout()) {
-    // It waited since it was submitted: what is left of the wait runs again.
-    const int64_t left_us = static_cast<int64_t>(request.timeout().duration_us()) -
-                            std::max<int64_t>(0, now - submitted) / 1000;
-    r.mutable_op()->mutable_timeout()->set_duration_us(
-        static_cast<uint64_t>(std::max<int64_t>(0, left_us)));
-  }
   if (op.params.deadline_ns != 0) {
     r.set_deadline_left_us(
         static_cast<uint64_t>(std::max<int64_t>(1, (op.params.deadline_ns - now) / 1000)));
   }
   r.set_submitted_unix_nanos(ToUnixNanos(submitted));
-  return r;
+  // It waited since it was submitted: what is left of the wait runs again.
+  if (request.has_timeout()) {
+    v1::Timeout* wait = r.mutable_op()->mutable_timeout();
+    wait->set_duration_us(static_cast<uint64_t>(std::max<int64_t>(
+        0, static_cast<int64_t>(wait->duration_us()) - std::max<int64_t>(0, now - submitted) / 1000)));
+  }
+  return again;
 }
 
 void Carry::Keep(uint64_t next_seq, std::vector<v1::StreamResponse> messages,
-                 std::vector<state::Resubmit> resubmit) {
+                 std::vector<Again> again) {
   std::lock_guard lock(mu_);
   next_seq_ = next_seq;
   for (v1::StreamResponse& m : messages) unacked_.push_back(std::move(m));
-  for (state::Resubmit& r : resubmit) resubmit_.push_back(std::move(r));
+  for (Again& a : again) again_.push_back(std::move(a));
   waiting_ = true;
 }
 
@@ -54,16 +73,23 @@ bool Carry::waiting() const {
 }
 
 void Carry::Fill(state::Session& out) const {
+  const int64_t now = core::MonoNanos();
   std::lock_guard lock(mu_);
-  out.set_resumable(true);
   out.set_next_seq(next_seq_);
+  if (!waiting_) return;
+  out.set_resumable(true);
   for (const v1::StreamResponse& m : unacked_) *out.add_unacked() = m;
   for (const v1::Completion& c : undelivered_) *out.add_undelivered() = c;
-  std::vector<const state::Resubmit*> by_id;
-  for (const state::Resubmit& r : resubmit_) by_id.push_back(&r);
-  std::sort(by_id.begin(), by_id.end(),
-            [](const auto* a, const auto* b) { return a->op_id() < b->op_id(); });
-  for (const state::Resubmit* r : by_id) *out.add_resubmit() = *r;
+  std::vector<const Again*> by_id;
+  for (const Again& a : again_) by_id.push_back(&a);
+  std::sort(by_id.begin(), by_id.end(), [](const Again* a, const Again* b) {
+    return a->resubmit.op_id() < b->resubmit.op_id();
+  });
+  for (const Again* a : by_id) {
+    state::Resubmit* r = out.add_resubmit();
+    *r = a->resubmit;
+    Age(*r, (now - a->noted_ns) / 1000);
+  }
 }
 
 absl::Status Carry::Restore(const state::Session& saved, int64_t waited_ms,
@@ -77,15 +103,12 @@ absl::Status Carry::Restore(const state::Session& saved, int64_t waited_ms,
   std::vector<Ready> ready;
   std::lock_guard lock(mu_);
   // Every op converts before any is restored: a refusal changes nothing.
-  for (const state::Resubmit& r : saved.resubmit()) {
+  for (state::Resubmit r : saved.resubmit()) {
+    Age(r, waited_ms * 1000);  // the time the package waited
     auto running = std::make_unique<Running>();
     running->request = r.op();
-    int64_t deadline = 0;
-    if (r.deadline_left_us() != 0) {
-      deadline = now + std::max<int64_t>(
-                           1000, static_cast<int64_t>(r.deadline_left_us()) * 1000 -
-                                     waited_ms * 1'000'000);
-    }
+    const int64_t deadline =
+        r.deadline_left_us() != 0 ? now + static_cast<int64_t>(r.deadline_left_us()) * 1000 : 0;
     core::OpRequest request;
     absl::Status s =
         ToOpRequest(running->request, max_op_bytes, deadline, running->buffers, request);
@@ -132,8 +155,8 @@ absl::Status Carry::Restore(const state::Session& saved, int64_t waited_ms,
   ready.resize(restored_ops);
   unacked_.assign(saved.unacked().begin(), saved.unacked().end());
   undelivered_.assign(saved.undelivered().begin(), saved.undelivered().end());
-  next_seq_ = saved.next_seq();
-  waiting_ = true;
+  next_seq_ = std::max<uint64_t>(1, saved.next_seq());
+  waiting_ = saved.resumable();
   if (!ready.empty()) self_ = shared_from_this();
   for (Ready& op : ready) {
     absl::StatusOr<core::OpId> submitted = dispatcher.SubmitRestored(session, op.id, op.request);
@@ -155,6 +178,11 @@ absl::Status Carry::Restore(const state::Session& saved, int64_t waited_ms,
 
 absl::StatusOr<Carry::Taken> Carry::Take(CarryTaker* taker, uint64_t resume_after) {
   std::lock_guard lock(mu_);
+  if (resume_after != 0 && !waiting_) {
+    return absl::FailedPreconditionError(
+        "open.resume_after: nothing to resume: the session's last resumable stream ended "
+        "without a restart, and its operations with it; open it without resume_after");
+  }
   if (resume_after >= next_seq_) {
     return absl::InvalidArgumentError(absl::StrCat("open.resume_after: ", resume_after,
                                                    " is past the last message sent, ",
@@ -194,8 +222,8 @@ void Carry::OnComplete(const core::Op& op) noexcept {
     v1::Completion& c = running.buffers.completion;
     c.set_tag(running.request.tag());
     // A restart's cancel: it goes on in the next daemon.
-    if (std::optional<state::Resubmit> again = RunAgainLater(op, running.request, c)) {
-      resubmit_.push_back(*std::move(again));
+    if (std::optional<Again> again = RunAgainLater(op, running.request, c)) {
+      again_.push_back(*std::move(again));
       waiting_ = true;
     } else if (taker_ != nullptr) {
       forward.emplace(std::move(c));

@@ -44,21 +44,28 @@ class CarryTaker {
 /// (Take). Any thread; its lock is taken after a taker's, never before.
 class Carry final : public core::CompletionSink, public std::enable_shared_from_this<Carry> {
  public:
-  /// The resubmission record of an op a restart cancelled, or nullopt when
-  /// it did something (or ended otherwise) and its completion stands.
-  /// `request` is the client's Operation; `completion` the op's, filled.
-  static std::optional<state::Resubmit> RunAgainLater(const core::Op& op,
-                                                      const v1::Operation& request,
-                                                      const v1::Completion& completion);
+  /// An op a restart cancelled before it did anything, to run again: what
+  /// was left of its deadline and wait as of `noted_ns` (MonoNanos).
+  struct Again {
+    state::Resubmit resubmit;
+    int64_t noted_ns = 0;
+  };
+  /// The record of an op a restart cancelled, or nullopt when it did
+  /// something (or ended otherwise, or is a Close, which detached its
+  /// handle first) and its completion stands. `request` is the client's
+  /// Operation; `completion` the op's, filled.
+  static std::optional<Again> RunAgainLater(const core::Op& op, const v1::Operation& request,
+                                            const v1::Completion& completion);
 
   /// The stopping daemon: a resumable stream's state at a restart.
   /// `messages` are numbered, in seq order; `next_seq` follows them.
   void Keep(uint64_t next_seq, std::vector<v1::StreamResponse> messages,
-            std::vector<state::Resubmit> resubmit);
-  /// Whether it holds what a stream left (Keep or Restore) and no stream
-  /// has taken it since.
+            std::vector<Again> again);
+  /// Whether it holds what a stream left at a restart (Keep, or Restore of
+  /// such a state) and no stream has taken it since.
   bool waiting() const;
-  /// Into a checkpoint's session: everything not taken by a stream.
+  /// Into a checkpoint's session: the numbering, and what waits for a
+  /// stream (deadlines and waits as of now).
   void Fill(state::Session& out) const;
 
   /// The next daemon, before it serves: takes `saved`'s stream state and
@@ -74,7 +81,9 @@ class Carry final : public core::CompletionSink, public std::enable_shared_from_
   /// `resume_after`, the completions not numbered yet, and the ids of the
   /// ops still running, whose ends go to `taker` from now on (through
   /// OnCarriedEnd) until Release. INVALID_ARGUMENT when `resume_after` is
-  /// past the last message numbered.
+  /// past the last message numbered; FAILED_PRECONDITION for a resume
+  /// (`resume_after` not 0) when no restart left anything waiting: the
+  /// stream ended otherwise, and its ops with it.
   struct Taken {
     uint64_t next_seq = 1;
     std::vector<v1::StreamResponse> replay;
@@ -101,7 +110,7 @@ class Carry final : public core::CompletionSink, public std::enable_shared_from_
   uint64_t next_seq_ = 1;
   std::vector<v1::StreamResponse> unacked_;
   std::vector<v1::Completion> undelivered_;
-  std::vector<state::Resubmit> resubmit_;
+  std::vector<Again> again_;
   std::unordered_map<uint64_t, std::unique_ptr<Running>> running_;
   CarryTaker* taker_ = nullptr;
   // Held while ops run: their sink must outlive them.

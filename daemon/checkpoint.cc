@@ -24,8 +24,10 @@ void AddSession(const SessionMeta& meta, const FileAreas* areas, int64_t now,
   out.set_uid(client.uid);
   out.set_gid(client.gid);
   out.set_pid(client.pid);
-  out.set_lease_ms(meta.lease_ms.load());
-  out.set_lease_remaining_ms(meta.LeaseRemainingMs(now));
+  // A session bound to a stream has no lease of its own, even while it
+  // waits for its stream to resume after a restart.
+  out.set_lease_ms(meta.stream_owned ? 0 : meta.lease_ms.load());
+  out.set_lease_remaining_ms(meta.stream_owned ? 0 : meta.LeaseRemainingMs(now));
   out.set_bound_to_stream(meta.stream_owned);
   out.set_age_us((now - s.created_ns()) / 1000);
   out.set_whole_root(meta.area.whole_root());

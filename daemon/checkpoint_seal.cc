@@ -97,19 +97,21 @@ absl::Status CheckOps(const state::Session& s, const std::string& where,
 absl::Status CheckCarry(const state::Session& s, const std::string& where,
                         const CheckpointLimits& limits) {
   if (!s.resumable()) {
-    if (s.next_seq() != 0 || s.unacked_size() > 0 || s.undelivered_size() > 0 ||
-        s.resubmit_size() > 0) {
+    if (s.unacked_size() > 0 || s.undelivered_size() > 0 || s.resubmit_size() > 0) {
       return Invalid(absl::StrCat(where, ": a stream's state, yet not resumable"));
     }
     return absl::OkStatus();
   }
   if (s.next_seq() == 0) return Invalid(absl::StrCat(where, ": resumable, yet no next_seq"));
+  // A daemon keeps up to twice its in-flight limit of messages not
+  // acknowledged, plus what its ops still owe when a restart comes.
   const uint64_t most = limits.max_ops_per_session;
-  if (static_cast<uint64_t>(s.unacked_size()) > most ||
+  if (static_cast<uint64_t>(s.unacked_size()) > 4 * most ||
       static_cast<uint64_t>(s.undelivered_size()) > most ||
       static_cast<uint64_t>(s.resubmit_size()) > most) {
-    return Invalid(absl::StrCat(where, ": more of a stream's messages or operations than the limit of ",
-                                most));
+    return Invalid(absl::StrCat(where, ": ", s.unacked_size(), " messages not acknowledged, ",
+                                s.undelivered_size(), " completions and ", s.resubmit_size(),
+                                " operations to run again: over the limits"));
   }
   uint64_t previous_seq = 0;
   for (const v1::StreamResponse& m : s.unacked()) {

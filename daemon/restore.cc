@@ -100,7 +100,7 @@ absl::StatusOr<RestoreSummary> RestoreCheckpoint(const state::Checkpoint& checkp
       if (area.ok()) meta->area = *area;
       st = area.status();
     }
-    if (st.ok() && s.resumable()) {
+    if (st.ok() && (s.resumable() || s.next_seq() != 0)) {
       auto carry = std::make_shared<Carry>();
       st = carry->Restore(s, waited_ms, **session, sessions.dispatcher(), meta->area,
                           sessions.live().max_op_bytes());

@@ -67,9 +67,15 @@ void StreamCall::OnWriteDone(bool ok) {
   {
     std::lock_guard lock(mu_);
     writing_ = false;
-    service_->budget().ReleaseBytes(current_charged_);  // written, or never will be
+    if (resumable_ && !carried_ && current_->seq() > acked_) {
+      // Kept, charged, until the client acks it.
+      unacked_.push_back({std::move(current_), current_completions_, current_charged_});
+      unacked_completions_ += current_completions_;
+    } else {
+      service_->budget().ReleaseBytes(current_charged_);  // written, or never will be
+      RecycleMessageLocked(std::move(current_), current_data_bytes_);
+    }
     current_charged_ = 0;
-    RecycleMessageLocked(std::move(current_), current_data_bytes_);
     if (!ok) {
       // The client is gone: nothing more can be delivered.
       broken_ = true;  // the outbox is dropped with the reactor
@@ -138,7 +144,8 @@ void StreamCall::OnSessionEnded() noexcept {
 void StreamCall::OnDraining(bool restart) noexcept {
   std::lock_guard lock(mu_);
   draining_ = true;
-  if (restart && resumable_ && end_status_.ok()) {
+  // Only a stream still going: one ending or broken keeps nothing.
+  if (restart && resumable_ && !finished_ && !broken_ && end_status_.ok()) {
     restarting_.store(true, std::memory_order_release);
     half_closed_ = true;  // read no more
     end_status_ = grpc::Status(
@@ -187,6 +194,7 @@ StreamCall::~StreamCall() {
   delete in_;
   uint64_t charged = current_charged_;
   for (const Outgoing& o : outbox_) charged += o.charged;
+  for (const Unacked& u : unacked_) charged += u.charged;
   service_->budget().ReleaseBytes(charged);
 }
 
@@ -223,13 +231,16 @@ absl::Status StreamCall::Handle() {
       // instead, which bounds what it makes the daemon keep.
       const size_t most_unacked = 2 * size_t{service_->config().max_inflight_per_session};
       size_t unacked;
+      size_t unacked_messages;
       {
         std::lock_guard lock(mu_);
         unacked = unacked_completions_;
+        unacked_messages = unacked_.size();
       }
-      if (unacked > most_unacked) {
+      if (unacked > most_unacked || unacked_messages > most_unacked) {
         return absl::ResourceExhaustedError(absl::StrCat(
-            unacked, " completions not acknowledged (StreamRequest.ack), over twice "
+            unacked, " completions in ", unacked_messages,
+            " messages not acknowledged (StreamRequest.ack), over twice "
             "limits.max_inflight_per_session"));
       }
       return HandleSubmit();
@@ -267,6 +278,7 @@ absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
   }
   if (service_->draining()) return Draining();
   std::shared_ptr<SessionMeta> meta;
+  uint32_t lease_ms = 0;
   const bool creates = open.session_id() == 0;
   if (creates) {
     auto created =
@@ -280,13 +292,15 @@ absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
         service_->sessions().LeaseMs(open.lease_ms(), (*owned)->lease_ms.load(), "open.lease_ms");
     if (!lease.ok()) return lease.status();
     meta = *owned;
-    // A session bound to its stream has no lease, resumed or not.
-    meta->lease_ms.store(meta->stream_owned ? 0 : *lease);
+    lease_ms = *lease;
   }
+  // A session bound to its stream has no lease, resumed or not; a refused
+  // attach changes nothing.
+  if (!creates) lease_ms = meta->stream_owned ? 0 : lease_ms;
   Outgoing out{.msg = std::make_unique<v1::StreamResponse>()};
   v1::StreamOpened* opened = out.msg->mutable_opened();
   opened->set_session_id(meta->session->id());
-  opened->set_lease_ms(meta->lease_ms.load());
+  opened->set_lease_ms(creates ? meta->lease_ms.load() : lease_ms);
   *opened->mutable_limits() = service_->LimitsProto();
   if (open.resumable()) {
     // Before the stream attaches: a restart's start cannot reach it half
@@ -296,9 +310,13 @@ absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
     if (carry.ok()) {
       std::lock_guard lock(mu_);
       carry_ = *carry;
+      resumable_ = true;  // before the carry can hand this stream anything
       outbox_.push_back(std::move(out));
       taken = TakeCarryLocked(open);
-      if (!taken.ok()) outbox_.clear();
+      if (!taken.ok()) {
+        outbox_.clear();
+        resumable_ = false;
+      }
     }
     if (!taken.ok()) {
       if (carry.ok()) meta->DetachResumable();
@@ -306,12 +324,12 @@ absl::Status StreamCall::HandleOpen(const v1::StreamOpen& open) {
       if (creates) (void)service_->sessions().End(meta->session->id(), core::EndReason::kRpcCancelled);
       return taken;
     }
-    resumable_ = true;
     service_->ResumableAttached();
   } else {
     std::lock_guard lock(mu_);
     outbox_.push_back(std::move(out));
   }
+  if (!creates) meta->lease_ms.store(lease_ms);
   meta_ = std::move(meta);
   meta_->Attach(this);
   {
@@ -352,8 +370,10 @@ absl::Status StreamCall::HandleAck(uint64_t seq) {
     return absl::InvalidArgumentError(
         absl::StrCat("ack: ", seq, " is past the last message sent, ", next_seq_ - 1));
   }
+  acked_ = std::max(acked_, seq);
   while (!unacked_.empty() && unacked_.front().msg->seq() <= seq) {
     unacked_completions_ -= unacked_.front().completions;
+    service_->budget().ReleaseBytes(unacked_.front().charged);
     unacked_.pop_front();
   }
   return absl::OkStatus();
@@ -362,10 +382,15 @@ absl::Status StreamCall::HandleAck(uint64_t seq) {
 void StreamCall::CarryOverLocked() {
   carried_ = true;
   std::vector<v1::StreamResponse> messages;
-  for (Unacked& u : unacked_) messages.push_back(std::move(*u.msg));
+  uint64_t charged = 0;
+  for (Unacked& u : unacked_) {
+    messages.push_back(std::move(*u.msg));
+    charged += u.charged;
+  }
   unacked_.clear();
   unacked_completions_ = 0;
-  uint64_t charged = 0;
+  // The one being written comes after those, and may not arrive.
+  if (writing_ && current_->seq() > acked_) messages.push_back(*current_);
   for (Outgoing& o : outbox_) {
     charged += o.charged;
     if (o.msg->has_opened()) continue;  // a resumed stream gets its own
@@ -380,6 +405,11 @@ void StreamCall::CarryOverLocked() {
 }
 
 absl::Status StreamCall::HandleSubmit() {
+  // Once per batch: it is refused whole or not at all. A resumable stream
+  // leaves one that comes once a restart has begun unanswered, for its
+  // client to send again to the next daemon.
+  const bool draining = service_->draining();
+  if (draining && resumable_ && service_->restarting()) return absl::OkStatus();
   // The batch stays with its ops; the next read gets another.
   Batch* batch = in_;
   const v1::SubmitBatch& sb = batch->request->submit();
@@ -421,7 +451,7 @@ absl::Status StreamCall::HandleSubmit() {
     c->tag = sb.ops(i).tag();
     c->request = &sb.ops(i);
     c->batch = batch;
-    if (service_->draining()) {
+    if (draining) {
       rejected[i] = Draining();
       continue;
     }
@@ -555,12 +585,11 @@ void StreamCall::WriteNextLocked() {
   const uint32_t completions = outbox_.front().completions;
   undelivered_ -= completions;
   outbox_.pop_front();
-  if (resumable_ && !current_->has_opened()) {
-    // Numbered as it goes out (a replayed message keeps its number), and
-    // kept until the client acks it.
-    if (current_->seq() == 0) current_->set_seq(next_seq_++);
-    unacked_.push_back({std::make_unique<v1::StreamResponse>(*current_), completions});
-    unacked_completions_ += completions;
+  current_completions_ = completions;
+  // Numbered as it goes out (a replayed message keeps its number); kept
+  // once written until the client acks it (OnWriteDone).
+  if (resumable_ && !current_->has_opened() && current_->seq() == 0) {
+    current_->set_seq(next_seq_++);
   }
   writing_ = true;
   StartWrite(current_.get());

@@ -108,7 +108,7 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   struct OpCtx {
     OpBuffers buffers;
     const v1::Operation* request = nullptr;  // in `batch`, for a resumable stream
-    std::optional<state::Resubmit> again;    // a restart cancelled it: run it again
+    std::optional<Carry::Again> again;       // a restart cancelled it: run it again
     uint64_t tag = 0;
     uint64_t op_id = 0;
     uint64_t charged = 0;  // Budget bytes, until its completion is written or dropped
@@ -130,10 +130,12 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
     uint64_t data_bytes = 0;   // read data in msg (message size cap)
     uint64_t charged = 0;      // Budget bytes released once msg is written
   };
-  // A resumable stream's message written and not acknowledged yet.
+  // A resumable stream's message written and not acknowledged yet; its
+  // Budget bytes stay charged until it is.
   struct Unacked {
     std::unique_ptr<v1::StreamResponse> msg;
     uint32_t completions = 0;
+    uint64_t charged = 0;
   };
   // Messages are reused per kind, clearing the inner message only: clearing
   // a oneof frees its message, and with it every element kept for reuse.
@@ -206,8 +208,10 @@ class StreamCall final : public grpc::ServerBidiReactor<v1::StreamRequest, v1::S
   uint64_t next_seq_ = 1;
   std::deque<Unacked> unacked_;
   size_t unacked_completions_ = 0;
+  uint64_t acked_ = 0;                  // the highest seq the client acked
+  uint32_t current_completions_ = 0;    // in current_
   std::vector<uint64_t> carried_live_;  // the carry's ops this stream delivers
-  std::vector<state::Resubmit> again_;  // ops a restart cancelled, to run again
+  std::vector<Carry::Again> again_;     // ops a restart cancelled, to run again
   std::atomic<bool> restarting_{false};  // a live restart: read no more, carry over
   bool carried_ = false;                 // the state went to the carry
   bool let_go_ = false;                  // LetGoOfCarryLocked ran

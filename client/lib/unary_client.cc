@@ -80,10 +80,12 @@ class Client::Retrier {
   }
 
   // After a Submit answered: whether to submit the op again, since a
-  // restart cancelled it before it did anything.
+  // restart cancelled it before it did anything (a Close let go of its
+  // handle first: not it).
   [[nodiscard]] bool Again(const v1::Completion& completion) {
     if (completion.outcome() != v1::OUTCOME_CANCELLED ||
-        completion.end_reason() != v1::END_REASON_RESTART || completion.bytes_done() != 0) {
+        completion.end_reason() != v1::END_REASON_RESTART || completion.bytes_done() != 0 ||
+        completion.kind() == v1::OP_KIND_CLOSE) {
       return false;
     }
     return Wait();

@@ -183,6 +183,23 @@ TEST_F(ClientRetryTest, SubmitThatHadDoneSomethingReturnsAsItEnded) {
   EXPECT_EQ(fake_.submitted.size(), 1u);
 }
 
+// A Close the restart cancelled had let go of its handle: made again, it
+// would find none.
+TEST_F(ClientRetryTest, ACloseCancelledByARestartReturnsAsItEnded) {
+  StartServer();
+  v1::Completion cancelled = CancelledByRestart(0, 3000);
+  cancelled.set_kind(v1::OP_KIND_CLOSE);
+  fake_.submit_script = {{.completion = cancelled}};
+  Client client = Retrying();
+  v1::Operation close;
+  close.mutable_close()->set_handle(3);
+  absl::StatusOr<v1::Completion> c = client.Submit(1, close);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->end_reason(), v1::END_REASON_RESTART);
+  std::lock_guard lock(fake_.mu);
+  EXPECT_EQ(fake_.submitted.size(), 1u);
+}
+
 // No daemon listens yet (between two daemons): the call is made again until
 // one does.
 TEST_F(ClientRetryTest, CallsAgainUntilADaemonListens) {

@@ -163,7 +163,7 @@ TEST(RestoreTest, AResumableStreamsSessionComesBackWithItsOpsRunningAgain) {
   again.set_op_id(id->value);
   again.mutable_op()->set_tag(5);
   again.mutable_op()->mutable_nop();
-  carry->Keep(4, {kept}, {again});
+  carry->Keep(4, {kept}, {Carry::Again{.resubmit = again, .noted_ns = core::MonoNanos()}});
   const state::Checkpoint cp = old.Take();
   ASSERT_EQ(cp.sessions_size(), 1);
   EXPECT_TRUE(cp.sessions(0).resumable());
@@ -204,6 +204,14 @@ TEST(RestoreTest, AResumableStreamsSessionComesBackWithItsOpsRunningAgain) {
   EXPECT_EQ(taker.ends, 0);
   EXPECT_FALSE((*meta)->carry()->waiting());
   (*meta)->carry()->Release(&taker, 4);
+  // The restored session is checkpointed again as it was: bound to its
+  // stream, with no lease of its own (the wait for its stream is not one).
+  const state::Checkpoint later = next.Take();
+  ASSERT_EQ(later.sessions_size(), 1);
+  EXPECT_TRUE(later.sessions(0).bound_to_stream());
+  EXPECT_EQ(later.sessions(0).lease_ms(), 0u);
+  EXPECT_EQ(later.sessions(0).next_seq(), 4u);
+  EXPECT_TRUE(LoadCheckpoint(Seal(later), CheckpointLimits{}).ok());
   (void)next.table.End(bound->session->id(), core::EndReason::kSessionClosed);
 }
 

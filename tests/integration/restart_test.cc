@@ -493,8 +493,8 @@ TEST_P(RestartTest, APlainStreamsOpsEndRestartAndItsSessionEnds) {
 }
 
 // A session that a resumable stream opened waits for that stream after a
-// restart: the resumed stream finds its handle and its blocked read, which
-// completes there, and the session ends with it.
+// restart, and another: the resumed stream finds its handle and its
+// blocked read, which completes there, and the session ends with it.
 TEST_P(RestartTest, ASessionOpenedByAResumableStreamWaitsForItToResume) {
   auto first = StartFirst();
   ASSERT_EQ(mkfifo((first->root() + "/fifo").c_str(), 0600), 0);
@@ -535,8 +535,15 @@ TEST_P(RestartTest, ASessionOpenedByAResumableStreamWaitsForItToResume) {
   }
   EXPECT_EQ(before.rw->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 
-  auto next = StartNext(handover);
+  // Two restarts before the stream comes back: the session and its read
+  // wait through both.
+  auto second = StartNext(handover);
   close(handover);
+  const int again = HandOver(*second);
+  ASSERT_GE(again, 0);
+  EXPECT_NE(second->Log().find("1 operations to run again"), std::string::npos) << second->Log();
+  auto next = StartNext(again);
+  close(again);
   client::Client d(next->NewChannel());
   absl::StatusOr<std::vector<v1::SessionInfo>> sessions;
   ASSERT_TRUE(WaitFor([&] {

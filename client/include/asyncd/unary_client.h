@@ -137,7 +137,8 @@ enum class HealthStatus { kUnknown = 0, kServing = 1, kNotServing = 2, kServiceU
 /// GetStats, GetCheckpoint), since another call may have run.
 /// Submit also repeats an operation whose Completion is CANCELLED with
 /// end_reason RESTART and bytes_done 0: the restart cancelled it before it
-/// did anything. One that had done something returns as it ended. Drain,
+/// did anything. One that had done something returns as it ended, and so
+/// does a Close (it let go of its handle first). Drain,
 /// Watch and CheckHealth are never repeated (a repeated drain would drain
 /// the next daemon; a watch does not replay the events it missed; a health
 /// check reports what it finds). The deadline
