@@ -409,8 +409,13 @@ class StreamClient::Reactor final {
       if (open_timed_out_) {
         status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "timed out waiting for StreamOpened");
       }
-      const bool resumable = options_.resume && phase_ != Phase::kOpening &&
-                             status.error_code() == grpc::StatusCode::UNAVAILABLE;
+      // A stopping daemon whose gRPC server has begun to shut down cancels
+      // the calls still open: CANCELLED that this client did not ask for.
+      const grpc::StatusCode code = status.error_code();
+      const bool resumable =
+          options_.resume && phase_ != Phase::kOpening &&
+          (code == grpc::StatusCode::UNAVAILABLE ||
+           (code == grpc::StatusCode::CANCELLED && !cancel_requested_));
       if (resumable && cancel_requested_) {
         // The owner stopped it, whatever this RPC's own end.
         status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled while resuming");

@@ -149,6 +149,7 @@ struct Op {
   uintptr_t backend_data[2] = {0, 0};  // private to the backend holding the op
   bool holds_handle = false;           // the op holds a reference on `handle`
   bool noted_finished = false;         // counted by Session::NoteFinished until Retire
+  bool restored = false;               // by Session::Restore, until Retire
   // Listed, but placed here to fill holds_handle's padding: the deadline in
   // force, in ms after submitted_ns (rounded up); 0 = none.
   std::atomic<uint32_t> deadline_ms{0};

@@ -238,13 +238,22 @@ absl::StatusOr<Op*> Session::Restore(OpId id, OpKind kind, CancelSafety safety, 
   }
   state_.fetch_add(1, std::memory_order_acq_rel);
   Describe(op, gen, kind, safety, handle, target, now_ns, tag, deadline_ns);
+  op.restored = true;
   return &op;
 }
 
 void Session::Retire(Op& op) {
   const uint64_t w = op.head->word.load(std::memory_order_relaxed);
   ASYNCD_CHECK(IsTerminal(OpWord::State(w)));
-  op.head->word.store(OpWord::Make(NextGen(OpWord::Gen(w)), OpState::kFree), std::memory_order_release);
+  // A restored op's generation is its predecessor's, which may have issued
+  // later ones in this slot before it handed over: the slot goes on from
+  // this session's first generation, above all of those, if it is behind.
+  uint32_t next = NextGen(OpWord::Gen(w));
+  if (op.restored && ((gen_base_ - next) & OpId::kGenMask) < (OpId::kGenMask >> 1)) {
+    next = gen_base_;
+  }
+  op.restored = false;
+  op.head->word.store(OpWord::Make(next, OpState::kFree), std::memory_order_release);
   const uint64_t drop = op.noted_finished ? (uint64_t{1} << kFinishedShift) | 1 : 1;
   op.noted_finished = false;
   PushFree(op);

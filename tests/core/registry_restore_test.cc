@@ -578,9 +578,10 @@ TEST_F(OpRestoreTest, ARestoredOpIsFoundListedRunsAndRetires) {
   ::close(pipe_fds[0]);
   ::close(pipe_fds[1]);
 
-  // Its slot is reused in the next generation, as any retired slot.
+  // Its slot is reused at the session's first generation, above any the
+  // predecessor may have issued there after it.
   Op& reused = **session_->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
-  EXPECT_EQ(reused.id(), OpId::Make(0, 300, 421));
+  EXPECT_EQ(reused.id(), OpId::Make(0, 300, kNextGen));
 }
 
 // Restored in any order, ops leave the free list consistent: Register hands
@@ -632,7 +633,7 @@ TEST_F(OpRestoreTest, RegisterTakesEveryOtherSlotOnceAndNoRestoredOne) {
     const uint32_t gen = back.generation();
     FinishAndRetire(back);
     Op& again = **s->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
-    EXPECT_EQ(again.id(), OpId::Make(0, slot, gen + 1));
+    EXPECT_EQ(again.id(), OpId::Make(0, slot, std::max(gen + 1, kNextGen)));
   }
 }
 
@@ -801,6 +802,24 @@ TEST(OpRestoreGenerationTest, ARestoredSessionsIndexIssuesNoOpIdAgainAfterItEnds
     RunOps(*next, 10, 20, seen, {});
     ASSERT_NE(registry.BeginClose(next->id()), nullptr);
   }
+}
+
+// The predecessor ended the op it hands over (a restart's cancel) and may
+// have issued the next generations of its slot before it took the
+// checkpoint: once the restored op retires, its slot goes on above all of
+// them, never at the op's own generation plus one.
+TEST(OpRestoreGenerationTest, ARestoredOpsSlotGoesOnAboveWhatThePredecessorIssuedThere) {
+  Registry registry(Registry::Options{.max_sessions = 1, .max_ops_per_session = 512});
+  ASSERT_TRUE(registry.RestoreCounters(std::vector{Counter(0, 1, 50)}).ok());
+  auto s = *registry.RestoreSession(uint64_t{1} << OpId::kSessionBits, Client());
+  // Slot 0 held generations 40 (the op handed over), then 41..48.
+  Op& restored = **s->Restore(OpId::Make(0, 0, 40), OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  FinishAndRetire(restored);
+  IdSets before;
+  for (uint32_t gen = 40; gen < 50; ++gen) before.ops.insert(OpId::Make(0, 0, gen).value);
+  IdSets seen;
+  RunOps(*s, 20, 3, seen, before);  // slot 0 among the first taken each round
+  EXPECT_TRUE(seen.ops.count(OpId::Make(0, 0, 50).value));
 }
 
 // The predecessor may have issued generations up to next_gen in slots the

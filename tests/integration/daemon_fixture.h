@@ -470,4 +470,31 @@ bool WaitFor(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds
   return true;
 }
 
+// A restart's or takeover's successor: KeepAlive on a channel that may
+// first meet the connection the old daemon closed (UNAVAILABLE, retried as
+// the proto asks).
+inline absl::StatusOr<uint32_t> KeepAliveRetried(client::Client& c, uint64_t session) {
+  absl::StatusOr<uint32_t> kept;
+  WaitFor([&] {
+    kept = c.KeepAlive(session);
+    return kept.status().code() != absl::StatusCode::kUnavailable;
+  });
+  return kept;
+}
+
+// The handles a predecessor held work on in its successor: `data` (its
+// file holds "hello " at offset 6) writes on at its offset, and `fifo`
+// carries what is written to it.
+inline void ExpectHandlesCarryOn(client::Client& d, uint64_t data_session, uint32_t data,
+                                 uint64_t fifo_session, uint32_t fifo) {
+  ASSERT_TRUE(d.Write(data_session, data, -1, "world").ok());
+  auto read = d.Read(data_session, data, 0, 64);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, "hello world");
+  ASSERT_TRUE(d.Write(fifo_session, fifo, -1, "ping").ok());
+  auto piped = d.Read(fifo_session, fifo, -1, 4);
+  ASSERT_TRUE(piped.ok()) << piped.status();
+  EXPECT_EQ(*piped, "ping");
+}
+
 }  // namespace asyncd::testing

@@ -34,18 +34,6 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-// KeepAlive on a fresh channel to the next daemon: the first call may meet
-// the connection the old one closed (UNAVAILABLE) and is retried, as the
-// proto asks.
-absl::StatusOr<uint32_t> KeepAliveRetried(client::Client& c, uint64_t session) {
-  absl::StatusOr<uint32_t> kept;
-  WaitFor([&] {
-    kept = c.KeepAlive(session);
-    return kept.status().code() != absl::StatusCode::kUnavailable;
-  });
-  return kept;
-}
-
 class RestartTest : public ::testing::TestWithParam<BackendMode> {
  protected:
   RestartTest() {
@@ -132,14 +120,7 @@ TEST_P(RestartTest, SessionsAndHandlesSurviveAHandover) {
   for (const auto& s : *sessions) names[s.session_id()] = s.client_name();
   EXPECT_EQ(names, (std::map<uint64_t, std::string>{{one, "one"}, {two, "two"}}));
   // The same handles: the file's offset carried on, the FIFO works.
-  ASSERT_TRUE(d.Write(one, data, -1, "world").ok());
-  auto read = d.Read(one, data, 0, 64);
-  ASSERT_TRUE(read.ok()) << read.status();
-  EXPECT_EQ(*read, "hello world");
-  ASSERT_TRUE(d.Write(two, fifo, -1, "ping").ok());
-  auto piped = d.Read(two, fifo, -1, 4);
-  ASSERT_TRUE(piped.ok()) << piped.status();
-  EXPECT_EQ(*piped, "ping");
+  ExpectHandlesCarryOn(d, one, data, two, fifo);
   // A closed handle stays closed; the next open does not reuse its number.
   EXPECT_EQ(d.Read(one, closed, 0, 1).status().code(), absl::StatusCode::kNotFound);
   const uint32_t reopened = *d.Open(one, "gone", v1::OPEN_MODE_READ_ONLY);

@@ -25,17 +25,6 @@ namespace {
 using std::chrono::seconds;
 using ::testing::HasSubstr;
 
-// KeepAlive through a channel that may first meet the connection the old
-// daemon closed (UNAVAILABLE, retried as the proto asks).
-absl::StatusOr<uint32_t> KeepAliveRetried(client::Client& c, uint64_t session) {
-  absl::StatusOr<uint32_t> kept;
-  WaitFor([&] {
-    kept = c.KeepAlive(session);
-    return kept.status().code() != absl::StatusCode::kUnavailable;
-  });
-  return kept;
-}
-
 struct Finished {
   int status = -1;     // exit status; -1 killed or timed out
   std::string output;  // stdout and stderr
@@ -197,14 +186,7 @@ TEST_P(TakeoverTest, SessionsHandlesAndTheSocketPassToTheNewProcess) {
   EXPECT_THAT(log, HasSubstr("restored the predecessor's 1 sessions and 2 handles"));
 
   // The same session and handles: the file's offset carried on, the FIFO works.
-  ASSERT_TRUE(d.Write(one, data, -1, "world").ok());
-  auto read = d.Read(one, data, 0, 64);
-  ASSERT_TRUE(read.ok()) << read.status();
-  EXPECT_EQ(*read, "hello world");
-  ASSERT_TRUE(d.Write(one, fifo, -1, "ping").ok());
-  auto piped = d.Read(one, fifo, -1, 4);
-  ASSERT_TRUE(piped.ok()) << piped.status();
-  EXPECT_EQ(*piped, "ping");
+  ExpectHandlesCarryOn(d, one, data, one, fifo);
   // The client from before carries on, on its own channel, after a reconnect.
   ASSERT_TRUE(KeepAliveRetried(early, one).ok());
   auto again = early.Read(one, data, 0, 64);

@@ -51,7 +51,8 @@ struct StreamOptions {
   /// attempt waits for it.
   std::chrono::milliseconds open_timeout{10000};
   /// Set: the stream survives a live restart of the daemon
-  /// (StreamOpen.resumable). When it ends UNAVAILABLE, the library opens it
+  /// (StreamOpen.resumable). When it ends UNAVAILABLE (or CANCELLED by a
+  /// daemon shutting down, not by this client), the library opens it
   /// again on the same session, as the policy says (by default for up to
   /// 30 s, waiting 10 ms doubling to 1 s between attempts), and the
   /// application sees a delay, not an error: see "Resuming" in StreamClient.
@@ -110,8 +111,10 @@ struct StreamOptions {
 /// has received and delivered whenever it has nothing else to write, and at
 /// the latest after max_inflight_per_session / 4 completions (the daemon
 /// asks for every half of it). When the stream ends UNAVAILABLE (a live
-/// restart ends it so at once, with its operations carried over to the next
-/// daemon), the library waits its backoff and opens a new Stream RPC with
+/// restart ends it so, with its operations carried over to the next
+/// daemon), or CANCELLED without this client asking (the stopping daemon's
+/// gRPC server cut it short), the library waits its backoff and opens a new
+/// Stream RPC with
 /// {session_id, resumable, resume_after = the last seq received}, again
 /// until the policy's budget has passed. Meanwhile Submit and Cancel queue
 /// as usual (Submit blocks only for room in the window, which the pending
