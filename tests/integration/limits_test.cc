@@ -329,8 +329,13 @@ TEST(LimitsTest, ThreadPoolLimitsKeepSessionsApartAndNameThemselves) {
     });
   };
   // A's first open runs, holding a worker until the FIFO gets a writer; A is
-  // then at its running share: two more queue.
+  // then at its running share: two more queue. Waits for RUNNING: (1, 0) also
+  // holds before a worker took it, and two more would then find A's queue full.
   ASSERT_TRUE((*stream_a)->Submit({OpenFifoOp("hung", 1)}, done.Callback()).ok());
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = client.ListAll(v1::OpSelector());
+    return ops.ok() && ops->size() == 1 && (*ops)[0].state() == v1::OP_STATE_RUNNING;
+  }));
   ASSERT_TRUE(in_pool(1, 0));
   ASSERT_TRUE((*stream_a)->Submit({OpenFifoOp("hung", 2), OpenFifoOp("hung", 3)}, done.Callback()).ok());
   ASSERT_TRUE(in_pool(3, 2));
