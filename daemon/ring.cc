@@ -1,5 +1,6 @@
 #include "daemon/ring.h"
 
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -33,6 +34,14 @@ asyncd_ring_reason ReasonOf(absl::StatusCode code) {
 void WriteEventfd(int fd) {
   const uint64_t one = 1;
   (void)!write(fd, &one, sizeof one);
+}
+
+// The completion eventfd is shared with the client, which may have set it
+// blocking and its counter to the maximum: then a write would wait until
+// the client reads. Not written then (it has wake-ups enough pending).
+void WakeClient(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) != 0) WriteEventfd(fd);
 }
 
 }  // namespace
@@ -325,7 +334,7 @@ void Ring::Close() {
   std::lock_guard lock(mu_);
   (void)cq_.Flush();
   PublishLocked();
-  WriteEventfd(region_.complete_fd);  // whether the client waits or not: this is the end
+  WakeClient(region_.complete_fd);  // whether the client waits or not: this is the end
 }
 
 void Ring::PostLocked(const asyncd_ring_cqe& cqe) {
@@ -351,7 +360,7 @@ void Ring::PublishLocked() {
     flags_ &= ~ASYNCD_RING_CQ_OVERFLOW;
   }
   PublishFlagsLocked();
-  if (cq_.Publish()) WriteEventfd(region_.complete_fd);
+  if (cq_.Publish()) WakeClient(region_.complete_fd);
 }
 
 void Ring::PublishFlagsLocked() {

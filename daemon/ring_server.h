@@ -21,9 +21,6 @@ namespace asyncd::daemon {
 
 class Service;
 
-/// server.ring_socket for a daemon without rings.
-inline constexpr char kNoRingSocket[] = "off";
-
 struct RingServerOptions {
   std::string path;      // server.ring_socket
   uint32_t mode = 0660;  // server.socket_mode
