@@ -367,8 +367,8 @@ void UringBackend::SetUpAreas(Shard& shard) {
   for (int a = 1; a <= kMaxAreas; ++a) {
     const Area& area = areas_[a];
     if (area.bytes == 0) continue;
-    const int ret = UpdateArea(shard, static_cast<uint8_t>(a), const_cast<char*>(area.base),
-                               area.bytes);
+    const int ret =
+        UpdateArea(shard, static_cast<uint8_t>(a), const_cast<char*>(area.base), area.bytes);
     if (ret < 0) {
       LogAreaFailure("an area on a further ring", AreaError(ret).c_str());
     } else {
@@ -386,9 +386,10 @@ int UringBackend::UpdateArea(Shard& shard, uint8_t area, void* base, size_t byte
 
 void UringBackend::LogAreaFailure(const char* what, const char* why) {
   if (!area_failure_logged_.exchange(true, std::memory_order_relaxed)) {
-    spdlog::info("io_uring: could not register {} ({}): its reads and writes pin their buffers "
-                 "per op instead",
-                 what, why);
+    spdlog::info(
+        "io_uring: could not register {} ({}): its reads and writes pin their buffers per op "
+        "instead",
+        what, why);
   } else {
     spdlog::debug("io_uring: could not register {} ({})", what, why);
   }
@@ -424,25 +425,24 @@ void UringBackend::UnregisterArea(uint8_t area) noexcept {
     if (!area_taken_.test(area)) return;
   }
   AreaRequest req{area, nullptr, 0};
-  RunAreaRequest(req);  // a ring thread gone has taken the tables with it
+  RunAreaRequest(req);  // a ring thread gone has taken its tables with it
   std::lock_guard lock(area_mu_);
   area_taken_.reset(area);
 }
 
-bool UringBackend::RunAreaRequest(AreaRequest& req) {
+void UringBackend::RunAreaRequest(AreaRequest& req) {
   if (std::this_thread::get_id() == ring_thread_id_) {  // a sink registering: no hand-off
     ApplyArea(req);
-    return true;
+    return;
   }
   std::unique_lock lock(area_mu_);
-  if (areas_closed_) return false;
+  if (areas_closed_) return;
   area_in_.push_back(&req);
   lock.unlock();
   areas_waiting_.store(true, std::memory_order_seq_cst);
   Wake();
   lock.lock();
   area_cv_.wait(lock, [&req] { return req.done; });
-  return req.ok;
 }
 
 // Ring thread.

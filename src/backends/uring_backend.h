@@ -105,8 +105,9 @@ struct UringOptions {
 /// area - 1); anything else as a plain READ / WRITE, so a wrong area number
 /// costs the pinning it would have saved, never a transfer outside the area.
 /// Each ring pins the area and charges it to the daemon's RLIMIT_MEMLOCK
-/// (unless it has CAP_IPC_LOCK): once per ring made, so once up to
-/// shard_ops ops in flight. Ops run inline (TryRunInline) read as before.
+/// (unless it has CAP_IPC_LOCK): the first ring always, each further one
+/// once made (beyond shard_ops ops in flight) again. Reads run inline
+/// (TryRunInline, on the caller's own ring) stay plain.
 class UringBackend final : public core::Backend {
  public:
   /// Probes io_uring and starts the ring thread. UNAVAILABLE (with the
@@ -173,7 +174,7 @@ class UringBackend final : public core::Backend {
   // the caller's stack until `done`.
   struct AreaRequest {
     uint8_t area;
-    void* base;    // nullptr: unregister
+    void* base;  // nullptr: unregister
     size_t bytes;
     bool done = false;  // guarded by area_mu_
     bool ok = false;
@@ -209,7 +210,7 @@ class UringBackend final : public core::Backend {
     std::vector<uint32_t> free;  // indices of its free ring entries
     size_t on_ring = 0;
     bool failed = false;  // its ring could not be created: never used
-    bool has_table = false;   // its sparse table of kMaxAreas buffers is registered
+    bool has_table = false;            // its sparse table of kMaxAreas buffers is registered
     std::bitset<kMaxAreas + 1> fixed;  // areas registered in its table (by number)
     bool poked = false;   // may have completions to run (further shards)
   };
@@ -235,8 +236,8 @@ class UringBackend final : public core::Backend {
   // The buffer index for `p`'s read or write on `shard`, or -1: plain I/O.
   int FixedIndex(const Shard& shard, const core::OpParams& p) const;
   // Asks the ring thread to run `req` and waits until it has (or runs it
-  // here, on the ring thread); false when the ring thread has stopped.
-  bool RunAreaRequest(AreaRequest& req);
+  // here, on the ring thread). A ring thread gone answers req.ok false.
+  void RunAreaRequest(AreaRequest& req);
   // Submits the further shards' SQEs and runs their deferred completions.
   void EnterShards();
   void TakeSubmissions();
@@ -325,10 +326,10 @@ class UringBackend final : public core::Backend {
   std::atomic<bool> area_failure_logged_{false};
   std::mutex area_mu_;
   std::condition_variable area_cv_;
-  std::vector<AreaRequest*> area_in_;  // guarded by area_mu_
+  std::vector<AreaRequest*> area_in_;      // guarded by area_mu_
   std::bitset<kMaxAreas + 1> area_taken_;  // numbers handed out; guarded by area_mu_
-  bool areas_closed_ = false;  // the ring thread is gone; guarded by area_mu_
-  std::thread::id ring_thread_id_;  // set before Create returns
+  bool areas_closed_ = false;              // the ring thread is gone; guarded by area_mu_
+  std::thread::id ring_thread_id_;         // set before Create returns
 
   std::mutex shutdown_mu_;
   std::thread thread_;

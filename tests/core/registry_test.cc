@@ -559,9 +559,8 @@ TEST(DispatcherAreaTest, RegistersWithTheBackendOfReadsAndWrites) {
 TEST(DispatcherAreaTest, NoAreaWhenReadsAndWritesGoToDifferentBackends) {
   Registry registry;
   Dispatcher dispatcher(registry, AT_FDCWD);
-  mocks::FakeBackend reads(dispatcher, {.kind = BackendKind::kIoUring,
-                                        .kinds = {OpKind::kRead},
-                                        .area = 7});
+  mocks::FakeBackend reads(dispatcher,
+                           {.kind = BackendKind::kIoUring, .kinds = {OpKind::kRead}, .area = 7});
   mocks::FakeBackend fallback(dispatcher, {.area = 9});
   dispatcher.SetBackends({&reads, &fallback});
   char area[64];
