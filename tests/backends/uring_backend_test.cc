@@ -59,11 +59,11 @@ class Recorder final : public core::CompletionSink {
     const size_t i = op.cookie;
     states_[i] = op.state();
     results_[i] = op.result.load(std::memory_order_relaxed);
-    counts_[i].fetch_add(1, std::memory_order_relaxed);
+    counts_[i].fetch_add(1, std::memory_order_release);  // publishes state and result
     done_.fetch_add(1, std::memory_order_release);
   }
   int done() const { return done_.load(std::memory_order_acquire); }
-  int count(size_t i) const { return counts_[i].load(std::memory_order_relaxed); }
+  int count(size_t i) const { return counts_[i].load(std::memory_order_acquire); }
   OpState state(size_t i) const { return states_[i]; }
   int64_t result(size_t i) const { return results_[i]; }
 
