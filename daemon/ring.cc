@@ -53,6 +53,8 @@ Ring::Ring(Service& service, std::shared_ptr<SessionMeta> meta, RingRegion regio
       region_(region),
       wake_fd_(wake_fd),
       ctl_(static_cast<asyncd_ring_ctl*>(region.base)),
+      area_(dispatcher_.RegisterArea(At<uint8_t>(region.base, region.buffer_offset),
+                                     region.buffer_bytes)),
       sq_{ctl_, At<const asyncd_ring_sqe>(region.base, region.sq_offset), region.sq_entries, 0},
       taken_(region.sq_entries),
       overflow_(region.cq_entries),
@@ -68,6 +70,7 @@ Ring::Ring(Service& service, std::shared_ptr<SessionMeta> meta, RingRegion regio
 
 Ring::~Ring() {
   ASYNCD_CHECK(inflight_ == 0);
+  if (area_ != 0) dispatcher_.UnregisterArea(area_);
   munmap(region_.base, region_.bytes);
   for (int fd : {region_.memfd, region_.submit_fd, region_.complete_fd, conn_}) {
     if (fd >= 0) close(fd);
@@ -143,6 +146,7 @@ uint32_t Ring::Pass(uint32_t max) {
   const RingEntryLimits limits{.max_op_bytes = service_.live().max_op_bytes(),
                                .buffer = At<uint8_t>(region_.base, region_.buffer_offset),
                                .buffer_bytes = region_.buffer_bytes,
+                               .area = area_,
                                .now_ns = core::MonoNanos()};
   const bool draining = draining_.load(std::memory_order_relaxed);
   for (int i = 0; i < n; ++i) {
@@ -324,10 +328,12 @@ bool Ring::HasWork() {
   return __atomic_load_n(&ctl_->sq_tail, __ATOMIC_ACQUIRE) != sq_.head;
 }
 
-bool Ring::Finishable(int64_t now_ns) {
+bool Ring::Finishable() {
   std::lock_guard lock(mu_);
   if (!closed_ || inflight_ > 0 || cancel_reason_ != core::EndReason::kNone) return false;
-  return cq_.overflowed() == 0 || client_gone_ || stopping_ || now_ns - closed_ns_ > kReapGraceNs;
+  // Completions that wait for room keep the ring (and its charge) until the
+  // client reaps them or goes.
+  return cq_.overflowed() == 0 || client_gone_ || stopping_;
 }
 
 void Ring::Close() {
@@ -378,7 +384,6 @@ void Ring::CloseLocked(absl::StatusCode status, asyncd_ring_reason reason,
   if (closed_) return;  // the first reason stands
   WakePoller();
   closed_ = true;
-  closed_ns_ = core::MonoNanos();
   __atomic_store_n(&ctl_->closed_status, static_cast<uint32_t>(status), __ATOMIC_RELAXED);
   __atomic_store_n(&ctl_->closed_reason, static_cast<uint32_t>(reason), __ATOMIC_RELAXED);
   flags_ |= ASYNCD_RING_CLOSED;

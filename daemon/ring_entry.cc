@@ -114,6 +114,7 @@ RingEntry CheckRingEntry(const asyncd_ring_sqe& e, const RingEntryLimits& limits
         return Reject(ASYNCD_RING_REASON_BAD_BUFFER);
       }
       p.buf = limits.buffer + e.buffer_offset;
+      p.area = limits.area;
       p.len = e.length;
       p.offset = e.offset;
       break;

@@ -22,6 +22,7 @@ struct RingEntryLimits {
   uint32_t max_op_bytes = 0;   // limits.max_op_bytes
   uint8_t* buffer = nullptr;   // the daemon's mapping of the buffer area
   uint64_t buffer_bytes = 0;
+  uint8_t area = 0;            // the buffer area as Dispatcher::RegisterArea numbered it, or 0
   int64_t now_ns = 0;          // MonoNanos(): deadlines count from acceptance
 };
 
@@ -41,7 +42,8 @@ absl::StatusCode RingReasonCode(asyncd_ring_reason reason);
 /// Checks the copied entry `e` as the asyncd.v1 Operation of its kind is
 /// checked (daemon/convert.cc), plus what only the ring has: the buffer
 /// range, and every field the kind does not use being 0. The op's tag is
-/// its user_data; READ and WRITE point into `limits.buffer`. Pure.
+/// its user_data; READ and WRITE point into `limits.buffer` and name its
+/// area. Pure.
 RingEntry CheckRingEntry(const asyncd_ring_sqe& e, const RingEntryLimits& limits);
 
 /// The submission side as the daemon sees it: the client's region, and the

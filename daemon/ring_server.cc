@@ -24,6 +24,15 @@
 namespace asyncd::daemon {
 namespace {
 
+// A spin-wait hint to the CPU (and to its sibling hyperthread).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 constexpr uint64_t AlignUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 constexpr bool PowerOfTwo(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
@@ -203,7 +212,7 @@ void RingServer::Loop() {
       continue;
     }
     if (!rings_.empty() && now - idle_since < spin_ns) {
-      __builtin_ia32_pause();
+      CpuRelax();
       continue;
     }
     // Sleep, unless a client submitted after its last look at the flag:
@@ -212,9 +221,8 @@ void RingServer::Loop() {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     bool busy = false;
     for (auto& slot : rings_) busy = busy || slot->ring->HasWork();
-    // Timers: handshakes that must not wait forever, and a closed ring's
-    // grace to reap.
-    const int timeout_ms = pending_.empty() && rings_.empty() ? -1 : 250;
+    // A handshake must not wait forever.
+    const int timeout_ms = pending_.empty() ? -1 : 250;
     if (!busy && !stopping) Poll(timeout_ms);
     for (auto& slot : rings_) slot->ring->SetNeedWakeup(false);
     idle_since = core::MonoNanos();
@@ -400,7 +408,7 @@ void RingServer::Reap(int64_t now_ns) {
   });
   std::erase_if(rings_, [&](const std::unique_ptr<Slot>& slot) {
     Ring& ring = *slot->ring;
-    if (!ring.Finishable(now_ns)) return false;
+    if (!ring.Finishable()) return false;
     epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, ring.submit_fd(), nullptr);
     epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, ring.conn(), nullptr);
     ring.Close();

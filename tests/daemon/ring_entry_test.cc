@@ -121,6 +121,7 @@ TEST_F(RingEntryTest, AcceptedEntriesBecomeTheOpOfTheirKind) {
   asyncd_ring_sqe e = Read(4096, buffer_.size() - 4096);
   e.offset = -1;
   e.deadline_ms = 250;
+  limits_.area = 3;
   RingEntry r = CheckRingEntry(e, limits_);
   ASSERT_EQ(r.kind, RingEntry::Kind::kOp);
   EXPECT_EQ(r.request.kind, core::OpKind::kRead);
@@ -128,6 +129,7 @@ TEST_F(RingEntryTest, AcceptedEntriesBecomeTheOpOfTheirKind) {
   EXPECT_EQ(r.request.tag, 42u);
   EXPECT_EQ(r.request.params.buf, buffer_.data() + buffer_.size() - 4096);  // zero copy
   EXPECT_EQ(r.request.params.len, 4096u);
+  EXPECT_EQ(r.request.params.area, 3);  // io_uring's fixed buffer, when registered
   EXPECT_EQ(r.request.params.offset, -1);
   EXPECT_EQ(r.request.params.deadline_ns, limits_.now_ns + 250'000'000);
 
@@ -168,6 +170,7 @@ TEST_F(RingEntryTest, AcceptedEntriesBecomeTheOpOfTheirKind) {
   r = CheckRingEntry(Entry(ASYNCD_RING_OP_NOP), limits_);
   ASSERT_EQ(r.kind, RingEntry::Kind::kOp);
   EXPECT_EQ(r.request.kind, core::OpKind::kNop);
+  EXPECT_EQ(r.request.params.area, 0);
 }
 
 TEST(RingSqTest, TakesWhatIsReadyUpToMaxAndRefusesImpossibleTails) {
