@@ -23,11 +23,16 @@ T* At(void* base, uint64_t offset) {
 // Why the Dispatcher refused an op, as a ring reason.
 asyncd_ring_reason ReasonOf(absl::StatusCode code) {
   switch (code) {
-    case absl::StatusCode::kNotFound: return ASYNCD_RING_REASON_UNKNOWN_HANDLE;
-    case absl::StatusCode::kFailedPrecondition: return ASYNCD_RING_REASON_SESSION_ENDED;
-    case absl::StatusCode::kUnavailable: return ASYNCD_RING_REASON_DRAINING;
-    case absl::StatusCode::kInvalidArgument: return ASYNCD_RING_REASON_BAD_FIELD;
-    default: return ASYNCD_RING_REASON_OVER_LIMIT;
+    case absl::StatusCode::kNotFound:
+      return ASYNCD_RING_REASON_UNKNOWN_HANDLE;
+    case absl::StatusCode::kFailedPrecondition:
+      return ASYNCD_RING_REASON_SESSION_ENDED;
+    case absl::StatusCode::kUnavailable:
+      return ASYNCD_RING_REASON_DRAINING;
+    case absl::StatusCode::kInvalidArgument:
+      return ASYNCD_RING_REASON_BAD_FIELD;
+    default:
+      return ASYNCD_RING_REASON_OVER_LIMIT;
   }
 }
 
@@ -82,7 +87,8 @@ Ring::~Ring() {
 absl::Status Ring::Attach(const Caller& caller) {
   meta_->Attach(this);
   // A session ended before the attach would never tell this ring.
-  absl::StatusOr<std::shared_ptr<SessionMeta>> still = service_.sessions().Own(caller, session_id());
+  absl::StatusOr<std::shared_ptr<SessionMeta>> still =
+      service_.sessions().Own(caller, session_id());
   if (!still.ok()) {
     meta_->Detach(this, core::MonoNanos());
     return still.status();
@@ -352,8 +358,8 @@ void Ring::PostRejectedLocked(const Rejected& r) {
   asyncd_ring_cqe cqe{};
   cqe.user_data = r.user_data;
   cqe.outcome = v1::OUTCOME_REJECTED;
-  cqe.status = static_cast<uint16_t>(r.code != absl::StatusCode::kOk ? r.code
-                                                                      : RingReasonCode(r.reason));
+  cqe.status =
+      static_cast<uint16_t>(r.code != absl::StatusCode::kOk ? r.code : RingReasonCode(r.reason));
   cqe.reason = static_cast<uint16_t>(r.reason);
   PostLocked(cqe);
   service_.observer().counters().OnRejected();
@@ -375,8 +381,7 @@ void Ring::PublishFlagsLocked() {
   __atomic_store_n(&ctl_->flags, flags_, __ATOMIC_RELEASE);
 }
 
-void Ring::CloseLocked(absl::StatusCode status, asyncd_ring_reason reason,
-                       core::EndReason cancel) {
+void Ring::CloseLocked(absl::StatusCode status, asyncd_ring_reason reason, core::EndReason cancel) {
   if (cancel != core::EndReason::kNone && cancel_reason_ == core::EndReason::kNone) {
     cancel_reason_ = cancel;
     WakePoller();

@@ -173,7 +173,7 @@ class Ring final : public core::CompletionSink, public SessionListener {
   uint32_t free_ = kNone;
   uint32_t oldest_ = kNone;  // live ops in submission order
   uint32_t newest_ = kNone;
-  uint32_t inflight_ = 0;    // ops submitted (or being submitted) and not ended
+  uint32_t inflight_ = 0;     // ops submitted (or being submitted) and not ended
   uint64_t taken_total_ = 0;  // entries taken; less cq_.posted(): those without a CQE in the CQ
   uint32_t flags_ = 0;        // ctl.flags as the daemon last wrote it
   bool closed_ = false;

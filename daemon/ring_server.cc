@@ -1,6 +1,7 @@
 #include "daemon/ring_server.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -11,8 +12,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -88,9 +87,8 @@ absl::Status CheckRingSetup(asyncd_ring_setup& setup, uint64_t max_buffered_byte
         "magic: 0x%08x is not ASYNCD_RING_MAGIC 0x%08x", setup.magic, ASYNCD_RING_MAGIC));
   }
   if (setup.version != ASYNCD_RING_VERSION) {
-    return absl::InvalidArgumentError(absl::StrCat("version: ", setup.version,
-                                                   " is not supported; this daemon speaks ",
-                                                   ASYNCD_RING_VERSION));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "version: ", setup.version, " is not supported; this daemon speaks ", ASYNCD_RING_VERSION));
   }
   if (setup.session_id == 0) return absl::InvalidArgumentError("session_id: 0 is not a session");
   for (size_t i = 0; i < std::size(setup.reserved); ++i) {
@@ -98,25 +96,23 @@ absl::Status CheckRingSetup(asyncd_ring_setup& setup, uint64_t max_buffered_byte
       return absl::InvalidArgumentError(absl::StrCat("reserved[", i, "]: must be 0"));
     }
   }
-  const uint32_t sq =
-      setup.sq_entries != 0 ? setup.sq_entries : ASYNCD_RING_DEFAULT_SQ_ENTRIES;
+  const uint32_t sq = setup.sq_entries != 0 ? setup.sq_entries : ASYNCD_RING_DEFAULT_SQ_ENTRIES;
   if (!PowerOfTwo(sq) || sq > ASYNCD_RING_MAX_SQ_ENTRIES) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sq_entries: ", setup.sq_entries, " is not a power of two in 1..",
-        ASYNCD_RING_MAX_SQ_ENTRIES, " (0 = ", ASYNCD_RING_DEFAULT_SQ_ENTRIES, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sq_entries: ", setup.sq_entries, " is not a power of two in 1..",
+                     ASYNCD_RING_MAX_SQ_ENTRIES, " (0 = ", ASYNCD_RING_DEFAULT_SQ_ENTRIES, ")"));
   }
   const uint32_t cq = setup.cq_entries != 0 ? setup.cq_entries : 2 * sq;
   if (!PowerOfTwo(cq) || cq < sq || cq > ASYNCD_RING_MAX_CQ_ENTRIES) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cq_entries: ", setup.cq_entries, " is not a power of two in sq_entries (",
-                     sq, ")..", ASYNCD_RING_MAX_CQ_ENTRIES, " (0 = 2 x sq_entries)"));
+        absl::StrCat("cq_entries: ", setup.cq_entries, " is not a power of two in sq_entries (", sq,
+                     ")..", ASYNCD_RING_MAX_CQ_ENTRIES, " (0 = 2 x sq_entries)"));
   }
   const uint64_t buffer =
       setup.buffer_bytes != 0 ? setup.buffer_bytes : ASYNCD_RING_DEFAULT_BUFFER_BYTES;
   if (buffer % ASYNCD_RING_BUFFER_ALIGN != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("buffer_bytes: ", setup.buffer_bytes,
-                                                   " is not a multiple of ",
-                                                   ASYNCD_RING_BUFFER_ALIGN));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "buffer_bytes: ", setup.buffer_bytes, " is not a multiple of ", ASYNCD_RING_BUFFER_ALIGN));
   }
   if (buffer > max_buffered_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -310,8 +306,8 @@ void RingServer::Answer(Pending& p) {
   absl::StatusOr<std::unique_ptr<Ring>> ring;
   std::optional<PeerCred> cred = PeerCredOf(conn);
   if (static_cast<size_t>(got) != sizeof(asyncd_ring_setup)) {
-    ring = absl::InvalidArgumentError(absl::StrCat("setup: ", got == sizeof buf ? "over " : "",
-                                                   got, " bytes; struct asyncd_ring_setup is ",
+    ring = absl::InvalidArgumentError(absl::StrCat("setup: ", got == sizeof buf ? "over " : "", got,
+                                                   " bytes; struct asyncd_ring_setup is ",
                                                    sizeof(asyncd_ring_setup)));
   } else if (!cred) {
     ring = absl::PermissionDeniedError("the ring socket's peer has no credentials");

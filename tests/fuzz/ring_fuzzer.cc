@@ -34,12 +34,12 @@ using asyncd::daemon::RingEntryLimits;
 using asyncd::daemon::RingSq;
 using asyncd::daemon::TakeRingEntries;
 
-#define INVARIANT(cond)                                                \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
+#define INVARIANT(cond)                                                          \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
       std::fprintf(stderr, "invariant broken: %s (line %d)\n", #cond, __LINE__); \
-      std::abort();                                                    \
-    }                                                                  \
+      std::abort();                                                              \
+    }                                                                            \
   } while (0)
 
 class Input {
@@ -98,9 +98,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int steps = 0; !in.empty() && steps < 10000; ++steps) {
     switch (in.Take<uint8_t>() % 6) {
       case 0: {  // the client scribbles on the control block or the SQ
-        const uint32_t at = in.Take<uint32_t>() %
-                            static_cast<uint32_t>(sizeof(asyncd_ring_ctl) +
-                                                  sq_size * sizeof(asyncd_ring_sqe) - 7);
+        const uint32_t at =
+            in.Take<uint32_t>() %
+            static_cast<uint32_t>(sizeof(asyncd_ring_ctl) + sq_size * sizeof(asyncd_ring_sqe) - 7);
         const uint64_t v = in.Take<uint64_t>();
         std::memcpy(region + at, &v, sizeof v);
         break;

@@ -5,6 +5,7 @@
 // session, its socket, a drain, and a hostile client's broken indices, bad
 // entries and unreaped completions.
 #include <errno.h>
+#include <gmock/gmock.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -12,8 +13,6 @@
 #include <map>
 #include <random>
 #include <set>
-
-#include <gmock/gmock.h>
 
 #include "tests/integration/daemon_fixture.h"
 #include "tests/integration/ring_raw.h"
@@ -266,8 +265,7 @@ TEST_P(RingTest, RejectsBadEntriesWithStatusAndReasonAndRunsNothing) {
        }},
       {kInvalidArgument, ASYNCD_RING_REASON_BAD_BUFFER,
        [&](auto& e) {
-         e.kind = ASYNCD_RING_OP_WRITE, e.handle = *h, e.length = 1,
-         e.buffer_offset = ~uint64_t{0};
+         e.kind = ASYNCD_RING_OP_WRITE, e.handle = *h, e.length = 1, e.buffer_offset = ~uint64_t{0};
        }},
       {kResourceExhausted, ASYNCD_RING_REASON_TOO_LONG,
        [&](auto& e) { e.kind = ASYNCD_RING_OP_READ, e.handle = *h, e.length = (1 << 20) + 1; }},
@@ -316,8 +314,8 @@ TEST_P(RingTest, ABlockedReadIsListedAndCancelledByRpcAndByAsyncctl) {
 
   // asyncctl sees and cancels them too.
   const v1::OperationInfo second = BlockedRead(*ring, fifo, 78);
-  FILE* p = popen((std::string(ASYNCCTL_BINARY) + " --socket " + daemon_.socket() +
-                   " ops cancel " + std::to_string(second.op_id()))
+  FILE* p = popen((std::string(ASYNCCTL_BINARY) + " --socket " + daemon_.socket() + " ops cancel " +
+                   std::to_string(second.op_id()))
                       .c_str(),
                   "r");
   ASSERT_NE(p, nullptr);
@@ -366,6 +364,40 @@ TEST_P(RingTest, ACancelEntryCancelsTheOldestWithItsUserDataAndAnswers) {
   ASSERT_TRUE(ops.ok());
   ASSERT_EQ(ops->size(), 1u);
   EXPECT_EQ((*ops)[0].tag(), 6u);
+}
+
+TEST_P(RingTest, WatchSeesRingOpsBeginAndEnd) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(20));
+  auto reader = client_.stub().Watch(&ctx, v1::WatchRequest());
+  std::atomic<bool> submitted{false};
+  std::atomic<bool> completed{false};
+  std::thread watcher([&] {
+    v1::WatchEvent e;
+    while ((!submitted || !completed) && reader->Read(&e)) {
+      if (e.session_id() != s || e.kind() != v1::OP_KIND_NOP) continue;
+      submitted = submitted || e.type() == v1::EVENT_TYPE_SUBMITTED;
+      completed = completed || (e.type() == v1::EVENT_TYPE_COMPLETED &&
+                                e.outcome() == v1::OUTCOME_COMPLETED);
+    }
+  });
+  // The watcher registers asynchronously: submit until it has seen one.
+  const auto until = std::chrono::steady_clock::now() + seconds(10);
+  while ((!submitted || !completed) && std::chrono::steady_clock::now() < until) {
+    asyncd_ring_sqe* e = ring->Next();
+    e->kind = ASYNCD_RING_OP_NOP;
+    e->user_data = 5;
+    ring->Submit();
+    EXPECT_EQ(ring->Wait(1).size(), 1u);
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  ctx.TryCancel();
+  watcher.join();
+  EXPECT_TRUE(submitted);
+  EXPECT_TRUE(completed);
 }
 
 TEST_P(RingTest, ADeadlineEndsARingOpTimedOut) {
@@ -634,7 +666,8 @@ TEST_P(RingTest, NopsPerSecond) {
     for (const auto& c : batch) ASSERT_EQ(c.outcome, v1::OUTCOME_COMPLETED);
   }
   done += ring->Wait(submitted - done).size();
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(done, submitted);
   std::printf("%s: %.0f NOPs/s through one ring (%lu in %.2f s)\n", Name(GetParam()).c_str(),
               done / secs, static_cast<unsigned long>(done), secs);
