@@ -1,6 +1,5 @@
 #include "daemon/ring.h"
 
-#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -41,12 +40,11 @@ void WriteEventfd(int fd) {
   (void)!write(fd, &one, sizeof one);
 }
 
-// The completion eventfd is shared with the client, which may have set it
-// blocking and its counter to the maximum: then a write would wait until
-// the client reads. Not written then (it has wake-ups enough pending).
+// The completion pipe's write end is non-blocking and the daemon's alone: a
+// full pipe (a client that does not read it) already holds a wake-up.
 void WakeClient(int fd) {
-  pollfd p{fd, POLLOUT, 0};
-  if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) != 0) WriteEventfd(fd);
+  const char one = 1;
+  (void)!write(fd, &one, 1);
 }
 
 }  // namespace
@@ -77,7 +75,8 @@ Ring::~Ring() {
   ASYNCD_CHECK(inflight_ == 0);
   if (area_ != 0) dispatcher_.UnregisterArea(area_);
   munmap(region_.base, region_.bytes);
-  for (int fd : {region_.memfd, region_.submit_fd, region_.complete_fd, conn_}) {
+  for (int fd : {region_.memfd, region_.submit_fd, region_.complete_fd,
+                 region_.complete_write_fd, conn_}) {
     if (fd >= 0) close(fd);
   }
   service_.budget().ReleaseBytes(region_.buffer_bytes);
@@ -346,7 +345,7 @@ void Ring::Close() {
   std::lock_guard lock(mu_);
   (void)cq_.Flush();
   PublishLocked();
-  WakeClient(region_.complete_fd);  // whether the client waits or not: this is the end
+  WakeClient(region_.complete_write_fd);  // whether the client waits or not: this is the end
 }
 
 void Ring::PostLocked(const asyncd_ring_cqe& cqe) {
@@ -372,7 +371,7 @@ void Ring::PublishLocked() {
     flags_ &= ~ASYNCD_RING_CQ_OVERFLOW;
   }
   PublishFlagsLocked();
-  if (cq_.Publish()) WakeClient(region_.complete_fd);
+  if (cq_.Publish()) WakeClient(region_.complete_write_fd);
 }
 
 void Ring::PublishFlagsLocked() {

@@ -31,7 +31,8 @@ struct RingRegion {
   uint64_t buffer_bytes = 0;  // charged to the Budget's bytes for the ring's life
   int memfd = -1;
   int submit_fd = -1;    // eventfd: the client wakes the poller
-  int complete_fd = -1;  // eventfd: the daemon wakes a waiting client
+  int complete_fd = -1;        // the completion pipe's read end, the client's
+  int complete_write_fd = -1;  // its write end (non-blocking): wakes a waiting client
 };
 
 /// One client's ring (asyncd/ring.h): it takes entries from the client's

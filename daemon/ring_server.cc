@@ -35,14 +35,15 @@ inline void CpuRelax() {
 constexpr uint64_t AlignUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 constexpr bool PowerOfTwo(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-// The region, sealed at its size, mapped here, and the two eventfds.
+// The region, sealed at its size, mapped here, the submit eventfd and the
+// completion pipe.
 absl::StatusOr<RingRegion> MakeRegion(RingRegion r) {
   r.memfd = memfd_create("asyncd-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (r.memfd < 0) return absl::ErrnoToStatus(errno, "ring: memfd_create");
   auto fail = [&](const char* what) {
     absl::Status s = absl::ErrnoToStatus(errno, absl::StrCat("ring: ", what));
     if (r.base != nullptr) munmap(r.base, r.bytes);
-    for (int fd : {r.memfd, r.submit_fd, r.complete_fd}) {
+    for (int fd : {r.memfd, r.submit_fd, r.complete_fd, r.complete_write_fd}) {
       if (fd >= 0) close(fd);
     }
     return s;
@@ -60,9 +61,14 @@ absl::StatusOr<RingRegion> MakeRegion(RingRegion r) {
   // a client that reads it, or sets it blocking, can stall nothing.
   r.submit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (r.submit_fd < 0) return fail("eventfd");
-  // Blocking, for the client's read; the daemon's writes never wait.
-  r.complete_fd = eventfd(0, EFD_CLOEXEC);
-  if (r.complete_fd < 0) return fail("eventfd");
+  // A pipe, not an eventfd: an eventfd's blocking mode is the client's to
+  // change too, which could make the daemon's writes wait. The write end's
+  // is the daemon's alone.
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return fail("pipe2");
+  r.complete_fd = pipe_fds[0];
+  r.complete_write_fd = pipe_fds[1];
+  if (fcntl(r.complete_write_fd, F_SETFL, O_NONBLOCK) != 0) return fail("fcntl");
   return r;
 }
 

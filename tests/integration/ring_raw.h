@@ -47,6 +47,7 @@ class RawRing {
   uint32_t flags() { return __atomic_load_n(&ctl()->flags, __ATOMIC_ACQUIRE); }
   int memfd() const { return memfd_; }
   int sock() const { return sock_; }
+  int complete_fd() const { return complete_fd_; }
   /// Closes the ring socket: the ring's lifeline.
   void Hangup() {
     close(sock_);
@@ -89,7 +90,7 @@ class RawRing {
     __atomic_store_n(&ctl()->cq_head, cq_head_, __ATOMIC_RELEASE);
     return n;
   }
-  /// Reaps until `n` CQEs came (sleeping on the completion eventfd between
+  /// Reaps until `n` CQEs came (sleeping on the completion pipe between
   /// looks, as ring.h says), or `timeout` passed. Kicks the daemon when it
   /// holds overflowed completions.
   std::vector<asyncd_ring_cqe> Wait(size_t n,

@@ -5,6 +5,8 @@
 // session, its socket, a drain, and a hostile client's broken indices, bad
 // entries and unreaped completions.
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <gmock/gmock.h>
 #include <sys/stat.h>
 
@@ -494,6 +496,46 @@ TEST_P(RingTest, CompletionsThatFindTheRingFullWaitUntilTheClientReaps) {
   }
   EXPECT_EQ(seen.size(), 24u);
   EXPECT_EQ(ring->flags() & ASYNCD_RING_CQ_OVERFLOW, 0u);
+}
+
+// The daemon's wake-ups go to a pipe whose write end is its own: a client
+// that waits (CQ_WAITING) but never reads the pipe, and shrank it to a page,
+// fills it, and then the daemon's writes find it full and go on.
+TEST_P(RingTest, AClientThatNeverReadsTheCompletionPipeStallsNothing) {
+  const uint64_t s = NewSession("sleeper");
+  auto ring = NewRing(s, 8, 8);
+  ASSERT_NE(ring, nullptr);
+  const int page = static_cast<int>(sysconf(_SC_PAGESIZE));
+  ASSERT_EQ(fcntl(ring->complete_fd(), F_SETPIPE_SZ, page), page);
+  __atomic_or_fetch(&ring->ctl()->client_flags, ASYNCD_RING_CQ_WAITING, __ATOMIC_SEQ_CST);
+  std::vector<asyncd_ring_cqe> cqes;
+  const int rounds = 2 * page;  // at least one wake-up each: twice what the pipe holds
+  for (int i = 0; i < rounds; ++i) {
+    asyncd_ring_sqe* e = ring->Next();
+    ASSERT_NE(e, nullptr);
+    e->kind = ASYNCD_RING_OP_NOP;
+    e->user_data = i;
+    ring->Submit();
+    const auto until = std::chrono::steady_clock::now() + seconds(10);
+    while (ring->Reap(cqes) == 0) {  // spins: WaitFor's naps would make this take minutes
+      ASSERT_LT(std::chrono::steady_clock::now(), until) << "round " << i;
+      std::this_thread::yield();
+    }
+  }
+  EXPECT_EQ(cqes.size(), static_cast<size_t>(rounds));
+  int queued = 0;
+  ASSERT_EQ(ioctl(ring->complete_fd(), FIONREAD, &queued), 0);
+  EXPECT_EQ(queued, page) << "the daemon did not wake the client through the pipe";
+
+  auto other = NewRing(NewSession("other"), 8);
+  ASSERT_NE(other, nullptr);
+  asyncd_ring_sqe* e = other->Next();
+  e->kind = ASYNCD_RING_OP_NOP;
+  e->user_data = 7;
+  other->Submit();
+  auto done = other->Wait(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].outcome, v1::OUTCOME_COMPLETED);
 }
 
 TEST_P(RingTest, ADrainEndsTheRingUnavailable) {

@@ -25,7 +25,11 @@
  *        cq_offset and the buffer area at buffer_offset (map it shared,
  *        read and write);
  *      - the submit eventfd: write 1 to it to wake the daemon;
- *      - the completion eventfd: the daemon writes it when the client waits.
+ *      - the completion pipe's read end: the daemon writes a byte to the
+ *        pipe when the client waits; read and discard what is there (a
+ *        pipe and not an eventfd because an eventfd's blocking mode would
+ *        be shared with the client, who could then make the daemon's
+ *        writes wait).
  *    Otherwise message says why, and no descriptor comes:
  *      INVALID_ARGUMENT    a malformed setup (the field is named);
  *      NOT_FOUND           no such session;
@@ -58,7 +62,7 @@
  *
  * Reap: read entries from cq_head to cq_tail, then publish cq_head. To wait,
  * set ASYNCD_RING_CQ_WAITING in ctl.client_flags, a full barrier, check
- * cq_tail again, and only then read the completion eventfd; clear the flag
+ * cq_tail again, and only then wait for the completion pipe; clear the flag
  * after waking.
  *
  * Every accepted entry gets exactly one completion entry; so does every
@@ -77,7 +81,7 @@
  * Ending: when the session ends, the daemon drains or restarts, or the
  * indices are broken, the daemon sets ASYNCD_RING_CLOSED with
  * closed_status and closed_reason, posts the completions of the ring's
- * operations still in flight, writes the completion eventfd and closes the
+ * operations still in flight, writes the completion pipe and closes the
  * ring socket. Entries it had not taken then are never run.
  */
 #ifndef ASYNCD_RING_H_
@@ -135,7 +139,7 @@ struct asyncd_ring_setup_reply {
 #define ASYNCD_RING_CQ_OVERFLOW (1u << 1) /* completions wait for room in the ring */
 #define ASYNCD_RING_CLOSED (1u << 2)      /* the ring takes nothing more; see closed_status */
 /* ctl.client_flags, written by the client. */
-#define ASYNCD_RING_CQ_WAITING (1u << 0)  /* the client sleeps on the completion eventfd */
+#define ASYNCD_RING_CQ_WAITING (1u << 0)  /* the client sleeps on the completion pipe */
 
 /* At offset 0 of the region. Each index has a cache line of its own. */
 struct asyncd_ring_ctl {
