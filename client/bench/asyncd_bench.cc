@@ -1036,6 +1036,29 @@ int Run(Config& config) {
     seconds = std::chrono::duration<double>(config.duration).count();
   };
 
+  // With the workers set up: the window, the --list-every operator beside
+  // them, the report.
+  auto run_load = [&](auto& workers, const char* what) {
+    start_window();
+    std::unique_ptr<Lister> lister;
+    if (config.list_every.count() > 0) {
+      lister = std::make_unique<Lister>(config, window);
+      lister->Start();
+    }
+    for (auto& w : workers) w->Start();
+    int rc = 0;
+    for (auto& w : workers) {
+      if (absl::Status s = w->Join(); !s.ok()) {
+        std::fprintf(stderr, "asyncd-bench: %s ended: %s\n", what, s.ToString().c_str());
+        rc = 1;
+      }
+      total.Merge(w->stats());
+    }
+    if (lister != nullptr) lister->Join();
+    Report(config, target, total, seconds, lister != nullptr ? &lister->stats() : nullptr);
+    return rc;
+  };
+
   if (config.mode == "stream") {
     // One channel per stream: separate HTTP/2 connections, as separate
     // client processes would have.
@@ -1048,24 +1071,7 @@ int Run(Config& config) {
       }
       workers.push_back(std::move(w));
     }
-    start_window();
-    std::unique_ptr<Lister> lister;
-    if (config.list_every.count() > 0) {
-      lister = std::make_unique<Lister>(config, window);
-      lister->Start();
-    }
-    for (auto& w : workers) w->Start();
-    int rc = 0;
-    for (auto& w : workers) {
-      if (absl::Status s = w->Join(); !s.ok()) {
-        std::fprintf(stderr, "asyncd-bench: stream ended: %s\n", s.ToString().c_str());
-        rc = 1;
-      }
-      total.Merge(w->stats());
-    }
-    if (lister != nullptr) lister->Join();
-    Report(config, target, total, seconds, lister != nullptr ? &lister->stats() : nullptr);
-    return rc;
+    return run_load(workers, "stream");
   }
 
   if (config.mode == "ring") {
@@ -1078,24 +1084,7 @@ int Run(Config& config) {
       }
       workers.push_back(std::move(w));
     }
-    start_window();
-    std::unique_ptr<Lister> lister;
-    if (config.list_every.count() > 0) {
-      lister = std::make_unique<Lister>(config, window);
-      lister->Start();
-    }
-    for (auto& w : workers) w->Start();
-    int rc = 0;
-    for (auto& w : workers) {
-      if (absl::Status s = w->Join(); !s.ok()) {
-        std::fprintf(stderr, "asyncd-bench: ring ended: %s\n", s.ToString().c_str());
-        rc = 1;
-      }
-      total.Merge(w->stats());
-    }
-    if (lister != nullptr) lister->Join();
-    Report(config, target, total, seconds, lister != nullptr ? &lister->stats() : nullptr);
-    return rc;
+    return run_load(workers, "ring");
   }
 
   if (config.mode == "health") {
