@@ -188,6 +188,7 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
       {"server",
        {{"socket", Str(&Config::socket)},
         {"takeover_socket", Str(&Config::takeover_socket)},
+        {"ring_socket", Str(&Config::ring_socket)},
         {"root", Str(&Config::root)},
         {"tcp", HostPort(&Config::tcp)},
         {"tcp_insecure", Bool(&Config::tcp_insecure)},
@@ -207,6 +208,7 @@ const std::map<std::string, std::map<std::string, Setter>>& Schema() {
         {"thread_pool_threads", U32(&Config::thread_pool_threads, 0, 4096)},
         {"thread_pool_queue", U32(&Config::thread_pool_queue, 1, 1 << 24)},
         {"path_resolver", OneOf(&Config::path_resolver, {"auto", "openat2", "userspace"})}}},
+      {"ring", {{"spin_us", U32(&Config::ring_spin_us, 0, 10000)}}},
       {"limits",
        {{"max_sessions", U32(&Config::max_sessions, 1, 65535)},
         {"max_inflight_per_session", U32(&Config::max_inflight_per_session, 1, (1 << 20) - 1)},
@@ -367,6 +369,7 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, Config base) {
 void ApplyDefaults(Config& config) {
   if (config.socket.empty()) config.socket = core::DefaultSocketPath();
   if (config.takeover_socket.empty()) config.takeover_socket = config.socket + ".takeover";
+  if (config.ring_socket.empty()) config.ring_socket = config.socket + ".ring";
   if (config.root.empty()) config.root = core::DefaultRootDir();
   if (config.state_dir.empty()) {
     const char* state = std::getenv("STATE_DIRECTORY");

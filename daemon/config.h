@@ -34,6 +34,9 @@ struct Config {
   // Where `asyncd --takeover` asks (daemon/takeover.h); default: socket +
   // ".takeover"; kNoTakeoverSocket: nowhere.
   std::string takeover_socket;
+  // The local ring's socket (daemon/ring_server.h); default: socket +
+  // ".ring"; "off" (kNoRingSocket): no rings.
+  std::string ring_socket;
   std::string root;         // default: core::DefaultRootDir()
   std::string tcp;          // "ADDR:PORT"; empty = no TCP listener
   bool tcp_insecure = false;  // plaintext TCP (no TLS): only when set explicitly
@@ -55,6 +58,9 @@ struct Config {
   uint32_t thread_pool_threads = 0;  // 0 = max(4, 2 x cores)
   uint32_t thread_pool_queue = 8192;
   std::string path_resolver = "auto";  // auto | openat2 | userspace
+
+  // [ring]
+  uint32_t ring_spin_us = 30;  // the idle poller spins this long before it sleeps
 
   // [limits]
   uint32_t max_sessions = 1024;

@@ -325,6 +325,15 @@ std::string_view CancelledBy(core::EndReason reason) {
 
 }  // namespace
 
+int32_t CompletionResult(core::OpState state, core::OpKind kind, int64_t result) {
+  const int error = ErrorOf(state, result);
+  if (error != 0) return -error;
+  if (kind == core::OpKind::kPoll && state == core::OpState::kCompleted) {
+    return static_cast<int32_t>(ToProtoPollEvents(result));
+  }
+  return static_cast<int32_t>(result);
+}
+
 void FillCompletion(const core::Op& op, OpBuffers& buffers) {
   v1::Completion& c = buffers.completion;
   const uint64_t w = op.head->word.load(std::memory_order_acquire);
@@ -342,7 +351,7 @@ void FillCompletion(const core::Op& op, OpBuffers& buffers) {
   const uint64_t bytes = op.bytes_done.load(std::memory_order_relaxed);
   c.set_bytes_done(bytes);
   const int error = ErrorOf(state, result);
-  c.set_result(error != 0 ? -error : static_cast<int32_t>(result));
+  c.set_result(CompletionResult(state, kind, result));
   c.set_error_number(error);
   if (error != 0) c.set_error_name(ErrnoName(error));
   if (state == core::OpState::kCancelled) {
@@ -364,7 +373,6 @@ void FillCompletion(const core::Op& op, OpBuffers& buffers) {
       break;
     case core::OpKind::kPoll:
       c.set_revents(ToProtoPollEvents(result));
-      c.set_result(static_cast<int32_t>(c.revents()));
       break;
     case core::OpKind::kStatx: {
       const struct statx& x = buffers.stx;

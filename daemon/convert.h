@@ -32,6 +32,10 @@ struct OpBuffers {
                                        int64_t call_deadline_ns, OpBuffers& buffers,
                                        core::OpRequest& out);
 
+/// Completion.result of an op that ended in terminal `state`: its result,
+/// -ECANCELED or -ETIMEDOUT, or for a completed poll its PollEvents bits.
+int32_t CompletionResult(core::OpState state, core::OpKind kind, int64_t result);
+
 /// Fills buffers.completion from a finished op (terminal, not yet retired).
 void FillCompletion(const core::Op& op, OpBuffers& buffers);
 

@@ -31,8 +31,8 @@ absl::Status Errno(const char* what, const std::string& path) {
   return absl::ErrnoToStatus(errno, absl::StrCat(what, " ", path));
 }
 
-bool SomeoneListens(const sockaddr_un& addr) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+bool SomeoneListens(const sockaddr_un& addr, int type) {
+  const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
   if (fd < 0) return false;
   const bool live = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
@@ -41,13 +41,33 @@ bool SomeoneListens(const sockaddr_un& addr) {
 
 }  // namespace
 
+std::optional<PeerCred> PeerCredOf(int conn) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return std::nullopt;
+  PeerCred peer{cred.uid, cred.gid, static_cast<uint32_t>(cred.pid), {}};
+  // Supplementary groups as the kernel recorded them at connect
+  // (SO_PEERGROUPS, Linux 4.13+); without them only uid/gid count.
+  std::vector<gid_t> groups(64);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+      peer.groups.assign(groups.begin(), groups.begin() + glen / sizeof(gid_t));
+      break;
+    }
+    if (errno != ERANGE) break;
+    groups.resize(glen / sizeof(gid_t) + 1);
+  }
+  return peer;
+}
+
 UnixListener::UnixListener(int fd, std::string path, bool owns_path)
     : fd_(fd), path_(std::move(path)), owns_path_(owns_path) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
-absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path,
-                                                                 uint32_t mode, int64_t gid) {
+absl::StatusOr<BoundUnixSocket> BindUnixSocket(const std::string& path, int type, uint32_t mode,
+                                               int64_t gid, int backlog) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
@@ -63,14 +83,14 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
     if (!S_ISSOCK(st.st_mode)) {
       return absl::FailedPreconditionError(absl::StrCat(path, " exists and is not a socket"));
     }
-    if (SomeoneListens(addr)) {
+    if (SomeoneListens(addr, type)) {
       return absl::FailedPreconditionError(
           absl::StrCat("another daemon is serving ", path, "; stop it first"));
     }
     spdlog::info("removing stale socket {} (nothing listens on it)", path);
     unlink(path.c_str());
   }
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Errno("socket", path);
   // Permissions apply from the first moment the file exists: with a group to
   // set, the owner alone until it is set (the old group must never get access).
@@ -92,14 +112,22 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
   chmod(path.c_str(), mode);
   struct stat bound;
   lstat(path.c_str(), &bound);
-  if (listen(fd, 1024) != 0) {
+  if (listen(fd, backlog) != 0) {
     absl::Status s = Errno("listen", path);
     close(fd);
     unlink(path.c_str());
     return s;
   }
-  auto listener = std::unique_ptr<UnixListener>(new UnixListener(fd, path, /*owns_path=*/true));
-  listener->inode_ = bound.st_ino;
+  return BoundUnixSocket{fd, bound.st_ino};
+}
+
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path,
+                                                                 uint32_t mode, int64_t gid) {
+  absl::StatusOr<BoundUnixSocket> bound = BindUnixSocket(path, SOCK_STREAM, mode, gid, 1024);
+  if (!bound.ok()) return bound.status();
+  auto listener =
+      std::unique_ptr<UnixListener>(new UnixListener(bound->fd, path, /*owns_path=*/true));
+  listener->inode_ = bound->inode;
   return listener;
 }
 
@@ -197,28 +225,14 @@ void UnixListener::AcceptLoop(grpc::Server* server) {
         usleep(10000);
         break;
       }
-      ucred cred{};
-      socklen_t len = sizeof(cred);
-      if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      std::optional<PeerCred> peer = PeerCredOf(conn);
+      if (!peer) {
         close(conn);
         continue;
       }
-      PeerCred peer{cred.uid, cred.gid, static_cast<uint32_t>(cred.pid), {}};
-      // Supplementary groups as the kernel recorded them at connect
-      // (SO_PEERGROUPS, Linux 4.13+); without them only uid/gid count.
-      std::vector<gid_t> groups(64);
-      for (int attempt = 0; attempt < 3; ++attempt) {
-        socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-        if (getsockopt(conn, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
-          peer.groups.assign(groups.begin(), groups.begin() + glen / sizeof(gid_t));
-          break;
-        }
-        if (errno != ERANGE) break;
-        groups.resize(glen / sizeof(gid_t) + 1);
-      }
       {
         std::lock_guard lock(mu_);
-        peers_[conn] = std::move(peer);
+        peers_[conn] = *std::move(peer);
       }
       grpc::AddInsecureChannelFromFd(server, conn);
     }

@@ -29,6 +29,26 @@ struct PeerCred {
   std::vector<uint32_t> groups;
 };
 
+/// A listening unix socket BindUnixSocket bound to a path.
+struct BoundUnixSocket {
+  int fd = -1;
+  ino_t inode = 0;  // the file's: remove it only while it is still this one
+};
+
+/// Binds `path` as a listening unix socket of `type` (SOCK_STREAM,
+/// SOCK_SEQPACKET; non-blocking, close-on-exec) with permissions `mode` and,
+/// when `gid` >= 0, group `gid` (the file is created with no access for
+/// anyone but the owner until the group is set, then gets `mode`). A stale
+/// socket file left by a killed daemon is replaced; a live one (another
+/// daemon answers) is FAILED_PRECONDITION. Creates the parent directory if
+/// missing.
+[[nodiscard]] absl::StatusOr<BoundUnixSocket> BindUnixSocket(const std::string& path, int type,
+                                                             uint32_t mode, int64_t gid,
+                                                             int backlog);
+
+/// The credentials of `conn`'s peer; nullopt when the kernel gives none.
+std::optional<PeerCred> PeerCredOf(int conn);
+
 /// The unix socket listener. We accept connections ourselves, rather than
 /// letting gRPC bind the path, to read each connection's peer credentials
 /// before handing it to gRPC (which then names the peer "fd:N"), and to

@@ -27,6 +27,7 @@
 #include "daemon/restore.h"
 #include "daemon/service.h"
 #include "daemon/systemd_notify.h"
+#include "daemon/ring_server.h"
 #include "daemon/takeover.h"
 #include "src/backends/probe.h"
 #include "src/backends/thread_pool_backend.h"
@@ -375,6 +376,19 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
                    std::string(takeover.status().message()));
     }
   }
+  if (config_.ring_socket != kNoRingSocket) {
+    auto rings = RingServer::Bind(*service_, {.path = config_.ring_socket,
+                                              .mode = config_.socket_mode,
+                                              .gid = config_.socket_gid,
+                                              .spin_us = config_.ring_spin_us});
+    if (rings.ok()) {
+      rings_ = std::move(*rings);
+      rings_->Start();
+    } else {
+      // Clients without a ring keep the gRPC stream.
+      spdlog::warn("no local rings: {}", std::string(rings.status().message()));
+    }
+  }
 
   if (!config_.metrics.empty()) {
     auto metrics = MetricsServer::Start(config_.metrics, [this] {
@@ -487,6 +501,8 @@ bool Server::Stop(const HandOverTo* send, absl::Status* handed) {
     service_->DrainAndWait(config_.drain_grace_ms, /*restart=*/send != nullptr);
     service_->StopWatchers();
   }
+  // The drain closed the rings; this ends any left and waits for their ops.
+  if (rings_ != nullptr) rings_->Stop(/*restart=*/send != nullptr);
   if (metrics_ != nullptr) metrics_->Stop();
   if (listener_ != nullptr) listener_->Stop();
   spdlog::debug("shutdown: stopping gRPC");
@@ -649,6 +665,8 @@ std::optional<std::string> Server::Reload(const Config& config) {
   };
   differs("server.socket", config.socket != config_.socket);
   differs("server.takeover_socket", config.takeover_socket != config_.takeover_socket);
+  differs("server.ring_socket", config.ring_socket != config_.ring_socket);
+  differs("ring.spin_us", config.ring_spin_us != config_.ring_spin_us);
   differs("server.root", config.root != config_.root);
   differs("share", config.shares != config_.shares);
   differs("server.tcp", config.tcp != config_.tcp);

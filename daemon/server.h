@@ -33,6 +33,7 @@ struct Handover;
 
 class MetricsServer;
 class Observer;
+class RingServer;
 class Service;
 class TakeoverListener;
 class UnixListener;
@@ -46,8 +47,9 @@ class Server {
   /// Starts serving. Adopts the listening socket a predecessor passed by
   /// takeover, else a socket-activated one when systemd passed one, else
   /// binds config.socket. Then answers takeovers on config.takeover_socket
-  /// (daemon/takeover.h; a socket it cannot bind is logged, and the daemon
-  /// serves without).
+  /// (daemon/takeover.h) and local rings on config.ring_socket
+  /// (daemon/ring_server.h); a socket it cannot bind is logged, and the
+  /// daemon serves without.
   /// With `handover` (a predecessor's, see HandOver) it first restores the
   /// sessions and handles it holds; a checkpoint that does not load, or a
   /// restore that fails, is logged and the daemon starts without them (but
@@ -114,6 +116,7 @@ class Server {
   std::unique_ptr<backends::ThreadPoolBackend> pool_;
   std::unique_ptr<UnixListener> listener_;
   std::unique_ptr<TakeoverListener> takeover_;  // null when off or not bound
+  std::unique_ptr<RingServer> rings_;           // null when off or not bound
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<BackendInfo> info_;

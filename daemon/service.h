@@ -130,6 +130,9 @@ class Service final : public v1::Asyncd::CallbackService {
 
   /// The caller of `ctx`'s call (see Identifier). gRPC threads.
   Caller Identify(grpc::CallbackServerContext* ctx) const { return identifier_.Identify(ctx); }
+  /// Who administers the daemon, for callers identified elsewhere (the ring
+  /// socket).
+  const AdminRules& admin_rules() const { return identifier_.rules(); }
   /// The limits as clients see them (OpenSession, StreamOpened, Stats).
   v1::Limits LimitsProto() const;
   SessionTable& sessions() { return sessions_; }

@@ -47,6 +47,7 @@ struct SessionMeta {
   std::atomic<int64_t> lease_deadline_ns{0};
   std::atomic<int> streams{0};  // attached streams pause the lease
   bool stream_owned = false;    // ends with the stream that created it
+  std::atomic<bool> has_ring{false};  // a local ring is attached: one at most
 
   /// The lease runs lease_ms from `now_ns` (MonoNanos). Any thread.
   void RenewLease(int64_t now_ns) {

@@ -1,0 +1,619 @@
+// The local ring (asyncd/ring.h) against the real daemon, on both backends,
+// spoken raw from the header: every handshake refusal, each op kind with its
+// data in the buffer area, ring ops listed and cancelled like any other (by
+// RPC, by asyncctl, by a CANCEL entry), deadlines, the ring's end with its
+// session, its socket, a drain, and a hostile client's broken indices, bad
+// entries and unreaped completions.
+#include <errno.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <future>
+#include <map>
+#include <random>
+#include <set>
+
+#include <gmock/gmock.h>
+
+#include "tests/integration/daemon_fixture.h"
+#include "tests/integration/ring_raw.h"
+#include "tests/integration/security_util.h"
+
+namespace asyncd::testing {
+namespace {
+
+using client::Client;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using ::testing::HasSubstr;
+
+constexpr uint32_t kInvalidArgument = 3;
+constexpr uint32_t kNotFound = 5;
+constexpr uint32_t kResourceExhausted = 8;
+constexpr uint32_t kFailedPrecondition = 9;
+constexpr uint32_t kUnavailable = 14;
+
+class RingTest : public ::testing::TestWithParam<BackendMode> {
+ protected:
+  explicit RingTest(std::vector<std::string> args = {})
+      : daemon_(GetParam(), std::move(args)), client_(daemon_.channel()) {}
+
+  std::string RingPath() const { return daemon_.socket() + ".ring"; }
+  uint64_t NewSession(const char* name = "ring") {
+    auto s = client_.OpenSession(name);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *s : 0;
+  }
+  std::unique_ptr<RawRing> NewRing(uint64_t session, uint32_t sq = 0, uint32_t cq = 0,
+                                   uint64_t buffer_bytes = 0) {
+    RingSetupResult r = OpenRing(RingPath(), RingSetup(session, sq, cq, buffer_bytes));
+    EXPECT_EQ(r.reply.status, 0u) << r.reply.message;
+    EXPECT_TRUE(r.ring != nullptr && r.ring->mapped());
+    return std::move(r.ring);
+  }
+  // A FIFO in the root, opened read-write so that the open does not block.
+  uint32_t OpenFifo(uint64_t session, const std::string& name = "fifo") {
+    EXPECT_EQ(mkfifo((daemon_.root() + "/" + name).c_str(), 0600), 0);
+    auto h = client_.Open(session, name, v1::OPEN_MODE_READ_WRITE);
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.ok() ? *h : 0;
+  }
+  // A blocked read of the FIFO `h` through `ring`, listed by the daemon.
+  v1::OperationInfo BlockedRead(RawRing& ring, uint32_t h, uint64_t user_data,
+                                uint32_t deadline_ms = 0) {
+    asyncd_ring_sqe* e = ring.Next();
+    e->kind = ASYNCD_RING_OP_READ;
+    e->handle = h;
+    e->offset = -1;
+    e->length = 8;
+    e->user_data = user_data;
+    e->deadline_ms = deadline_ms;
+    ring.Submit();
+    v1::OperationInfo found;
+    EXPECT_TRUE(WaitFor([&] {
+      auto ops = client_.ListAll(v1::OpSelector());
+      if (!ops.ok()) return false;
+      for (const auto& op : *ops) {
+        if (op.tag() == user_data) found = op;
+      }
+      return found.op_id() != 0;
+    })) << "the ring's read is not listed";
+    return found;
+  }
+  static void ExpectClosed(RawRing& ring, uint32_t status, uint32_t reason) {
+    EXPECT_TRUE(WaitFor([&] { return (ring.flags() & ASYNCD_RING_CLOSED) != 0; }));
+    EXPECT_EQ(ring.ctl()->closed_status, status);
+    EXPECT_EQ(ring.ctl()->closed_reason, reason);
+    EXPECT_TRUE(ring.WaitSocketClosed()) << "the daemon keeps the ring socket open";
+  }
+
+  Daemon daemon_;
+  Client client_;
+};
+
+TEST_P(RingTest, RefusesEachBadSetupWithItsStatusNamingTheField) {
+  const uint64_t s = NewSession();
+  auto refused = [&](asyncd_ring_setup setup) {
+    RingSetupResult r = OpenRing(RingPath(), setup);
+    EXPECT_EQ(r.reply_bytes, sizeof(asyncd_ring_setup_reply));
+    EXPECT_EQ(r.reply.magic, ASYNCD_RING_MAGIC);
+    EXPECT_EQ(r.reply.version, ASYNCD_RING_VERSION);
+    EXPECT_EQ(r.ring, nullptr);
+    return std::make_pair(r.reply.status, std::string(r.reply.message));
+  };
+  auto setup = RingSetup(s);
+  setup.magic = 1;
+  EXPECT_THAT(refused(setup), ::testing::FieldsAre(kInvalidArgument, HasSubstr("magic")));
+  setup = RingSetup(s);
+  setup.version = 2;
+  EXPECT_THAT(refused(setup), ::testing::FieldsAre(kInvalidArgument, HasSubstr("version: 2")));
+  EXPECT_THAT(refused(RingSetup(s, 3)),
+              ::testing::FieldsAre(kInvalidArgument, HasSubstr("sq_entries")));
+  EXPECT_THAT(refused(RingSetup(s, 8192)),
+              ::testing::FieldsAre(kInvalidArgument, HasSubstr("sq_entries")));
+  EXPECT_THAT(refused(RingSetup(s, 8, 4)),
+              ::testing::FieldsAre(kInvalidArgument, HasSubstr("cq_entries")));
+  EXPECT_THAT(refused(RingSetup(s, 8, 12)),
+              ::testing::FieldsAre(kInvalidArgument, HasSubstr("cq_entries")));
+  EXPECT_THAT(refused(RingSetup(s, 0, 0, 1000)),
+              ::testing::FieldsAre(kInvalidArgument, HasSubstr("buffer_bytes")));
+  setup = RingSetup(s);
+  setup.reserved[2] = 1;
+  EXPECT_THAT(refused(setup), ::testing::FieldsAre(kInvalidArgument, HasSubstr("reserved[2]")));
+  EXPECT_THAT(refused(RingSetup(0)),
+              ::testing::FieldsAre(kInvalidArgument, HasSubstr("session_id")));
+  EXPECT_THAT(refused(RingSetup(s + (uint64_t{1} << 40))),
+              ::testing::FieldsAre(kNotFound, HasSubstr("session")));
+  // Over limits.max_buffered_bytes (256 MiB by default) by itself.
+  EXPECT_THAT(refused(RingSetup(s, 0, 0, uint64_t{512} << 20)),
+              ::testing::FieldsAre(kResourceExhausted, HasSubstr("max_buffered_bytes")));
+  // A message that is not a setup.
+  for (size_t size : {size_t{10}, sizeof(asyncd_ring_setup) + 8}) {
+    std::vector<char> bytes(size, 0);
+    RingSetupResult r = OpenRingRaw(RingPath(), bytes.data(), bytes.size());
+    EXPECT_EQ(r.reply.status, kInvalidArgument);
+    EXPECT_THAT(r.reply.message, HasSubstr("asyncd_ring_setup"));
+  }
+  // None of that made a ring: the session takes one now.
+  auto ring = NewRing(s);
+  EXPECT_NE(ring, nullptr);
+  // One ring per session.
+  EXPECT_THAT(refused(RingSetup(s)),
+              ::testing::FieldsAre(kFailedPrecondition, HasSubstr("ring already")));
+  // An ended session.
+  const uint64_t ended = NewSession();
+  ASSERT_TRUE(client_.CloseSession(ended).ok());
+  EXPECT_EQ(refused(RingSetup(ended)).first, kFailedPrecondition);
+}
+
+TEST_P(RingTest, BufferAreasAreChargedToMaxBufferedBytesForTheRingsLife) {
+  const uint64_t a = NewSession("a");
+  const uint64_t b = NewSession("b");
+  auto big = NewRing(a, 0, 0, uint64_t{160} << 20);
+  ASSERT_NE(big, nullptr);
+  RingSetupResult second = OpenRing(RingPath(), RingSetup(b, 0, 0, uint64_t{160} << 20));
+  EXPECT_EQ(second.reply.status, kResourceExhausted);
+  EXPECT_THAT(second.reply.message, HasSubstr("limits.max_buffered_bytes"));
+  // The first ring's end gives its bytes back.
+  big->Hangup();
+  EXPECT_TRUE(WaitFor([&] {
+    return OpenRing(RingPath(), RingSetup(b, 0, 0, uint64_t{160} << 20)).reply.status == 0;
+  }));
+}
+
+TEST_P(RingTest, RunsEachKindWithItsDataInTheBufferArea) {
+  const uint64_t s = NewSession();
+  std::ofstream(daemon_.root() + "/data") << "";
+  auto h = client_.Open(s, "data", v1::OPEN_MODE_READ_WRITE);
+  ASSERT_TRUE(h.ok()) << h.status();
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  EXPECT_EQ(ring->reply().max_op_bytes, 1u << 20);
+  EXPECT_EQ(ring->reply().buffer_offset % ASYNCD_RING_BUFFER_ALIGN, 0u);
+  std::memcpy(ring->buffer(), "hello ring", 10);
+  auto submit = [&](uint8_t kind, uint64_t user_data) {
+    asyncd_ring_sqe* e = ring->Next();
+    e->kind = kind;
+    e->user_data = user_data;
+    return e;
+  };
+  submit(ASYNCD_RING_OP_NOP, 1);
+  asyncd_ring_sqe* w = submit(ASYNCD_RING_OP_WRITE, 2);
+  w->handle = *h;
+  w->offset = 0;
+  w->length = 10;
+  ring->Submit();
+  std::map<uint64_t, asyncd_ring_cqe> by_user;
+  for (const auto& c : ring->Wait(2)) by_user[c.user_data] = c;
+  ASSERT_EQ(by_user.size(), 2u);
+  EXPECT_EQ(by_user[1].outcome, v1::OUTCOME_COMPLETED);
+  EXPECT_NE(by_user[1].op_id, 0u);
+  EXPECT_EQ(by_user[2].outcome, v1::OUTCOME_COMPLETED);
+  EXPECT_EQ(by_user[2].result, 10);
+  EXPECT_EQ(by_user[2].bytes, 10u);
+  EXPECT_NE(by_user[2].backend, v1::BACKEND_UNSPECIFIED);
+  std::ifstream in(daemon_.root() + "/data");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "hello ring");
+
+  asyncd_ring_sqe* r = submit(ASYNCD_RING_OP_READ, 3);
+  r->handle = *h;
+  r->offset = 6;
+  r->length = 100;  // short at the end of the file
+  r->buffer_offset = 8192;
+  asyncd_ring_sqe* f = submit(ASYNCD_RING_OP_FSYNC, 4);
+  f->handle = *h;
+  f->flags = ASYNCD_RING_SQE_DATASYNC;
+  asyncd_ring_sqe* p = submit(ASYNCD_RING_OP_POLL, 5);
+  p->handle = *h;
+  p->poll_events = v1::POLL_EVENTS_READABLE;
+  asyncd_ring_sqe* t = submit(ASYNCD_RING_OP_TIMEOUT, 6);
+  t->arg = 2000;
+  ring->Submit();
+  by_user.clear();
+  for (const auto& c : ring->Wait(4)) by_user[c.user_data] = c;
+  ASSERT_EQ(by_user.size(), 4u);
+  for (const auto& [ud, c] : by_user) EXPECT_EQ(c.outcome, v1::OUTCOME_COMPLETED) << ud;
+  EXPECT_EQ(by_user[3].result, 4);
+  EXPECT_EQ(by_user[3].bytes, 4u);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(ring->buffer()) + 8192, 4), "ring");
+  EXPECT_EQ(by_user[4].result, 0);
+  EXPECT_EQ(by_user[5].result & v1::POLL_EVENTS_READABLE, v1::POLL_EVENTS_READABLE);
+  EXPECT_EQ(by_user[6].result, 0);
+  // History records ring ops like any other, tagged with their user_data.
+  auto history = client_.ListHistory(v1::OpSelector());
+  ASSERT_TRUE(history.ok()) << history.status();
+  std::set<uint64_t> tags;
+  for (const auto& op : *history) tags.insert(op.tag());
+  for (uint64_t ud = 1; ud <= 6; ++ud) EXPECT_TRUE(tags.contains(ud)) << ud;
+}
+
+TEST_P(RingTest, RejectsBadEntriesWithStatusAndReasonAndRunsNothing) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s, 8, 16, 1 << 16);
+  ASSERT_NE(ring, nullptr);
+  std::ofstream(daemon_.root() + "/data") << "0123456789";
+  auto h = client_.Open(s, "data", v1::OPEN_MODE_READ_WRITE);
+  ASSERT_TRUE(h.ok());
+  struct Case {
+    uint32_t status;
+    uint32_t reason;
+    std::function<void(asyncd_ring_sqe&)> make;
+  };
+  const std::vector<Case> cases = {
+      {kInvalidArgument, ASYNCD_RING_REASON_BAD_KIND, [](auto& e) { e.kind = 99; }},
+      {kInvalidArgument, ASYNCD_RING_REASON_BAD_FIELD,
+       [](auto& e) { e.kind = ASYNCD_RING_OP_NOP, e.length = 1; }},
+      {kInvalidArgument, ASYNCD_RING_REASON_BAD_BUFFER,
+       [&](auto& e) {
+         e.kind = ASYNCD_RING_OP_READ, e.handle = *h, e.length = 100,
+         e.buffer_offset = (1 << 16) - 10;
+       }},
+      {kInvalidArgument, ASYNCD_RING_REASON_BAD_BUFFER,
+       [&](auto& e) {
+         e.kind = ASYNCD_RING_OP_WRITE, e.handle = *h, e.length = 1,
+         e.buffer_offset = ~uint64_t{0};
+       }},
+      {kResourceExhausted, ASYNCD_RING_REASON_TOO_LONG,
+       [&](auto& e) { e.kind = ASYNCD_RING_OP_READ, e.handle = *h, e.length = (1 << 20) + 1; }},
+      {kNotFound, ASYNCD_RING_REASON_UNKNOWN_HANDLE,
+       [](auto& e) { e.kind = ASYNCD_RING_OP_READ, e.handle = 4242, e.length = 1; }},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    asyncd_ring_sqe* e = ring->Next();
+    cases[i].make(*e);
+    e->user_data = 100 + i;
+  }
+  ring->Submit();
+  auto cqes = ring->Wait(cases.size());
+  ASSERT_EQ(cqes.size(), cases.size());
+  for (const auto& c : cqes) {
+    const Case& want = cases[c.user_data - 100];
+    EXPECT_EQ(c.outcome, v1::OUTCOME_REJECTED) << c.user_data;
+    EXPECT_EQ(c.status, want.status) << c.user_data;
+    EXPECT_EQ(c.reason, want.reason) << c.user_data;
+    EXPECT_EQ(c.op_id, 0u);
+  }
+  std::ifstream in(daemon_.root() + "/data");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "0123456789");
+  EXPECT_EQ(ring->flags() & ASYNCD_RING_CLOSED, 0u);
+}
+
+TEST_P(RingTest, ABlockedReadIsListedAndCancelledByRpcAndByAsyncctl) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  const v1::OperationInfo op = BlockedRead(*ring, fifo, 77);
+  EXPECT_EQ(op.kind(), v1::OP_KIND_READ);
+  EXPECT_EQ(op.session_id(), s);
+  auto got = client_.GetOperation(op.op_id());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->tag(), 77u);
+  auto cancelled = client_.Cancel(op.op_id());
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->outcomes(0).result(), v1::CANCEL_RESULT_CANCELLED);
+  auto cqes = ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].user_data, 77u);
+  EXPECT_EQ(cqes[0].op_id, op.op_id());
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(cqes[0].result, -ECANCELED);
+  EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_CLIENT_REQUEST);
+
+  // asyncctl sees and cancels them too.
+  const v1::OperationInfo second = BlockedRead(*ring, fifo, 78);
+  FILE* p = popen((std::string(ASYNCCTL_BINARY) + " --socket " + daemon_.socket() +
+                   " ops cancel " + std::to_string(second.op_id()))
+                      .c_str(),
+                  "r");
+  ASSERT_NE(p, nullptr);
+  char sink[4096];
+  while (fread(sink, 1, sizeof sink, p) > 0) {
+  }
+  EXPECT_EQ(pclose(p), 0);
+  cqes = ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].user_data, 78u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
+}
+
+TEST_P(RingTest, ACancelEntryCancelsTheOldestWithItsUserDataAndAnswers) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  const v1::OperationInfo first = BlockedRead(*ring, fifo, 5);
+  BlockedRead(*ring, fifo, 6);
+  asyncd_ring_sqe* c = ring->Next();
+  c->kind = ASYNCD_RING_OP_CANCEL;
+  c->arg = 5;
+  c->user_data = 500;
+  ring->Submit();
+  std::map<uint64_t, asyncd_ring_cqe> by_user;
+  for (const auto& cqe : ring->Wait(2)) by_user[cqe.user_data] = cqe;
+  ASSERT_EQ(by_user.size(), 2u);
+  EXPECT_EQ(by_user[500].flags, ASYNCD_RING_CQE_CANCEL_ANSWER);
+  EXPECT_EQ(by_user[500].result, v1::CANCEL_RESULT_CANCELLED);
+  EXPECT_EQ(by_user[500].op_id, first.op_id());
+  EXPECT_EQ(by_user[5].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(by_user[5].end_reason, v1::END_REASON_CLIENT_REQUEST);
+  EXPECT_EQ(by_user[5].flags, 0u);
+  // Nothing in flight has user_data 5 now.
+  c = ring->Next();
+  c->kind = ASYNCD_RING_OP_CANCEL;
+  c->arg = 5;
+  c->user_data = 501;
+  ring->Submit();
+  auto answer = ring->Wait(1);
+  ASSERT_EQ(answer.size(), 1u);
+  EXPECT_EQ(answer[0].user_data, 501u);
+  EXPECT_EQ(answer[0].result, v1::CANCEL_RESULT_NOT_FOUND);
+  EXPECT_EQ(answer[0].op_id, 0u);
+  // The other read still waits.
+  auto ops = client_.ListAll(v1::OpSelector());
+  ASSERT_TRUE(ops.ok());
+  ASSERT_EQ(ops->size(), 1u);
+  EXPECT_EQ((*ops)[0].tag(), 6u);
+}
+
+TEST_P(RingTest, ADeadlineEndsARingOpTimedOut) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  asyncd_ring_sqe* e = ring->Next();
+  e->kind = ASYNCD_RING_OP_READ;
+  e->handle = fifo;
+  e->offset = -1;
+  e->length = 8;
+  e->deadline_ms = 50;
+  e->user_data = 9;
+  ring->Submit();
+  auto cqes = ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_TIMED_OUT);
+  EXPECT_EQ(cqes[0].result, -ETIMEDOUT);
+  EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_DEADLINE);
+}
+
+TEST_P(RingTest, ClosingTheSessionEndsTheRingAfterItsCompletions) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  BlockedRead(*ring, fifo, 1);
+  ASSERT_TRUE(client_.CloseSession(s).ok());
+  auto cqes = ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_SESSION_CLOSED);
+  ExpectClosed(*ring, kFailedPrecondition, ASYNCD_RING_REASON_SESSION_ENDED);
+}
+
+TEST_P(RingTest, ClosingTheRingSocketCancelsItsOpsAndKeepsTheSession) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  const v1::OperationInfo op = BlockedRead(*ring, fifo, 1);
+  ring->Hangup();
+  EXPECT_TRUE(WaitFor([&] {
+    auto history = client_.ListHistory(v1::OpSelector());
+    if (!history.ok()) return false;
+    for (const auto& h : *history) {
+      if (h.op_id() == op.op_id()) {
+        EXPECT_EQ(h.outcome(), v1::OUTCOME_CANCELLED);
+        EXPECT_EQ(h.end_reason(), v1::END_REASON_RPC_CANCELLED);
+        return true;
+      }
+    }
+    return false;
+  }));
+  EXPECT_TRUE(client_.KeepAlive(s).ok());
+  // Its place is free again.
+  EXPECT_TRUE(WaitFor([&] { return OpenRing(RingPath(), RingSetup(s)).reply.status == 0; }));
+}
+
+TEST_P(RingTest, BrokenIndicesEndOnlyThatRing) {
+  const uint64_t a = NewSession("a");
+  const uint64_t b = NewSession("b");
+  auto bad = NewRing(a, 8);
+  auto good = NewRing(b, 8);
+  ASSERT_TRUE(bad != nullptr && good != nullptr);
+  bad->ForceSqTail(9);  // nine entries ahead of a head at 0, in a ring of 8
+  ExpectClosed(*bad, kInvalidArgument, ASYNCD_RING_REASON_BROKEN_INDEX);
+  asyncd_ring_sqe* e = good->Next();
+  e->kind = ASYNCD_RING_OP_NOP;
+  e->user_data = 1;
+  good->Submit();
+  auto cqes = good->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_COMPLETED);
+  EXPECT_TRUE(client_.KeepAlive(a).ok());
+}
+
+TEST_P(RingTest, CompletionsThatFindTheRingFullWaitUntilTheClientReaps) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s, 8, 8);
+  ASSERT_NE(ring, nullptr);
+  uint64_t next = 0;
+  auto nops = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      asyncd_ring_sqe* e = ring->Next();
+      ASSERT_NE(e, nullptr);
+      e->kind = ASYNCD_RING_OP_NOP;
+      e->user_data = next++;
+    }
+    ring->Submit();
+  };
+  nops(8);
+  ASSERT_TRUE(WaitFor([&] { return ring->ctl()->cq_tail == 8; }));
+  nops(8);  // taken: their completions overflow
+  ASSERT_TRUE(WaitFor([&] { return (ring->flags() & ASYNCD_RING_CQ_OVERFLOW) != 0; }));
+  EXPECT_TRUE(WaitFor([&] { return ring->ctl()->sq_head == 16; }));
+  nops(8);  // not taken: 8 completions are owed already
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_EQ(ring->ctl()->sq_head, 16u);
+  auto cqes = ring->Wait(24);
+  ASSERT_EQ(cqes.size(), 24u);
+  std::set<uint64_t> seen;
+  for (const auto& c : cqes) {
+    EXPECT_EQ(c.outcome, v1::OUTCOME_COMPLETED);
+    seen.insert(c.user_data);
+  }
+  EXPECT_EQ(seen.size(), 24u);
+  EXPECT_EQ(ring->flags() & ASYNCD_RING_CQ_OVERFLOW, 0u);
+}
+
+TEST_P(RingTest, ADrainEndsTheRingUnavailable) {
+  const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
+  auto ring = NewRing(s);
+  ASSERT_NE(ring, nullptr);
+  BlockedRead(*ring, fifo, 1);
+  auto drained = std::async(std::launch::async, [&] { return client_.Drain(0); });
+  auto cqes = ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_DRAIN);
+  ExpectClosed(*ring, kUnavailable, ASYNCD_RING_REASON_DRAINING);
+  EXPECT_TRUE(drained.get().ok());
+}
+
+// Thousands of ring ops, cancelled at random by CANCEL entries and by the
+// Cancel RPC from another thread, some with deadlines: every entry gets
+// exactly one completion, every cancel answer agrees with the outcome, and
+// no listing shows an op whose completion had been reaped before it began.
+TEST_P(RingTest, StormOfOpsAndCancelsKeepsEveryPromise) {
+  const uint64_t s = NewSession();
+  std::ofstream(daemon_.root() + "/data") << std::string(4096, 'x');
+  auto h = client_.Open(s, "data", v1::OPEN_MODE_READ_WRITE);
+  ASSERT_TRUE(h.ok());
+  auto ring = NewRing(s, 64, 128);
+  ASSERT_NE(ring, nullptr);
+  constexpr uint64_t kOps = 3000;
+  constexpr uint64_t kCancelBit = uint64_t{1} << 62;
+  std::mt19937_64 rng(GetParam() == BackendMode::kIoUring ? 1 : 2);
+  std::map<uint64_t, asyncd_ring_cqe> ends;     // op user_data -> its completion
+  std::map<uint64_t, asyncd_ring_cqe> answers;  // cancel user_data -> its answer
+  std::map<uint64_t, uint64_t> cancel_target;   // cancel user_data -> op user_data
+  std::set<uint64_t> reaped_ids;
+  std::mutex mu;
+  std::atomic<bool> done{false};
+  std::atomic<int> listing_violations{0};
+  std::atomic<int> rpc_cancels{0};
+  // Lists and cancels from another connection while the ring runs.
+  std::thread rpc([&] {
+    Client other(daemon_.NewChannel());
+    std::mt19937_64 r(7);
+    while (!done.load()) {
+      std::set<uint64_t> before;
+      {
+        std::lock_guard lock(mu);
+        before = reaped_ids;
+      }
+      auto ops = other.ListAll(v1::OpSelector());
+      if (!ops.ok()) continue;
+      for (const auto& op : *ops) {
+        if (before.contains(op.op_id())) ++listing_violations;
+      }
+      if (!ops->empty() && r() % 2 == 0) {
+        const auto& victim = (*ops)[r() % ops->size()];
+        if (other.Cancel(victim.op_id()).ok()) ++rpc_cancels;
+      }
+    }
+  });
+  uint64_t submitted = 0;
+  uint64_t cancels = 0;
+  size_t expected = 0;
+  std::vector<asyncd_ring_cqe> batch;
+  const auto until = std::chrono::steady_clock::now() + seconds(60);
+  while ((submitted < kOps || ends.size() + answers.size() < expected) &&
+         std::chrono::steady_clock::now() < until) {
+    for (int i = 0; i < 16 && submitted < kOps; ++i) {
+      asyncd_ring_sqe* e = ring->Next();
+      if (e == nullptr) break;
+      const uint64_t pick = rng() % 10;
+      ++expected;
+      if (pick < 2 && submitted > 0) {
+        e->kind = ASYNCD_RING_OP_CANCEL;
+        e->user_data = kCancelBit | cancels++;
+        e->arg = submitted - 1 - rng() % std::min<uint64_t>(submitted, 8);
+        cancel_target[e->user_data] = e->arg;
+        continue;
+      }
+      e->user_data = submitted++;
+      if (pick < 4) {
+        e->kind = ASYNCD_RING_OP_WRITE;  // cancellable only before it starts
+        e->handle = *h;
+        e->offset = static_cast<int64_t>(rng() % 4096);
+        e->length = 1;
+      } else {
+        e->kind = ASYNCD_RING_OP_TIMEOUT;
+        e->arg = rng() % 3000;
+        if (pick == 9) e->deadline_ms = 1;
+      }
+    }
+    ring->Submit();
+    batch.clear();
+    ring->Reap(batch);
+    if (batch.empty()) {
+      if ((ring->flags() & ASYNCD_RING_CQ_OVERFLOW) != 0) ring->Kick();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    std::lock_guard lock(mu);
+    for (const auto& c : batch) {
+      if ((c.flags & ASYNCD_RING_CQE_CANCEL_ANSWER) != 0) {
+        EXPECT_TRUE(answers.emplace(c.user_data, c).second) << "two answers for " << c.user_data;
+      } else {
+        EXPECT_TRUE(ends.emplace(c.user_data, c).second) << "two completions for " << c.user_data;
+        reaped_ids.insert(c.op_id);
+      }
+    }
+  }
+  done = true;
+  rpc.join();
+  ASSERT_EQ(ends.size(), submitted) << "an op never completed";
+  ASSERT_EQ(answers.size(), cancel_target.size()) << "a cancel never answered";
+  EXPECT_EQ(listing_violations.load(), 0);
+  int cancelled = 0;
+  for (const auto& [cancel, answer] : answers) {
+    const asyncd_ring_cqe& end = ends.at(cancel_target.at(cancel));
+    switch (answer.result) {
+      case v1::CANCEL_RESULT_CANCELLED:
+        EXPECT_EQ(end.outcome, v1::OUTCOME_CANCELLED) << end.user_data;
+        EXPECT_EQ(end.op_id, answer.op_id);
+        ++cancelled;
+        break;
+      case v1::CANCEL_RESULT_NOT_CANCELLABLE:
+        EXPECT_EQ(end.outcome, v1::OUTCOME_COMPLETED) << end.user_data;
+        EXPECT_EQ(end.op_id, answer.op_id);
+        break;
+      case v1::CANCEL_RESULT_ALREADY_DONE:
+        EXPECT_EQ(end.op_id, answer.op_id);
+        break;
+      case v1::CANCEL_RESULT_NOT_FOUND:
+        EXPECT_EQ(answer.op_id, 0u);
+        break;
+      default:
+        ADD_FAILURE() << "cancel answer " << answer.result;
+    }
+  }
+  for (const auto& [ud, end] : ends) {
+    EXPECT_TRUE(end.outcome == v1::OUTCOME_COMPLETED || end.outcome == v1::OUTCOME_CANCELLED ||
+                end.outcome == v1::OUTCOME_TIMED_OUT)
+        << ud << " outcome " << int(end.outcome);
+  }
+  EXPECT_GT(cancelled, 0);
+  EXPECT_GT(rpc_cancels.load(), 0);
+  auto left = client_.ListAll(v1::OpSelector());
+  ASSERT_TRUE(left.ok());
+  EXPECT_TRUE(left->empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, RingTest,
+                         ::testing::Values(BackendMode::kIoUring, BackendMode::kThreadPoolOnly),
+                         [](const auto& info) { return Name(info.param); });
+
+}  // namespace
+}  // namespace asyncd::testing
