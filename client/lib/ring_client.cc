@@ -310,7 +310,12 @@ absl::Status RingClient::Wait(uint32_t min_completions, std::chrono::nanoseconds
   std::atomic_ref<uint32_t> client_flags(ctl_->client_flags);
   while (true) {
     if (Ready() >= min_completions) return absl::OkStatus();
-    if (absl::Status closed = Closed(); !closed.ok()) return closed;
+    // Not the CLOSED flag: the daemon sets it before it posts the
+    // completions still due, and closes the socket only after them.
+    if (socket_closed_.load(std::memory_order_relaxed)) {
+      if (Ready() >= min_completions) return absl::OkStatus();
+      return Closed();
+    }
     std::chrono::nanoseconds left = kForever;
     if (!forever) {
       left = timeout - (std::chrono::steady_clock::now() - start);
@@ -325,7 +330,7 @@ absl::Status RingClient::Wait(uint32_t min_completions, std::chrono::nanoseconds
     // Pairs with the daemon's fence between publishing cq_tail and reading
     // client_flags: either we see its completions now or it wakes us.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (Ready() < min_completions && !(Load(ctl_->flags) & ASYNCD_RING_CLOSED)) {
+    if (Ready() < min_completions) {
       pollfd fds[2] = {{completion_fd_, POLLIN, 0}, {socket_fd_, POLLIN, 0}};
       timespec ts{};
       if (!forever) {

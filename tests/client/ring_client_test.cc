@@ -427,6 +427,25 @@ TEST_F(RingClientTest, ClosedReportsTheDaemonsStatusAndReason) {
   EXPECT_EQ(ring_->Wait(1, 10s), closed);
 }
 
+TEST_F(RingClientTest, WaitReapsCompletionsPostedAfterTheClosedFlag) {
+  // The daemon sets CLOSED first, then posts what was in flight, then
+  // closes the socket: Wait must not give up at the flag.
+  fake_.SetFlags(ASYNCD_RING_CLOSED);
+  EXPECT_FALSE(ring_->Closed().ok());
+  std::thread daemon([&] {
+    while (!(fake_.Load(fake_.ctl().client_flags) & ASYNCD_RING_CQ_WAITING)) {
+      std::this_thread::yield();
+    }
+    fake_.Post(Cqe(9));
+    fake_.HangUp();
+  });
+  EXPECT_TRUE(ring_->Wait(1, 10s).ok());
+  daemon.join();
+  EXPECT_EQ(ring_->Ready(), 1u);
+  ring_->Advance(1);
+  EXPECT_FALSE(ring_->Wait(1, 10s).ok());
+}
+
 TEST_F(RingClientTest, TheSocketsEndAloneMeansClosed) {
   EXPECT_TRUE(ring_->Closed().ok());
   fake_.HangUp();  // a daemon that died sets no flag

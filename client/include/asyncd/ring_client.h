@@ -188,7 +188,8 @@ class RingClient {
   /// Blocks until at least `min_completions` (1..cq_entries()) are ready,
   /// sleeping on the completion eventfd as asyncd/ring.h prescribes. OK when
   /// they are; DEADLINE_EXCEEDED when `timeout` passes first; Closed() when
-  /// the ring has ended with fewer ready (those may still be reaped);
+  /// the ring has ended (the daemon has posted its last completions and
+  /// closed the ring socket) with fewer ready (those may still be reaped);
   /// INVALID_ARGUMENT for a `min_completions` out of range.
   [[nodiscard]] absl::Status Wait(uint32_t min_completions = 1,
                                   std::chrono::nanoseconds timeout = kForever);
@@ -196,7 +197,9 @@ class RingClient {
   /// OK while the ring runs. Once the daemon has ended it: its
   /// closed_status with the reason's text (ReasonText); when the ring
   /// socket reached end of file without that (the daemon died),
-  /// UNAVAILABLE. Checks the socket without blocking (one poll(2)).
+  /// UNAVAILABLE. The ring takes no more entries then, but completions of
+  /// operations in flight may still arrive until Wait returns this status.
+  /// Checks the socket without blocking (one poll(2)).
   [[nodiscard]] absl::Status Closed() const;
 
   /// The documented meaning of an asyncd_ring_reason.
