@@ -11,6 +11,8 @@ namespace asyncd::daemon {
 
 /// server.takeover_socket for a daemon that cannot be taken over.
 inline constexpr char kNoTakeoverSocket[] = "off";
+/// server.ring_socket for a daemon without local rings.
+inline constexpr char kNoRingSocket[] = "off";
 
 /// A [[share]]: a directory beneath the root that the listed users and
 /// groups reach by its path, outside their own area.
@@ -35,7 +37,7 @@ struct Config {
   // ".takeover"; kNoTakeoverSocket: nowhere.
   std::string takeover_socket;
   // The local ring's socket (daemon/ring_server.h); default: socket +
-  // ".ring"; "off" (kNoRingSocket): no rings.
+  // ".ring"; kNoRingSocket: no rings.
   std::string ring_socket;
   std::string root;         // default: core::DefaultRootDir()
   std::string tcp;          // "ADDR:PORT"; empty = no TCP listener

@@ -1,5 +1,6 @@
 #include "daemon/ring.h"
 
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -22,17 +23,30 @@ T* At(void* base, uint64_t offset) {
 // Why the Dispatcher refused an op, as a ring reason.
 asyncd_ring_reason ReasonOf(absl::StatusCode code) {
   switch (code) {
-    case absl::StatusCode::kNotFound: return ASYNCD_RING_REASON_UNKNOWN_HANDLE;
-    case absl::StatusCode::kFailedPrecondition: return ASYNCD_RING_REASON_SESSION_ENDED;
-    case absl::StatusCode::kUnavailable: return ASYNCD_RING_REASON_DRAINING;
-    case absl::StatusCode::kInvalidArgument: return ASYNCD_RING_REASON_BAD_FIELD;
-    default: return ASYNCD_RING_REASON_OVER_LIMIT;
+    case absl::StatusCode::kNotFound:
+      return ASYNCD_RING_REASON_UNKNOWN_HANDLE;
+    case absl::StatusCode::kFailedPrecondition:
+      return ASYNCD_RING_REASON_SESSION_ENDED;
+    case absl::StatusCode::kUnavailable:
+      return ASYNCD_RING_REASON_DRAINING;
+    case absl::StatusCode::kInvalidArgument:
+      return ASYNCD_RING_REASON_BAD_FIELD;
+    default:
+      return ASYNCD_RING_REASON_OVER_LIMIT;
   }
 }
 
 void WriteEventfd(int fd) {
   const uint64_t one = 1;
   (void)!write(fd, &one, sizeof one);
+}
+
+// The completion eventfd is shared with the client, which may have set it
+// blocking and its counter to the maximum: then a write would wait until
+// the client reads. Not written then (it has wake-ups enough pending).
+void WakeClient(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) != 0) WriteEventfd(fd);
 }
 
 }  // namespace
@@ -44,6 +58,8 @@ Ring::Ring(Service& service, std::shared_ptr<SessionMeta> meta, RingRegion regio
       region_(region),
       wake_fd_(wake_fd),
       ctl_(static_cast<asyncd_ring_ctl*>(region.base)),
+      area_(dispatcher_.RegisterArea(At<uint8_t>(region.base, region.buffer_offset),
+                                     region.buffer_bytes)),
       sq_{ctl_, At<const asyncd_ring_sqe>(region.base, region.sq_offset), region.sq_entries, 0},
       taken_(region.sq_entries),
       overflow_(region.cq_entries),
@@ -59,6 +75,7 @@ Ring::Ring(Service& service, std::shared_ptr<SessionMeta> meta, RingRegion regio
 
 Ring::~Ring() {
   ASYNCD_CHECK(inflight_ == 0);
+  if (area_ != 0) dispatcher_.UnregisterArea(area_);
   munmap(region_.base, region_.bytes);
   for (int fd : {region_.memfd, region_.submit_fd, region_.complete_fd, conn_}) {
     if (fd >= 0) close(fd);
@@ -70,7 +87,8 @@ Ring::~Ring() {
 absl::Status Ring::Attach(const Caller& caller) {
   meta_->Attach(this);
   // A session ended before the attach would never tell this ring.
-  absl::StatusOr<std::shared_ptr<SessionMeta>> still = service_.sessions().Own(caller, session_id());
+  absl::StatusOr<std::shared_ptr<SessionMeta>> still =
+      service_.sessions().Own(caller, session_id());
   if (!still.ok()) {
     meta_->Detach(this, core::MonoNanos());
     return still.status();
@@ -134,6 +152,7 @@ uint32_t Ring::Pass(uint32_t max) {
   const RingEntryLimits limits{.max_op_bytes = service_.live().max_op_bytes(),
                                .buffer = At<uint8_t>(region_.base, region_.buffer_offset),
                                .buffer_bytes = region_.buffer_bytes,
+                               .area = area_,
                                .now_ns = core::MonoNanos()};
   const bool draining = draining_.load(std::memory_order_relaxed);
   for (int i = 0; i < n; ++i) {
@@ -315,17 +334,19 @@ bool Ring::HasWork() {
   return __atomic_load_n(&ctl_->sq_tail, __ATOMIC_ACQUIRE) != sq_.head;
 }
 
-bool Ring::Finishable(int64_t now_ns) {
+bool Ring::Finishable() {
   std::lock_guard lock(mu_);
   if (!closed_ || inflight_ > 0 || cancel_reason_ != core::EndReason::kNone) return false;
-  return cq_.overflowed() == 0 || client_gone_ || stopping_ || now_ns - closed_ns_ > kReapGraceNs;
+  // Completions that wait for room keep the ring (and its charge) until the
+  // client reaps them or goes.
+  return cq_.overflowed() == 0 || client_gone_ || stopping_;
 }
 
 void Ring::Close() {
   std::lock_guard lock(mu_);
   (void)cq_.Flush();
   PublishLocked();
-  WriteEventfd(region_.complete_fd);  // whether the client waits or not: this is the end
+  WakeClient(region_.complete_fd);  // whether the client waits or not: this is the end
 }
 
 void Ring::PostLocked(const asyncd_ring_cqe& cqe) {
@@ -337,8 +358,8 @@ void Ring::PostRejectedLocked(const Rejected& r) {
   asyncd_ring_cqe cqe{};
   cqe.user_data = r.user_data;
   cqe.outcome = v1::OUTCOME_REJECTED;
-  cqe.status = static_cast<uint16_t>(r.code != absl::StatusCode::kOk ? r.code
-                                                                      : RingReasonCode(r.reason));
+  cqe.status =
+      static_cast<uint16_t>(r.code != absl::StatusCode::kOk ? r.code : RingReasonCode(r.reason));
   cqe.reason = static_cast<uint16_t>(r.reason);
   PostLocked(cqe);
   service_.observer().counters().OnRejected();
@@ -351,7 +372,7 @@ void Ring::PublishLocked() {
     flags_ &= ~ASYNCD_RING_CQ_OVERFLOW;
   }
   PublishFlagsLocked();
-  if (cq_.Publish()) WriteEventfd(region_.complete_fd);
+  if (cq_.Publish()) WakeClient(region_.complete_fd);
 }
 
 void Ring::PublishFlagsLocked() {
@@ -360,8 +381,7 @@ void Ring::PublishFlagsLocked() {
   __atomic_store_n(&ctl_->flags, flags_, __ATOMIC_RELEASE);
 }
 
-void Ring::CloseLocked(absl::StatusCode status, asyncd_ring_reason reason,
-                       core::EndReason cancel) {
+void Ring::CloseLocked(absl::StatusCode status, asyncd_ring_reason reason, core::EndReason cancel) {
   if (cancel != core::EndReason::kNone && cancel_reason_ == core::EndReason::kNone) {
     cancel_reason_ = cancel;
     WakePoller();
@@ -369,7 +389,6 @@ void Ring::CloseLocked(absl::StatusCode status, asyncd_ring_reason reason,
   if (closed_) return;  // the first reason stands
   WakePoller();
   closed_ = true;
-  closed_ns_ = core::MonoNanos();
   __atomic_store_n(&ctl_->closed_status, static_cast<uint32_t>(status), __ATOMIC_RELAXED);
   __atomic_store_n(&ctl_->closed_reason, static_cast<uint32_t>(reason), __ATOMIC_RELAXED);
   flags_ |= ASYNCD_RING_CLOSED;

@@ -87,9 +87,9 @@ class Ring final : public core::CompletionSink, public SessionListener {
   /// are cancelled (the drain cancelled them already, as a rule).
   void Shutdown(bool restart);
   /// Closed, no op in flight, and its completions posted (or the client
-  /// gone, or `now_ns` past the grace it had to reap them): the poller may
-  /// end it (Detach, then delete).
-  bool Finishable(int64_t now_ns);
+  /// gone, or the daemon stopping): the poller may end it (Close, Detach,
+  /// then delete).
+  bool Finishable();
   /// Publishes the last completions, wakes the client, closes the socket.
   void Close();
 
@@ -108,10 +108,6 @@ class Ring final : public core::CompletionSink, public SessionListener {
   // --- SessionListener (closing and draining threads) ---
   void OnSessionEnded() noexcept override;
   void OnDraining(bool restart) noexcept override;
-
-  /// How long a closed ring waits for its client to reap the completions
-  /// that found the CQ full.
-  static constexpr int64_t kReapGraceNs = 2'000'000'000;
 
  private:
   static constexpr uint32_t kNone = UINT32_MAX;
@@ -155,6 +151,9 @@ class Ring final : public core::CompletionSink, public SessionListener {
   const int wake_fd_;
   int conn_ = -1;
   asyncd_ring_ctl* const ctl_;
+  // The buffer area registered with the backend of reads and writes (io_uring
+  // fixed buffers), or 0: unregistered once its last op has ended.
+  const uint8_t area_;
   RingSq sq_;  // the poller's alone
   bool attached_ = false;
 
@@ -174,14 +173,13 @@ class Ring final : public core::CompletionSink, public SessionListener {
   uint32_t free_ = kNone;
   uint32_t oldest_ = kNone;  // live ops in submission order
   uint32_t newest_ = kNone;
-  uint32_t inflight_ = 0;    // ops submitted (or being submitted) and not ended
+  uint32_t inflight_ = 0;     // ops submitted (or being submitted) and not ended
   uint64_t taken_total_ = 0;  // entries taken; less cq_.posted(): those without a CQE in the CQ
   uint32_t flags_ = 0;        // ctl.flags as the daemon last wrote it
   bool closed_ = false;
   bool restart_ = false;
   bool client_gone_ = false;
   bool stopping_ = false;
-  int64_t closed_ns_ = 0;
   core::EndReason cancel_reason_ = core::EndReason::kNone;  // set: cancel what is in flight
 };
 

@@ -33,14 +33,21 @@ enum Field : uint32_t {
 
 uint32_t FieldsOf(uint8_t kind) {
   switch (kind) {
-    case ASYNCD_RING_OP_NOP: return kDeadline;
+    case ASYNCD_RING_OP_NOP:
+      return kDeadline;
     case ASYNCD_RING_OP_READ:
-    case ASYNCD_RING_OP_WRITE: return kHandle | kOffset | kLength | kBuffer | kDeadline;
-    case ASYNCD_RING_OP_FSYNC: return kHandle | kFlags | kDeadline;
-    case ASYNCD_RING_OP_POLL: return kHandle | kPollEvents | kDeadline;
-    case ASYNCD_RING_OP_TIMEOUT: return kArg | kDeadline;
-    case ASYNCD_RING_OP_CANCEL: return kArg;
-    default: return 0;
+    case ASYNCD_RING_OP_WRITE:
+      return kHandle | kOffset | kLength | kBuffer | kDeadline;
+    case ASYNCD_RING_OP_FSYNC:
+      return kHandle | kFlags | kDeadline;
+    case ASYNCD_RING_OP_POLL:
+      return kHandle | kPollEvents | kDeadline;
+    case ASYNCD_RING_OP_TIMEOUT:
+      return kArg | kDeadline;
+    case ASYNCD_RING_OP_CANCEL:
+      return kArg;
+    default:
+      return 0;
   }
 }
 
@@ -58,7 +65,8 @@ bool UnusedFieldSet(const asyncd_ring_sqe& e, uint32_t used) {
 
 absl::StatusCode RingReasonCode(asyncd_ring_reason reason) {
   switch (reason) {
-    case ASYNCD_RING_REASON_NONE: return absl::StatusCode::kOk;
+    case ASYNCD_RING_REASON_NONE:
+      return absl::StatusCode::kOk;
     case ASYNCD_RING_REASON_BAD_KIND:
     case ASYNCD_RING_REASON_BAD_FIELD:
     case ASYNCD_RING_REASON_BAD_OFFSET:
@@ -66,14 +74,20 @@ absl::StatusCode RingReasonCode(asyncd_ring_reason reason) {
     case ASYNCD_RING_REASON_BAD_BUFFER:
     case ASYNCD_RING_REASON_BAD_POLL_EVENTS:
     case ASYNCD_RING_REASON_BAD_DURATION:
-    case ASYNCD_RING_REASON_BROKEN_INDEX: return absl::StatusCode::kInvalidArgument;
+    case ASYNCD_RING_REASON_BROKEN_INDEX:
+      return absl::StatusCode::kInvalidArgument;
     case ASYNCD_RING_REASON_TOO_LONG:
-    case ASYNCD_RING_REASON_OVER_LIMIT: return absl::StatusCode::kResourceExhausted;
-    case ASYNCD_RING_REASON_UNKNOWN_HANDLE: return absl::StatusCode::kNotFound;
-    case ASYNCD_RING_REASON_SESSION_ENDED: return absl::StatusCode::kFailedPrecondition;
+    case ASYNCD_RING_REASON_OVER_LIMIT:
+      return absl::StatusCode::kResourceExhausted;
+    case ASYNCD_RING_REASON_UNKNOWN_HANDLE:
+      return absl::StatusCode::kNotFound;
+    case ASYNCD_RING_REASON_SESSION_ENDED:
+      return absl::StatusCode::kFailedPrecondition;
     case ASYNCD_RING_REASON_DRAINING:
-    case ASYNCD_RING_REASON_RESTART: return absl::StatusCode::kUnavailable;
-    case ASYNCD_RING_REASON_CLIENT_GONE: return absl::StatusCode::kCancelled;
+    case ASYNCD_RING_REASON_RESTART:
+      return absl::StatusCode::kUnavailable;
+    case ASYNCD_RING_REASON_CLIENT_GONE:
+      return absl::StatusCode::kCancelled;
   }
   return absl::StatusCode::kInternal;
 }
@@ -114,6 +128,7 @@ RingEntry CheckRingEntry(const asyncd_ring_sqe& e, const RingEntryLimits& limits
         return Reject(ASYNCD_RING_REASON_BAD_BUFFER);
       }
       p.buf = limits.buffer + e.buffer_offset;
+      p.area = limits.area;
       p.len = e.length;
       p.offset = e.offset;
       break;

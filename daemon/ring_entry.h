@@ -19,20 +19,21 @@ inline constexpr uint64_t kRingMaxTimeoutUs = 24ull * 3600 * 1'000'000;
 
 /// What an entry is checked against.
 struct RingEntryLimits {
-  uint32_t max_op_bytes = 0;   // limits.max_op_bytes
-  uint8_t* buffer = nullptr;   // the daemon's mapping of the buffer area
+  uint32_t max_op_bytes = 0;  // limits.max_op_bytes
+  uint8_t* buffer = nullptr;  // the daemon's mapping of the buffer area
   uint64_t buffer_bytes = 0;
-  int64_t now_ns = 0;          // MonoNanos(): deadlines count from acceptance
+  uint8_t area = 0;    // the buffer area as Dispatcher::RegisterArea numbered it, or 0
+  int64_t now_ns = 0;  // MonoNanos(): deadlines count from acceptance
 };
 
 /// A checked entry: an operation to submit, a cancel, or why it is refused.
 struct RingEntry {
   enum class Kind { kOp, kCancel, kRejected };
   Kind kind = Kind::kRejected;
-  core::OpRequest request;    // kOp: sink and cookie are the caller's to set
+  core::OpRequest request;        // kOp: sink and cookie are the caller's to set
   uint64_t cancel_user_data = 0;  // kCancel
   asyncd_ring_reason reason = ASYNCD_RING_REASON_NONE;  // kRejected
-  absl::StatusCode code = absl::StatusCode::kOk;          // kRejected
+  absl::StatusCode code = absl::StatusCode::kOk;        // kRejected
 };
 
 /// The gRPC status code ring.h gives `reason`.
@@ -41,7 +42,8 @@ absl::StatusCode RingReasonCode(asyncd_ring_reason reason);
 /// Checks the copied entry `e` as the asyncd.v1 Operation of its kind is
 /// checked (daemon/convert.cc), plus what only the ring has: the buffer
 /// range, and every field the kind does not use being 0. The op's tag is
-/// its user_data; READ and WRITE point into `limits.buffer`. Pure.
+/// its user_data; READ and WRITE point into `limits.buffer` and name its
+/// area. Pure.
 RingEntry CheckRingEntry(const asyncd_ring_sqe& e, const RingEntryLimits& limits);
 
 /// The submission side as the daemon sees it: the client's region, and the

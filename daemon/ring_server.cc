@@ -1,6 +1,7 @@
 #include "daemon/ring_server.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -12,8 +13,6 @@
 #include <cstdio>
 #include <cstring>
 
-#include <spdlog/spdlog.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/handover.h"
@@ -23,6 +22,15 @@
 
 namespace asyncd::daemon {
 namespace {
+
+// A spin-wait hint to the CPU (and to its sibling hyperthread).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 constexpr uint64_t AlignUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 constexpr bool PowerOfTwo(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
@@ -79,9 +87,8 @@ absl::Status CheckRingSetup(asyncd_ring_setup& setup, uint64_t max_buffered_byte
         "magic: 0x%08x is not ASYNCD_RING_MAGIC 0x%08x", setup.magic, ASYNCD_RING_MAGIC));
   }
   if (setup.version != ASYNCD_RING_VERSION) {
-    return absl::InvalidArgumentError(absl::StrCat("version: ", setup.version,
-                                                   " is not supported; this daemon speaks ",
-                                                   ASYNCD_RING_VERSION));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "version: ", setup.version, " is not supported; this daemon speaks ", ASYNCD_RING_VERSION));
   }
   if (setup.session_id == 0) return absl::InvalidArgumentError("session_id: 0 is not a session");
   for (size_t i = 0; i < std::size(setup.reserved); ++i) {
@@ -89,25 +96,23 @@ absl::Status CheckRingSetup(asyncd_ring_setup& setup, uint64_t max_buffered_byte
       return absl::InvalidArgumentError(absl::StrCat("reserved[", i, "]: must be 0"));
     }
   }
-  const uint32_t sq =
-      setup.sq_entries != 0 ? setup.sq_entries : ASYNCD_RING_DEFAULT_SQ_ENTRIES;
+  const uint32_t sq = setup.sq_entries != 0 ? setup.sq_entries : ASYNCD_RING_DEFAULT_SQ_ENTRIES;
   if (!PowerOfTwo(sq) || sq > ASYNCD_RING_MAX_SQ_ENTRIES) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sq_entries: ", setup.sq_entries, " is not a power of two in 1..",
-        ASYNCD_RING_MAX_SQ_ENTRIES, " (0 = ", ASYNCD_RING_DEFAULT_SQ_ENTRIES, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sq_entries: ", setup.sq_entries, " is not a power of two in 1..",
+                     ASYNCD_RING_MAX_SQ_ENTRIES, " (0 = ", ASYNCD_RING_DEFAULT_SQ_ENTRIES, ")"));
   }
   const uint32_t cq = setup.cq_entries != 0 ? setup.cq_entries : 2 * sq;
   if (!PowerOfTwo(cq) || cq < sq || cq > ASYNCD_RING_MAX_CQ_ENTRIES) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cq_entries: ", setup.cq_entries, " is not a power of two in sq_entries (",
-                     sq, ")..", ASYNCD_RING_MAX_CQ_ENTRIES, " (0 = 2 x sq_entries)"));
+        absl::StrCat("cq_entries: ", setup.cq_entries, " is not a power of two in sq_entries (", sq,
+                     ")..", ASYNCD_RING_MAX_CQ_ENTRIES, " (0 = 2 x sq_entries)"));
   }
   const uint64_t buffer =
       setup.buffer_bytes != 0 ? setup.buffer_bytes : ASYNCD_RING_DEFAULT_BUFFER_BYTES;
   if (buffer % ASYNCD_RING_BUFFER_ALIGN != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("buffer_bytes: ", setup.buffer_bytes,
-                                                   " is not a multiple of ",
-                                                   ASYNCD_RING_BUFFER_ALIGN));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "buffer_bytes: ", setup.buffer_bytes, " is not a multiple of ", ASYNCD_RING_BUFFER_ALIGN));
   }
   if (buffer > max_buffered_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -203,7 +208,7 @@ void RingServer::Loop() {
       continue;
     }
     if (!rings_.empty() && now - idle_since < spin_ns) {
-      __builtin_ia32_pause();
+      CpuRelax();
       continue;
     }
     // Sleep, unless a client submitted after its last look at the flag:
@@ -212,9 +217,8 @@ void RingServer::Loop() {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     bool busy = false;
     for (auto& slot : rings_) busy = busy || slot->ring->HasWork();
-    // Timers: handshakes that must not wait forever, and a closed ring's
-    // grace to reap.
-    const int timeout_ms = pending_.empty() && rings_.empty() ? -1 : 250;
+    // A handshake must not wait forever.
+    const int timeout_ms = pending_.empty() ? -1 : 250;
     if (!busy && !stopping) Poll(timeout_ms);
     for (auto& slot : rings_) slot->ring->SetNeedWakeup(false);
     idle_since = core::MonoNanos();
@@ -302,8 +306,8 @@ void RingServer::Answer(Pending& p) {
   absl::StatusOr<std::unique_ptr<Ring>> ring;
   std::optional<PeerCred> cred = PeerCredOf(conn);
   if (static_cast<size_t>(got) != sizeof(asyncd_ring_setup)) {
-    ring = absl::InvalidArgumentError(absl::StrCat("setup: ", got == sizeof buf ? "over " : "",
-                                                   got, " bytes; struct asyncd_ring_setup is ",
+    ring = absl::InvalidArgumentError(absl::StrCat("setup: ", got == sizeof buf ? "over " : "", got,
+                                                   " bytes; struct asyncd_ring_setup is ",
                                                    sizeof(asyncd_ring_setup)));
   } else if (!cred) {
     ring = absl::PermissionDeniedError("the ring socket's peer has no credentials");
@@ -400,7 +404,7 @@ void RingServer::Reap(int64_t now_ns) {
   });
   std::erase_if(rings_, [&](const std::unique_ptr<Slot>& slot) {
     Ring& ring = *slot->ring;
-    if (!ring.Finishable(now_ns)) return false;
+    if (!ring.Finishable()) return false;
     epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, ring.submit_fd(), nullptr);
     epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, ring.conn(), nullptr);
     ring.Close();

@@ -21,9 +21,6 @@ namespace asyncd::daemon {
 
 class Service;
 
-/// server.ring_socket for a daemon without rings.
-inline constexpr char kNoRingSocket[] = "off";
-
 struct RingServerOptions {
   std::string path;      // server.ring_socket
   uint32_t mode = 0660;  // server.socket_mode
@@ -59,8 +56,8 @@ class RingServer {
 
   /// Binds the ring socket at options.path (a stale file is replaced; a
   /// live one is FAILED_PRECONDITION). `service` must outlive the server.
-  [[nodiscard]] static absl::StatusOr<std::unique_ptr<RingServer>> Bind(
-      Service& service, RingServerOptions options);
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<RingServer>> Bind(Service& service,
+                                                                        RingServerOptions options);
   /// Stop(), then releases the socket.
   ~RingServer();
   RingServer(const RingServer&) = delete;

@@ -5,6 +5,7 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <future>
 #include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -161,6 +163,13 @@ class InlineRing {
   bool ok_ = false;
 };
 
+// Why a registration failed, from its -errno.
+std::string AreaError(int ret) {
+  std::string why = std::strerror(-ret);
+  if (ret == -ENOMEM) why += ": over RLIMIT_MEMLOCK?";
+  return why;
+}
+
 uint32_t NextPow2(uint64_t v) {
   uint64_t p = 1;
   while (p < v) p <<= 1;
@@ -230,6 +239,8 @@ absl::Status UringBackend::Init() {
       return;
     }
     ring_ = shards_[0].ring.get();
+    ring_thread_id_ = std::this_thread::get_id();
+    SetUpAreas(shards_[0]);
     setup_flags_ = p.flags;
     skip_cancel_cqe_ = (p.features & IORING_FEAT_CQE_SKIP) != 0;
     // Without NODROP a full CQ loses completions: never have more ops on the
@@ -249,6 +260,15 @@ absl::Status UringBackend::Init() {
     }
     started.set_value(absl::OkStatus());
     Run();
+    {
+      // Whoever still waits on an area request gets "not registered": the
+      // rings go now, and their tables with them.
+      std::lock_guard lock(area_mu_);
+      areas_closed_ = true;
+      for (AreaRequest* req : area_in_) req->done = true;
+      area_in_.clear();
+    }
+    area_cv_.notify_all();
     for (size_t s = 0; s < shards_made_; ++s) {
       if (shards_[s].ring != nullptr) io_uring_queue_exit(shards_[s].ring.get());
     }
@@ -313,6 +333,7 @@ UringBackend::Shard* UringBackend::PickShard() {
         shard.failed = true;
         continue;
       }
+      SetUpAreas(shard);
     }
     return &shard;
   }
@@ -334,6 +355,162 @@ void UringBackend::EnterShards() {
     shard.poked = (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN) != 0;
     shards_poked_ = shards_poked_ || shard.poked;
   }
+}
+
+void UringBackend::SetUpAreas(Shard& shard) {
+  // Sparse: every slot empty, so no memory is pinned until an area fills one.
+  if (const int ret = io_uring_register_buffers_sparse(shard.ring.get(), kMaxAreas); ret < 0) {
+    LogAreaFailure("a table of buffers", AreaError(ret).c_str());
+    return;
+  }
+  shard.has_table = true;
+  for (int a = 1; a <= kMaxAreas; ++a) {
+    const Area& area = areas_[a];
+    if (area.bytes == 0) continue;
+    const int ret =
+        UpdateArea(shard, static_cast<uint8_t>(a), const_cast<char*>(area.base), area.bytes);
+    if (ret < 0) {
+      LogAreaFailure("an area on a further ring", AreaError(ret).c_str());
+    } else {
+      shard.fixed.set(a);
+    }
+  }
+}
+
+int UringBackend::UpdateArea(Shard& shard, uint8_t area, void* base, size_t bytes) {
+  iovec iov{base, bytes};
+  const int ret =
+      io_uring_register_buffers_update_tag(shard.ring.get(), area - 1u, &iov, nullptr, 1);
+  return ret < 0 ? ret : 0;
+}
+
+void UringBackend::LogAreaFailure(const char* what, const char* why) {
+  if (!area_failure_logged_.exchange(true, std::memory_order_relaxed)) {
+    spdlog::info(
+        "io_uring: could not register {} ({}): its reads and writes pin their buffers per op "
+        "instead",
+        what, why);
+  } else {
+    spdlog::debug("io_uring: could not register {} ({})", what, why);
+  }
+}
+
+uint8_t UringBackend::RegisterArea(void* base, size_t bytes) noexcept {
+  if (base == nullptr || bytes == 0 || bytes > kMaxAreaBytes) return 0;
+  uint8_t area = 0;
+  {
+    std::lock_guard lock(area_mu_);
+    if (areas_closed_ || stopping_.load(std::memory_order_relaxed)) return 0;
+    for (int a = 1; a <= kMaxAreas && area == 0; ++a) {
+      if (!area_taken_.test(a)) area = static_cast<uint8_t>(a);
+    }
+    if (area == 0) {
+      LogAreaFailure("an area", "all 255 in use");
+      return 0;
+    }
+    area_taken_.set(area);
+  }
+  AreaRequest req{area, base, bytes};
+  RunAreaRequest(req);
+  if (req.ok) return area;
+  std::lock_guard lock(area_mu_);
+  area_taken_.reset(area);
+  return 0;
+}
+
+void UringBackend::UnregisterArea(uint8_t area) noexcept {
+  if (area == 0) return;
+  {
+    std::lock_guard lock(area_mu_);
+    if (!area_taken_.test(area)) return;
+  }
+  AreaRequest req{area, nullptr, 0};
+  RunAreaRequest(req);  // a ring thread gone has taken its tables with it
+  std::lock_guard lock(area_mu_);
+  area_taken_.reset(area);
+}
+
+void UringBackend::RunAreaRequest(AreaRequest& req) {
+  if (std::this_thread::get_id() == ring_thread_id_) {  // a sink registering: no hand-off
+    ApplyArea(req);
+    return;
+  }
+  std::unique_lock lock(area_mu_);
+  if (areas_closed_) return;
+  area_in_.push_back(&req);
+  lock.unlock();
+  areas_waiting_.store(true, std::memory_order_seq_cst);
+  Wake();
+  lock.lock();
+  area_cv_.wait(lock, [&req] { return req.done; });
+}
+
+// Ring thread.
+void UringBackend::TakeAreas() {
+  if (!areas_waiting_.exchange(false, std::memory_order_seq_cst)) return;
+  std::vector<AreaRequest*> work;
+  {
+    std::lock_guard lock(area_mu_);
+    work.swap(area_in_);
+  }
+  // Unlocked: pinning a large area takes a while, and others may queue meanwhile.
+  for (AreaRequest* req : work) ApplyArea(*req);
+  {
+    std::lock_guard lock(area_mu_);
+    for (AreaRequest* req : work) req->done = true;
+  }
+  area_cv_.notify_all();
+}
+
+// Ring thread.
+void UringBackend::ApplyArea(AreaRequest& req) {
+  const uint8_t a = req.area;
+  if (req.base == nullptr) {
+    for (size_t s = 0; s < shards_made_; ++s) {
+      Shard& shard = shards_[s];
+      if (shard.ring == nullptr || !shard.fixed.test(a)) continue;
+      // Failing, the slot keeps the old pages pinned until it is filled
+      // again; we never name it meanwhile.
+      if (const int ret = UpdateArea(shard, a, nullptr, 0); ret < 0) {
+        spdlog::warn("io_uring: could not unregister an area: {}", std::strerror(-ret));
+      }
+      shard.fixed.reset(a);
+    }
+    areas_[a] = Area{};
+    req.ok = true;
+    return;
+  }
+  // The first ring decides: it runs every op up to shard_ops in flight.
+  Shard& first = shards_[0];
+  if (!first.has_table) return;  // logged when the table failed
+  if (const int ret = UpdateArea(first, a, req.base, req.bytes); ret < 0) {
+    LogAreaFailure("an area", AreaError(ret).c_str());
+    return;
+  }
+  first.fixed.set(a);
+  areas_[a] = Area{static_cast<const char*>(req.base), req.bytes};
+  for (size_t s = 1; s < shards_made_; ++s) {
+    Shard& shard = shards_[s];
+    if (shard.ring == nullptr || !shard.has_table) continue;
+    if (const int ret = UpdateArea(shard, a, req.base, req.bytes); ret < 0) {
+      LogAreaFailure("an area on a further ring", AreaError(ret).c_str());
+    } else {
+      shard.fixed.set(a);
+    }
+  }
+  req.ok = true;
+}
+
+int UringBackend::FixedIndex(const Shard& shard, const core::OpParams& p) const {
+  if (p.area == 0 || !shard.fixed.test(p.area)) return -1;
+  const Area& a = areas_[p.area];
+  const uintptr_t start = reinterpret_cast<uintptr_t>(p.buf);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(a.base);
+  // The whole buffer inside the area: the kernel checks the same, but
+  // failing the op (EFAULT) where a plain read would succeed is not ours
+  // to do.
+  if (start < base || start - base > a.bytes || p.len > a.bytes - (start - base)) return -1;
+  return p.area - 1;
 }
 
 UringBackend::~UringBackend() {
@@ -461,6 +638,7 @@ void UringBackend::Run() {
     // Cancels first: any op submitted before a cancel request for it is then
     // already in the stack, so it is taken below and the cancel finds it.
     TakeCancels();
+    TakeAreas();
     TakeSubmissions();
     if (stopping) DrainForShutdown();
     const int64_t now = core::MonoNanos();
@@ -479,6 +657,7 @@ void UringBackend::Run() {
     sleeping_.store(true, std::memory_order_seq_cst);
     if (submit_head_.load(std::memory_order_seq_cst) != nullptr ||
         cancels_waiting_.load(std::memory_order_seq_cst) ||
+        areas_waiting_.load(std::memory_order_seq_cst) ||
         stopping_.load(std::memory_order_seq_cst) != stopping) {
       sleeping_.store(false, std::memory_order_relaxed);
       SubmitAndWait(false, 0);
@@ -643,12 +822,24 @@ bool UringBackend::StartOne(Shard& shard, Op& op, int64_t now) {
       io_uring_prep_close(sqe, p.fd);
       break;
     case OpKind::kRead:
+    case OpKind::kWrite: {
       // offset -1 (as u64) reads at the file position: IORING_FEAT_RW_CUR_POS.
-      io_uring_prep_read(sqe, p.fd, p.buf, p.len, static_cast<uint64_t>(p.offset));
+      const uint64_t offset = static_cast<uint64_t>(p.offset);
+      const bool write = op.head->kind.load(std::memory_order_relaxed) == OpKind::kWrite;
+      if (const int index = FixedIndex(shard, p); index >= 0) {
+        if (write) {
+          io_uring_prep_write_fixed(sqe, p.fd, p.buf, p.len, offset, index);
+        } else {
+          io_uring_prep_read_fixed(sqe, p.fd, p.buf, p.len, offset, index);
+        }
+        fixed_ops_.store(fixed_ops_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      } else if (write) {
+        io_uring_prep_write(sqe, p.fd, p.buf, p.len, offset);
+      } else {
+        io_uring_prep_read(sqe, p.fd, p.buf, p.len, offset);
+      }
       break;
-    case OpKind::kWrite:
-      io_uring_prep_write(sqe, p.fd, p.buf, p.len, static_cast<uint64_t>(p.offset));
-      break;
+    }
     case OpKind::kFsync:
       io_uring_prep_fsync(sqe, p.fd, (p.flags & 1) != 0 ? IORING_FSYNC_DATASYNC : 0);
       break;

@@ -2,6 +2,8 @@
 
 #include <array>
 #include <atomic>
+#include <bitset>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -92,6 +94,20 @@ struct UringOptions {
 /// a blocking lookup that must not run on the ring thread (one slow
 /// filesystem would stall every op), and they are rare, non-cancel-safe
 /// metadata ops for which a thread-pool hop costs nothing that matters.
+///
+/// Registered areas: every ring gets a sparse table of kMaxAreas fixed
+/// buffers when it is made; RegisterArea fills one slot in each ring (made
+/// ones now, further shards as they are made), UnregisterArea empties it.
+/// SINGLE_ISSUER rings refuse io_uring_register from any other thread
+/// (EEXIST), so both hand the work to the ring thread and wait for it. A
+/// read or write naming an area whose slot its ring holds, with its buffer
+/// wholly inside the area, goes as READ_FIXED / WRITE_FIXED (buffer index
+/// area - 1); anything else as a plain READ / WRITE, so a wrong area number
+/// costs the pinning it would have saved, never a transfer outside the area.
+/// Each ring pins the area and charges it to the daemon's RLIMIT_MEMLOCK
+/// (unless it has CAP_IPC_LOCK): the first ring always, each further one
+/// once made (beyond shard_ops ops in flight) again. Reads run inline
+/// (TryRunInline, on the caller's own ring) stay plain.
 class UringBackend final : public core::Backend {
  public:
   /// Probes io_uring and starts the ring thread. UNAVAILABLE (with the
@@ -131,11 +147,39 @@ class UringBackend final : public core::Backend {
   /// Any thread; approximate while ops move.
   core::BackendStats Stats() const override;
 
+  /// See the class comment. Blocks until the ring thread has registered it
+  /// in every ring made (the kernel pins its pages then). 0 also for an
+  /// area over 1 GiB (the kernel's limit per buffer). Logs the first
+  /// failure.
+  uint8_t RegisterArea(void* base, size_t bytes) noexcept override;
+  /// Empties the area's slot in every ring, then frees its number. Blocks
+  /// until the ring thread has done it. Should an op on the area still be in
+  /// flight, nothing breaks: one on the ring keeps its pages pinned until it
+  /// completes (the kernel holds a reference per request), and one not yet
+  /// on the ring goes as a plain read or write.
+  void UnregisterArea(uint8_t area) noexcept override;
+
+  /// Reads and writes sent as READ_FIXED / WRITE_FIXED so far. Any thread.
+  uint64_t fixed_ops() const { return fixed_ops_.load(std::memory_order_relaxed); }
+
   const UringProbe& probe() const { return probe_; }
   /// The IORING_SETUP_* flags the ring was created with.
   uint32_t setup_flags() const { return setup_flags_; }
 
  private:
+  static constexpr int kMaxAreas = 255;
+  static constexpr size_t kMaxAreaBytes = size_t{1} << 30;
+
+  // One RegisterArea or UnregisterArea handed to the ring thread; lives on
+  // the caller's stack until `done`.
+  struct AreaRequest {
+    uint8_t area;
+    void* base;  // nullptr: unregister
+    size_t bytes;
+    bool done = false;  // guarded by area_mu_
+    bool ok = false;
+  };
+
   struct CancelRequest {
     core::Op* op;
     uint32_t gen;
@@ -166,6 +210,8 @@ class UringBackend final : public core::Backend {
     std::vector<uint32_t> free;  // indices of its free ring entries
     size_t on_ring = 0;
     bool failed = false;  // its ring could not be created: never used
+    bool has_table = false;            // its sparse table of kMaxAreas buffers is registered
+    std::bitset<kMaxAreas + 1> fixed;  // areas registered in its table (by number)
     bool poked = false;   // may have completions to run (further shards)
   };
 
@@ -177,6 +223,21 @@ class UringBackend final : public core::Backend {
   // The shard to put the next op on, or nullptr when every usable one is full.
   Shard* PickShard();
   Shard& ShardOf(uint32_t index) { return shards_[index / shard_ops_]; }
+  // Registers `shard`'s empty buffer table and every live area in it.
+  void SetUpAreas(Shard& shard);
+  // Puts area `area` ([base, base + bytes); nullptr, 0 empties it) in
+  // `shard`'s table; 0 or -errno.
+  int UpdateArea(Shard& shard, uint8_t area, void* base, size_t bytes);
+  // Runs the waiting RegisterArea / UnregisterArea requests.
+  void TakeAreas();
+  void ApplyArea(AreaRequest& req);
+  // Info the first time, debug after: one cause tends to repeat.
+  void LogAreaFailure(const char* what, const char* why);
+  // The buffer index for `p`'s read or write on `shard`, or -1: plain I/O.
+  int FixedIndex(const Shard& shard, const core::OpParams& p) const;
+  // Asks the ring thread to run `req` and waits until it has (or runs it
+  // here, on the ring thread). A ring thread gone answers req.ok false.
+  void RunAreaRequest(AreaRequest& req);
   // Submits the further shards' SQEs and runs their deferred completions.
   void EnterShards();
   void TakeSubmissions();
@@ -244,6 +305,11 @@ class UringBackend final : public core::Backend {
   std::vector<std::pair<uint32_t, uint32_t>> recancel_;
   int64_t recancel_at_ = 0;
   bool drained_ = false;
+  struct Area {
+    const char* base = nullptr;
+    size_t bytes = 0;  // 0: not registered
+  };
+  std::array<Area, kMaxAreas + 1> areas_{};  // by number; [0] unused
 
   // Shared with producers.
   alignas(64) std::atomic<core::Op*> submit_head_{nullptr};
@@ -254,6 +320,16 @@ class UringBackend final : public core::Backend {
   std::atomic<uint64_t> on_ring_count_{0};  // for Stats
   std::mutex cancel_mu_;
   std::vector<CancelRequest> cancel_in_;  // guarded by cancel_mu_
+
+  std::atomic<bool> areas_waiting_{false};
+  std::atomic<uint64_t> fixed_ops_{0};
+  std::atomic<bool> area_failure_logged_{false};
+  std::mutex area_mu_;
+  std::condition_variable area_cv_;
+  std::vector<AreaRequest*> area_in_;      // guarded by area_mu_
+  std::bitset<kMaxAreas + 1> area_taken_;  // numbers handed out; guarded by area_mu_
+  bool areas_closed_ = false;              // the ring thread is gone; guarded by area_mu_
+  std::thread::id ring_thread_id_;         // set before Create returns
 
   std::mutex shutdown_mu_;
   std::thread thread_;

@@ -100,6 +100,24 @@ class Backend {
   /// blocks; any thread.
   virtual void Interrupt(Op& op, uint32_t gen) noexcept = 0;
 
+  /// Registers the memory [base, base + bytes) with the kernel so that reads
+  /// and writes whose buffer lies inside it skip pinning it per op (io_uring
+  /// fixed buffers). Returns its area number, 1..255, unique among this
+  /// backend's registered areas, for OpParams.area; or 0 when it is not
+  /// registered, for whatever reason: unsupported here, over
+  /// RLIMIT_MEMLOCK, table full, stopping. An op with area 0 runs exactly as
+  /// before, and so does one whose buffer is not wholly inside its area:
+  /// registering is an optimization, never needed for correctness. The
+  /// memory must stay mapped until UnregisterArea. Any thread; may block
+  /// briefly (the backend's own thread registers it). The default registers
+  /// nothing.
+  virtual uint8_t RegisterArea(void* base, size_t bytes) noexcept { return 0; }
+  /// Forgets area `area` (from RegisterArea; 0 or an unknown number: no-op);
+  /// its number may be handed out again as soon as this returns. The caller
+  /// ensures no op naming it is in flight (every such op has completed).
+  /// Any thread; may block briefly.
+  virtual void UnregisterArea(uint8_t area) noexcept {}
+
   /// Stops accepting ops, ends every op it holds (those that never started
   /// as cancelled, via Complete) and joins its threads. Blocks. Idempotent.
   virtual void Shutdown() = 0;

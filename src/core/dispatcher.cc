@@ -70,6 +70,21 @@ Backend* Dispatcher::BackendOf(BackendKind kind) const {
   return nullptr;
 }
 
+Backend* Dispatcher::AreaBackend() const {
+  Backend* b = BackendFor(OpKind::kRead);
+  return b != nullptr && b == BackendFor(OpKind::kWrite) ? b : nullptr;
+}
+
+uint8_t Dispatcher::RegisterArea(void* base, size_t bytes) {
+  Backend* b = AreaBackend();
+  return b != nullptr ? b->RegisterArea(base, bytes) : 0;
+}
+
+void Dispatcher::UnregisterArea(uint8_t area) {
+  Backend* b = AreaBackend();
+  if (b != nullptr && area != 0) b->UnregisterArea(area);
+}
+
 absl::StatusOr<HandleTable::Use> Dispatcher::AcquireHandle(Session& session,
                                                            const OpRequest& request) {
   // First: a closing session has closed its handles too, and an op on its

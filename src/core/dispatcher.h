@@ -112,6 +112,21 @@ class Dispatcher final : public OpCompleter {
   void Complete(Op& op, int64_t result) noexcept override;
   CancelResult Expire(Op& op, uint32_t gen, int64_t now_ns) noexcept override;
 
+  /// Registers [base, base + bytes) (memory a client shares with the
+  /// daemon) with the backend reads and writes are routed to
+  /// (Backend::RegisterArea): ops whose buffer lies inside it then name it
+  /// in OpParams.area. Returns the area number, or 0 when that backend does
+  /// not register it (the thread pool never does; io_uring may be over
+  /// RLIMIT_MEMLOCK or out of its 255 areas): ops then leave area 0 and run
+  /// as any other. OpParams.area means something only to that backend;
+  /// every other one (and the thread pool and reactor always) uses `buf`
+  /// as it is. Call after SetBackends; any thread; may block briefly.
+  uint8_t RegisterArea(void* base, size_t bytes);
+  /// Unregisters `area` from that backend once no op naming it is in
+  /// flight; its number may come back from a later RegisterArea. Any
+  /// thread; may block briefly.
+  void UnregisterArea(uint8_t area);
+
   /// Set before the first Submit; not owned.
   void SetObserver(CompletionObserver* observer) { observer_ = observer; }
 
@@ -122,6 +137,9 @@ class Dispatcher final : public OpCompleter {
  private:
   Backend* BackendFor(OpKind kind) const { return route_[static_cast<int>(kind)]; }
   Backend* BackendOf(BackendKind kind) const;
+  // Where areas are registered: the backend of both reads and writes, if one
+  // runs both (an area number names a slot in one backend's table).
+  Backend* AreaBackend() const;
   // Registers and fills; the op is kQueued and not yet handed to anyone.
   absl::StatusOr<Op*> Prepare(Session& session, const OpRequest& request, int64_t now);
   // Prepare for the restored op `id`: fills it (see SubmitRestored).

@@ -53,6 +53,10 @@ struct OpParams {
   uint32_t flags = 0;  // open(2) flags, RENAME_*, POLL* events, AT_* for statx, datasync bit
   uint32_t mode = 0;   // open/mkdir mode, fallocate mode
   bool stream = false;  // fd is a pipe, FIFO, socket or character device (no file position)
+  // The area `buf` lies in, as Dispatcher::RegisterArea numbered it, or 0.
+  // Only a hint to the backend that registered it (it checks the range);
+  // every other backend ignores it. Fills stream's padding.
+  uint8_t area = 0;
   // The client named `path - shown_prefix`: what precedes `path` there was
   // taken off (the daemon's shares). A handle opened shows the whole name.
   uint16_t shown_prefix = 0;

@@ -22,6 +22,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -489,6 +490,7 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
     uring_.reset();
     pool_.reset();
     dispatcher_.reset();
+    for (const auto& [base, bytes] : mappings_) ::munmap(base, bytes);
     EXPECT_EQ(sink_.duplicates(), 0) << "some op completed more than once";
     session_.reset();
     extra_sessions_.clear();
@@ -606,6 +608,34 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
     return buffers_.back().get();
   }
 
+  // `bytes` of shared memory backed by a memfd, as a local ring's buffer
+  // area is; unmapped once the backends are gone.
+  char* SharedArea(size_t bytes) {
+    const int fd = ::memfd_create("conformance-area", MFD_CLOEXEC);
+    EXPECT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(bytes)), 0) << std::strerror(errno);
+    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    EXPECT_NE(base, MAP_FAILED) << std::strerror(errno);
+    if (base == MAP_FAILED) return nullptr;
+    mappings_.emplace_back(base, bytes);
+    return static_cast<char*>(base);
+  }
+
+  // Registers an area; io_uring must take it, the thread pool never does.
+  uint8_t RegisterArea(void* base, size_t bytes) {
+    const uint8_t area = dispatcher_->RegisterArea(base, bytes);
+    if (uring_ != nullptr) {
+      EXPECT_NE(area, 0) << "io_uring did not register the area (see the log for why)";
+    } else {
+      EXPECT_EQ(area, 0) << "the thread pool registers no area";
+    }
+    return area;
+  }
+
+  // Reads and writes io_uring sent as fixed-buffer ops so far (0 without it).
+  uint64_t FixedOps() const { return uring_ != nullptr ? uring_->fixed_ops() : 0; }
+
   uint32_t OpenOk(const char* path, uint32_t flags, uint32_t mode = 0644) {
     Completion c = Run(Open(path, flags, mode));
     EXPECT_EQ(c.state, OpState::kCompleted) << path;
@@ -685,6 +715,7 @@ class ConformanceTest : public testing::TestWithParam<Setup> {
   std::vector<int> owned_fds_;
   std::deque<std::string> kept_;
   std::vector<std::unique_ptr<char[]>> buffers_;
+  std::vector<std::pair<void*, size_t>> mappings_;
 };
 
 INSTANTIATE_TEST_SUITE_P(Backends, ConformanceTest, kSetups, SetupName);
@@ -957,6 +988,183 @@ TEST_P(ConformanceTest, TimeoutCompletesWithZero) {
   Completion c = Run(Timeout(10'000'000));
   EXPECT_EQ(c.state, OpState::kCompleted);
   EXPECT_EQ(c.result, 0);
+}
+
+// =============================================================================
+// Registered areas: the same results through memory registered with the
+// backend (io_uring's fixed buffers), plain I/O wherever it does not apply
+// =============================================================================
+
+// `n` bytes of a pattern that differs at every offset within a page.
+std::string Pattern(size_t n, int seed) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>((i * 31 + seed) % 251);
+  return out;
+}
+
+OpRequest InArea(OpRequest r, uint8_t area) {
+  r.params.area = area;
+  return r;
+}
+
+// Reads and writes whose buffers lie in a registered area (shared memfd
+// memory, like a local ring's) give the results, bytes done and data plain
+// buffers give, for files and pipes: io_uring sends each as a fixed-buffer
+// op; the thread pool registers nothing and uses the buffers as they are.
+TEST_P(ConformanceTest, RegisteredAreaMovesTheSameBytesAsPlainBuffers) {
+  constexpr size_t kAreaBytes = 64 << 10;
+  char* mem = SharedArea(kAreaBytes);
+  ASSERT_NE(mem, nullptr);
+  const uint8_t area = RegisterArea(mem, kAreaBytes);
+  const uint64_t fixed_before = FixedOps();
+  const uint32_t h = OpenOk("data", O_RDWR | O_CREAT);
+  const std::string pattern = Pattern(8192, 1);
+
+  std::memcpy(mem + 4096, pattern.data(), pattern.size());
+  Completion from_area = Run(InArea(Write(h, mem + 4096, 8192, 0), area));
+  Completion from_plain = Run(Write(h, pattern.data(), 8192, 16384));
+  EXPECT_EQ(from_area.state, OpState::kCompleted);
+  EXPECT_EQ(from_area.result, 8192);
+  EXPECT_EQ(from_area.result, from_plain.result);
+  EXPECT_EQ(from_area.bytes_done, from_plain.bytes_done);
+  const std::string on_disk = Slurp(InRoot("data"));
+  ASSERT_EQ(on_disk.size(), 24576u);
+  EXPECT_EQ(on_disk.substr(0, 8192), pattern);
+  EXPECT_EQ(on_disk.substr(16384), pattern);
+
+  // Whole, short (across end-of-file) and empty (past it) reads.
+  for (const int64_t offset : {int64_t{0}, int64_t{16384}, int64_t{20000}, int64_t{1} << 20}) {
+    Completion into_area = Run(InArea(Read(h, mem + 32768, 8192, offset), area));
+    Completion into_plain = Run(Read(h, Buffer(8192), 8192, offset));
+    EXPECT_EQ(into_area.state, OpState::kCompleted) << offset;
+    EXPECT_EQ(into_area.result, into_plain.result) << offset;
+    EXPECT_EQ(into_area.bytes_done, into_plain.bytes_done) << offset;
+    EXPECT_EQ(into_area.data, into_plain.data) << offset;
+    EXPECT_EQ(into_area.data, on_disk.substr(std::min<size_t>(offset, on_disk.size()), 8192));
+  }
+
+  // A pipe: no file position, so read and written at the current one.
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0) << std::strerror(errno);
+  owned_fds_.push_back(fds[0]);
+  absl::StatusOr<uint32_t> pipe_writer = session_->handles().Insert(fds[1]);
+  ASSERT_TRUE(pipe_writer.ok()) << pipe_writer.status();
+  std::memcpy(mem + 100, "through the area", 16);
+  Completion to_pipe = Run(InArea(Write(*pipe_writer, mem + 100, 16, -1), area));
+  EXPECT_EQ(to_pipe.result, 16);
+  char got[16];
+  ASSERT_EQ(::read(fds[0], got, sizeof(got)), 16);
+  EXPECT_EQ(std::string(got, 16), "through the area");
+  int writer;
+  const uint32_t reader = PipeHandle(&writer);
+  ASSERT_EQ(::write(writer, "and back", 8), 8);
+  Completion from_pipe = Run(InArea(Read(reader, mem + 60000, 64, -1), area));
+  EXPECT_EQ(from_pipe.result, 8);
+  EXPECT_EQ(from_pipe.data, "and back");
+  EXPECT_EQ(std::string(mem + 60000, 8), "and back");
+
+  if (uring_ != nullptr) {
+    EXPECT_EQ(FixedOps() - fixed_before, 7u) << "not every op in the area went as a fixed one";
+  }
+  dispatcher_->UnregisterArea(area);
+}
+
+// Areas come and go: more than the 255 an io_uring table holds over time,
+// each number back in use once unregistered; with 255 held a 256th is not
+// registered (0) and its ops run as plain ones; one freed, the next
+// registration gets its number. On the thread pool every one is 0.
+TEST_P(ConformanceTest, AreaNumbersAreReusedAfterUnregister) {
+  constexpr int kCycles = 300;
+  constexpr int kHeld = 255;
+  constexpr size_t kPage = 4096;
+  MakeFile("cycle", Pattern(kPage, 2));
+  const std::string content = Pattern(kPage, 2);
+  const uint32_t h = OpenOk("cycle", O_RDONLY);
+  char* mem = SharedArea((kHeld + 1) * kPage);
+  ASSERT_NE(mem, nullptr);
+  const uint64_t fixed_before = FixedOps();
+
+  std::set<int> numbers;
+  for (int i = 0; i < kCycles; ++i) {
+    char* page = mem + (i % (kHeld + 1)) * kPage;
+    const uint8_t area = RegisterArea(page, kPage);
+    numbers.insert(area);
+    Completion c = Run(InArea(Read(h, page, kPage, 0), area));
+    ASSERT_EQ(c.result, static_cast<int64_t>(kPage)) << "cycle " << i;
+    ASSERT_EQ(c.data, content) << "cycle " << i;
+    dispatcher_->UnregisterArea(area);
+  }
+  EXPECT_EQ(numbers.size(), 1u) << "an unregistered number was not handed out again";
+
+  std::vector<uint8_t> held;
+  for (int i = 0; i < kHeld; ++i) held.push_back(RegisterArea(mem + i * kPage, kPage));
+  if (uring_ != nullptr) {
+    EXPECT_EQ(std::set<uint8_t>(held.begin(), held.end()).size(), size_t{kHeld});
+  }
+  char* last = mem + kHeld * kPage;
+  const uint8_t over = dispatcher_->RegisterArea(last, kPage);
+  EXPECT_EQ(over, 0) << "a 256th area was registered";
+  Completion plain = Run(InArea(Read(h, last, kPage, 0), over));
+  EXPECT_EQ(plain.data, content);
+
+  dispatcher_->UnregisterArea(held[100]);
+  const uint8_t again = RegisterArea(last, kPage);
+  EXPECT_EQ(again, held[100]);
+  Completion reused = Run(InArea(Read(h, last, kPage, 0), again));
+  EXPECT_EQ(reused.data, content);
+  held[100] = again;
+  for (const int i : {0, 50, 150, 200, 250}) {
+    Completion c = Run(InArea(Read(h, mem + i * kPage, kPage, 0), held[i]));
+    EXPECT_EQ(c.data, content) << i;
+  }
+  for (const uint8_t area : held) dispatcher_->UnregisterArea(area);
+  if (uring_ != nullptr) {
+    // Every read but the one over the limit went as a fixed one.
+    EXPECT_EQ(FixedOps() - fixed_before, uint64_t{kCycles} + 1 + 5);
+  }
+}
+
+// An op whose buffer is not wholly inside the area it names (elsewhere,
+// straddling the area's end, just past it), or that names an area never
+// registered, runs as a plain read or write with the same results: a fixed
+// op must never reach beyond its registered memory.
+TEST_P(ConformanceTest, BufferOutsideItsAreaRunsAsPlainIo) {
+  constexpr size_t kPage = 4096;
+  char* mem = SharedArea(2 * kPage);
+  ASSERT_NE(mem, nullptr);
+  const uint8_t area = RegisterArea(mem, kPage);  // the first page only
+  const std::string content = Pattern(2 * kPage, 3);
+  MakeFile("f", content);
+  const uint32_t h = OpenOk("f", O_RDWR);
+  const uint64_t fixed_before = FixedOps();
+
+  struct Case {
+    const char* what;
+    char* buf;
+    uint32_t len;
+    uint8_t area;
+  };
+  const Case cases[] = {
+      {"a buffer elsewhere", Buffer(kPage), kPage, area},
+      {"straddling the area's end", mem + kPage - 100, 200, area},
+      {"just past the area", mem + kPage, kPage, area},
+      {"an area never registered", mem, kPage, static_cast<uint8_t>(area + 100)},
+  };
+  for (const Case& c : cases) {
+    std::memset(c.buf, 0, c.len);
+    Completion r = Run(InArea(Read(h, c.buf, c.len, 10), c.area));
+    EXPECT_EQ(r.state, OpState::kCompleted) << c.what;
+    EXPECT_EQ(r.result, c.len) << c.what;
+    EXPECT_EQ(r.data, content.substr(10, c.len)) << c.what;
+    EXPECT_EQ(std::string(c.buf, c.len), content.substr(10, c.len)) << c.what;
+  }
+  const std::string update = Pattern(200, 4);
+  std::memcpy(mem + kPage - 100, update.data(), update.size());
+  Completion w = Run(InArea(Write(h, mem + kPage - 100, 200, 0), area));
+  EXPECT_EQ(w.result, 200);
+  EXPECT_EQ(Slurp(InRoot("f")).substr(0, 200), update);
+  EXPECT_EQ(FixedOps(), fixed_before) << "a buffer outside its area went as a fixed op";
+  dispatcher_->UnregisterArea(area);
 }
 
 // =============================================================================

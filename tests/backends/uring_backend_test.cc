@@ -3,7 +3,8 @@
 // deadlines, the timeout kind, cancel racing completion (every op reaches
 // exactly one completion: liburing's test/cancel-race.c invariant),
 // shutdown with blocked ops, ops spread over several rings (shards), path
-// confinement, and the fallback when
+// confinement, registered areas (fixed buffers: on every ring, from any
+// thread, within RLIMIT_MEMLOCK), and the fallback when
 // io_uring is unavailable (a seccomp filter, the environment switch).
 // Tests that need a ring skip visibly, with the probe's reason, when the
 // kernel cannot give one.
@@ -12,12 +13,15 @@
 
 #include <fcntl.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stddef.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -55,11 +59,11 @@ class Recorder final : public core::CompletionSink {
     const size_t i = op.cookie;
     states_[i] = op.state();
     results_[i] = op.result.load(std::memory_order_relaxed);
-    counts_[i].fetch_add(1, std::memory_order_relaxed);
+    counts_[i].fetch_add(1, std::memory_order_release);  // publishes state and result
     done_.fetch_add(1, std::memory_order_release);
   }
   int done() const { return done_.load(std::memory_order_acquire); }
-  int count(size_t i) const { return counts_[i].load(std::memory_order_relaxed); }
+  int count(size_t i) const { return counts_[i].load(std::memory_order_acquire); }
   OpState state(size_t i) const { return states_[i]; }
   int64_t result(size_t i) const { return results_[i]; }
 
@@ -235,6 +239,32 @@ class UringBackendTest : public ::testing::Test {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     EXPECT_EQ(backend_->Stats().running, n);
+  }
+
+  // A file in the root holding `content`, as a session handle.
+  uint32_t FileHandle(const std::string& name, const std::string& content) {
+    const std::string path = root_path_ + "/" + name;
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    EXPECT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    auto h = session_->handles().Insert(fd);
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.value_or(0);
+  }
+
+  // Reads `len` bytes at 0 of `handle` into `buf`, naming `area`; waits.
+  int64_t ReadInArea(uint32_t handle, void* buf, uint32_t len, uint8_t area, Recorder& rec,
+                     uint64_t cookie) {
+    OpRequest r = ReadReq(handle, rec, cookie, buf, len);
+    r.params.offset = 0;
+    r.params.area = area;
+    auto id = dispatcher_->Submit(*session_, r);
+    EXPECT_TRUE(id.ok()) << id.status();
+    for (int i = 0; i < 10000 && rec.count(cookie) == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    EXPECT_EQ(rec.count(cookie), 1) << "read " << cookie;
+    return rec.result(cookie);
   }
 
   void ExpectLiveOpsReachZero() {
@@ -574,6 +604,119 @@ TEST_F(UringBackendTest, ShutdownEndsBlockedAndQueuedOps) {
   ExpectLiveOpsReachZero();
 }
 
+// Shared memory backed by a memfd, as a local ring's buffer area is.
+struct SharedMemory {
+  explicit SharedMemory(size_t n) : bytes(n) {
+    const int fd = memfd_create("uring-area", MFD_CLOEXEC);
+    if (fd >= 0 && ftruncate(fd, static_cast<off_t>(n)) == 0) {
+      void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      base = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+    }
+    if (fd >= 0) close(fd);
+  }
+  ~SharedMemory() {
+    if (base != nullptr) munmap(base, bytes);
+  }
+  char* base = nullptr;
+  size_t bytes;
+};
+
+// Registration runs on the ring thread (a SINGLE_ISSUER ring refuses
+// io_uring_register from any other: EEXIST). Threads registering and
+// unregistering their own areas while their reads run each get a number,
+// see their reads go as fixed ones with the right data, and free it.
+TEST_F(UringBackendTest, AreasComeAndGoFromManyThreadsWhileReadsRun) {
+  constexpr int kThreads = 4;
+  constexpr int kCycles = 100;
+  constexpr size_t kPage = 4096;
+  std::string content(kPage, '\0');
+  for (size_t i = 0; i < kPage; ++i) content[i] = static_cast<char>(i * 7 + 1);
+  const uint32_t h = FileHandle("shared", content);
+  SharedMemory mem(kThreads * kPage);
+  ASSERT_NE(mem.base, nullptr);
+  Recorder rec(kThreads * kCycles);
+  const uint64_t fixed_before = backend_->fixed_ops();
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      char* page = mem.base + t * kPage;
+      for (int i = 0; i < kCycles; ++i) {
+        const uint8_t area = dispatcher_->RegisterArea(page, kPage);
+        std::memset(page, 0, kPage);
+        const uint64_t cookie = static_cast<uint64_t>(t * kCycles + i);
+        if (area == 0 || ReadInArea(h, page, kPage, area, rec, cookie) != int64_t{kPage} ||
+            std::memcmp(page, content.data(), kPage) != 0) {
+          failures.fetch_add(1);
+        }
+        dispatcher_->UnregisterArea(area);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(backend_->fixed_ops() - fixed_before, uint64_t{kThreads * kCycles});
+  ExpectLiveOpsReachZero();
+}
+
+// A sink runs on the ring thread: registering from there is done in place,
+// not handed to the thread that would wait for it.
+class RegisteringSink final : public core::CompletionSink {
+ public:
+  RegisteringSink(UringBackend& backend, void* base, size_t bytes)
+      : backend_(backend), base_(base), bytes_(bytes) {}
+  void OnComplete(const core::Op&) noexcept override {
+    area_.store(backend_.RegisterArea(base_, bytes_), std::memory_order_relaxed);
+    done_.store(true, std::memory_order_release);
+  }
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  uint8_t area() const { return area_.load(std::memory_order_relaxed); }
+
+ private:
+  UringBackend& backend_;
+  void* base_;
+  size_t bytes_;
+  std::atomic<uint8_t> area_{0};
+  std::atomic<bool> done_{false};
+};
+
+TEST_F(UringBackendTest, ASinkOnTheRingThreadCanRegisterAnArea) {
+  SharedMemory mem(8192);
+  ASSERT_NE(mem.base, nullptr);
+  RegisteringSink sink(*backend_, mem.base, mem.bytes);
+  OpRequest nop;
+  nop.kind = OpKind::kNop;
+  nop.sink = &sink;
+  ASSERT_TRUE(dispatcher_->Submit(*session_, nop).ok());
+  for (int i = 0; i < 10000 && !sink.done(); ++i) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  ASSERT_TRUE(sink.done()) << "the sink never returned";
+  ASSERT_NE(sink.area(), 0);
+  const std::string content = "registered from the ring thread";
+  const uint32_t h = FileHandle("f", content);
+  Recorder rec(1);
+  const uint64_t fixed_before = backend_->fixed_ops();
+  EXPECT_EQ(ReadInArea(h, mem.base + 10, 100, sink.area(), rec, 0),
+            static_cast<int64_t>(content.size()));
+  EXPECT_EQ(std::string(mem.base + 10, content.size()), content);
+  EXPECT_EQ(backend_->fixed_ops() - fixed_before, 1u);
+  dispatcher_->UnregisterArea(sink.area());
+  ExpectLiveOpsReachZero();
+}
+
+// Once shut down, nothing registers, and unregistering returns at once.
+TEST_F(UringBackendTest, NoAreaAfterShutdown) {
+  SharedMemory mem(4096);
+  ASSERT_NE(mem.base, nullptr);
+  const uint8_t area = dispatcher_->RegisterArea(mem.base, mem.bytes);
+  ASSERT_NE(area, 0);
+  backend_->Shutdown();
+  EXPECT_EQ(dispatcher_->RegisterArea(mem.base, mem.bytes), 0);
+  dispatcher_->UnregisterArea(area);
+  EXPECT_EQ(backend_->RegisterArea(nullptr, 4096), 0);
+}
+
 // A small shard_ops spreads a few hundred blocked ops over several rings:
 // what holds 100,000 ops in production, at a test's scale. Each ring's
 // completions must be heard, and each cancel must reach the op's own ring.
@@ -732,6 +875,37 @@ TEST_F(ShardedUringBackendTest, CompletionBehindManyEmptyWakeupsOnALaterShardArr
   ExpectLiveOpsReachZero();
 }
 
+// Every ring has its own buffer table: an area registered while only the
+// first ring exists is put in a further one as it is made, and one
+// registered later goes into both; reads there go as fixed ones.
+TEST_F(ShardedUringBackendTest, AreasReachRingsMadeLater) {
+  SharedMemory mem(2 * 4096);
+  ASSERT_NE(mem.base, nullptr);
+  const uint8_t early = dispatcher_->RegisterArea(mem.base, 4096);
+  ASSERT_NE(early, 0);
+  const std::string content = "read on a further ring";
+  const uint32_t h = FileHandle("f", content);
+  Recorder rec(kShardOps + 2);
+  std::vector<char> bufs;
+  SubmitReads(BlockingPipeHandle(), rec, kShardOps, bufs);  // the first ring is full
+  ExpectRunning(kShardOps);
+  const uint64_t fixed_before = backend_->fixed_ops();
+  EXPECT_EQ(ReadInArea(h, mem.base, 4096, early, rec, kShardOps),
+            static_cast<int64_t>(content.size()));
+  EXPECT_EQ(std::string(mem.base, content.size()), content);
+  const uint8_t late = dispatcher_->RegisterArea(mem.base + 4096, 4096);
+  ASSERT_NE(late, 0);
+  EXPECT_EQ(ReadInArea(h, mem.base + 4096, 4096, late, rec, kShardOps + 1),
+            static_cast<int64_t>(content.size()));
+  EXPECT_EQ(std::string(mem.base + 4096, content.size()), content);
+  EXPECT_EQ(backend_->fixed_ops() - fixed_before, 2u);
+  ASSERT_TRUE(dispatcher_->CloseSession(session_->id(), core::EndReason::kSessionClosed).ok());
+  ASSERT_TRUE(rec.WaitFor(kShardOps + 2));
+  dispatcher_->UnregisterArea(early);
+  dispatcher_->UnregisterArea(late);
+  ExpectLiveOpsReachZero();
+}
+
 // The same race with the ops spread over shards whenever the first fills.
 TEST_F(ShardedUringBackendTest, CancelRacingCompletionEndsEachOpExactlyOnce) {
   RunCancelRacingCompletion();
@@ -751,6 +925,101 @@ TEST_F(ShardedUringBackendTest, ShutdownEndsOpsOnEveryShard) {
     ASSERT_EQ(rec.state(i), OpState::kCancelled) << i;
   }
   ExpectLiveOpsReachZero();
+}
+
+// What the RLIMIT_MEMLOCK child reports through its exit status.
+enum MemlockResult {
+  kMemlockOk = 0,
+  kNoCapDrop = 20,
+  kNoLimit,
+  kNoBackend,
+  kRegisteredOverLimit,
+  kReadFailed,
+  kNotRegisteredUnderLimit,
+  kFixedReadFailed,
+};
+
+// Registered buffers are pinned and charged to RLIMIT_MEMLOCK unless the
+// daemon has CAP_IPC_LOCK. An area over the limit is not registered (0),
+// and reads into it, naming that 0 or a number nobody holds, still work;
+// raised to the hard limit, the same area registers. In a child: it drops
+// CAP_IPC_LOCK and lowers its own limit.
+TEST(UringAreaLimitTest, AreaOverRlimitMemlockIsNotRegisteredAndReadsStillWork) {
+  constexpr size_t kAreaBytes = 1 << 20;
+  rlimit hard{};
+  ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &hard), 0);
+  if (hard.rlim_max != RLIM_INFINITY && hard.rlim_max < 2 * kAreaBytes) {
+    GTEST_SKIP() << "RLIMIT_MEMLOCK's hard limit (" << hard.rlim_max
+                 << " bytes) leaves no room to register the area once raised";
+  }
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Rings created without CAP_IPC_LOCK charge what they pin to the limit.
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3] = {};
+    if (syscall(SYS_capget, &header, caps) != 0) _exit(kNoCapDrop);
+    caps[CAP_TO_INDEX(CAP_IPC_LOCK)].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+    if (syscall(SYS_capset, &header, caps) != 0) _exit(kNoCapDrop);
+    rlimit low = hard;
+    low.rlim_cur = 64 << 10;
+    if (setrlimit(RLIMIT_MEMLOCK, &low) != 0) _exit(kNoLimit);
+
+    char tmpl[] = "/tmp/asyncd-memlock-XXXXXX";
+    const int file = mkstemp(tmpl);
+    if (file < 0) _exit(kReadFailed);
+    unlink(tmpl);
+    const std::string content = "still read without a registered area";
+    if (write(file, content.data(), content.size()) != static_cast<ssize_t>(content.size())) {
+      _exit(kReadFailed);
+    }
+    core::Registry registry;
+    core::Dispatcher dispatcher(registry, AT_FDCWD);
+    mocks::FakeBackend fallback(dispatcher, mocks::FakeBackend::Options{.result = -ENOSYS});
+    auto backend = UringBackend::Create(dispatcher, UringOptions{.entries = 64});
+    if (!backend.ok()) _exit(kNoBackend);
+    dispatcher.SetBackends({backend->get(), &fallback});
+    auto session = registry.OpenSession(core::ClientInfo{.name = "memlock"});
+    if (!session.ok()) _exit(kNoBackend);
+    const uint32_t h = *(*session)->handles().Insert(file);
+    SharedMemory mem(kAreaBytes);
+    Recorder rec(3);
+    auto read = [&](uint8_t area, uint64_t cookie) {
+      std::memset(mem.base, 0, content.size());
+      OpRequest r;
+      r.kind = OpKind::kRead;
+      r.handle = h;
+      r.params.buf = mem.base;
+      r.params.len = 4096;
+      r.params.offset = 0;
+      r.params.area = area;
+      r.sink = &rec;
+      r.cookie = cookie;
+      return dispatcher.Submit(**session, r).ok() && rec.WaitFor(static_cast<int>(cookie) + 1) &&
+             rec.result(cookie) == static_cast<int64_t>(content.size()) &&
+             std::memcmp(mem.base, content.data(), content.size()) == 0;
+    };
+
+    const uint8_t over = dispatcher.RegisterArea(mem.base, kAreaBytes);
+    if (over != 0) _exit(kRegisteredOverLimit);
+    if (!read(0, 0) || !read(1, 1)) _exit(kReadFailed);
+    if ((*backend)->fixed_ops() != 0) _exit(kReadFailed);
+
+    if (setrlimit(RLIMIT_MEMLOCK, &hard) != 0) _exit(kNoLimit);
+    const uint8_t under = dispatcher.RegisterArea(mem.base, kAreaBytes);
+    if (under == 0) _exit(kNotRegisteredUnderLimit);
+    if (!read(under, 2) || (*backend)->fixed_ops() != 1) _exit(kFixedReadFailed);
+    dispatcher.UnregisterArea(under);
+    (*backend)->Shutdown();
+    _exit(kMemlockOk);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died: " << status;
+  if (WEXITSTATUS(status) == kNoBackend) GTEST_SKIP() << "io_uring unavailable in the child";
+  EXPECT_EQ(WEXITSTATUS(status), kMemlockOk)
+      << "see MemlockResult (" << kNoCapDrop << ": no capset, " << kRegisteredOverLimit
+      << ": registered over the limit)";
 }
 
 TEST(UringProbeTest, EnvironmentVariableDisablesIoUring) {

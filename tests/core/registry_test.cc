@@ -516,6 +516,58 @@ TEST_F(DispatcherTest, OpenFinishingAfterItsSessionEndedClosesItsDescriptor) {
 
 // A walk visits live ops in op-id order and resumes after any id: pages
 // taken one after another see every op exactly once.
+// Areas go to the backend that runs reads and writes; it alone sees the
+// number, which an op carries to it unchanged. 0 is never forwarded.
+TEST(DispatcherAreaTest, RegistersWithTheBackendOfReadsAndWrites) {
+  Registry registry;
+  Dispatcher dispatcher(registry, AT_FDCWD);
+  mocks::FakeBackend ring(dispatcher, {.kind = BackendKind::kIoUring,
+                                       .kinds = {OpKind::kRead, OpKind::kWrite},
+                                       .completion = mocks::FakeBackend::Completion::kHeld,
+                                       .area = 7});
+  mocks::FakeBackend fallback(dispatcher, {.area = 9});
+  EXPECT_EQ(dispatcher.RegisterArea(nullptr, 4096), 0) << "no backends yet";
+  dispatcher.SetBackends({&ring, &fallback});
+  char area[64];
+  EXPECT_EQ(dispatcher.RegisterArea(area, sizeof(area)), 7);
+  EXPECT_EQ(ring.areas_registered(), 1u);
+  EXPECT_EQ(fallback.areas_registered(), 0u);
+
+  std::shared_ptr<Session> session = Open(registry);
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  absl::StatusOr<uint32_t> h = session->handles().Insert(fd);
+  ASSERT_TRUE(h.ok()) << h.status();
+  Sink sink;
+  OpRequest read{.kind = OpKind::kRead, .handle = *h, .sink = &sink};
+  read.params.buf = area;
+  read.params.len = sizeof(area);
+  read.params.area = 7;
+  ASSERT_TRUE(dispatcher.Submit(*session, read).ok());
+  ASSERT_EQ(ring.held_count(), 1u);
+  EXPECT_EQ(ring.held()[0]->params.area, 7);
+  ring.CompleteAll(0);
+
+  dispatcher.UnregisterArea(0);
+  dispatcher.UnregisterArea(7);
+  EXPECT_EQ(ring.unregistered(), std::vector<uint8_t>{7});
+  EXPECT_TRUE(fallback.unregistered().empty());
+}
+
+// When reads and writes go to different backends no number could name an
+// area for both: nothing is registered.
+TEST(DispatcherAreaTest, NoAreaWhenReadsAndWritesGoToDifferentBackends) {
+  Registry registry;
+  Dispatcher dispatcher(registry, AT_FDCWD);
+  mocks::FakeBackend reads(dispatcher,
+                           {.kind = BackendKind::kIoUring, .kinds = {OpKind::kRead}, .area = 7});
+  mocks::FakeBackend fallback(dispatcher, {.area = 9});
+  dispatcher.SetBackends({&reads, &fallback});
+  char area[64];
+  EXPECT_EQ(dispatcher.RegisterArea(area, sizeof(area)), 0);
+  EXPECT_EQ(reads.areas_registered() + fallback.areas_registered(), 0u);
+}
+
 TEST(RegistryWalkTest, PagesInIdOrderSeeEveryOpOnce) {
   Registry registry;
   std::vector<std::shared_ptr<Session>> sessions;

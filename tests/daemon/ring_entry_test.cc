@@ -3,13 +3,12 @@
 // accepted entry becomes; the SQ's index checks and the CQ's overflow.
 #include "daemon/ring_entry.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 
 #include <cstring>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "daemon/ring_server.h"
 
@@ -19,7 +18,9 @@ namespace {
 class RingEntryTest : public ::testing::Test {
  protected:
   RingEntryTest() : buffer_(1 << 16) {
-    limits_ = {.max_op_bytes = 4096, .buffer = buffer_.data(), .buffer_bytes = buffer_.size(),
+    limits_ = {.max_op_bytes = 4096,
+               .buffer = buffer_.data(),
+               .buffer_bytes = buffer_.size(),
                .now_ns = 1'000'000'000};
   }
   static asyncd_ring_sqe Entry(uint8_t kind) {
@@ -85,8 +86,7 @@ TEST_F(RingEntryTest, RefusesEachReasonWithItsCode) {
   e.kind = ASYNCD_RING_OP_WRITE;
   ExpectRejected(e, ASYNCD_RING_REASON_TOO_LONG, C::kResourceExhausted);
 
-  ExpectRejected(Read(16, buffer_.size() - 15), ASYNCD_RING_REASON_BAD_BUFFER,
-                 C::kInvalidArgument);
+  ExpectRejected(Read(16, buffer_.size() - 15), ASYNCD_RING_REASON_BAD_BUFFER, C::kInvalidArgument);
   ExpectRejected(Read(1, buffer_.size()), ASYNCD_RING_REASON_BAD_BUFFER, C::kInvalidArgument);
   // Sums that would wrap around 2^64.
   ExpectRejected(Read(16, ~uint64_t{0} - 8), ASYNCD_RING_REASON_BAD_BUFFER, C::kInvalidArgument);
@@ -121,6 +121,7 @@ TEST_F(RingEntryTest, AcceptedEntriesBecomeTheOpOfTheirKind) {
   asyncd_ring_sqe e = Read(4096, buffer_.size() - 4096);
   e.offset = -1;
   e.deadline_ms = 250;
+  limits_.area = 3;
   RingEntry r = CheckRingEntry(e, limits_);
   ASSERT_EQ(r.kind, RingEntry::Kind::kOp);
   EXPECT_EQ(r.request.kind, core::OpKind::kRead);
@@ -128,6 +129,7 @@ TEST_F(RingEntryTest, AcceptedEntriesBecomeTheOpOfTheirKind) {
   EXPECT_EQ(r.request.tag, 42u);
   EXPECT_EQ(r.request.params.buf, buffer_.data() + buffer_.size() - 4096);  // zero copy
   EXPECT_EQ(r.request.params.len, 4096u);
+  EXPECT_EQ(r.request.params.area, 3);  // io_uring's fixed buffer, when registered
   EXPECT_EQ(r.request.params.offset, -1);
   EXPECT_EQ(r.request.params.deadline_ns, limits_.now_ns + 250'000'000);
 
@@ -168,6 +170,7 @@ TEST_F(RingEntryTest, AcceptedEntriesBecomeTheOpOfTheirKind) {
   r = CheckRingEntry(Entry(ASYNCD_RING_OP_NOP), limits_);
   ASSERT_EQ(r.kind, RingEntry::Kind::kOp);
   EXPECT_EQ(r.request.kind, core::OpKind::kNop);
+  EXPECT_EQ(r.request.params.area, 0);
 }
 
 TEST(RingSqTest, TakesWhatIsReadyUpToMaxAndRefusesImpossibleTails) {
@@ -236,9 +239,15 @@ TEST(RingSetupTest, FillsDefaultsAndNamesTheBadField) {
     change(c);
     return CheckRingSetup(c, 1 << 30);
   };
-  EXPECT_EQ(bad([](auto& c) { c.sq_entries = 1; c.cq_entries = 1; }).code(),
+  EXPECT_EQ(bad([](auto& c) {
+              c.sq_entries = 1;
+              c.cq_entries = 1;
+            }).code(),
             absl::StatusCode::kOk);
-  EXPECT_EQ(bad([](auto& c) { c.sq_entries = 4096; c.cq_entries = 16384; }).code(),
+  EXPECT_EQ(bad([](auto& c) {
+              c.sq_entries = 4096;
+              c.cq_entries = 16384;
+            }).code(),
             absl::StatusCode::kOk);
   EXPECT_THAT(std::string(bad([](auto& c) { c.cq_entries = 32768; }).message()),
               ::testing::HasSubstr("cq_entries"));
@@ -246,8 +255,7 @@ TEST(RingSetupTest, FillsDefaultsAndNamesTheBadField) {
               ::testing::HasSubstr("sq_entries"));
   EXPECT_EQ(bad([](auto& c) { c.buffer_bytes = uint64_t{2} << 30; }).code(),
             absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(bad([](auto& c) { c.buffer_bytes = 4097; }).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad([](auto& c) { c.buffer_bytes = 4097; }).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RingLayoutTest, PutsEachPartInItsOwnPlaceAndTheBufferOnAPage) {

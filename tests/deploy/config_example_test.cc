@@ -27,6 +27,8 @@ Config Poisoned() {
   Config c;
   c.socket = "/poison.sock";
   c.takeover_socket = "/poison.takeover";
+  c.ring_socket = "/poison.ring";
+  c.ring_spin_us = 3;
   c.root = "/poison";
   c.tcp = "127.0.0.1:1";
   c.metrics = "127.0.0.1:2";
@@ -82,7 +84,7 @@ TEST(ConfigExampleTest, PoisonedDiffersFromDefaultsInEveryField) {
   // would make the next test blind to it. Adding a key: poison it, and
   // document it in deploy/asyncd.toml.example.
   // Fails to compile when Config gains or loses a field.
-  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41,f42,f43] = Config{};
+  [[maybe_unused]] const auto& [f1,f2,f3,f4,f5,f6,f7,f8,f9,f10,f11,f12,f13,f14,f15,f16,f17,f18,f19,f20,f21,f22,f23,f24,f25,f26,f27,f28,f29,f30,f31,f32,f33,f34,f35,f36,f37,f38,f39,f40,f41,f42,f43,f44,f45] = Config{};
   EXPECT_NE(Poisoned(), Config{});
 }
 
@@ -96,6 +98,8 @@ TEST(ConfigExampleTest, ExampleSetsEveryKeyToItsDefault) {
   const Config defaults;
   EXPECT_EQ(loaded->socket, defaults.socket);
   EXPECT_EQ(loaded->takeover_socket, defaults.takeover_socket);
+  EXPECT_EQ(loaded->ring_socket, defaults.ring_socket);
+  EXPECT_EQ(loaded->ring_spin_us, defaults.ring_spin_us);
   EXPECT_EQ(loaded->root, defaults.root);
   EXPECT_EQ(loaded->tcp, defaults.tcp);
   EXPECT_EQ(loaded->metrics, defaults.metrics);

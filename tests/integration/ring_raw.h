@@ -22,9 +22,11 @@ namespace asyncd::testing {
 /// A ring the daemon set up, mapped here.
 class RawRing {
  public:
-  RawRing(int sock, const asyncd_ring_setup_reply& reply, int memfd, int submit_fd,
-          int complete_fd)
-      : sock_(sock), reply_(reply), memfd_(memfd), submit_fd_(submit_fd),
+  RawRing(int sock, const asyncd_ring_setup_reply& reply, int memfd, int submit_fd, int complete_fd)
+      : sock_(sock),
+        reply_(reply),
+        memfd_(memfd),
+        submit_fd_(submit_fd),
         complete_fd_(complete_fd) {
     void* base = mmap(nullptr, reply.region_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
     base_ = base == MAP_FAILED ? nullptr : static_cast<uint8_t*>(base);
@@ -90,8 +92,8 @@ class RawRing {
   /// Reaps until `n` CQEs came (sleeping on the completion eventfd between
   /// looks, as ring.h says), or `timeout` passed. Kicks the daemon when it
   /// holds overflowed completions.
-  std::vector<asyncd_ring_cqe> Wait(size_t n, std::chrono::milliseconds timeout =
-                                                  std::chrono::seconds(10)) {
+  std::vector<asyncd_ring_cqe> Wait(size_t n,
+                                    std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     std::vector<asyncd_ring_cqe> out;
     const auto until = std::chrono::steady_clock::now() + timeout;
     while (out.size() < n && std::chrono::steady_clock::now() < until) {

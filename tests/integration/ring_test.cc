@@ -5,6 +5,7 @@
 // session, its socket, a drain, and a hostile client's broken indices, bad
 // entries and unreaped completions.
 #include <errno.h>
+#include <gmock/gmock.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -12,8 +13,6 @@
 #include <map>
 #include <random>
 #include <set>
-
-#include <gmock/gmock.h>
 
 #include "tests/integration/daemon_fixture.h"
 #include "tests/integration/ring_raw.h"
@@ -58,9 +57,21 @@ class RingTest : public ::testing::TestWithParam<BackendMode> {
     EXPECT_TRUE(h.ok()) << h.status();
     return h.ok() ? *h : 0;
   }
-  // A blocked read of the FIFO `h` through `ring`, listed by the daemon.
-  v1::OperationInfo BlockedRead(RawRing& ring, uint32_t h, uint64_t user_data,
-                                uint32_t deadline_ms = 0) {
+  // A session with a FIFO open and a ring.
+  struct FifoRing {
+    uint64_t session = 0;
+    uint32_t fifo = 0;
+    std::unique_ptr<RawRing> ring;
+  };
+  FifoRing NewFifoRing() {
+    FifoRing f;
+    f.session = NewSession();
+    f.fifo = OpenFifo(f.session);
+    f.ring = NewRing(f.session);
+    return f;
+  }
+  // A read of the FIFO `h` through `ring`: it blocks.
+  static void SubmitRead(RawRing& ring, uint32_t h, uint64_t user_data, uint32_t deadline_ms = 0) {
     asyncd_ring_sqe* e = ring.Next();
     e->kind = ASYNCD_RING_OP_READ;
     e->handle = h;
@@ -69,6 +80,10 @@ class RingTest : public ::testing::TestWithParam<BackendMode> {
     e->user_data = user_data;
     e->deadline_ms = deadline_ms;
     ring.Submit();
+  }
+  // A blocked read of the FIFO `h` through `ring`, listed by the daemon.
+  v1::OperationInfo BlockedRead(RawRing& ring, uint32_t h, uint64_t user_data) {
+    SubmitRead(ring, h, user_data);
     v1::OperationInfo found;
     EXPECT_TRUE(WaitFor([&] {
       auto ops = client_.ListAll(v1::OpSelector());
@@ -250,8 +265,7 @@ TEST_P(RingTest, RejectsBadEntriesWithStatusAndReasonAndRunsNothing) {
        }},
       {kInvalidArgument, ASYNCD_RING_REASON_BAD_BUFFER,
        [&](auto& e) {
-         e.kind = ASYNCD_RING_OP_WRITE, e.handle = *h, e.length = 1,
-         e.buffer_offset = ~uint64_t{0};
+         e.kind = ASYNCD_RING_OP_WRITE, e.handle = *h, e.length = 1, e.buffer_offset = ~uint64_t{0};
        }},
       {kResourceExhausted, ASYNCD_RING_REASON_TOO_LONG,
        [&](auto& e) { e.kind = ASYNCD_RING_OP_READ, e.handle = *h, e.length = (1 << 20) + 1; }},
@@ -279,9 +293,7 @@ TEST_P(RingTest, RejectsBadEntriesWithStatusAndReasonAndRunsNothing) {
 }
 
 TEST_P(RingTest, ABlockedReadIsListedAndCancelledByRpcAndByAsyncctl) {
-  const uint64_t s = NewSession();
-  const uint32_t fifo = OpenFifo(s);
-  auto ring = NewRing(s);
+  auto [s, fifo, ring] = NewFifoRing();
   ASSERT_NE(ring, nullptr);
   const v1::OperationInfo op = BlockedRead(*ring, fifo, 77);
   EXPECT_EQ(op.kind(), v1::OP_KIND_READ);
@@ -302,8 +314,8 @@ TEST_P(RingTest, ABlockedReadIsListedAndCancelledByRpcAndByAsyncctl) {
 
   // asyncctl sees and cancels them too.
   const v1::OperationInfo second = BlockedRead(*ring, fifo, 78);
-  FILE* p = popen((std::string(ASYNCCTL_BINARY) + " --socket " + daemon_.socket() +
-                   " ops cancel " + std::to_string(second.op_id()))
+  FILE* p = popen((std::string(ASYNCCTL_BINARY) + " --socket " + daemon_.socket() + " ops cancel " +
+                   std::to_string(second.op_id()))
                       .c_str(),
                   "r");
   ASSERT_NE(p, nullptr);
@@ -318,9 +330,7 @@ TEST_P(RingTest, ABlockedReadIsListedAndCancelledByRpcAndByAsyncctl) {
 }
 
 TEST_P(RingTest, ACancelEntryCancelsTheOldestWithItsUserDataAndAnswers) {
-  const uint64_t s = NewSession();
-  const uint32_t fifo = OpenFifo(s);
-  auto ring = NewRing(s);
+  auto [s, fifo, ring] = NewFifoRing();
   ASSERT_NE(ring, nullptr);
   const v1::OperationInfo first = BlockedRead(*ring, fifo, 5);
   BlockedRead(*ring, fifo, 6);
@@ -356,19 +366,44 @@ TEST_P(RingTest, ACancelEntryCancelsTheOldestWithItsUserDataAndAnswers) {
   EXPECT_EQ((*ops)[0].tag(), 6u);
 }
 
-TEST_P(RingTest, ADeadlineEndsARingOpTimedOut) {
+TEST_P(RingTest, WatchSeesRingOpsBeginAndEnd) {
   const uint64_t s = NewSession();
-  const uint32_t fifo = OpenFifo(s);
   auto ring = NewRing(s);
   ASSERT_NE(ring, nullptr);
-  asyncd_ring_sqe* e = ring->Next();
-  e->kind = ASYNCD_RING_OP_READ;
-  e->handle = fifo;
-  e->offset = -1;
-  e->length = 8;
-  e->deadline_ms = 50;
-  e->user_data = 9;
-  ring->Submit();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(20));
+  auto reader = client_.stub().Watch(&ctx, v1::WatchRequest());
+  std::atomic<bool> submitted{false};
+  std::atomic<bool> completed{false};
+  std::thread watcher([&] {
+    v1::WatchEvent e;
+    while ((!submitted || !completed) && reader->Read(&e)) {
+      if (e.session_id() != s || e.kind() != v1::OP_KIND_NOP) continue;
+      submitted = submitted || e.type() == v1::EVENT_TYPE_SUBMITTED;
+      completed = completed || (e.type() == v1::EVENT_TYPE_COMPLETED &&
+                                e.outcome() == v1::OUTCOME_COMPLETED);
+    }
+  });
+  // The watcher registers asynchronously: submit until it has seen one.
+  const auto until = std::chrono::steady_clock::now() + seconds(10);
+  while ((!submitted || !completed) && std::chrono::steady_clock::now() < until) {
+    asyncd_ring_sqe* e = ring->Next();
+    e->kind = ASYNCD_RING_OP_NOP;
+    e->user_data = 5;
+    ring->Submit();
+    EXPECT_EQ(ring->Wait(1).size(), 1u);
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  ctx.TryCancel();
+  watcher.join();
+  EXPECT_TRUE(submitted);
+  EXPECT_TRUE(completed);
+}
+
+TEST_P(RingTest, ADeadlineEndsARingOpTimedOut) {
+  auto [s, fifo, ring] = NewFifoRing();
+  ASSERT_NE(ring, nullptr);
+  SubmitRead(*ring, fifo, 9, /*deadline_ms=*/50);
   auto cqes = ring->Wait(1);
   ASSERT_EQ(cqes.size(), 1u);
   EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_TIMED_OUT);
@@ -377,9 +412,7 @@ TEST_P(RingTest, ADeadlineEndsARingOpTimedOut) {
 }
 
 TEST_P(RingTest, ClosingTheSessionEndsTheRingAfterItsCompletions) {
-  const uint64_t s = NewSession();
-  const uint32_t fifo = OpenFifo(s);
-  auto ring = NewRing(s);
+  auto [s, fifo, ring] = NewFifoRing();
   ASSERT_NE(ring, nullptr);
   BlockedRead(*ring, fifo, 1);
   ASSERT_TRUE(client_.CloseSession(s).ok());
@@ -391,9 +424,7 @@ TEST_P(RingTest, ClosingTheSessionEndsTheRingAfterItsCompletions) {
 }
 
 TEST_P(RingTest, ClosingTheRingSocketCancelsItsOpsAndKeepsTheSession) {
-  const uint64_t s = NewSession();
-  const uint32_t fifo = OpenFifo(s);
-  auto ring = NewRing(s);
+  auto [s, fifo, ring] = NewFifoRing();
   ASSERT_NE(ring, nullptr);
   const v1::OperationInfo op = BlockedRead(*ring, fifo, 1);
   ring->Hangup();
@@ -466,9 +497,7 @@ TEST_P(RingTest, CompletionsThatFindTheRingFullWaitUntilTheClientReaps) {
 }
 
 TEST_P(RingTest, ADrainEndsTheRingUnavailable) {
-  const uint64_t s = NewSession();
-  const uint32_t fifo = OpenFifo(s);
-  auto ring = NewRing(s);
+  auto [s, fifo, ring] = NewFifoRing();
   ASSERT_NE(ring, nullptr);
   BlockedRead(*ring, fifo, 1);
   auto drained = std::async(std::launch::async, [&] { return client_.Drain(0); });
@@ -609,6 +638,72 @@ TEST_P(RingTest, StormOfOpsAndCancelsKeepsEveryPromise) {
   auto left = client_.ListAll(v1::OpSelector());
   ASSERT_TRUE(left.ok());
   EXPECT_TRUE(left->empty());
+}
+
+// A figure, not a promise: NOPs through one ring at 256 in flight, reaped
+// as they come, for a second (ASYNCD_RING_NOP_SECONDS).
+TEST_P(RingTest, NopsPerSecond) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s, 256, 512);
+  ASSERT_NE(ring, nullptr);
+  const char* env = std::getenv("ASYNCD_RING_NOP_SECONDS");
+  const double seconds_to_run = env != nullptr ? std::atof(env) : 1.0;
+  uint64_t submitted = 0;
+  uint64_t done = 0;
+  std::vector<asyncd_ring_cqe> batch;
+  const auto start = std::chrono::steady_clock::now();
+  const auto until = start + std::chrono::duration<double>(seconds_to_run);
+  while (std::chrono::steady_clock::now() < until) {
+    for (int i = 0; i < 256 && submitted - done < 256; ++i) {
+      asyncd_ring_sqe* e = ring->Next();
+      if (e == nullptr) break;
+      e->kind = ASYNCD_RING_OP_NOP;
+      e->user_data = submitted++;
+    }
+    ring->Submit();
+    batch.clear();
+    done += ring->Reap(batch);
+    for (const auto& c : batch) ASSERT_EQ(c.outcome, v1::OUTCOME_COMPLETED);
+  }
+  done += ring->Wait(submitted - done).size();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(done, submitted);
+  std::printf("%s: %.0f NOPs/s through one ring (%lu in %.2f s)\n", Name(GetParam()).c_str(),
+              done / secs, static_cast<unsigned long>(done), secs);
+  RecordProperty("nops_per_second", static_cast<int>(done / secs));
+}
+
+// The session's and the daemon's limits apply to ring ops as to any other:
+// beyond them an entry is REJECTED, RESOURCE_EXHAUSTED, OVER_LIMIT.
+TEST(RingLimitsTest, EntriesOverALimitAreRejectedOverLimit) {
+  ConfigFile config("[limits]\nmax_inflight_per_session = 4\n");
+  Daemon daemon(BackendMode::kThreadPoolOnly, config.Args());
+  Client client(daemon.channel());
+  auto s = client.OpenSession("limits");
+  ASSERT_TRUE(s.ok());
+  RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(*s, 8, 16));
+  ASSERT_NE(r.ring, nullptr) << r.reply.message;
+  RawRing& ring = *r.ring;
+  for (uint64_t i = 0; i < 6; ++i) {
+    asyncd_ring_sqe* e = ring.Next();
+    e->kind = ASYNCD_RING_OP_TIMEOUT;
+    e->arg = 60'000'000;
+    e->user_data = i;
+  }
+  ring.Submit();
+  auto rejected = ring.Wait(2);
+  ASSERT_EQ(rejected.size(), 2u);
+  for (const auto& c : rejected) {
+    EXPECT_EQ(c.outcome, v1::OUTCOME_REJECTED);
+    EXPECT_EQ(c.status, kResourceExhausted);
+    EXPECT_EQ(c.reason, ASYNCD_RING_REASON_OVER_LIMIT);
+  }
+  auto stats = client.GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->inflight(), 4u);
+  ASSERT_TRUE(client.CloseSession(*s).ok());
+  EXPECT_EQ(ring.Wait(4).size(), 4u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, RingTest,

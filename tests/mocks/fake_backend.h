@@ -47,6 +47,7 @@ class FakeBackend final : public core::Backend {
     OnInterrupt on_interrupt = OnInterrupt::kRecord;
     int workers = 2;             // kOnWorkers only
     size_t shuffle_window = 16;  // kOnWorkers: picks among the first this many queued
+    uint8_t area = 0;            // what RegisterArea answers
   };
 
   /// `completer` (the Dispatcher) must outlive this backend.
@@ -105,6 +106,15 @@ class FakeBackend final : public core::Backend {
     }
   }
 
+  uint8_t RegisterArea(void*, size_t) noexcept override {
+    areas_registered_.fetch_add(1, std::memory_order_relaxed);
+    return options_.area;
+  }
+  void UnregisterArea(uint8_t area) noexcept override {
+    std::lock_guard lock(mu_);
+    unregistered_.push_back(area);
+  }
+
   core::BackendStats Stats() const override {
     std::lock_guard lock(mu_);
     return {.queued = queue_.size(),
@@ -160,6 +170,12 @@ class FakeBackend final : public core::Backend {
   // --- any mode ---
   uint64_t interrupts() const { return interrupts_.load(std::memory_order_relaxed); }
   uint64_t submitted() const { return submitted_.load(std::memory_order_relaxed); }
+  uint64_t areas_registered() const { return areas_registered_.load(std::memory_order_relaxed); }
+  /// Every area UnregisterArea was called with, in order.
+  std::vector<uint8_t> unregistered() const {
+    std::lock_guard lock(mu_);
+    return unregistered_;
+  }
 
  private:
   void End(core::Op& op, int64_t result) {
@@ -196,6 +212,8 @@ class FakeBackend final : public core::Backend {
   std::vector<core::Op*> interrupted_;
   std::atomic<uint64_t> interrupts_{0};
   std::atomic<uint64_t> submitted_{0};
+  std::atomic<uint64_t> areas_registered_{0};
+  std::vector<uint8_t> unregistered_;
   std::atomic<bool> stop_{false};
   std::vector<std::thread> workers_;
 };
