@@ -13,8 +13,17 @@
 //           the daemon has accepted them all, prints one line, keeps them
 //           blocked for --duration, then drops the stream (the daemon
 //           cancels them). No data file is prepared.
-// --list-every (stream mode) runs an operator beside the load that lists
-// every in-flight op (ListOperations, all pages) at that period.
+// Ring modes use the local shared-memory ring (RingClient) of a session of
+// their own:
+//   ring         like stream: --queue-depth ops in flight per ring (one per
+//                --connections), submitted --batch at a time; reads and
+//                writes use a block of the ring's buffer area each.
+//   ring-cancel  rounds of --queue-depth reads blocked on --file (a FIFO
+//                nobody writes), listed, then cancelled one at a time with the
+//                Cancel RPC (as `asyncctl ops cancel`): the latency from the
+//                RPC to the reaped CANCELLED completion.
+// --list-every (stream and ring modes) runs an operator beside the load that
+// lists every in-flight op (ListOperations, all pages) at that period.
 //
 // Exit codes: 0 success, 1 setup or run failure, 2 bad flags.
 
@@ -26,15 +35,18 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "asyncd/client.h"
 #include "client/bench/bench_util.h"
 #include "client/bench/reference_server.h"
@@ -138,14 +150,14 @@ class OpFactory {
       case BenchOp::kRead: {
         v1::Read* read = op.mutable_read();
         read->set_handle(handle_);
-        read->set_offset(static_cast<int64_t>((random_.Next() % blocks_) * config_.block_size));
+        read->set_offset(RandomOffset());
         read->set_length(config_.block_size);
         break;
       }
       case BenchOp::kWrite: {
         v1::Write* write = op.mutable_write();
         write->set_handle(handle_);
-        write->set_offset(static_cast<int64_t>((random_.Next() % blocks_) * config_.block_size));
+        write->set_offset(RandomOffset());
         write->set_data(write_data_);
         break;
       }
@@ -155,7 +167,32 @@ class OpFactory {
     }
   }
 
+  // The same mix as a ring entry: a read or write moves the block at
+  // `buffer_offset` of the ring's buffer area.
+  void FillRing(asyncd_ring_sqe* sqe, uint64_t buffer_offset, uint64_t user_data) {
+    switch (picker_.Pick(random_.Next())) {
+      case BenchOp::kNop:
+        RingClient::PrepNop(sqe, user_data);
+        break;
+      case BenchOp::kRead:
+        RingClient::PrepRead(sqe, handle_, RandomOffset(), config_.block_size, buffer_offset,
+                             user_data);
+        break;
+      case BenchOp::kWrite:
+        RingClient::PrepWrite(sqe, handle_, RandomOffset(), config_.block_size, buffer_offset,
+                              user_data);
+        break;
+      case BenchOp::kTimeout:
+        RingClient::PrepTimeout(sqe, std::chrono::microseconds(config_.timeout_us), user_data);
+        break;
+    }
+  }
+
  private:
+  int64_t RandomOffset() {
+    return static_cast<int64_t>((random_.Next() % blocks_) * config_.block_size);
+  }
+
   const Config& config_;
   MixPicker picker_;
   uint32_t handle_;
@@ -341,6 +378,159 @@ class UnaryWorker {
   uint64_t session_ = 0;
   std::unique_ptr<OpFactory> factory_;
   std::thread thread_;
+  Stats stats_;
+};
+
+// --- ring mode ---
+
+void RecordRingCompletion(Stats& stats, const asyncd_ring_cqe& c, uint64_t submitted_ns,
+                          uint64_t now_ns, const Window& window) {
+  if (!window.Contains(submitted_ns)) return;
+  ++stats.measured_ops;
+  stats.latency.Record(now_ns - submitted_ns);
+  ++stats.outcomes[c.outcome < 7 ? c.outcome : 7];
+  if (c.outcome == v1::OUTCOME_COMPLETED && c.result < 0) {
+    ++stats.errnos[static_cast<uint32_t>(-c.result) & 255];
+  }
+}
+
+// A session with a ring of its own, the file opened through gRPC.
+struct RingSession {
+  uint64_t session = 0;
+  uint32_t handle = 0;
+  std::optional<RingClient> ring;
+};
+
+// Opens a session (and --file when `with_file`), then a ring holding
+// --queue-depth ops in flight, each with a block of its own in the buffer.
+absl::StatusOr<RingSession> OpenRingSession(Client& client, const Config& config,
+                                            std::string_view name, bool with_file,
+                                            v1::OpenMode access) {
+  if (config.queue_depth > ASYNCD_RING_MAX_CQ_ENTRIES) {
+    return absl::InvalidArgumentError(absl::StrCat("--queue-depth over ",
+                                                   ASYNCD_RING_MAX_CQ_ENTRIES, " for a ring"));
+  }
+  RingSession rs;
+  absl::StatusOr<uint64_t> session = client.OpenSession(name);
+  if (!session.ok()) return session.status();
+  rs.session = *session;
+  if (with_file) {
+    absl::StatusOr<uint32_t> handle = client.Open(rs.session, config.file, access);
+    if (!handle.ok()) return handle.status();
+    rs.handle = *handle;
+  }
+  const uint32_t cq = std::bit_ceil(config.queue_depth);
+  const uint32_t sq = std::min(cq, ASYNCD_RING_MAX_SQ_ENTRIES);
+  const uint64_t buffer = with_file ? uint64_t{config.queue_depth} * config.block_size : 1;
+  absl::StatusOr<RingClient> ring = RingClient::Open(
+      config.target, rs.session,
+      {.sq_entries = sq,
+       .cq_entries = cq,
+       .buffer_bytes = (buffer + ASYNCD_RING_BUFFER_ALIGN - 1) / ASYNCD_RING_BUFFER_ALIGN *
+                       ASYNCD_RING_BUFFER_ALIGN});
+  if (!ring.ok()) return ring.status();
+  rs.ring.emplace(*std::move(ring));
+  return rs;
+}
+
+// Keeps --queue-depth ops in flight on one ring, submitted --batch at a
+// time, reaped on one thread. user_data is the op's slot: its block of the
+// buffer area and its submission time.
+class RingWorker {
+ public:
+  RingWorker(Client& client, const Config& config, const Window& window, uint32_t index)
+      : client_(client), config_(config), window_(window), index_(index) {}
+
+  absl::Status Setup() {
+    absl::StatusOr<RingSession> rs =
+        OpenRingSession(client_, config_, "asyncd-bench-ring", NeedsFile(config_),
+                        FileAccess(config_));
+    if (!rs.ok()) return rs.status();
+    rs_ = *std::move(rs);
+    std::fill(rs_.ring->buffer().begin(), rs_.ring->buffer().end(), uint8_t{'x'});
+    factory_ = std::make_unique<OpFactory>(config_, rs_.handle, 0x2468ace + index_);
+    return absl::OkStatus();
+  }
+
+  void Start() { thread_ = std::thread([this] { Run(); }); }
+
+  absl::Status Join() {
+    thread_.join();
+    rs_.ring.reset();  // ends the ring before its session
+    (void)client_.CloseSession(rs_.session);
+    return run_status_;
+  }
+
+  const Stats& stats() const { return stats_; }
+
+ private:
+  void Run() {
+    RingClient& ring = *rs_.ring;
+    const uint32_t depth = config_.queue_depth;
+    const uint32_t batch = config_.batch;
+    std::vector<uint32_t> free_slots(depth);
+    for (uint32_t i = 0; i < depth; ++i) free_slots[i] = depth - 1 - i;
+    std::vector<uint64_t> submitted_ns(depth);
+    // Past the window, nothing more is submitted and what is in flight is
+    // reaped (for at most 10 s: a daemon that stops answering is an error).
+    const uint64_t give_up_ns = window_.end_ns + 10'000'000'000ull;
+    while (true) {
+      const uint64_t now = NowNs();
+      const bool submitting = now < window_.end_ns;
+      if (!submitting && free_slots.size() == depth) return;
+      if (now > give_up_ns) {
+        run_status_ = absl::DeadlineExceededError("ops still in flight 10 s after the run");
+        return;
+      }
+      // Only whole batches, so that an op's clock starts when it is really
+      // submitted (as stream mode does).
+      while (submitting && free_slots.size() >= batch) {
+        uint32_t n = 0;
+        for (; n < batch; ++n) {
+          asyncd_ring_sqe* sqe = ring.GetSqe();
+          if (sqe == nullptr) break;
+          const uint32_t slot = free_slots.back();
+          free_slots.pop_back();
+          factory_->FillRing(sqe, uint64_t{slot} * config_.block_size, slot);
+          submitted_ns[slot] = now;
+        }
+        ring.Submit();
+        if (n < batch) break;  // the daemon has not taken the last ones yet
+      }
+      const uint64_t reaped_at = NowNs();
+      const uint32_t reaped = ring.ForEachCompletion([&](const asyncd_ring_cqe& c) {
+        const uint32_t slot = static_cast<uint32_t>(c.user_data);
+        RecordRingCompletion(stats_, c, submitted_ns[slot], reaped_at, window_);
+        free_slots.push_back(slot);
+      });
+      ring.Advance(reaped);
+      if (reaped > 0) continue;
+      // Spin a little before sleeping: a completion is usually microseconds
+      // away, and sleeping costs two system calls.
+      for (int i = 0; i < 200 && ring.Ready() == 0; ++i) CpuRelax();
+      if (ring.Ready() > 0) continue;
+      if (absl::Status s = ring.Wait(1, std::chrono::milliseconds(100));
+          !s.ok() && !absl::IsDeadlineExceeded(s)) {
+        run_status_ = s;
+        return;
+      }
+    }
+  }
+
+  static void CpuRelax() {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  Client& client_;
+  const Config& config_;
+  const Window& window_;
+  const uint32_t index_;
+  RingSession rs_;
+  std::unique_ptr<OpFactory> factory_;
+  std::thread thread_;
+  absl::Status run_status_;
   Stats stats_;
 };
 
@@ -537,6 +727,147 @@ int RunHold(const Config& config) {
   return accepted.load() == config.queue_depth ? 0 : 1;
 }
 
+// --- ring-cancel mode: how fast a cancel reaches a blocked ring op ---
+
+// Rounds of --queue-depth reads at the file position of --file (a FIFO
+// nobody writes) through a ring; each round lists them (ListOperations of
+// the session: the op id by its tag, the ring's user_data) and cancels them
+// one at a time with the Cancel RPC, as `asyncctl ops cancel` does. The
+// latency of one cancel: from sending the RPC to reaping the op's
+// CANCELLED completion, on a thread of its own that sleeps in Wait.
+int RunRingCancel(const Config& config) {
+  Client client(Connect(config.target), {.default_timeout = std::chrono::seconds(30)});
+  absl::StatusOr<RingSession> rs = OpenRingSession(client, config, "asyncd-bench-ring-cancel",
+                                                   true, v1::OPEN_MODE_READ_ONLY);
+  if (!rs.ok()) {
+    std::fprintf(stderr, "asyncd-bench: ring-cancel setup: %s\n", rs.status().ToString().c_str());
+    return 1;
+  }
+  RingClient& ring = *rs->ring;
+  const uint32_t depth = config.queue_depth;
+  // By slot: when its cancel was sent, when its completion was reaped.
+  std::vector<std::atomic<uint64_t>> reaped_ns(depth);
+  std::atomic<uint64_t> reaped_total{0}, cancelled{0};
+  std::atomic<bool> stop{false};
+  absl::Status reap_status;
+  std::thread reaper([&] {
+    while (!stop.load()) {
+      absl::Status s = ring.Wait(1, std::chrono::milliseconds(50));
+      if (!s.ok() && !absl::IsDeadlineExceeded(s)) {
+        reap_status = s;
+        return;
+      }
+      const uint64_t now = NowNs();
+      ring.Advance(ring.ForEachCompletion([&](const asyncd_ring_cqe& c) {
+        if (c.outcome == v1::OUTCOME_CANCELLED) cancelled.fetch_add(1);
+        reaped_ns[c.user_data % depth].store(now, std::memory_order_release);
+        reaped_total.fetch_add(1);
+      }));
+    }
+  });
+
+  LatencyHistogram latency, rpc;
+  uint64_t errors = 0;
+  std::string first_error;
+  auto fail = [&](const std::string& what) {
+    if (errors++ == 0) first_error = what;
+  };
+  const uint64_t end_ns = NowNs() + static_cast<uint64_t>(config.duration.count());
+  uint64_t round = 0;
+  for (; round == 0 || NowNs() < end_ns; ++round) {
+    for (uint32_t i = 0; i < depth; ++i) reaped_ns[i].store(0);
+    for (uint32_t i = 0; i < depth; ++i) {
+      asyncd_ring_sqe* sqe = ring.GetSqe();
+      while (sqe == nullptr) {  // the daemon has not taken the last ones yet
+        ring.Submit();
+        std::this_thread::yield();
+        sqe = ring.GetSqe();
+      }
+      RingClient::PrepRead(sqe, rs->handle, -1, config.block_size,
+                           uint64_t{i} * config.block_size, round * depth + i);
+    }
+    ring.Submit();
+    // The ops by tag, once all are listed in flight.
+    std::vector<uint64_t> op_ids(depth);
+    v1::OpSelector mine;
+    mine.set_session_id(rs->session);
+    size_t listed = 0;
+    for (int attempt = 0; attempt < 1000 && listed < depth; ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      absl::StatusOr<std::vector<v1::OperationInfo>> ops = client.ListAll(mine);
+      if (!ops.ok()) {
+        fail("ListOperations: " + ops.status().ToString());
+        continue;
+      }
+      listed = 0;
+      for (const v1::OperationInfo& op : *ops) {
+        if (op.tag() / depth != round) continue;
+        op_ids[op.tag() % depth] = op.op_id();
+        ++listed;
+      }
+    }
+    if (listed < depth) {
+      fail(absl::StrCat("round ", round, ": ", listed, " of ", depth, " reads listed"));
+      break;
+    }
+    for (uint32_t i = 0; i < depth; ++i) {
+      const uint64_t sent = NowNs();
+      absl::StatusOr<v1::CancelResponse> answer = client.Cancel(op_ids[i]);
+      rpc.Record(NowNs() - sent);
+      if (!answer.ok()) {
+        fail("Cancel: " + answer.status().ToString());
+        continue;
+      }
+      uint64_t reaped = 0;
+      while ((reaped = reaped_ns[i].load(std::memory_order_acquire)) == 0 &&
+             NowNs() - sent < 10'000'000'000ull) {
+        std::this_thread::yield();
+      }
+      if (reaped == 0) {
+        fail(absl::StrCat("op ", op_ids[i], ": no completion 10 s after its cancel"));
+        continue;
+      }
+      latency.Record(reaped - sent);
+    }
+  }
+  stop.store(true);
+  reaper.join();
+  rs->ring.reset();
+  (void)client.CloseSession(rs->session);
+  if (!reap_status.ok()) fail("reaping: " + reap_status.ToString());
+  const uint64_t cancels = uint64_t{round} * depth;
+  auto us = [](const LatencyHistogram& h, double p) { return h.Percentile(p) / 1000.0; };
+  if (config.output == "json") {
+    std::printf("{\"mode\":\"ring-cancel\",\"queue_depth\":%u,\"rounds\":%llu,\"cancels\":%llu,"
+                "\"cancelled\":%llu,\"errors\":%llu,"
+                "\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"mean\":%.1f,"
+                "\"min\":%.1f,\"max\":%.1f},\"cancel_rpc_us\":{\"p50\":%.1f,\"p99\":%.1f}}\n",
+                depth, static_cast<unsigned long long>(round),
+                static_cast<unsigned long long>(cancels),
+                static_cast<unsigned long long>(cancelled.load()),
+                static_cast<unsigned long long>(errors), us(latency, 50), us(latency, 99),
+                us(latency, 99.9), latency.mean() / 1000.0, latency.min() / 1000.0,
+                latency.max() / 1000.0, us(rpc, 50), us(rpc, 99));
+  } else {
+    std::printf("asyncd-bench  mode=ring-cancel  target=%s  file=%s\n",
+                NormalizeTarget(config.target).c_str(), config.file.c_str());
+    std::printf("  %llu rounds of %u blocked ring reads, each cancelled by the Cancel RPC\n",
+                static_cast<unsigned long long>(round), depth);
+    std::printf("cancels    %llu  cancelled %llu  errors %llu\n",
+                static_cast<unsigned long long>(cancels),
+                static_cast<unsigned long long>(cancelled.load()),
+                static_cast<unsigned long long>(errors));
+    std::printf("cancel us  p50 %.1f  p99 %.1f  p999 %.1f  mean %.1f  min %.1f  max %.1f  "
+                "(Cancel sent to CANCELLED reaped)\n",
+                us(latency, 50), us(latency, 99), us(latency, 99.9), latency.mean() / 1000.0,
+                latency.min() / 1000.0, latency.max() / 1000.0);
+    std::printf("rpc us     p50 %.1f  p99 %.1f  (the Cancel call's round trip)\n", us(rpc, 50),
+                us(rpc, 99));
+  }
+  if (errors > 0) std::fprintf(stderr, "asyncd-bench: ring-cancel: %s\n", first_error.c_str());
+  return errors == 0 && cancelled.load() == cancels ? 0 : 1;
+}
+
 // --- report ---
 
 constexpr std::array<std::string_view, 8> kOutcomeNames = {
@@ -559,8 +890,9 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
       s.outcomes[v1::OUTCOME_COMPLETED] -
       [&] { uint64_t n = 0; for (uint64_t e : s.errnos) n += e; return n; }();
   uint64_t completed_errno = s.outcomes[v1::OUTCOME_COMPLETED] - completed_ok;
+  const bool queued = config.mode == "stream" || config.mode == "ring";
   const uint32_t concurrency =
-      config.mode == "stream" ? config.connections * config.queue_depth : config.connections;
+      queued ? config.connections * config.queue_depth : config.connections;
 
   if (config.output == "json") {
     std::printf("{\"mode\":\"%s\",\"target\":\"%s\",\"mix\":\"%s\",\"connections\":%u,"
@@ -569,8 +901,7 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
                 "\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"mean\":%.1f,"
                 "\"min\":%.1f,\"max\":%.1f},",
                 config.mode.c_str(), target.c_str(), config.mix_spec.c_str(), config.connections,
-                config.mode == "stream" ? config.queue_depth : 1,
-                config.mode == "stream" ? config.batch : 1, config.coalesce ? "true" : "false",
+                queued ? config.queue_depth : 1, queued ? config.batch : 1, config.coalesce ? "true" : "false",
                 concurrency, config.block_size,
                 seconds, static_cast<unsigned long long>(s.measured_ops), ops_per_s, us(50),
                 us(99), us(99.9), s.latency.mean() / 1000.0, s.latency.min() / 1000.0,
@@ -625,6 +956,9 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
     std::printf("  streams=%u  queue-depth=%u  batch=%u%s  (%u ops outstanding)\n",
                 config.connections, config.queue_depth, config.batch,
                 config.coalesce ? " (coalescing)" : "", concurrency);
+  } else if (config.mode == "ring") {
+    std::printf("  rings=%u  queue-depth=%u  batch=%u  (%u ops outstanding)\n",
+                config.connections, config.queue_depth, config.batch, concurrency);
   } else {
     std::printf("  unary workers=%u  (%u ops outstanding; --queue-depth/--batch unused)\n",
                 config.connections, concurrency);
@@ -678,6 +1012,7 @@ void Report(const Config& config, const std::string& target, const Stats& s, dou
 
 int Run(Config& config) {
   if (config.mode == "hold") return RunHold(config);
+  if (config.mode == "ring-cancel") return RunRingCancel(config);
   if (config.mode == "serve") return RunReferenceServer(NormalizeTarget(config.target),
                                                         config.block_size);
   const std::string target = NormalizeTarget(config.target);
@@ -701,6 +1036,29 @@ int Run(Config& config) {
     seconds = std::chrono::duration<double>(config.duration).count();
   };
 
+  // With the workers set up: the window, the --list-every operator beside
+  // them, the report.
+  auto run_load = [&](auto& workers, const char* what) {
+    start_window();
+    std::unique_ptr<Lister> lister;
+    if (config.list_every.count() > 0) {
+      lister = std::make_unique<Lister>(config, window);
+      lister->Start();
+    }
+    for (auto& w : workers) w->Start();
+    int rc = 0;
+    for (auto& w : workers) {
+      if (absl::Status s = w->Join(); !s.ok()) {
+        std::fprintf(stderr, "asyncd-bench: %s ended: %s\n", what, s.ToString().c_str());
+        rc = 1;
+      }
+      total.Merge(w->stats());
+    }
+    if (lister != nullptr) lister->Join();
+    Report(config, target, total, seconds, lister != nullptr ? &lister->stats() : nullptr);
+    return rc;
+  };
+
   if (config.mode == "stream") {
     // One channel per stream: separate HTTP/2 connections, as separate
     // client processes would have.
@@ -713,24 +1071,20 @@ int Run(Config& config) {
       }
       workers.push_back(std::move(w));
     }
-    start_window();
-    std::unique_ptr<Lister> lister;
-    if (config.list_every.count() > 0) {
-      lister = std::make_unique<Lister>(config, window);
-      lister->Start();
-    }
-    for (auto& w : workers) w->Start();
-    int rc = 0;
-    for (auto& w : workers) {
-      if (absl::Status s = w->Join(); !s.ok()) {
-        std::fprintf(stderr, "asyncd-bench: stream ended: %s\n", s.ToString().c_str());
-        rc = 1;
+    return run_load(workers, "stream");
+  }
+
+  if (config.mode == "ring") {
+    std::vector<std::unique_ptr<RingWorker>> workers;
+    for (uint32_t i = 0; i < config.connections; ++i) {
+      auto w = std::make_unique<RingWorker>(client, config, window, i);
+      if (absl::Status s = w->Setup(); !s.ok()) {
+        std::fprintf(stderr, "asyncd-bench: opening ring %u: %s\n", i, s.ToString().c_str());
+        return 1;
       }
-      total.Merge(w->stats());
+      workers.push_back(std::move(w));
     }
-    if (lister != nullptr) lister->Join();
-    Report(config, target, total, seconds, lister != nullptr ? &lister->stats() : nullptr);
-    return rc;
+    return run_load(workers, "ring");
   }
 
   if (config.mode == "health") {
@@ -785,23 +1139,29 @@ int main(int argc, char** argv) {
                  "unix:/path, a socket path, or host:port (default: the default socket)");
   app.add_option("--mode", config.mode,
                  "stream (bidi Stream, batched), unary (Submit RPC), health (bare "
-                 "Health/Check RPCs, the reference for unary) or hold (keep --queue-depth "
-                 "reads blocked on --file for --duration), or serve (be the reference "
-                 "server on --target: the protocol without system calls)")
-      ->check(CLI::IsMember({"stream", "unary", "health", "hold", "serve"}));
+                 "Health/Check RPCs, the reference for unary), hold (keep --queue-depth "
+                 "reads blocked on --file for --duration), serve (be the reference "
+                 "server on --target: the protocol without system calls), ring (the "
+                 "local shared-memory ring: --queue-depth ops in flight per ring, submitted "
+                 "--batch at a time) or ring-cancel (rounds of --queue-depth ring reads "
+                 "blocked on --file, e.g. a FIFO, each cancelled by the Cancel RPC: the "
+                 "latency from the RPC to the reaped completion)")
+      ->check(CLI::IsMember({"stream", "unary", "health", "hold", "serve", "ring", "ring-cancel"}));
   app.add_option("--mix", config.mix_spec, "op kinds and weights, e.g. nop=1 or read=3,nop=1 "
                                            "(nop, read, write, timeout)");
-  app.add_option("--queue-depth,-q", config.queue_depth, "ops outstanding per stream")
+  app.add_option("--queue-depth,-q", config.queue_depth, "ops outstanding per stream or ring")
       ->check(CLI::Range(1u, 1u << 20));
   app.add_flag("--coalesce", config.coalesce,
                "let the library merge batches queued behind a write (then --batch is the "
                "ops per Submit call, not per SubmitBatch message)");
-  app.add_option("--batch,-b", config.batch, "ops per SubmitBatch (stream mode)")
+  app.add_option("--batch,-b", config.batch, "ops per SubmitBatch (stream mode) or per ring "
+                                             "Submit (ring mode)")
       ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--duration,-d", config.duration_spec, "measured time, e.g. 10s, 500ms");
   app.add_option("--warmup", config.warmup_spec, "unmeasured time before it");
   app.add_option("--connections,--threads,-c", config.connections,
-                 "parallel streams (stream mode) or unary worker threads (unary mode)")
+                 "parallel streams (stream mode), rings (ring mode) or unary worker threads "
+                 "(unary mode)")
       ->check(CLI::Range(1u, 4096u));
   app.add_option("--block-size", config.block_size, "bytes per read/write")
       ->check(CLI::Range(1u, 1u << 24));
@@ -810,7 +1170,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
   app.add_option("--timeout-us", config.timeout_us, "duration of timeout ops");
   app.add_option("--list-every", config.list_every_spec,
-                 "stream mode: list all in-flight ops (ListOperations) at this period, "
+                 "stream and ring modes: list all in-flight ops (ListOperations) at this period, "
                  "e.g. 100ms, beside the load (0 = off)");
   app.add_option("--output,-o", config.output, "text or json")
       ->check(CLI::IsMember({"text", "json"}));

@@ -9,13 +9,21 @@
 # measured value, reference, ratio, target, PASS/MISS. --json prints the
 # same as one JSON document instead (for comparisons over time).
 #
+# Rows 7-10 measure the local shared-memory ring (asyncd-bench --mode ring
+# and ring-cancel) on the io_uring daemon: 4 KiB random reads at QD128
+# against the best fio engine of the run (io_uring QD128 or psync with as
+# many jobs as pool threads, whichever is faster), NOP against a fixed
+# 5,000,000 ops/s, the p99 of a blocked ring read cancelled by the Cancel
+# RPC (what `asyncctl ops cancel` sends) against 200 us, and the ring's NOP
+# rate while an operator lists every 100 ms against the rate without.
+#
 #   tests/bench/compare.sh [--build DIR] [--duration SECONDS] [--json] [--keep-logs]
 #
 # --build     build tree holding daemon/asyncd and client/asyncd-bench
 #             (default: $ASYNCD_BUILD, else build/perf; configure it with
 #             -DCMAKE_BUILD_TYPE=Release).
 # --duration  measured seconds per asyncd-bench run (default 5; fio always
-#             runs 10 s, as the targets specify). About 2 min in all at 5.
+#             runs 10 s, as the targets specify). About 3 min in all at 5.
 # --json      print only the JSON document on stdout (progress goes to stderr).
 # --keep-logs copy the raw outputs (bench/fio JSON, daemon logs) to
 #             ./compare-logs.<pid> before the temp dir is removed.
@@ -24,9 +32,11 @@
 # and not the disk is measured), removed at exit, daemons included.
 # Needs: fio, python3 (for the report), a release build.
 #
-# Stream targets use env overrides for their shape (defaults in brackets):
+# Targets use env overrides for their shape (defaults in brackets):
 #   NOP_QD [1024] NOP_BATCH [256] NOP_STREAMS [2]   target 2 and 5
-#   READ_BATCH [32]                                  targets 1 and 4 (QD 128)
+#   READ_BATCH [32]                                  targets 1, 4 and 7 (QD 128)
+#   RING_NOP_QD [1024] RING_NOP_BATCH [256]          targets 8 and 10 (one ring)
+#   RING_CANCEL_OPS [100]                            target 9 (reads per round)
 # and UNARY_ROUNDS [4]: rounds of target 3 (each side about 3 s a round).
 set -euo pipefail
 
@@ -42,7 +52,7 @@ while [[ $# -gt 0 ]]; do
     --duration) duration="$2"; shift 2 ;;
     --json) json=1; shift ;;
     --keep-logs) keep_logs=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -60,6 +70,9 @@ nop_batch="${NOP_BATCH:-256}"
 nop_streams="${NOP_STREAMS:-2}"
 read_batch="${READ_BATCH:-32}"
 unary_rounds="${UNARY_ROUNDS:-4}"
+ring_nop_qd="${RING_NOP_QD:-1024}"
+ring_nop_batch="${RING_NOP_BATCH:-256}"
+ring_cancel_ops="${RING_CANCEL_OPS:-100}"
 cores="$(nproc)"
 pool_threads=$(( 2 * cores > 4 ? 2 * cores : 4 ))  # the daemon's default, made explicit
 hold_ops=100000
@@ -123,9 +136,14 @@ read_shape=(--queue-depth 128 --batch "$read_batch" --connections 1)
 read_file=(--mix read=1 --file data.bin --file-size $((64 << 20)))
 read_args=("${read_file[@]}" --block-size 4096 "${read_shape[@]}")
 nop_args=(--mix nop=1 --queue-depth "$nop_qd" --batch "$nop_batch" --connections "$nop_streams")
+ring_args=(--mode ring --warmup 1s --duration "${duration}s")
+ring_nop_args=(--mix nop=1 --queue-depth "$ring_nop_qd" --batch "$ring_nop_batch" --connections 1)
 
 log "temp dir $tmp; build $build; $cores cores; $duration s per bench run"
 dd if=/dev/urandom of="$root/data.bin" bs=1M count=64 status=none
+mkfifo "$root/fifo"
+exec 3<>"$root/fifo"  # a writer that never writes: the reads block, the open does not
+fifo_fd_open=1
 
 cat >"$tmp/asyncd.toml" <<EOF
 [backends]
@@ -213,6 +231,19 @@ for round in $(seq "$unary_rounds"); do
   if (( round % 2 )); then t3_health "$round"; t3_unary "$round"
   else t3_unary "$round"; t3_health "$round"; fi
 done
+# 7-10: the local ring, on the same daemon.
+log "7: ring 4 KiB random reads QD128"
+bench t7-ring-read.json "${ring_args[@]}" "${read_args[@]}"
+# 8 and 10 alternate like 2 and 5.
+for round in 1 2; do
+  log "8: ring NOP (round $round)"
+  bench "t8-ring-nop-$round.json" "${ring_args[@]}" "${ring_nop_args[@]}"
+  log "10: ring NOP while listing every 100 ms (round $round)"
+  bench "t10-ring-nop-list-$round.json" "${ring_args[@]}" "${ring_nop_args[@]}" --list-every 100ms
+done
+log "9: blocked ring reads cancelled by the Cancel RPC"
+bench t9-ring-cancel.json --mode ring-cancel --file fifo --block-size 1 \
+  --queue-depth "$ring_cancel_ops" --duration "${duration}s"
 stop_daemon
 
 # --- thread-pool-only daemon ---
@@ -230,9 +261,6 @@ thread_pool_threads = $pool_threads
 max_inflight_per_session = 131072
 max_inflight_total = 262144
 EOF
-mkfifo "$root/fifo"
-exec 3<>"$root/fifo"  # a writer that never writes: the reads block, the open does not
-fifo_fd_open=1
 start_daemon mem "$tmp/asyncd-mem.toml"
 sleep 0.5
 rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status")
@@ -254,11 +282,13 @@ stop_daemon
 
 # --- report ---
 python3 - "$out" "$json" "$cores" "$pool_threads" "$duration" \
-  "$nop_qd" "$nop_batch" "$nop_streams" "$read_batch" "$unary_rounds" <<'PY'
+  "$nop_qd" "$nop_batch" "$nop_streams" "$read_batch" "$unary_rounds" \
+  "$ring_nop_qd" "$ring_nop_batch" "$ring_cancel_ops" <<'PY'
 import json, os, subprocess, sys, time
 out, as_json, cores, pool, duration = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 nop_qd, nop_batch, nop_streams, read_batch = sys.argv[6:10]
 unary_rounds = range(1, int(sys.argv[10]) + 1)
+ring_nop_qd, ring_nop_batch, ring_cancel_ops = sys.argv[11:14]
 def load(name):
     with open(os.path.join(out, name)) as f:
         return json.load(f)
@@ -277,6 +307,10 @@ health = [load(f"t3-health-{r}.json") for r in unary_rounds]
 unary = [load(f"t3-unary-{r}.json") for r in unary_rounds]
 t4 = load("t4-read.json")
 hold = load("t6-hold.json")
+t7 = load("t7-ring-read.json")
+t8 = [load(f"t8-ring-nop-{r}.json") for r in (1, 2)]
+t10 = [load(f"t10-ring-nop-list-{r}.json") for r in (1, 2)]
+t9 = load("t9-ring-cancel.json")
 rss = load("t6-rss.json")
 
 def ok_ops(r):  # ops that did what was asked (errors would inflate a rate)
@@ -328,10 +362,30 @@ row("5", "stream NOP, listing every 100 ms", nop_with, "ops/s", nop_without, "ta
 row("6", "RSS per blocked FIFO read", per_op, "B/op", 1024, "1 KiB", per_op / 1024, 1.0, "<=",
     f"{hold.get('accepted')} of {rss['ops']} accepted; RSS {rss['rss_before_kib']} -> {rss['rss_with_kib']} KiB")
 
+fio_best = max(fio_uring, fio_psync)
+fio_best_what = "fio io_uring QD128" if fio_uring >= fio_psync else f"fio psync x{pool}"
+row("7", "ring 4K randread QD128", t7["ops_per_s"], "IOPS", fio_best, fio_best_what,
+    t7["ops_per_s"] / fio_best, 0.8, ">=",
+    f"batch {read_batch}, p50 {t7['latency_us']['p50']:.0f} us; fio io_uring QD128 {fio_uring:,.0f}, "
+    f"psync x{pool} {fio_psync:,.0f} IOPS; stream (target 1) {t1['ops_per_s']:,.0f} IOPS")
+ring_nop = mean([r["ops_per_s"] for r in t8])
+ring_nop_list = mean([r["ops_per_s"] for r in t10])
+row("8", "ring NOP", ring_nop, "ops/s", 5e6, "5,000,000 ops/s", ring_nop / 5e6, 1.0, ">=",
+    f"one ring, QD{ring_nop_qd} batch {ring_nop_batch}; runs {t8[0]['ops_per_s']:.0f}, {t8[1]['ops_per_s']:.0f}")
+row("9", "ring read cancel p99", t9["latency_us"]["p99"], "us", 200, "200 us",
+    t9["latency_us"]["p99"] / 200, 1.0, "<=",
+    f"{t9['cancels']} cancels of blocked FIFO reads ({ring_cancel_ops} a round), {t9['cancelled']} CANCELLED, "
+    f"{t9['errors']} errors; p50 {t9['latency_us']['p50']:.1f} us; the Cancel RPC's round trip "
+    f"p50 {t9['cancel_rpc_us']['p50']:.1f} us p99 {t9['cancel_rpc_us']['p99']:.1f} us")
+row("10", "ring NOP, listing every 100 ms", ring_nop_list, "ops/s", ring_nop, "target 8",
+    ring_nop_list / ring_nop, 0.95, ">=",
+    f"{sum(r['lister']['lists'] for r in t10)} listings of ~{int(mean([r['lister']['listed_ops'] / max(1, r['lister']['lists']) for r in t10]))} ops, p50 {mean([r['lister']['list_p50_us'] for r in t10]):.0f} us")
+
 errors = {}
 for name, r in [("t1", t1), ("t1.nop", t1_nop), ("t1.read1", t1_read1), ("t4", t4),
                 ("ref.read", ref_read), ("ref.nop", ref_nop)] + [(f"t2.{i}", r) for i, r in enumerate(t2)] + \
-        [(f"t5.{i}", r) for i, r in enumerate(t5)] + [(f"unary.{i}", r) for i, r in enumerate(unary)]:
+        [(f"t5.{i}", r) for i, r in enumerate(t5)] + [(f"unary.{i}", r) for i, r in enumerate(unary)] + \
+        [("t7", t7)] + [(f"t8.{i}", r) for i, r in enumerate(t8)] + [(f"t10.{i}", r) for i, r in enumerate(t10)]:
     bad = r["outcomes"]["completed_errno"] + sum(v for k, v in r["outcomes"].items() if k not in ("completed_ok", "completed_errno"))
     if bad or r["rpc_errors"]:
         errors[name] = {"not_ok": bad, "errnos": r["errnos"], "rpc_errors": r["rpc_errors"]}
@@ -343,7 +397,9 @@ doc = {
     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "host": {"cores": cores, "kernel": kernel()},
     "settings": {"duration_s": duration, "pool_threads": pool, "nop_qd": int(nop_qd),
-                 "nop_batch": int(nop_batch), "nop_streams": int(nop_streams), "read_batch": int(read_batch)},
+                 "nop_batch": int(nop_batch), "nop_streams": int(nop_streams), "read_batch": int(read_batch),
+                 "ring_nop_qd": int(ring_nop_qd), "ring_nop_batch": int(ring_nop_batch),
+                 "ring_cancel_ops": int(ring_cancel_ops)},
     "fio": {"io_uring_qd128_iops": fio_uring, "psync_iops": fio_psync, "psync_jobs": pool},
     "transport_alone": {"read_4k_qd128_ops_per_s": ref_read["ops_per_s"],
                         "nop_qd128_ops_per_s": ref_nop["ops_per_s"]},

@@ -19,6 +19,13 @@ int main() {
     std::fprintf(stderr, "GetStats unexpectedly succeeded\n");
     return 1;
   }
+  // The ring's installed headers (asyncd/ring.h under RingClient): no ring
+  // socket there, so UNAVAILABLE.
+  absl::StatusOr<ac::RingClient> ring = ac::RingClient::Open(target, 1);
+  if (ring.status().code() != absl::StatusCode::kUnavailable) {
+    std::fprintf(stderr, "RingClient::Open gave %s\n", ring.status().ToString().c_str());
+    return 1;
+  }
   asyncd::v1::Operation op;
   op.mutable_nop();
   std::printf("consumer OK: %s; GetStats -> %s\n", op.ShortDebugString().c_str(),
