@@ -1,5 +1,6 @@
 #include "asyncd/ring_client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -220,6 +221,9 @@ absl::StatusOr<RingClient> RingClient::Open(std::string_view target, uint64_t se
   ring.socket_fd_ = sock.release();
   ring.submit_fd_ = fds[1].release();
   ring.completion_fd_ = fds[2].release();
+  if (::fcntl(ring.completion_fd_, F_SETFL, O_NONBLOCK) != 0) {
+    return Errno(errno, "ring setup: the completion pipe");
+  }
   return ring;  // the memfd closes with fds: the mapping keeps the memory
 }
 
@@ -345,8 +349,10 @@ absl::Status RingClient::Wait(uint32_t min_completions, std::chrono::nanoseconds
         return Errno(error, "Wait: ppoll");
       }
       if (n > 0 && (fds[0].revents & POLLIN)) {
-        uint64_t count;
-        (void)!::read(completion_fd_, &count, sizeof(count));  // reset it for the next wait
+        // Empties the pipe (non-blocking) for the next wait.
+        char drained[64];
+        while (::read(completion_fd_, drained, sizeof drained) == sizeof drained) {
+        }
       }
       if (n > 0 && fds[1].revents != 0) socket_closed_.store(true, std::memory_order_relaxed);
     }

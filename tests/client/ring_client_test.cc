@@ -41,7 +41,7 @@ enum class Answer {
   kRefuse,          // status and message, no descriptors
   kBadMagic,        // a whole reply with the wrong magic
   kShort,           // 16 bytes
-  kTwoDescriptors,  // OK with the completion eventfd missing
+  kTwoDescriptors,  // OK with the completion pipe missing
   kRegionTooSmall,  // OK, but the layout does not fit region_bytes
   kHangUp,          // closes the socket without a word
   kSilence,         // never answers
@@ -64,7 +64,7 @@ class FakeRingDaemon {
   ~FakeRingDaemon() {
     if (server_.joinable()) server_.join();
     if (region_ != nullptr) munmap(region_, region_bytes_);
-    for (int fd : {listener_, conn_, memfd_, submit_fd_, completion_fd_}) {
+    for (int fd : {listener_, conn_, memfd_, submit_fd_, completion_fd_, completion_read_fd_}) {
       if (fd >= 0) close(fd);
     }
     std::filesystem::remove(path_);
@@ -110,8 +110,7 @@ class FakeRingDaemon {
     Store(ctl().cq_tail, ++cq_tail_);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (Load(ctl().client_flags) & ASYNCD_RING_CQ_WAITING) {
-      const uint64_t one = 1;
-      EXPECT_EQ(write(completion_fd_, &one, sizeof(one)), 8);
+      EXPECT_EQ(write(completion_fd_, "", 1), 1);
     }
     return true;
   }
@@ -126,8 +125,7 @@ class FakeRingDaemon {
     Store(ctl().closed_status, status);
     Store(ctl().closed_reason, reason);
     SetFlags(Load(ctl().flags) | ASYNCD_RING_CLOSED);
-    const uint64_t one = 1;
-    EXPECT_EQ(write(completion_fd_, &one, sizeof(one)), 8);
+    EXPECT_EQ(write(completion_fd_, "", 1), 1);
     HangUp();
   }
   void HangUp() {
@@ -174,7 +172,10 @@ class FakeRingDaemon {
     region_ = mmap(nullptr, region_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
     ASSERT_NE(region_, MAP_FAILED);
     submit_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    completion_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int pipe_fds[2];
+    ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK), 0);
+    completion_read_fd_ = pipe_fds[0];
+    completion_fd_ = pipe_fds[1];
     reply.sq_entries = kSq;
     reply.cq_entries = kCq;
     reply.max_op_bytes = 1 << 20;
@@ -183,7 +184,7 @@ class FakeRingDaemon {
     reply.cq_offset = CqOffset();
     reply.buffer_offset = BufferOffset();
     reply.buffer_bytes = kBufferBytes;
-    const int fds[3] = {memfd_, submit_fd_, completion_fd_};
+    const int fds[3] = {memfd_, submit_fd_, completion_read_fd_};
     const size_t nfds = answer == Answer::kTwoDescriptors ? 2 : 3;
     iovec iov{&reply, sizeof(reply)};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(fds))] = {};
@@ -205,7 +206,8 @@ class FakeRingDaemon {
   int conn_ = -1;
   int memfd_ = -1;
   int submit_fd_ = -1;
-  int completion_fd_ = -1;
+  int completion_fd_ = -1;       // the completion pipe's write end, as the daemon's
+  int completion_read_fd_ = -1;  // its read end, the client's
   void* region_ = nullptr;
   size_t region_bytes_ = 0;
   uint32_t sq_head_ = 0;
@@ -400,7 +402,7 @@ TEST_F(RingClientTest, WaitTimesOutThenWakesForCompletions) {
   EXPECT_EQ(ring_->Wait(kCq + 1, 1ms).code(), absl::StatusCode::kInvalidArgument);
 
   // The fake posts only once the client sleeps, so the wake-up must come
-  // through the completion eventfd.
+  // through the completion pipe.
   std::thread daemon([&] {
     for (uint64_t i = 0; i < 3; ++i) {
       while (!(fake_.Load(fake_.ctl().client_flags) & ASYNCD_RING_CQ_WAITING)) {

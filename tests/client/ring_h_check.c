@@ -1,4 +1,4 @@
-/* asyncd/ring.h is C: this file compiles it as C99 with -pedantic-errors,
+/* asyncd/ring.h is C: this file compiles it as C11 with -pedantic-errors,
  * checks the documented layout at compile time, and records what the C
  * compiler laid out for ring_layout_test to compare with C++. */
 #include "tests/client/ring_layout.h"

@@ -1,6 +1,6 @@
 // asyncd/ring.h lays its structs out as it documents, in C++ and in C alike:
 // every field at its offset with its size (checked at compile time here and
-// in ring_h_check.c, which compiles the header as C99), and the C compiler's
+// in ring_h_check.c, which compiles the header as C11), and the C compiler's
 // layout equal to the C++ compiler's field by field.
 #include <gtest/gtest.h>
 

@@ -7,7 +7,7 @@
  * are listed, watched and cancelled like any other, and the session's end,
  * deadlines, drain, limits and budgets apply to them unchanged.
  *
- * This header is the whole protocol; it is C (C99 and C++) so that any
+ * This header is the whole protocol; it is C (C11 and C++) so that any
  * language can follow it. asyncd::client::RingClient (asyncd/ring_client.h)
  * implements the client side.
  *
@@ -41,8 +41,8 @@
  *                          limits.max_buffered_bytes (it is charged there
  *                          for the ring's life);
  *      UNAVAILABLE         the daemon is draining, or rings are off.
- *    An unsupported version is answered with the daemon's version and
- *    INVALID_ARGUMENT.
+ *    The reply's version is always the daemon's; an unsupported version in
+ *    the setup is answered INVALID_ARGUMENT.
  * 4. Keep the socket open: it is the ring's lifeline. Closing it (or the
  *    process ending) ends the ring: its operations in flight are cancelled
  *    (end_reason RPC_CANCELLED), as when a Stream breaks. The session stays.
@@ -82,7 +82,9 @@
  * indices are broken, the daemon sets ASYNCD_RING_CLOSED with
  * closed_status and closed_reason, posts the completions of the ring's
  * operations still in flight, writes the completion pipe and closes the
- * ring socket. Entries it had not taken then are never run.
+ * ring socket. Entries it had not taken then are never run. Completions
+ * still come after CLOSED is set: reap until the ring socket reaches end of
+ * file.
  */
 #ifndef ASYNCD_RING_H_
 #define ASYNCD_RING_H_

@@ -52,8 +52,8 @@ struct RingOptions {
 ///
 /// Owns the ring socket (the ring's lifeline: destroying or moving from the
 /// RingClient closes it, and the daemon cancels the ring's operations in
-/// flight), the shared mapping and both eventfds. Move-only; a moved-from
-/// RingClient may only be destroyed or assigned to.
+/// flight), the shared mapping, the submit eventfd and the completion pipe.
+/// Move-only; a moved-from RingClient may only be destroyed or assigned to.
 ///
 /// Threading. Not thread-safe as a whole, but the two sides are separate:
 /// one thread at a time may submit (GetSqe, the Prep helpers, Submit) while
@@ -186,7 +186,7 @@ class RingClient {
   void Advance(uint32_t n);
 
   /// Blocks until at least `min_completions` (1..cq_entries()) are ready,
-  /// sleeping on the completion eventfd as asyncd/ring.h prescribes. OK when
+  /// sleeping on the completion pipe as asyncd/ring.h prescribes. OK when
   /// they are; DEADLINE_EXCEEDED when `timeout` passes first; Closed() when
   /// the ring has ended (the daemon has posted its last completions and
   /// closed the ring socket) with fewer ready (those may still be reaped);
