@@ -107,6 +107,10 @@ check "log: openat2 refused by the unit's filter, paths walk in user space" \
 every_op shipped io_uring
 check "asyncd-bench through the socket" \
   $BENCH --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+check "the ring socket lies beside the socket, with its mode and group" \
+  bash -c "[ \"\$(stat -c '%a %G' $SOCK.ring)\" = \"\$(stat -c '%a %G' $SOCK)\" ]"
+check "asyncd-bench through the local ring" \
+  $BENCH --target "unix://$SOCK" --mode ring --mix nop=1 --duration 1s
 check "logs go to the journal (SYSLOG_IDENTIFIER=asyncd)" \
   bash -c "journalctl -b -t asyncd -o cat --no-pager | grep -q 'asyncd serving on'"
 check "watchdog enabled (WatchdogUSec=10s)" \
@@ -205,6 +209,8 @@ check "no-io_uring: a NOP completes on the thread pool" \
   bash -c "$CTL submit nop | grep -q 'backend: *thread_pool'"
 check "no-io_uring: asyncd-bench" \
   $BENCH --target "unix://$SOCK" --mode unary --mix nop=1 --duration 1s
+check "no-io_uring: asyncd-bench through the local ring" \
+  $BENCH --target "unix://$SOCK" --mode ring --mix nop=1 --duration 1s
 every_op no-io-uring thread_pool
 rm -f /run/systemd/system/asyncd.service.d/asyncd-no-io-uring.conf
 
@@ -237,6 +243,8 @@ check "another uid cannot stat it through .. (INVALID_ARGUMENT: climbs above the
 check "another uid cannot stat it by an absolute path (its own /$MEMBER_UID: ENOENT)" \
   bash -c "$(declare -f as); as other submit stat /$MEMBER_UID/f 2>&1 | grep -q ENOENT"
 check "another uid cannot stat it on disk" runuser -u other -- bash -c "! stat $FILES/$MEMBER_UID/f"
+check "a member of group asyncd gets a local ring (SO_PEERCRED against its session)" \
+  runuser -u member -- $BENCH --target "unix://$SOCK" --mode ring --mix nop=1 --duration 1s
 
 # --- A config error at start: not retried, the socket stays and starts a
 # fixed daemon.
