@@ -45,7 +45,7 @@ ASYNCD_SOAK_SECONDS=45 run_preset asan -LE systemd
 # Debian's gRPC is not built with TSan: this preset builds core and backends only.
 run_preset tsan
 
-# libFuzzer: the request and checkpoint fuzzers in a clang tree of their
+# libFuzzer: the request, checkpoint and ring fuzzers in a clang tree of their
 # own (ASYNCD_FUZZ=ON builds nothing else), run briefly over its seed corpus.
 # ASYNCD_FUZZ_SECONDS (default 30) sets the run's budget.
 fuzz_probe='extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long) { return 0; }'
@@ -54,7 +54,7 @@ if command -v clang++ >/dev/null &&
   echo "== fuzz: configure and build (clang, ASYNCD_FUZZ=ON)" >&2
   CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DASYNCD_FUZZ=ON >/dev/null
-  cmake --build build/fuzz -j "$jobs" --target request_fuzzer checkpoint_fuzzer
+  cmake --build build/fuzz -j "$jobs" --target request_fuzzer checkpoint_fuzzer ring_fuzzer
   echo "== fuzz: test" >&2
   ctest --test-dir build/fuzz -L fuzz --output-on-failure
 else
