@@ -144,10 +144,7 @@ uint32_t Ring::Pass(uint32_t max) {
     return 0;
   }
   PublishSqHead(sq_, static_cast<uint32_t>(n));
-  {
-    std::lock_guard lock(mu_);
-    taken_total_ += static_cast<uint32_t>(n);
-  }
+  taken_total_ += static_cast<uint32_t>(n);
   const RingEntryLimits limits{.max_op_bytes = service_.live().max_op_bytes(),
                                .buffer = At<uint8_t>(region_.base, region_.buffer_offset),
                                .buffer_bytes = region_.buffer_bytes,

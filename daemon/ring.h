@@ -156,6 +156,9 @@ class Ring final : public core::CompletionSink, public SessionListener {
   // fixed buffers), or 0: unregistered once its last op has ended.
   const uint8_t area_;
   RingSq sq_;  // the poller's alone
+  // Entries taken, the poller's alone too; less cq_.posted() (under mu_):
+  // those without a CQE in the CQ.
+  uint64_t taken_total_ = 0;
   bool attached_ = false;
 
   // The poller's scratch, kept between passes.
@@ -175,7 +178,6 @@ class Ring final : public core::CompletionSink, public SessionListener {
   uint32_t oldest_ = kNone;  // live ops in submission order
   uint32_t newest_ = kNone;
   uint32_t inflight_ = 0;     // ops submitted (or being submitted) and not ended
-  uint64_t taken_total_ = 0;  // entries taken; less cq_.posted(): those without a CQE in the CQ
   uint32_t flags_ = 0;        // ctl.flags as the daemon last wrote it
   bool closed_ = false;
   bool restart_ = false;
