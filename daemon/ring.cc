@@ -199,7 +199,12 @@ void Ring::SubmitGathered() {
   rejects_.clear();
   if (requests_.empty()) return;
   ids_.assign(requests_.size(), absl::StatusOr<core::OpId>());
-  dispatcher_.SubmitBatch(*meta_->session, requests_, ids_);
+  {
+    // NOPs complete in here: their completions take mu_ once, at the end.
+    core::CompletionBatch batch;
+    dispatcher_.SubmitBatch(*meta_->session, requests_, ids_,
+                            core::Dispatcher::Nops::kAnswerInline);
+  }
   {
     std::lock_guard lock(mu_);
     bool refused = false;

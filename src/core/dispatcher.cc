@@ -178,19 +178,16 @@ void Dispatcher::Abandon(Op& op) {
   op.session->Retire(op);
 }
 
-void Dispatcher::CompleteInline(Op& op, int64_t result) {
-  op.MarkDispatched(BackendKind::kInline, MonoNanos());
-  if (Start(op, MonoNanos())) {
-    Complete(op, result);
-  } else {
-    Complete(op, -ECANCELED);
-  }
+void Dispatcher::CompleteInline(Op& op, int64_t result, int64_t now) {
+  op.MarkDispatched(BackendKind::kInline, now);
+  if (observer_ != nullptr) observer_->OnSubmitted(op);
+  CompleteAt(op, Start(op, now) ? result : -ECANCELED, now);
 }
 
 absl::StatusOr<OpId> Dispatcher::Submit(Session& session, const OpRequest& request) {
   absl::StatusOr<OpId> out;
   SubmitBatch(session, std::span<const OpRequest>(&request, 1),
-              std::span<absl::StatusOr<OpId>>(&out, 1), false);
+              std::span<absl::StatusOr<OpId>>(&out, 1), false, Nops::kToBackend);
   return out;
 }
 
@@ -198,24 +195,24 @@ absl::StatusOr<OpId> Dispatcher::SubmitRestored(Session& session, OpId id,
                                                 const OpRequest& request) {
   absl::StatusOr<OpId> out;
   SubmitBatch(session, std::span<const OpRequest>(&request, 1),
-              std::span<absl::StatusOr<OpId>>(&out, 1), false, &id);
+              std::span<absl::StatusOr<OpId>>(&out, 1), false, Nops::kToBackend, &id);
   return out;
 }
 
 absl::StatusOr<OpId> Dispatcher::RunOrSubmit(Session& session, const OpRequest& request) {
   absl::StatusOr<OpId> out;
   SubmitBatch(session, std::span<const OpRequest>(&request, 1),
-              std::span<absl::StatusOr<OpId>>(&out, 1), true);
+              std::span<absl::StatusOr<OpId>>(&out, 1), true, Nops::kToBackend);
   return out;
 }
 
 void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> requests,
-                             std::span<absl::StatusOr<OpId>> out) {
-  SubmitBatch(session, requests, out, false);
+                             std::span<absl::StatusOr<OpId>> out, Nops nops) {
+  SubmitBatch(session, requests, out, false, nops);
 }
 
 void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> requests,
-                             std::span<absl::StatusOr<OpId>> out, bool run_inline,
+                             std::span<absl::StatusOr<OpId>> out, bool run_inline, Nops nops,
                              const OpId* restored) {
   ASYNCD_CHECK(out.size() >= requests.size());
   constexpr size_t kChunk = 64;
@@ -248,8 +245,10 @@ void Dispatcher::SubmitBatch(Session& session, std::span<const OpRequest> reques
     }
     Op* op = *prepared;
     out[i] = op->id();  // before handing it over: it may be finished and reused at once
-    if (op->head->kind.load(std::memory_order_relaxed) == OpKind::kClose && op->params.fd < 0) {
-      CompleteInline(*op, 0);
+    const OpKind kind = op->head->kind.load(std::memory_order_relaxed);
+    if ((kind == OpKind::kClose && op->params.fd < 0) ||
+        (kind == OpKind::kNop && nops == Nops::kAnswerInline)) {
+      CompleteInline(*op, 0, now);
       continue;
     }
     Backend* backend = BackendFor(requests[i].kind);
@@ -313,10 +312,11 @@ absl::StatusOr<CancelCounts> Dispatcher::CloseSession(uint64_t session_id, EndRe
   return counts;
 }
 
-void Dispatcher::Complete(Op& op, int64_t result) noexcept {
+void Dispatcher::Complete(Op& op, int64_t result) noexcept { CompleteAt(op, result, MonoNanos()); }
+
+void Dispatcher::CompleteAt(Op& op, int64_t result, int64_t now) noexcept {
   Session& session = *op.session;
   const OpKind kind = op.head->kind.load(std::memory_order_relaxed);
-  const int64_t now = MonoNanos();
   // A deadline that passed while the op ran on (past its cancel point, or
   // with no backend timer to see it) is recorded, as a refused end.
   if (op.DeadlinePassed(now) && !OpWord::DeadlineWasPassed(op.head->word.load(std::memory_order_relaxed))) {

@@ -93,10 +93,17 @@ class Dispatcher final : public OpCompleter {
   [[nodiscard]] absl::StatusOr<OpId> SubmitRestored(Session& session, OpId id,
                                                     const OpRequest& request);
 
+  /// What SubmitBatch does with a NOP.
+  enum class Nops {
+    kToBackend,
+    // Completed on the calling thread before SubmitBatch returns (BACKEND_INLINE):
+    // a NOP needs no system call, and its whole life then stays on one core.
+    kAnswerInline,
+  };
   /// The same for many ops, handing each backend its share in one batch.
   /// out[i] receives ops[i]'s id or why it was refused.
   void SubmitBatch(Session& session, std::span<const OpRequest> requests,
-                   std::span<absl::StatusOr<OpId>> out);
+                   std::span<absl::StatusOr<OpId>> out, Nops nops = Nops::kToBackend);
 
   /// Requests the end of one op (see CancelResult). Any thread; never blocks.
   CancelResult Cancel(OpId id, EndReason reason);
@@ -151,11 +158,14 @@ class Dispatcher final : public OpCompleter {
   void Fill(Session& session, Op& op, const OpRequest& request, const HandleTable::Use& use);
   // Undoes Prepare for an op no backend took: nothing was run or reported.
   void Abandon(Op& op);
-  // Ends an op without a backend (a close whose descriptor is still in use).
-  void CompleteInline(Op& op, int64_t result);
+  // Ends an op without a backend (a NOP, or a close whose descriptor is
+  // still in use).
+  void CompleteInline(Op& op, int64_t result, int64_t now);
+  // Complete, at `now` (a batch's clock, for ops ended in it).
+  void CompleteAt(Op& op, int64_t result, int64_t now) noexcept;
   // `restored`: the one request is for that restored op, not a new one.
   void SubmitBatch(Session& session, std::span<const OpRequest> requests,
-                   std::span<absl::StatusOr<OpId>> out, bool run_inline,
+                   std::span<absl::StatusOr<OpId>> out, bool run_inline, Nops nops,
                    const OpId* restored = nullptr);
 
   Registry& registry_;

@@ -216,6 +216,14 @@ TEST_P(RingTest, RunsEachKindWithItsDataInTheBufferArea) {
   ASSERT_EQ(by_user.size(), 2u);
   EXPECT_EQ(by_user[1].outcome, v1::OUTCOME_COMPLETED);
   EXPECT_NE(by_user[1].op_id, 0u);
+  // The poller answers a NOP itself; it is an op like any other all the same.
+  EXPECT_EQ(by_user[1].backend, v1::BACKEND_INLINE);
+  auto nop = client_.GetOperation(by_user[1].op_id);
+  ASSERT_TRUE(nop.ok()) << nop.status();
+  EXPECT_EQ(nop->kind(), v1::OP_KIND_NOP);
+  EXPECT_EQ(nop->state(), v1::OP_STATE_COMPLETED);
+  EXPECT_EQ(nop->backend(), v1::BACKEND_INLINE);
+  EXPECT_EQ(nop->tag(), 1u);
   EXPECT_EQ(by_user[2].outcome, v1::OUTCOME_COMPLETED);
   EXPECT_EQ(by_user[2].result, 10);
   EXPECT_EQ(by_user[2].bytes, 10u);

@@ -165,7 +165,7 @@ struct asyncd_ring_ctl {
  * ring carries the work on open handles. Each runs as the asyncd.v1
  * operation of the same name, with the same validation and cancel safety. */
 enum asyncd_ring_op {
-  ASYNCD_RING_OP_NOP = 1,
+  ASYNCD_RING_OP_NOP = 1,     /* answered by the poller itself: backend INLINE */
   ASYNCD_RING_OP_READ = 2,    /* into the buffer area; result = bytes read */
   ASYNCD_RING_OP_WRITE = 3,   /* from the buffer area; result = bytes written */
   ASYNCD_RING_OP_FSYNC = 4,   /* flags ASYNCD_RING_SQE_DATASYNC: fdatasync */
