@@ -102,6 +102,10 @@ class RingCq {
   const uint32_t size_;
   asyncd_ring_cqe* const overflow_;
   uint32_t tail_ = 0;  // ours; published by Publish
+  // Room seen at the last read of cq_head, less what was posted since: the
+  // client only ever adds to it, so cq_head (a line the client writes) is
+  // read again only when this runs out.
+  uint32_t room_ = 0;
   uint32_t overflow_first_ = 0;
   uint32_t overflow_count_ = 0;
   uint64_t posted_ = 0;
