@@ -1,5 +1,6 @@
 #include "daemon/observer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -8,16 +9,15 @@ namespace asyncd::daemon {
 void Observer::OnFinished(const core::Op& op) noexcept {
   const core::Session& session = *op.session;
   if (session.id() == ignored_session_.load(std::memory_order_relaxed)) return;
-  std::optional<core::OpSnapshot> snap = core::Registry::Snapshot(op, session.id());
-  if (!snap) return;
-  counters_.OnFinished(*snap);
-  FinishedOp f;
-  f.snap = *snap;
+  FinishedOp f;  // built in place: this runs once per op
+  if (!core::Registry::SnapshotInto(op, session.id(), f.snap)) return;
+  counters_.OnFinished(f.snap);
   f.uid = session.client().uid;
   f.pid = session.client().pid;
-  std::strncpy(f.client, session.client().name.c_str(), sizeof(f.client) - 1);
+  const std::string& name = session.client().name;
+  std::memcpy(f.client, name.data(), std::min(name.size(), sizeof(f.client) - 1));
   history_.Record(f);
-  watch_hub_.PublishFinished(*snap, f.uid, session.client().name);
+  watch_hub_.PublishFinished(f.snap, f.uid, name);
 }
 
 void Observer::OnSubmitted(const core::Op& op) noexcept {

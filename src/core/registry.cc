@@ -485,11 +485,17 @@ Registry::Found Registry::Find(OpId id) const {
 
 std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
                                              std::optional<uint32_t> gen) {
+  OpSnapshot s;
+  if (!SnapshotInto(op, session_id, s, gen)) return std::nullopt;
+  return s;
+}
+
+bool Registry::SnapshotInto(const Op& op, uint64_t session_id, OpSnapshot& s,
+                            std::optional<uint32_t> gen) {
   for (int attempt = 0; attempt < 8; ++attempt) {
     const uint64_t w1 = op.head->word.load(std::memory_order_acquire);
-    if (OpWord::State(w1) == OpState::kFree) return std::nullopt;
-    if (gen && OpWord::Gen(w1) != *gen) return std::nullopt;
-    OpSnapshot s;
+    if (OpWord::State(w1) == OpState::kFree) return false;
+    if (gen && OpWord::Gen(w1) != *gen) return false;
     s.kind = op.head->kind.load(std::memory_order_relaxed);
     s.backend = op.head->backend.load(std::memory_order_relaxed);
     s.safety = op.head->safety.load(std::memory_order_relaxed);
@@ -511,7 +517,7 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     }
     std::atomic_thread_fence(std::memory_order_acquire);
     const uint64_t w2 = op.head->word.load(std::memory_order_relaxed);
-    if (OpWord::Gen(w2) != OpWord::Gen(w1)) return std::nullopt;  // retired under us
+    if (OpWord::Gen(w2) != OpWord::Gen(w1)) return false;  // retired under us
     if (w2 != w1) continue;  // moved on while we read: take it again
     s.id = OpId::Make(static_cast<uint32_t>(session_id & (OpId::kMaxSessions - 1)),
                       op.slot_index, OpWord::Gen(w1));
@@ -521,9 +527,9 @@ std::optional<OpSnapshot> Registry::Snapshot(const Op& op, uint64_t session_id,
     s.cancel_requested = OpWord::CancelAsked(w1);
     s.deadline_passed = OpWord::DeadlineWasPassed(w1);
     s.end_reason = OpWord::Reason(w1);
-    return s;
+    return true;
   }
-  return std::nullopt;  // a slot this busy is reported on the next pass
+  return false;  // a slot this busy is reported on the next pass
 }
 
 bool Registry::SessionAt(uint32_t index, std::shared_ptr<Session>* out) const {

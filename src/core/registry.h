@@ -256,6 +256,10 @@ class Registry {
   /// generation or nothing. Lock-free; retries while the op changes under it.
   static std::optional<OpSnapshot> Snapshot(const Op& op, uint64_t session_id,
                                             std::optional<uint32_t> gen = std::nullopt);
+  /// The same into `out` (for a snapshot that is part of a larger record):
+  /// false, and `out` unspecified, where Snapshot gives nullopt.
+  static bool SnapshotInto(const Op& op, uint64_t session_id, OpSnapshot& out,
+                           std::optional<uint32_t> gen = std::nullopt);
   std::optional<OpSnapshot> Snapshot(OpId id) const;
 
   /// Visits a snapshot of every live op of every session, with the session
