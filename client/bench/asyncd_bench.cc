@@ -505,9 +505,12 @@ class RingWorker {
       });
       ring.Advance(reaped);
       if (reaped > 0) continue;
-      // Spin a little before sleeping: a completion is usually microseconds
-      // away, and sleeping costs two system calls.
-      for (int i = 0; i < 200 && ring.Ready() == 0; ++i) CpuRelax();
+      // Spin a while before sleeping, as the daemon's poller does: a
+      // completion is usually microseconds away, and each sleep costs the
+      // daemon a pipe write and both sides a wake-up.
+      for (const uint64_t until = NowNs() + kSpinNs; ring.Ready() == 0 && NowNs() < until;) {
+        CpuRelax();
+      }
       if (ring.Ready() > 0) continue;
       if (absl::Status s = ring.Wait(1, std::chrono::milliseconds(100));
           !s.ok() && !absl::IsDeadlineExceeded(s)) {
@@ -516,6 +519,8 @@ class RingWorker {
       }
     }
   }
+
+  static constexpr uint64_t kSpinNs = 50'000;
 
   static void CpuRelax() {
 #if defined(__x86_64__)
