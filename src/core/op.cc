@@ -175,13 +175,13 @@ void Op::SetTarget(std::string_view t) {
   }
 }
 
-size_t Op::ReadTarget(char* out) const {
+bool Op::ReadTarget(char* out) const {
   for (size_t i = 0; i < kTargetBytes / 8; ++i) {
     const uint64_t v = target[i].load(std::memory_order_relaxed);
     std::memcpy(out + i * 8, &v, 8);
   }
   out[kTargetBytes] = '\0';
-  return strnlen(out, kTargetBytes);
+  return out[0] != '\0';
 }
 
 }  // namespace asyncd::core

@@ -213,8 +213,9 @@ struct Op {
   OpState Fail(int error, int64_t now_ns);
 
   void SetTarget(std::string_view t);
-  /// Copies the target into `out` (size >= kTargetBytes + 1) and returns its length.
-  size_t ReadTarget(char* out) const;
+  /// Copies the target into `out` (size >= kTargetBytes + 1), NUL-terminated;
+  /// false when the op has none.
+  bool ReadTarget(char* out) const;
 };
 
 static_assert(sizeof(Op) + sizeof(OpHead) <= 256, "registry memory per op is a budget: 256 bytes");

@@ -510,7 +510,7 @@ bool Registry::SnapshotInto(const Op& op, uint64_t session_id, OpSnapshot& s,
     s.bytes_done = op.bytes_done.load(std::memory_order_relaxed);
     s.tag = op.tag.load(std::memory_order_relaxed);
     s.deadline_ms = op.deadline_ms.load(std::memory_order_relaxed);
-    if (op.ReadTarget(s.target) == 0 && s.handle != 0) {
+    if (!op.ReadTarget(s.target) && s.handle != 0) {
       s.target[0] = 'h';
       s.target[1] = ':';
       *std::to_chars(s.target + 2, s.target + sizeof(s.target) - 1, s.handle).ptr = '\0';

@@ -1,6 +1,7 @@
 // The op state word: exactly one terminal transition per generation, cancels
 // answer like aio_cancel, and a stale id never reaches a reused slot.
 #include <cerrno>
+#include <cstring>
 
 #include <gtest/gtest.h>
 
@@ -185,13 +186,23 @@ TEST_F(OpStateTest, MayBlockIsWaitsAndBlockingStreamIo) {
   EXPECT_FALSE(MayBlock(OpKind::kOpen, false));
 }
 
+TEST_F(OpStateTest, AnOpWithoutTargetReadsAsNone) {
+  auto op = session_->Register(OpKind::kNop, CancelSafety::kAlways, 0, "", 1);
+  ASSERT_TRUE(op.ok());
+  char out[Op::kTargetBytes + 1];
+  std::memset(out, 'x', sizeof out);
+  EXPECT_FALSE((*op)->ReadTarget(out));
+  EXPECT_STREQ(out, "");
+}
+
 TEST_F(OpStateTest, LongTargetKeepsItsTail) {
   std::string path(100, 'd');
   path += "/file.txt";
   auto op = session_->Register(OpKind::kOpen, CancelSafety::kAlways, 0, path, 1);
   ASSERT_TRUE(op.ok());
   char out[Op::kTargetBytes + 1];
-  const size_t n = (*op)->ReadTarget(out);
+  ASSERT_TRUE((*op)->ReadTarget(out));
+  const size_t n = std::strlen(out);
   EXPECT_EQ(n, Op::kTargetBytes);
   EXPECT_EQ(std::string_view(out, 3), "...");
   EXPECT_TRUE(std::string_view(out, n).ends_with("/file.txt"));
