@@ -193,6 +193,7 @@ void RingServer::Watch(int fd, Tag* tag, uint32_t events) {
 void RingServer::Loop() {
   const int64_t spin_ns = int64_t{options_.spin_us} * 1000;
   int64_t idle_since = core::MonoNanos();
+  int64_t last_poll = idle_since;
   bool shut = false;
   for (;;) {
     const bool stopping = stopping_.load(std::memory_order_acquire);
@@ -210,7 +211,12 @@ void RingServer::Loop() {
     if (stopping && rings_.empty()) return;
     if (work > 0) {
       idle_since = now;
-      Poll(0);  // accepts and hang-ups, without waiting
+      // Accepts and hang-ups, without waiting; at most once a millisecond
+      // while busy, so that a full ring's passes are not a system call each.
+      if (now - last_poll >= kBusyPollNs) {
+        Poll(0);
+        last_poll = now;
+      }
       continue;
     }
     if (!rings_.empty() && now - idle_since < spin_ns) {

@@ -49,6 +49,9 @@ class RingServer {
  public:
   /// Entries one ring may have taken per pass: no ring starves another.
   static constexpr uint32_t kBatch = 128;
+  /// While rings keep it busy, the poller looks at accepts and hang-ups
+  /// this often.
+  static constexpr int64_t kBusyPollNs = 1'000'000;
   /// A connection's time to send its setup.
   static constexpr int kSetupWaitMs = 5000;
   /// Handshakes waiting at most: more connections are closed at once.
