@@ -558,10 +558,11 @@ TEST_P(RingTest, ADrainEndsTheRingUnavailable) {
   EXPECT_TRUE(drained.get().ok());
 }
 
-// Thousands of ring ops, cancelled at random by CANCEL entries and by the
-// Cancel RPC from another thread, some with deadlines: every entry gets
-// exactly one completion, every cancel answer agrees with the outcome, and
-// no listing shows an op whose completion had been reaped before it began.
+// Thousands of ring ops (writes, NOPs, timeouts), cancelled at random by
+// CANCEL entries and by the Cancel RPC from another thread, some with
+// deadlines: every entry gets exactly one completion, every cancel answer
+// agrees with the outcome, and no listing shows an op whose completion had
+// been reaped before it began.
 TEST_P(RingTest, StormOfOpsAndCancelsKeepsEveryPromise) {
   const uint64_t s = NewSession();
   std::ofstream(daemon_.root() + "/data") << std::string(4096, 'x');
@@ -629,6 +630,8 @@ TEST_P(RingTest, StormOfOpsAndCancelsKeepsEveryPromise) {
         e->handle = *h;
         e->offset = static_cast<int64_t>(rng() % 4096);
         e->length = 1;
+      } else if (pick == 4) {
+        e->kind = ASYNCD_RING_OP_NOP;  // ends inside the poller's pass
       } else {
         e->kind = ASYNCD_RING_OP_TIMEOUT;
         e->arg = rng() % 3000;
