@@ -347,6 +347,20 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
     }
     service_->SetLastRestart(restart);
   }
+  // Rings first: a client that reaches the gRPC socket may ask for one at once.
+  if (config_.ring_socket != kNoRingSocket) {
+    auto rings = RingServer::Bind(*service_, {.path = config_.ring_socket,
+                                              .mode = config_.socket_mode,
+                                              .gid = config_.socket_gid,
+                                              .spin_us = config_.ring_spin_us});
+    if (rings.ok()) {
+      rings_ = std::move(*rings);
+      rings_->Start();
+    } else {
+      // Clients without a ring keep the gRPC stream.
+      spdlog::warn("no local rings: {}", std::string(rings.status().message()));
+    }
+  }
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr) return absl::UnavailableError("gRPC server failed to start");
   if (!config_.tcp.empty()) {
@@ -374,19 +388,6 @@ absl::Status Server::Init(Handover* handover, std::string refused) {
       // descriptor store or a plain stop and start.
       spdlog::warn("no takeover socket, `asyncd --takeover` cannot replace this daemon: {}",
                    std::string(takeover.status().message()));
-    }
-  }
-  if (config_.ring_socket != kNoRingSocket) {
-    auto rings = RingServer::Bind(*service_, {.path = config_.ring_socket,
-                                              .mode = config_.socket_mode,
-                                              .gid = config_.socket_gid,
-                                              .spin_us = config_.ring_spin_us});
-    if (rings.ok()) {
-      rings_ = std::move(*rings);
-      rings_->Start();
-    } else {
-      // Clients without a ring keep the gRPC stream.
-      spdlog::warn("no local rings: {}", std::string(rings.status().message()));
     }
   }
 

@@ -6,6 +6,9 @@
 // entries and unreaped completions.
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/ioctl.h>
 #include <gmock/gmock.h>
 #include <sys/stat.h>
@@ -728,6 +731,60 @@ TEST_P(RingTest, AFullRingKeptFlowingAnswersEveryNop) {
   std::printf("%s: %.0f NOPs/s through one ring (%lu in %.2f s)\n", Name(GetParam()).c_str(),
               done / secs, static_cast<unsigned long>(done), secs);
   RecordProperty("nops_per_second", static_cast<int>(done / secs));
+}
+
+// A client may ask for a ring the moment the daemon first answers on its
+// gRPC socket: the ring socket is there before anything is served. The
+// socket is bound early and connections wait in its backlog: one waits
+// there from the moment its file appears, and the ring socket is looked at
+// as soon as the daemon's first bytes (its HTTP/2 settings) arrive on it.
+TEST(RingStartTest, TheRingSocketIsThereOnceTheDaemonAnswers) {
+  char tmpl[] = "/tmp/asyncd-ring-start.XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const std::string sock = dir + "/asyncd.sock";
+  std::filesystem::create_directories(dir + "/root");
+  const std::string log = dir + "/daemon.log";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    dup2(out, 1);
+    dup2(out, 2);
+    execl(ASYNCD_BINARY, ASYNCD_BINARY, "--socket", sock.c_str(), "--root",
+          (dir + "/root").c_str(), "--log-level", "warn", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  struct stat st;
+  const auto until = std::chrono::steady_clock::now() + seconds(20);
+  while (lstat(sock.c_str(), &st) != 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  const int raw = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
+  while (connect(raw, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  pollfd p{raw, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 20'000), 1) << "the daemon never answered";
+  const bool ring_there = lstat((sock + ".ring").c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+  close(raw);
+  EXPECT_TRUE(ring_there) << "the daemon answered before its ring socket was bound";
+  Client client(client::Connect(sock));
+  auto s = client.OpenSession("early");
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (s.ok()) {
+    RingSetupResult r = OpenRing(sock + ".ring", RingSetup(*s, 8, 8));
+    EXPECT_NE(r.ring, nullptr) << r.reply.message;
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 // The session's and the daemon's limits apply to ring ops as to any other:
