@@ -184,13 +184,15 @@ int64_t RingCq::Room() const {
 }
 
 bool RingCq::Post(const asyncd_ring_cqe& cqe) {
-  if (overflow_count_ == 0 && room_ == 0) room_ = static_cast<uint32_t>(std::max<int64_t>(Room(), 0));
-  if (overflow_count_ == 0 && room_ > 0) {
-    std::memcpy(&entries_[tail_ & (size_ - 1)], &cqe, sizeof cqe);
-    ++tail_;
-    ++posted_;
-    --room_;
-    return true;
+  if (overflow_count_ == 0) {
+    if (room_ == 0) room_ = static_cast<uint32_t>(std::max<int64_t>(Room(), 0));
+    if (room_ > 0) {
+      std::memcpy(&entries_[tail_ & (size_ - 1)], &cqe, sizeof cqe);
+      ++tail_;
+      ++posted_;
+      --room_;
+      return true;
+    }
   }
   if (overflow_count_ == size_) return false;
   overflow_[(overflow_first_ + overflow_count_) & (size_ - 1)] = cqe;
