@@ -112,7 +112,9 @@ uint32_t Ring::Pass(uint32_t max) {
   {
     std::lock_guard lock(mu_);
     if (cq_.overflowed() > 0) {
-      if (!cq_.Flush() && !closed_) {
+      if (!cq_.Flush()) {
+        // Nothing can reach such a client again: its waiting completions go.
+        cq_broken_ = true;
         CloseLocked(absl::StatusCode::kInvalidArgument, ASYNCD_RING_REASON_BROKEN_INDEX,
                     core::EndReason::kRpcCancelled);
       }
@@ -153,11 +155,12 @@ uint32_t Ring::Pass(uint32_t max) {
   const bool draining = draining_.load(std::memory_order_relaxed);
   for (int i = 0; i < n; ++i) {
     const asyncd_ring_sqe& e = taken_[i];
-    if (draining) {
+    RingEntry checked = CheckRingEntry(e, limits);
+    // A drain refuses new ops but, as for the Cancel RPC, not cancels.
+    if (draining && checked.kind == RingEntry::Kind::kOp) {
       rejects_.push_back({e.user_data, ASYNCD_RING_REASON_DRAINING});
       continue;
     }
-    RingEntry checked = CheckRingEntry(e, limits);
     switch (checked.kind) {
       case RingEntry::Kind::kRejected:
         rejects_.push_back({e.user_data, checked.reason});
@@ -340,7 +343,7 @@ bool Ring::Finishable() {
   if (!closed_ || inflight_ > 0 || cancel_reason_ != core::EndReason::kNone) return false;
   // Completions that wait for room keep the ring (and its charge) until the
   // client reaps them or goes.
-  return cq_.overflowed() == 0 || client_gone_ || stopping_;
+  return cq_.overflowed() == 0 || client_gone_ || stopping_ || cq_broken_;
 }
 
 void Ring::Close() {

@@ -88,8 +88,8 @@ class Ring final : public core::CompletionSink, public SessionListener {
   /// are cancelled (the drain cancelled them already, as a rule).
   void Shutdown(bool restart);
   /// Closed, no op in flight, and its completions posted (or the client
-  /// gone, or the daemon stopping): the poller may end it (Close, Detach,
-  /// then delete).
+  /// gone, its cq_head broken, or the daemon stopping): the poller may end
+  /// it (Close, Detach, then delete).
   bool Finishable();
   /// Publishes the last completions, wakes the client, closes the socket.
   void Close();
@@ -183,6 +183,7 @@ class Ring final : public core::CompletionSink, public SessionListener {
   bool restart_ = false;
   bool client_gone_ = false;
   bool stopping_ = false;
+  bool cq_broken_ = false;  // the client's cq_head cannot be: nothing more is posted
   core::EndReason cancel_reason_ = core::EndReason::kNone;  // set: cancel what is in flight
 };
 

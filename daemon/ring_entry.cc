@@ -76,6 +76,7 @@ absl::StatusCode RingReasonCode(asyncd_ring_reason reason) {
     case ASYNCD_RING_REASON_BAD_POLL_EVENTS:
     case ASYNCD_RING_REASON_BAD_DURATION:
     case ASYNCD_RING_REASON_BROKEN_INDEX:
+    case ASYNCD_RING_REASON_BAD_HANDLE:
       return absl::StatusCode::kInvalidArgument;
     case ASYNCD_RING_REASON_TOO_LONG:
     case ASYNCD_RING_REASON_OVER_LIMIT:
@@ -106,8 +107,8 @@ RingEntry CheckRingEntry(const asyncd_ring_sqe& e, const RingEntryLimits& limits
     out.cancel_user_data = e.arg;
     return out;
   }
-  // Handle 0 is never a handle: as unknown as any other that is not open.
-  if ((used & kHandle) != 0 && e.handle == 0) return Reject(ASYNCD_RING_REASON_UNKNOWN_HANDLE);
+  // As the gRPC Operation's check: 0 is malformed, not merely unknown.
+  if ((used & kHandle) != 0 && e.handle == 0) return Reject(ASYNCD_RING_REASON_BAD_HANDLE);
   core::OpRequest& r = out.request;
   core::OpParams& p = r.params;
   r.handle = e.handle;

@@ -418,6 +418,8 @@ std::string_view RingClient::ReasonText(uint16_t reason) {
       return "a live restart: ask the next daemon for a ring";
     case ASYNCD_RING_REASON_CLIENT_GONE:
       return "the ring socket was closed";
+    case ASYNCD_RING_REASON_BAD_HANDLE:
+      return "handle 0, which is never a handle";
   }
   return "unknown reason";
 }

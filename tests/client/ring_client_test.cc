@@ -485,7 +485,7 @@ TEST(RingClientStatusTest, CompletionsAndReasons) {
   EXPECT_EQ(rejected.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(rejected.message().find("max_op_bytes"), std::string_view::npos) << rejected;
 
-  for (uint16_t r = ASYNCD_RING_REASON_NONE; r <= ASYNCD_RING_REASON_CLIENT_GONE; ++r) {
+  for (uint16_t r = ASYNCD_RING_REASON_NONE; r <= ASYNCD_RING_REASON_BAD_HANDLE; ++r) {
     EXPECT_NE(RingClient::ReasonText(r), RingClient::ReasonText(999)) << r;
   }
 }

@@ -105,8 +105,8 @@ TEST_F(RingEntryTest, RefusesEachReasonWithItsCode) {
   ExpectRejected(e, ASYNCD_RING_REASON_BAD_DURATION, C::kInvalidArgument);
 
   e = Read(1);
-  e.handle = 0;  // never a handle
-  ExpectRejected(e, ASYNCD_RING_REASON_UNKNOWN_HANDLE, C::kNotFound);
+  e.handle = 0;  // malformed, as Operation's handle 0 is over gRPC
+  ExpectRejected(e, ASYNCD_RING_REASON_BAD_HANDLE, C::kInvalidArgument);
 
   // Reasons the daemon gives from outside the entry.
   EXPECT_EQ(RingReasonCode(ASYNCD_RING_REASON_SESSION_ENDED), C::kFailedPrecondition);

@@ -1,9 +1,9 @@
 // Identity and authorization against the real daemon, with a second real
 // user: the test runs as root, and a child process drops to uid/gid 65534
 // (nobody/nogroup) before it connects (peer credentials are taken at
-// connect). That "other user" must not see, get, cancel, keep alive, close
-// or submit into root's sessions and operations, nor drain or take a
-// checkpoint; its denials are PERMISSION_DENIED and logged. A member of the configured admin group (by
+// connect). That "other user" must not see, get, cancel, keep alive, close,
+// submit into or take a ring for root's sessions and operations, nor drain
+// or take a checkpoint; its denials are PERMISSION_DENIED and logged. A member of the configured admin group (by
 // name, through a supplementary group: SO_PEERGROUPS) may see and cancel
 // everything, take a checkpoint holding it, and drain. The socket file gets
 // the configured group and mode.
@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/ring_raw.h"
 #include "tests/integration/security_util.h"
 
 namespace asyncd::testing {
@@ -81,6 +82,10 @@ void ActAsOtherUser(const std::string& socket) {
   EXPECT_EQ(c.Submit(session, NopOp()).status().code(), denied);
   auto attach = StreamClient::Create(client::Connect(socket), "intruder", session);
   EXPECT_EQ(attach.status().code(), denied);
+  const RingSetupResult ring = OpenRing(socket + ".ring", RingSetup(session));
+  ASSERT_EQ(ring.reply_bytes, sizeof ring.reply) << "no answer on the ring socket";
+  EXPECT_EQ(ring.reply.status, static_cast<uint32_t>(denied)) << ring.reply.message;
+  EXPECT_EQ(ring.ring, nullptr);
   auto drain = c.Drain(0);
   EXPECT_EQ(drain.status().code(), denied);
   EXPECT_THAT(std::string(drain.status().message()), HasSubstr("admin"));
@@ -91,6 +96,9 @@ void ActAsOtherUser(const std::string& socket) {
   auto mine = c.OpenSession("nobody's");
   ASSERT_TRUE(mine.ok()) << mine.status();
   EXPECT_TRUE(c.Submit(*mine, NopOp()).ok());
+  const RingSetupResult own = OpenRing(socket + ".ring", RingSetup(*mine));
+  EXPECT_EQ(own.reply.status, 0u) << own.reply.message;
+  EXPECT_NE(own.ring, nullptr);
   sessions = c.ListSessions();
   ASSERT_TRUE(sessions.ok());
   ASSERT_EQ(sessions->size(), 1u);

@@ -2,8 +2,8 @@
 // spoken raw from the header: every handshake refusal, each op kind with its
 // data in the buffer area, ring ops listed and cancelled like any other (by
 // RPC, by asyncctl, by a CANCEL entry), deadlines, the ring's end with its
-// session, its socket, a drain, and a hostile client's broken indices, bad
-// entries and unreaped completions.
+// session, its socket, a drain and a stop, the lease and the limits, and a
+// hostile client's broken indices, bad entries and unreaped completions.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -36,6 +36,30 @@ constexpr uint32_t kNotFound = 5;
 constexpr uint32_t kResourceExhausted = 8;
 constexpr uint32_t kFailedPrecondition = 9;
 constexpr uint32_t kUnavailable = 14;
+
+void ExpectClosed(RawRing& ring, uint32_t status, uint32_t reason) {
+  EXPECT_TRUE(WaitFor([&] { return (ring.flags() & ASYNCD_RING_CLOSED) != 0; }));
+  EXPECT_EQ(ring.ctl()->closed_status, status);
+  EXPECT_EQ(ring.ctl()->closed_reason, reason);
+  EXPECT_TRUE(ring.WaitSocketClosed()) << "the daemon keeps the ring socket open";
+}
+
+// Fills a ring of 8 completion entries with NOP completions, then 8 more
+// that wait in the daemon (CQ_OVERFLOW), without reaping.
+void FillWithOverflow(RawRing& ring) {
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 8; ++i) {
+      asyncd_ring_sqe* e = ring.Next();
+      ASSERT_NE(e, nullptr);
+      e->kind = ASYNCD_RING_OP_NOP;
+      e->user_data = round * 8 + i;
+    }
+    ring.Submit();
+    ASSERT_TRUE(WaitFor([&] { return ring.ctl()->sq_head == 8u * (round + 1); }));
+  }
+  ASSERT_TRUE(WaitFor([&] { return (ring.flags() & ASYNCD_RING_CQ_OVERFLOW) != 0; }));
+  ASSERT_EQ(ring.ctl()->cq_tail, 8u);
+}
 
 class RingTest : public ::testing::TestWithParam<BackendMode> {
  protected:
@@ -111,13 +135,6 @@ class RingTest : public ::testing::TestWithParam<BackendMode> {
     ASSERT_EQ(cqes.size(), 1u);
     EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_COMPLETED);
   }
-  static void ExpectClosed(RawRing& ring, uint32_t status, uint32_t reason) {
-    EXPECT_TRUE(WaitFor([&] { return (ring.flags() & ASYNCD_RING_CLOSED) != 0; }));
-    EXPECT_EQ(ring.ctl()->closed_status, status);
-    EXPECT_EQ(ring.ctl()->closed_reason, reason);
-    EXPECT_TRUE(ring.WaitSocketClosed()) << "the daemon keeps the ring socket open";
-  }
-
   Daemon daemon_;
   Client client_;
 };
@@ -295,6 +312,8 @@ TEST_P(RingTest, RejectsBadEntriesWithStatusAndReasonAndRunsNothing) {
        [&](auto& e) { e.kind = ASYNCD_RING_OP_READ, e.handle = *h, e.length = (1 << 20) + 1; }},
       {kNotFound, ASYNCD_RING_REASON_UNKNOWN_HANDLE,
        [](auto& e) { e.kind = ASYNCD_RING_OP_READ, e.handle = 4242, e.length = 1; }},
+      {kInvalidArgument, ASYNCD_RING_REASON_BAD_HANDLE,
+       [](auto& e) { e.kind = ASYNCD_RING_OP_WRITE, e.handle = 0, e.length = 1; }},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     asyncd_ring_sqe* e = ring->Next();
@@ -314,6 +333,9 @@ TEST_P(RingTest, RejectsBadEntriesWithStatusAndReasonAndRunsNothing) {
   std::ifstream in(daemon_.root() + "/data");
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "0123456789");
   EXPECT_EQ(ring->flags() & ASYNCD_RING_CLOSED, 0u);
+  // Validated as the Operation of the same kind: gRPC refuses handle 0 alike.
+  EXPECT_EQ(client_.Submit(s, ReadOp(0, 0, 1, 7)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(RingTest, ABlockedReadIsListedAndCancelledByRpcAndByAsyncctl) {
@@ -479,6 +501,48 @@ TEST_P(RingTest, BrokenIndicesEndOnlyThatRing) {
   ExpectClosed(*bad, kInvalidArgument, ASYNCD_RING_REASON_BROKEN_INDEX);
   ExpectNopCompletes(*good);
   EXPECT_TRUE(client_.KeepAlive(a).ok());
+}
+
+// A cq_head that cannot be, while completions wait for room: the ring ends
+// (nothing could reach that client again), its socket closes, the session
+// stays.
+TEST_P(RingTest, ABrokenCqHeadWithCompletionsWaitingEndsTheRing) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s, 8, 8);
+  ASSERT_NE(ring, nullptr);
+  FillWithOverflow(*ring);
+  __atomic_store_n(&ring->ctl()->cq_head, 100u, __ATOMIC_RELEASE);  // ahead of the tail
+  ring->Kick();
+  ExpectClosed(*ring, kInvalidArgument, ASYNCD_RING_REASON_BROKEN_INDEX);
+  EXPECT_TRUE(client_.KeepAlive(s).ok());
+  // Its place and its buffer charge are free again.
+  EXPECT_TRUE(WaitFor([&] { return OpenRing(RingPath(), RingSetup(s)).reply.status == 0; }));
+}
+
+// The daemon stops while completions wait for room: the ring ends without
+// them and says so, CQ_OVERFLOW kept beside CLOSED.
+TEST_P(RingTest, AStopWithCompletionsWaitingLeavesOverflowBesideClosed) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s, 8, 8);
+  ASSERT_NE(ring, nullptr);
+  FillWithOverflow(*ring);
+  EXPECT_EQ(daemon_.Stop(), 0) << daemon_.Log();
+  EXPECT_EQ(ring->flags() & (ASYNCD_RING_CLOSED | ASYNCD_RING_CQ_OVERFLOW),
+            ASYNCD_RING_CLOSED | ASYNCD_RING_CQ_OVERFLOW);
+  EXPECT_EQ(ring->ctl()->closed_status, kUnavailable);
+  EXPECT_EQ(ring->ctl()->cq_tail, 8u);
+}
+
+// The region is sealed: neither side can shrink it under the other.
+TEST_P(RingTest, TheRegionIsSealedAgainstResizing) {
+  auto ring = NewRing(NewSession());
+  ASSERT_NE(ring, nullptr);
+  const int seals = fcntl(ring->memfd(), F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_NE(ftruncate(ring->memfd(), 4096), 0);
+  EXPECT_EQ(errno, EPERM);
+  ExpectNopCompletes(*ring);
 }
 
 TEST_P(RingTest, CompletionsThatFindTheRingFullWaitUntilTheClientReaps) {
@@ -817,6 +881,140 @@ TEST(RingLimitsTest, EntriesOverALimitAreRejectedOverLimit) {
   EXPECT_EQ(stats->inflight(), 4u);
   ASSERT_TRUE(client.CloseSession(*s).ok());
   EXPECT_EQ(ring.Wait(4).size(), 4u);
+}
+
+// max_inflight_total bounds ring ops as it bounds every other op.
+TEST(RingLimitsTest, EntriesOverTheDaemonsTotalAreRejectedOverLimit) {
+  ConfigFile config("[limits]\nmax_inflight_total = 3\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto s = client.OpenSession("total");
+  ASSERT_TRUE(s.ok());
+  RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(*s, 8, 16));
+  ASSERT_NE(r.ring, nullptr) << r.reply.message;
+  for (uint64_t i = 0; i < 5; ++i) {
+    asyncd_ring_sqe* e = r.ring->Next();
+    e->kind = ASYNCD_RING_OP_TIMEOUT;
+    e->arg = 60'000'000;
+    e->user_data = i;
+  }
+  r.ring->Submit();
+  auto rejected = r.ring->Wait(2);
+  ASSERT_EQ(rejected.size(), 2u);
+  for (const auto& c : rejected) {
+    EXPECT_EQ(c.outcome, v1::OUTCOME_REJECTED);
+    EXPECT_EQ(c.status, kResourceExhausted);
+    EXPECT_EQ(c.reason, ASYNCD_RING_REASON_OVER_LIMIT);
+  }
+  // The gRPC path meets the same bound meanwhile.
+  auto other = client.OpenSession("other");
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(client.Submit(*other, NopOp()).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(client.CloseSession(*s).ok());
+  EXPECT_EQ(r.ring->Wait(3).size(), 3u);
+}
+
+// From a drain's start a ring refuses new ops (DRAINING) and new rings are
+// refused, but CANCEL entries are still answered, as the Cancel RPC is; the
+// ring closes once its last op ended. The pool's one thread is held by a
+// FIFO's open, which the drain grants its grace (an open is not known to
+// block), so the ring's file read waits, queued, through the drain's start.
+TEST(RingDrainTest, ADrainRefusesNewOpsAndRingsButAnswersCancelEntries) {
+  ConfigFile config("[backends]\nthread_pool_threads = 1\n");
+  Daemon daemon(BackendMode::kThreadPoolOnly, config.Args());
+  Client client(daemon.channel());
+  const std::string ring_path = daemon.socket() + ".ring";
+  std::ofstream(daemon.root() + "/data") << "0123456789";
+  const std::string fifo = daemon.root() + "/fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto s = client.OpenSession("ring");
+  auto holder = client.OpenSession("holder");
+  ASSERT_TRUE(s.ok() && holder.ok());
+  auto data = client.Open(*s, "data", v1::OPEN_MODE_READ_ONLY);
+  ASSERT_TRUE(data.ok()) << data.status();
+  RingSetupResult r = OpenRing(ring_path, RingSetup(*s, 8, 16));
+  ASSERT_NE(r.ring, nullptr) << r.reply.message;
+  RawRing& ring = *r.ring;
+  auto held = std::async(std::launch::async,
+                         [&] { return client.Open(*holder, "fifo", v1::OPEN_MODE_READ_ONLY); });
+  auto listed = [&](uint64_t tag) {
+    auto ops = client.ListAll(v1::OpSelector());
+    if (!ops.ok()) return false;
+    for (const auto& op : *ops) {
+      if (op.session_id() == *s && op.tag() == tag) return true;
+      if (tag == 0 && op.session_id() == *holder && op.state() == v1::OP_STATE_RUNNING) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(WaitFor([&] { return listed(0); })) << "the FIFO's open does not run";
+  asyncd_ring_sqe* e = ring.Next();
+  e->kind = ASYNCD_RING_OP_READ;
+  e->handle = *data;
+  e->length = 4;
+  e->user_data = 1;
+  ring.Submit();
+  ASSERT_TRUE(WaitFor([&] { return listed(1); }));
+
+  auto drained = std::async(std::launch::async, [&] { return client.Drain(60'000); });
+  ASSERT_TRUE(WaitFor([&] {
+    auto stats = client.GetStats();
+    return stats.ok() && stats->draining();
+  }));
+  e = ring.Next();
+  e->kind = ASYNCD_RING_OP_NOP;
+  e->user_data = 2;
+  e = ring.Next();
+  e->kind = ASYNCD_RING_OP_CANCEL;
+  e->arg = 1;
+  e->user_data = 3;
+  ring.Submit();
+  std::map<uint64_t, asyncd_ring_cqe> got;
+  for (const auto& c : ring.Wait(3)) got[c.user_data] = c;
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[2].outcome, v1::OUTCOME_REJECTED);
+  EXPECT_EQ(got[2].status, kUnavailable);
+  EXPECT_EQ(got[2].reason, ASYNCD_RING_REASON_DRAINING);
+  EXPECT_EQ(got[3].flags, ASYNCD_RING_CQE_CANCEL_ANSWER);
+  EXPECT_EQ(got[3].result, v1::CANCEL_RESULT_CANCELLED);
+  EXPECT_EQ(got[1].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(got[1].end_reason, v1::END_REASON_CLIENT_REQUEST);
+  ExpectClosed(ring, kUnavailable, ASYNCD_RING_REASON_DRAINING);
+  RingSetupResult late = OpenRing(ring_path, RingSetup(*holder));
+  EXPECT_EQ(late.reply.status, kUnavailable);
+  EXPECT_THAT(late.reply.message, HasSubstr("draining"));
+
+  // A writer arrives: the open, granted its grace, completes.
+  const int w = open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+  ASSERT_GE(w, 0) << strerror(errno);
+  EXPECT_TRUE(held.get().ok());
+  close(w);
+  auto result = drained.get();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->cancelled(), 0u);  // the ring's read was the client's to cancel
+}
+
+// While a ring is attached its session's lease does not run; once the
+// ring is gone it runs again.
+TEST(RingLeaseTest, AnAttachedRingPausesTheSessionsLease) {
+  ConfigFile config("[limits]\ndefault_lease_ms = 200\n");
+  Daemon daemon(BackendMode::kIoUring, config.Args());
+  Client client(daemon.channel());
+  auto s = client.OpenSession("leased");
+  ASSERT_TRUE(s.ok());
+  RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(*s));
+  ASSERT_NE(r.ring, nullptr) << r.reply.message;
+  auto open = [&] {  // ListSessions, unlike KeepAlive, does not renew the lease
+    auto sessions = client.ListSessions();
+    if (!sessions.ok()) return true;
+    for (const auto& info : *sessions) {
+      if (info.session_id() == *s) return true;
+    }
+    return false;
+  };
+  std::this_thread::sleep_for(milliseconds(800));  // four leases
+  EXPECT_TRUE(open()) << "the lease ran while the ring was attached";
+  r.ring->Hangup();
+  EXPECT_TRUE(WaitFor([&] { return !open(); })) << "the lease did not run once the ring went";
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, RingTest,

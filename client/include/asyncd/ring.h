@@ -40,7 +40,10 @@
  *      RESOURCE_EXHAUSTED  the buffer area does not fit in
  *                          limits.max_buffered_bytes (it is charged there
  *                          for the ring's life);
- *      UNAVAILABLE         the daemon is draining, or rings are off.
+ *      UNAVAILABLE         the daemon is draining.
+ *    With rings off (server.ring_socket "off") there is no ring socket:
+ *    connect(2) fails (ENOENT, or ECONNREFUSED on a stale file), which
+ *    RingClient reports as UNAVAILABLE.
  *    The reply's version is always the daemon's; an unsupported version in
  *    the setup is answered INVALID_ARGUMENT.
  * 4. Keep the socket open: it is the ring's lifeline. Closing it (or the
@@ -71,12 +74,21 @@
  * the ring has fewer than cq_entries operations whose completions are not
  * yet posted, and completions that find the ring full wait in the daemon
  * (ctl.flags ASYNCD_RING_CQ_OVERFLOW) until the client makes room and
- * writes the submit eventfd: none is ever dropped.
+ * writes the submit eventfd: none is dropped while the ring lives (see
+ * its end, below).
  *
  * The daemon trusts nothing in the region: it reads each index once, checks
  * every index and buffer range, and copies an entry before it looks at it.
  * Indices that cannot be (a tail more than entries ahead of its head) end
- * the ring with status INVALID_ARGUMENT (see ctl.closed_status).
+ * the ring with status INVALID_ARGUMENT (see ctl.closed_status). Its
+ * operations in flight are cancelled (RPC_CANCELLED); when it is cq_head
+ * that cannot be, the completions that wait for room are never posted.
+ *
+ * Draining: from the drain's start the ring takes entries as before, but
+ * refuses every operation (REJECTED, UNAVAILABLE, DRAINING) and still
+ * answers CANCEL entries, as a drain leaves Cancel working; its operations
+ * in flight end as the drain ends them. Once none is in flight the ring
+ * closes (UNAVAILABLE, DRAINING; RESTART for a live restart).
  *
  * Ending: when the session ends, the daemon drains or restarts, or the
  * indices are broken, the daemon sets ASYNCD_RING_CLOSED with
@@ -84,7 +96,9 @@
  * operations still in flight, writes the completion pipe and closes the
  * ring socket. Entries it had not taken then are never run. Completions
  * still come after CLOSED is set: reap until the ring socket reaches end of
- * file.
+ * file. A ring whose completions wait for room when the daemon stops
+ * ends without them: ctl.flags then keeps ASYNCD_RING_CQ_OVERFLOW with
+ * ASYNCD_RING_CLOSED, so a client knows that it missed some.
  */
 #ifndef ASYNCD_RING_H_
 #define ASYNCD_RING_H_
@@ -234,7 +248,8 @@ enum asyncd_ring_reason {
   ASYNCD_RING_REASON_OVER_LIMIT = 12,    /* RESOURCE_EXHAUSTED: a daemon-wide limit (max_inflight_total, pool_queue_depth, ...) */
   ASYNCD_RING_REASON_BROKEN_INDEX = 13,  /* INVALID_ARGUMENT (closed_reason only): the client's indices cannot be */
   ASYNCD_RING_REASON_RESTART = 14,       /* UNAVAILABLE (closed_reason only): a live restart; ask the next daemon for a ring */
-  ASYNCD_RING_REASON_CLIENT_GONE = 15    /* CANCELLED (closed_reason only): the ring socket was closed */
+  ASYNCD_RING_REASON_CLIENT_GONE = 15,   /* CANCELLED (closed_reason only): the ring socket was closed */
+  ASYNCD_RING_REASON_BAD_HANDLE = 16     /* INVALID_ARGUMENT: handle 0, which is never a handle */
 };
 
 #ifdef __cplusplus
