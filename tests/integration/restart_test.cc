@@ -8,7 +8,8 @@
 // that does not unpack or load is refused: the daemon starts without it,
 // and says so. A plain SIGTERM still drains and hands nothing over. A
 // daemon killed mid-handover leaves the next one clean, or, once its package
-// is in the store, restored.
+// is in the store, restored. A ring ends with the restart; its session does
+// not.
 #include <gmock/gmock.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -26,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/handover.h"
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/ring_raw.h"
 #include "tests/integration/service_manager.h"
 
 namespace asyncd::testing {
@@ -252,6 +254,51 @@ TEST_P(RestartTest, AUnaryOpInFlightEndsRestartAndItsSessionGoesOn) {
   EXPECT_TRUE(KeepAliveRetried(d, one).ok());
   ASSERT_TRUE(d.Write(one, fifo, -1, "x").ok());
   EXPECT_EQ(*d.Read(one, fifo, -1, 8), "x");
+}
+
+// A ring ends with a restart (UNAVAILABLE, RESTART), its blocked read
+// cancelled (RESTART); the session goes on, and the next daemon gives it a
+// ring again.
+TEST_P(RestartTest, ARingEndsRestartAndTheNextDaemonGivesItsSessionANewOne) {
+  auto first = StartFirst();
+  client::Client c(first->NewChannel());
+  const uint64_t one = *c.OpenSession("one");
+  ASSERT_EQ(mkfifo((first->root() + "/fifo").c_str(), 0600), 0);
+  const uint32_t fifo = *c.Open(one, "fifo", v1::OPEN_MODE_READ_WRITE);
+  RingSetupResult r = OpenRing(first->socket() + ".ring", RingSetup(one));
+  ASSERT_NE(r.ring, nullptr) << r.reply.message;
+  asyncd_ring_sqe* e = r.ring->Next();
+  e->kind = ASYNCD_RING_OP_READ;
+  e->handle = fifo;
+  e->offset = -1;
+  e->length = 8;
+  e->user_data = 1;
+  r.ring->Submit();
+  ASSERT_TRUE(WaitFor([&] {
+    auto st = c.GetStats();
+    return st.ok() && st->inflight() == 1;
+  }));
+  const int handover = HandOver(*first);
+  ASSERT_GE(handover, 0);
+  auto cqes = r.ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_RESTART);
+  EXPECT_NE(r.ring->flags() & ASYNCD_RING_CLOSED, 0u);
+  EXPECT_EQ(r.ring->ctl()->closed_status, static_cast<uint32_t>(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(r.ring->ctl()->closed_reason, ASYNCD_RING_REASON_RESTART);
+  EXPECT_TRUE(r.ring->WaitSocketClosed());
+  auto next = StartNext(handover);
+  close(handover);
+  client::Client d(next->NewChannel());
+  EXPECT_TRUE(KeepAliveRetried(d, one).ok());
+  RingSetupResult again = OpenRing(next->socket() + ".ring", RingSetup(one));
+  ASSERT_NE(again.ring, nullptr) << again.reply.message;
+  e = again.ring->Next();
+  e->kind = ASYNCD_RING_OP_NOP;
+  e->user_data = 2;
+  again.ring->Submit();
+  EXPECT_EQ(again.ring->Wait(1).size(), 1u);
 }
 
 using StreamRw = grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamResponse>;

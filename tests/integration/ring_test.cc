@@ -467,6 +467,48 @@ TEST_P(RingTest, ClosingTheSessionEndsTheRingAfterItsCompletions) {
   EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
   EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_SESSION_CLOSED);
   ExpectClosed(*ring, kFailedPrecondition, ASYNCD_RING_REASON_SESSION_ENDED);
+  // An entry written now is never taken, so never run.
+  const uint32_t head = ring->ctl()->sq_head;
+  asyncd_ring_sqe* e = ring->Next();
+  ASSERT_NE(e, nullptr);
+  e->kind = ASYNCD_RING_OP_NOP;
+  ring->Submit();
+  ring->Kick();
+  std::this_thread::sleep_for(milliseconds(100));
+  EXPECT_EQ(ring->ctl()->sq_head, head);
+  EXPECT_EQ(ring->ctl()->cq_tail, 1u);
+}
+
+// A write into a FIFO nobody reads fills the pipe and waits; cancelled,
+// its completion counts the bytes that went before the cancel.
+TEST_P(RingTest, ACancelledWriteReportsTheBytesItMovedMidway) {
+  auto [s, fifo, ring] = NewFifoRing();
+  ASSERT_NE(ring, nullptr);
+  const uint32_t length = 1 << 19;  // more than a pipe holds
+  std::memset(ring->buffer(), 'w', length);
+  asyncd_ring_sqe* e = ring->Next();
+  e->kind = ASYNCD_RING_OP_WRITE;
+  e->handle = fifo;
+  e->offset = -1;
+  e->length = length;
+  e->user_data = 5;
+  ring->Submit();
+  uint64_t id = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    auto ops = client_.ListAll(v1::OpSelector());
+    if (!ops.ok()) return false;
+    for (const auto& op : *ops) {
+      if (op.tag() == 5) id = op.op_id();
+    }
+    return id != 0;
+  }));
+  std::this_thread::sleep_for(milliseconds(50));  // the pipe fills
+  ASSERT_TRUE(client_.Cancel(id).ok());
+  auto cqes = ring->Wait(1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
+  EXPECT_GT(cqes[0].bytes, 0u);
+  EXPECT_LT(cqes[0].bytes, length);
 }
 
 TEST_P(RingTest, ClosingTheRingSocketCancelsItsOpsAndKeepsTheSession) {
