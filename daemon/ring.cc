@@ -111,9 +111,8 @@ uint32_t Ring::Pass(uint32_t max) {
   core::EndReason cancel = core::EndReason::kNone;
   {
     std::lock_guard lock(mu_);
-    if (cq_.overflowed() > 0) {
+    if (cq_.overflowed() > 0 && !cq_broken_) {
       if (!cq_.Flush()) {
-        // Nothing can reach such a client again: its waiting completions go.
         cq_broken_ = true;
         CloseLocked(absl::StatusCode::kInvalidArgument, ASYNCD_RING_REASON_BROKEN_INDEX,
                     core::EndReason::kRpcCancelled);
@@ -155,12 +154,13 @@ uint32_t Ring::Pass(uint32_t max) {
   const bool draining = draining_.load(std::memory_order_relaxed);
   for (int i = 0; i < n; ++i) {
     const asyncd_ring_sqe& e = taken_[i];
-    RingEntry checked = CheckRingEntry(e, limits);
-    // A drain refuses new ops but, as for the Cancel RPC, not cancels.
-    if (draining && checked.kind == RingEntry::Kind::kOp) {
+    // As over gRPC, a drain refuses ops before looking at them, but it
+    // leaves cancels working.
+    if (draining && e.kind != ASYNCD_RING_OP_CANCEL) {
       rejects_.push_back({e.user_data, ASYNCD_RING_REASON_DRAINING});
       continue;
     }
+    RingEntry checked = CheckRingEntry(e, limits);
     switch (checked.kind) {
       case RingEntry::Kind::kRejected:
         rejects_.push_back({e.user_data, checked.reason});
@@ -354,6 +354,7 @@ void Ring::Close() {
 }
 
 void Ring::PostLocked(const asyncd_ring_cqe& cqe) {
+  if (cq_broken_) return;  // nothing can reach that client again
   // The admission rule keeps the overflow within its cq_entries.
   ASYNCD_CHECK(cq_.Post(cqe));
 }

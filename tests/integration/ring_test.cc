@@ -467,16 +467,30 @@ TEST_P(RingTest, ClosingTheSessionEndsTheRingAfterItsCompletions) {
   EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
   EXPECT_EQ(cqes[0].end_reason, v1::END_REASON_SESSION_CLOSED);
   ExpectClosed(*ring, kFailedPrecondition, ASYNCD_RING_REASON_SESSION_ENDED);
-  // An entry written now is never taken, so never run.
-  const uint32_t head = ring->ctl()->sq_head;
+}
+
+// A ring whose session ended lives on while completions wait for room, and
+// takes no entry meanwhile: one written then is never run.
+TEST_P(RingTest, EntriesWrittenAfterTheSessionEndedAreNeverTaken) {
+  const uint64_t s = NewSession();
+  auto ring = NewRing(s, 8, 8);
+  ASSERT_NE(ring, nullptr);
+  FillWithOverflow(*ring);
+  ASSERT_TRUE(client_.CloseSession(s).ok());
+  ASSERT_TRUE(WaitFor([&] { return (ring->flags() & ASYNCD_RING_CLOSED) != 0; }));
   asyncd_ring_sqe* e = ring->Next();
   ASSERT_NE(e, nullptr);
   e->kind = ASYNCD_RING_OP_NOP;
+  e->user_data = 99;
   ring->Submit();
   ring->Kick();
-  std::this_thread::sleep_for(milliseconds(100));
-  EXPECT_EQ(ring->ctl()->sq_head, head);
-  EXPECT_EQ(ring->ctl()->cq_tail, 1u);
+  std::this_thread::sleep_for(milliseconds(100));  // a pass would have taken it by now
+  EXPECT_EQ(ring->ctl()->sq_head, 16u);
+  auto cqes = ring->Wait(16);
+  ASSERT_EQ(cqes.size(), 16u);
+  for (const auto& c : cqes) EXPECT_NE(c.user_data, 99u);
+  EXPECT_TRUE(ring->WaitSocketClosed());
+  EXPECT_EQ(ring->ctl()->sq_head, 16u);
 }
 
 // A write into a FIFO nobody reads fills the pipe and waits; cancelled,
@@ -502,13 +516,18 @@ TEST_P(RingTest, ACancelledWriteReportsTheBytesItMovedMidway) {
     }
     return id != 0;
   }));
-  std::this_thread::sleep_for(milliseconds(50));  // the pipe fills
+  // The pipe holds some of it: the write has begun.
+  const int reader = open((daemon_.root() + "/fifo").c_str(), O_RDONLY | O_NONBLOCK);
+  ASSERT_GE(reader, 0);
+  int queued = 0;
+  EXPECT_TRUE(WaitFor([&] { return ioctl(reader, FIONREAD, &queued) == 0 && queued > 0; }));
   ASSERT_TRUE(client_.Cancel(id).ok());
   auto cqes = ring->Wait(1);
   ASSERT_EQ(cqes.size(), 1u);
   EXPECT_EQ(cqes[0].outcome, v1::OUTCOME_CANCELLED);
   EXPECT_GT(cqes[0].bytes, 0u);
   EXPECT_LT(cqes[0].bytes, length);
+  close(reader);
 }
 
 TEST_P(RingTest, ClosingTheRingSocketCancelsItsOpsAndKeepsTheSession) {
@@ -545,17 +564,42 @@ TEST_P(RingTest, BrokenIndicesEndOnlyThatRing) {
   EXPECT_TRUE(client_.KeepAlive(a).ok());
 }
 
-// A cq_head that cannot be, while completions wait for room: the ring ends
-// (nothing could reach that client again), its socket closes, the session
-// stays.
+// A cq_head that cannot be, while completions wait for room and a read
+// blocks: the ring ends (nothing could reach that client again), the read
+// is cancelled, the socket closes, the session stays.
 TEST_P(RingTest, ABrokenCqHeadWithCompletionsWaitingEndsTheRing) {
   const uint64_t s = NewSession();
+  const uint32_t fifo = OpenFifo(s);
   auto ring = NewRing(s, 8, 8);
   ASSERT_NE(ring, nullptr);
-  FillWithOverflow(*ring);
-  __atomic_store_n(&ring->ctl()->cq_head, 100u, __ATOMIC_RELEASE);  // ahead of the tail
+  const v1::OperationInfo read = BlockedRead(*ring, fifo, 1000);
+  auto nops = [&](int n, uint32_t head) {
+    for (int i = 0; i < n; ++i) {
+      asyncd_ring_sqe* e = ring->Next();
+      ASSERT_NE(e, nullptr);
+      e->kind = ASYNCD_RING_OP_NOP;
+    }
+    ring->Submit();
+    ASSERT_TRUE(WaitFor([&] { return ring->ctl()->sq_head == head; }));
+  };
+  nops(8, 9);  // the CQ holds their completions
+  nops(7, 16);  // theirs wait in the daemon
+  ASSERT_TRUE(WaitFor([&] { return (ring->flags() & ASYNCD_RING_CQ_OVERFLOW) != 0; }));
+  __atomic_store_n(&ring->ctl()->cq_head, 100u, __ATOMIC_RELEASE);  // past the tail
   ring->Kick();
   ExpectClosed(*ring, kInvalidArgument, ASYNCD_RING_REASON_BROKEN_INDEX);
+  EXPECT_NE(ring->flags() & ASYNCD_RING_CQ_OVERFLOW, 0u);
+  EXPECT_EQ(ring->ctl()->cq_tail, 8u);
+  auto history = client_.ListHistory(v1::OpSelector());
+  ASSERT_TRUE(history.ok());
+  bool seen = false;
+  for (const auto& h : *history) {
+    if (h.op_id() != read.op_id()) continue;
+    seen = true;
+    EXPECT_EQ(h.outcome(), v1::OUTCOME_CANCELLED);
+    EXPECT_EQ(h.end_reason(), v1::END_REASON_RPC_CANCELLED);
+  }
+  EXPECT_TRUE(seen) << "the blocked read did not end";
   EXPECT_TRUE(client_.KeepAlive(s).ok());
   // Its place and its buffer charge are free again.
   EXPECT_TRUE(WaitFor([&] { return OpenRing(RingPath(), RingSetup(s)).reply.status == 0; }));
@@ -1002,8 +1046,24 @@ TEST(RingDrainTest, ADrainRefusesNewOpsAndRingsButAnswersCancelEntries) {
     auto stats = client.GetStats();
     return stats.ok() && stats->draining();
   }));
+  // The ring hears of the drain just after GetStats does: NOPs until one
+  // is refused.
+  asyncd_ring_cqe probe{};
+  for (uint64_t tag = 100; probe.outcome != v1::OUTCOME_REJECTED && tag < 1100; ++tag) {
+    e = ring.Next();
+    e->kind = ASYNCD_RING_OP_NOP;
+    e->user_data = tag;
+    ring.Submit();
+    auto cqes = ring.Wait(1);
+    ASSERT_EQ(cqes.size(), 1u);
+    probe = cqes[0];
+  }
+  EXPECT_EQ(probe.outcome, v1::OUTCOME_REJECTED);
+  EXPECT_EQ(probe.status, kUnavailable);
+  EXPECT_EQ(probe.reason, ASYNCD_RING_REASON_DRAINING);
   e = ring.Next();
-  e->kind = ASYNCD_RING_OP_NOP;
+  e->kind = ASYNCD_RING_OP_WRITE;  // refused before it is looked at, as over gRPC
+  e->handle = 0;
   e->user_data = 2;
   e = ring.Next();
   e->kind = ASYNCD_RING_OP_CANCEL;
@@ -1038,7 +1098,7 @@ TEST(RingDrainTest, ADrainRefusesNewOpsAndRingsButAnswersCancelEntries) {
 // While a ring is attached its session's lease does not run; once the
 // ring is gone it runs again.
 TEST(RingLeaseTest, AnAttachedRingPausesTheSessionsLease) {
-  ConfigFile config("[limits]\ndefault_lease_ms = 200\n");
+  ConfigFile config("[limits]\ndefault_lease_ms = 500\n");
   Daemon daemon(BackendMode::kIoUring, config.Args());
   Client client(daemon.channel());
   auto s = client.OpenSession("leased");
@@ -1053,7 +1113,7 @@ TEST(RingLeaseTest, AnAttachedRingPausesTheSessionsLease) {
     }
     return false;
   };
-  std::this_thread::sleep_for(milliseconds(800));  // four leases
+  std::this_thread::sleep_for(milliseconds(1500));  // three leases
   EXPECT_TRUE(open()) << "the lease ran while the ring was attached";
   r.ring->Hangup();
   EXPECT_TRUE(WaitFor([&] { return !open(); })) << "the lease did not run once the ring went";

@@ -79,10 +79,12 @@
  *
  * The daemon trusts nothing in the region: it reads each index once, checks
  * every index and buffer range, and copies an entry before it looks at it.
- * Indices that cannot be (a tail more than entries ahead of its head) end
- * the ring with status INVALID_ARGUMENT (see ctl.closed_status). Its
- * operations in flight are cancelled (RPC_CANCELLED); when it is cq_head
- * that cannot be, the completions that wait for room are never posted.
+ * Indices that cannot be (a tail more than entries ahead of its head, or a
+ * head past its tail) end the ring with status INVALID_ARGUMENT (see
+ * ctl.closed_status), and its operations in flight are cancelled
+ * (RPC_CANCELLED). When it is cq_head that cannot be, no completion is
+ * posted from then on, and ctl.flags keeps ASYNCD_RING_CQ_OVERFLOW beside
+ * ASYNCD_RING_CLOSED if some were waiting.
  *
  * Draining: from the drain's start the ring takes entries as before, but
  * refuses every operation (REJECTED, UNAVAILABLE, DRAINING) and still
@@ -93,7 +95,7 @@
  * Ending: when the session ends, the daemon drains or restarts, or the
  * indices are broken, the daemon sets ASYNCD_RING_CLOSED with
  * closed_status and closed_reason, posts the completions of the ring's
- * operations still in flight, writes the completion pipe and closes the
+ * operations still in flight (but see cq_head above), writes the completion pipe and closes the
  * ring socket. Entries it had not taken then are never run. Completions
  * still come after CLOSED is set: reap until the ring socket reaches end of
  * file. A ring whose completions wait for room when the daemon stops
