@@ -937,67 +937,68 @@ TEST(RingStartTest, TheRingSocketIsThereOnceTheDaemonAnswers) {
   std::filesystem::remove_all(dir, ec);
 }
 
-// The session's and the daemon's limits apply to ring ops as to any other:
-// beyond them an entry is REJECTED, RESOURCE_EXHAUSTED, OVER_LIMIT.
-TEST(RingLimitsTest, EntriesOverALimitAreRejectedOverLimit) {
-  ConfigFile config("[limits]\nmax_inflight_per_session = 4\n");
-  Daemon daemon(BackendMode::kThreadPoolOnly, config.Args());
-  Client client(daemon.channel());
-  auto s = client.OpenSession("limits");
-  ASSERT_TRUE(s.ok());
-  RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(*s, 8, 16));
-  ASSERT_NE(r.ring, nullptr) << r.reply.message;
-  RawRing& ring = *r.ring;
-  for (uint64_t i = 0; i < 6; ++i) {
+// A daemon with one [limits] line, a session and its ring (8 entries, 16
+// completions; null if refused).
+struct LimitedRing {
+  LimitedRing(const std::string& limit, BackendMode mode)
+      : config("[limits]\n" + limit + "\n"), daemon(mode, config.Args()), client(daemon.channel()) {
+    auto s = client.OpenSession("limits");
+    EXPECT_TRUE(s.ok()) << s.status();
+    session = s.ok() ? *s : 0;
+    RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(session, 8, 16));
+    EXPECT_EQ(r.reply.status, 0u) << r.reply.message;
+    ring = std::move(r.ring);
+  }
+  ConfigFile config;
+  Daemon daemon;
+  Client client;
+  uint64_t session = 0;
+  std::unique_ptr<RawRing> ring;
+};
+
+// Submits `n` minute-long TIMEOUTs; the `over` of them past a limit come
+// back at once, REJECTED, RESOURCE_EXHAUSTED, OVER_LIMIT.
+void ExpectMinuteTimeoutsOverLimit(RawRing& ring, uint64_t n, size_t over) {
+  for (uint64_t i = 0; i < n; ++i) {
     asyncd_ring_sqe* e = ring.Next();
     e->kind = ASYNCD_RING_OP_TIMEOUT;
     e->arg = 60'000'000;
     e->user_data = i;
   }
   ring.Submit();
-  auto rejected = ring.Wait(2);
-  ASSERT_EQ(rejected.size(), 2u);
+  auto rejected = ring.Wait(over);
+  ASSERT_EQ(rejected.size(), over);
   for (const auto& c : rejected) {
     EXPECT_EQ(c.outcome, v1::OUTCOME_REJECTED);
     EXPECT_EQ(c.status, kResourceExhausted);
     EXPECT_EQ(c.reason, ASYNCD_RING_REASON_OVER_LIMIT);
   }
-  auto stats = client.GetStats();
+}
+
+// The session's and the daemon's limits apply to ring ops as to any other:
+// beyond them an entry is REJECTED, RESOURCE_EXHAUSTED, OVER_LIMIT.
+TEST(RingLimitsTest, EntriesOverALimitAreRejectedOverLimit) {
+  LimitedRing t("max_inflight_per_session = 4", BackendMode::kThreadPoolOnly);
+  ASSERT_NE(t.ring, nullptr);
+  ExpectMinuteTimeoutsOverLimit(*t.ring, 6, 2);
+  auto stats = t.client.GetStats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->inflight(), 4u);
-  ASSERT_TRUE(client.CloseSession(*s).ok());
-  EXPECT_EQ(ring.Wait(4).size(), 4u);
+  ASSERT_TRUE(t.client.CloseSession(t.session).ok());
+  EXPECT_EQ(t.ring->Wait(4).size(), 4u);
 }
 
 // max_inflight_total bounds ring ops as it bounds every other op.
 TEST(RingLimitsTest, EntriesOverTheDaemonsTotalAreRejectedOverLimit) {
-  ConfigFile config("[limits]\nmax_inflight_total = 3\n");
-  Daemon daemon(BackendMode::kIoUring, config.Args());
-  Client client(daemon.channel());
-  auto s = client.OpenSession("total");
-  ASSERT_TRUE(s.ok());
-  RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(*s, 8, 16));
-  ASSERT_NE(r.ring, nullptr) << r.reply.message;
-  for (uint64_t i = 0; i < 5; ++i) {
-    asyncd_ring_sqe* e = r.ring->Next();
-    e->kind = ASYNCD_RING_OP_TIMEOUT;
-    e->arg = 60'000'000;
-    e->user_data = i;
-  }
-  r.ring->Submit();
-  auto rejected = r.ring->Wait(2);
-  ASSERT_EQ(rejected.size(), 2u);
-  for (const auto& c : rejected) {
-    EXPECT_EQ(c.outcome, v1::OUTCOME_REJECTED);
-    EXPECT_EQ(c.status, kResourceExhausted);
-    EXPECT_EQ(c.reason, ASYNCD_RING_REASON_OVER_LIMIT);
-  }
+  LimitedRing t("max_inflight_total = 3", BackendMode::kIoUring);
+  ASSERT_NE(t.ring, nullptr);
+  ExpectMinuteTimeoutsOverLimit(*t.ring, 5, 2);
   // The gRPC path meets the same bound meanwhile.
-  auto other = client.OpenSession("other");
+  auto other = t.client.OpenSession("other");
   ASSERT_TRUE(other.ok());
-  EXPECT_EQ(client.Submit(*other, NopOp()).status().code(), absl::StatusCode::kResourceExhausted);
-  ASSERT_TRUE(client.CloseSession(*s).ok());
-  EXPECT_EQ(r.ring->Wait(3).size(), 3u);
+  EXPECT_EQ(t.client.Submit(*other, NopOp()).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(t.client.CloseSession(t.session).ok());
+  EXPECT_EQ(t.ring->Wait(3).size(), 3u);
 }
 
 // From a drain's start a ring refuses new ops (DRAINING) and new rings are
@@ -1098,24 +1099,19 @@ TEST(RingDrainTest, ADrainRefusesNewOpsAndRingsButAnswersCancelEntries) {
 // While a ring is attached its session's lease does not run; once the
 // ring is gone it runs again.
 TEST(RingLeaseTest, AnAttachedRingPausesTheSessionsLease) {
-  ConfigFile config("[limits]\ndefault_lease_ms = 500\n");
-  Daemon daemon(BackendMode::kIoUring, config.Args());
-  Client client(daemon.channel());
-  auto s = client.OpenSession("leased");
-  ASSERT_TRUE(s.ok());
-  RingSetupResult r = OpenRing(daemon.socket() + ".ring", RingSetup(*s));
-  ASSERT_NE(r.ring, nullptr) << r.reply.message;
+  LimitedRing t("default_lease_ms = 500", BackendMode::kIoUring);
+  ASSERT_NE(t.ring, nullptr);
   auto open = [&] {  // ListSessions, unlike KeepAlive, does not renew the lease
-    auto sessions = client.ListSessions();
+    auto sessions = t.client.ListSessions();
     if (!sessions.ok()) return true;
     for (const auto& info : *sessions) {
-      if (info.session_id() == *s) return true;
+      if (info.session_id() == t.session) return true;
     }
     return false;
   };
   std::this_thread::sleep_for(milliseconds(1500));  // three leases
   EXPECT_TRUE(open()) << "the lease ran while the ring was attached";
-  r.ring->Hangup();
+  t.ring->Hangup();
   EXPECT_TRUE(WaitFor([&] { return !open(); })) << "the lease did not run once the ring went";
 }
 
